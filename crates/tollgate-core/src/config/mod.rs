@@ -1,0 +1,705 @@
+//! Configuration: one YAML file, interpolated from the environment, parsed into raw serde types
+//! (unknown fields rejected with their path), then validated once into the types the rest of the
+//! code uses. Nothing outside this module sees a raw type.
+//!
+//! The validated [`Config`] serialises back to YAML as the normalised form that `tollgate check`
+//! prints, with secrets redacted.
+
+mod interp;
+mod raw;
+pub mod units;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use interp::Lookup;
+
+/// One configuration problem, located by its field path (`providers[1].base_url`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub source: String,
+    pub errors: Vec<FieldError>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}: {} error(s)", self.source, self.errors.len())?;
+        for e in &self.errors {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A secret from config. Never printed: `Debug` and `Serialize` show a placeholder.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub listen: SocketAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master_key: Option<Secret>,
+    pub storage: StorageConfig,
+    pub admin: AdminConfig,
+    pub limits: LimitsConfig,
+    pub logging: LoggingConfig,
+    pub keys: KeysConfig,
+    pub shutdown: ShutdownConfig,
+    pub reload: ReloadConfig,
+    pub providers: Vec<ProviderConfig>,
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StorageConfig {
+    pub database_url: DatabaseUrl,
+    /// How often the key cache polls the store for changes made by other processes.
+    #[serde(with = "units::duration")]
+    pub refresh_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// `sqlite://path/to/file.db` (created with its directory if missing).
+    Sqlite(PathBuf),
+    /// `memory://`: nothing survives a restart. For tests and demos.
+    Memory,
+}
+
+impl Serialize for DatabaseUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            DatabaseUrl::Sqlite(p) => s.serialize_str(&format!("sqlite://{}", p.display())),
+            DatabaseUrl::Memory => s.serialize_str("memory://"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AdminConfig {
+    /// A separate listener for `/admin`; when set, the main listener does not serve `/admin`.
+    pub listen: Option<SocketAddr>,
+    /// Serve `/metrics` without the master key (for scrapers on a trusted network).
+    pub public_metrics: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LimitsConfig {
+    #[serde(with = "units::size")]
+    pub max_body_size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive such as `info` or `tollgate=debug,info`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeysConfig {
+    /// How long a rotated key's old secret keeps working.
+    #[serde(with = "units::duration")]
+    pub rotation_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShutdownConfig {
+    /// How long SIGTERM waits for in-flight requests and streams before closing them.
+    #[serde(with = "units::duration")]
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReloadConfig {
+    /// Reload when the config file's content changes (SIGHUP always reloads).
+    pub watch: bool,
+    /// How often the file is checked.
+    #[serde(with = "units::duration")]
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub timeouts: Timeouts,
+}
+
+/// Serialises in the file's own shape: `kind`, the kind's fields, `mock:` for the mock.
+impl Serialize for ProviderConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct View<'a> {
+            name: &'a str,
+            kind: &'static str,
+            #[serde(flatten, skip_serializing_if = "Option::is_none")]
+            openai: Option<&'a OpenAiSettings>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            mock: Option<&'a MockSettings>,
+            timeouts: &'a Timeouts,
+        }
+        let (openai, mock) = match &self.kind {
+            ProviderKind::OpenAi(o) => (Some(o), None),
+            ProviderKind::Mock(m) => (None, Some(m)),
+        };
+        View {
+            name: &self.name,
+            kind: self.kind.name(),
+            openai,
+            mock,
+            timeouts: &self.timeouts,
+        }
+        .serialize(s)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum ProviderKind {
+    OpenAi(OpenAiSettings),
+    Mock(MockSettings),
+}
+
+impl ProviderKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi(_) => "openai",
+            ProviderKind::Mock(_) => "mock",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenAiSettings {
+    /// Base URL without a trailing slash, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<Secret>,
+    /// Azure OpenAI: when set, requests go to `{base_url}/openai/deployments/{model}/...
+    /// ?api-version=...` with an `api-key` header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// Extra headers sent upstream on every request.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MockSettings {
+    /// Non-streaming: the whole response delay. Streaming: spread evenly between chunks after
+    /// the first.
+    #[serde(with = "units::duration")]
+    pub latency: Duration,
+    /// Streaming: delay before the first chunk.
+    #[serde(with = "units::duration")]
+    pub ttft: Duration,
+    /// Streaming: how many content chunks the echo is split into (0 = one per word).
+    pub chunks: u32,
+    /// Fraction of requests (0.0 to 1.0) answered with `error_status`.
+    pub error_rate: f64,
+    pub error_status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Timeouts {
+    #[serde(with = "units::duration")]
+    pub connect: Duration,
+    /// Until the upstream's response headers arrive.
+    #[serde(with = "units::duration")]
+    pub first_byte: Duration,
+    /// The whole non-streaming request.
+    #[serde(with = "units::duration")]
+    pub request: Duration,
+    /// The longest gap between two chunks of a stream.
+    #[serde(with = "units::duration")]
+    pub idle: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelConfig {
+    pub name: String,
+    pub targets: Vec<TargetConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetConfig {
+    pub provider: String,
+    pub model: String,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4000";
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://tollgate-data/tollgate.db";
+
+/// The configuration `tollgate serve` uses when no file is given: embedded SQLite and the
+/// built-in mock provider serving `mock-echo`.
+pub const EMBEDDED_DEFAULT: &str = "\
+listen: ${TOLLGATE_LISTEN:-127.0.0.1:4000}
+storage:
+  database_url: ${TOLLGATE_DATABASE_URL:-sqlite://tollgate-data/tollgate.db}
+providers:
+  - name: mock
+    kind: mock
+models:
+  - name: mock-echo
+    targets:
+      - provider: mock
+        model: echo
+";
+
+impl Config {
+    /// Loads and validates a file, interpolating from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source: path.display().to_string(),
+            errors: vec![FieldError::new("", format!("cannot read file: {e}"))],
+        })?;
+        Config::parse(&text, &path.display().to_string(), &|k| {
+            std::env::var(k).ok()
+        })
+    }
+
+    /// The embedded default, interpolated from the process environment.
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        Config::parse(EMBEDDED_DEFAULT, "<embedded default>", &|k| {
+            std::env::var(k).ok()
+        })
+    }
+
+    /// Parses and validates YAML text. `source` names it in errors.
+    pub fn parse(text: &str, source: &str, env: Lookup) -> Result<Config, ConfigError> {
+        let fail = |errors: Vec<FieldError>| ConfigError {
+            source: source.to_owned(),
+            errors,
+        };
+        let mut tree: serde_norway::Value = if text.trim().is_empty() {
+            serde_norway::Value::Mapping(Default::default())
+        } else {
+            serde_norway::from_str(text)
+                .map_err(|e| fail(vec![FieldError::new("", e.to_string())]))?
+        };
+        if tree.is_null() {
+            tree = serde_norway::Value::Mapping(Default::default());
+        }
+        let mut errors = Vec::new();
+        interp::interpolate(&mut tree, &mut Vec::new(), env, &mut errors);
+        let raw = raw::deserialize(tree, &mut errors);
+        let config = raw.map(|raw| validate(raw, env, &mut errors));
+        match config {
+            Some(config) if errors.is_empty() => Ok(config),
+            _ => Err(fail(errors)),
+        }
+    }
+
+    /// The normalised form as YAML, secrets redacted.
+    pub fn to_yaml(&self) -> String {
+        serde_norway::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
+        self.providers.iter().find(|p| p.name == name)
+    }
+}
+
+fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> Config {
+    let listen = parse_addr(
+        raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
+        "listen",
+        errors,
+    )
+    .unwrap_or_else(fallback_addr);
+
+    let master_key = raw
+        .master_key
+        .filter(|k| !k.is_empty())
+        .or_else(|| env("TOLLGATE_MASTER_KEY").filter(|k| !k.is_empty()));
+    if let Some(k) = &master_key {
+        if k.len() < 16 {
+            errors.push(FieldError::new(
+                "master_key",
+                "must be at least 16 characters",
+            ));
+        }
+    }
+
+    let raw_storage = raw.storage.unwrap_or_default();
+    let database_url = parse_database_url(
+        raw_storage
+            .database_url
+            .as_deref()
+            .unwrap_or(DEFAULT_DATABASE_URL),
+        errors,
+    );
+    let storage = StorageConfig {
+        database_url,
+        refresh_interval: raw_storage
+            .refresh_interval
+            .unwrap_or(Duration::from_secs(1)),
+    };
+    if storage.refresh_interval < Duration::from_millis(50) {
+        errors.push(FieldError::new(
+            "storage.refresh_interval",
+            "must be at least 50ms",
+        ));
+    }
+
+    let raw_admin = raw.admin.unwrap_or_default();
+    let admin = AdminConfig {
+        listen: raw_admin
+            .listen
+            .as_deref()
+            .and_then(|a| parse_addr(a, "admin.listen", errors)),
+        public_metrics: raw_admin.public_metrics.unwrap_or(false),
+    };
+
+    let raw_limits = raw.limits.unwrap_or_default();
+    let limits = LimitsConfig {
+        max_body_size: raw_limits.max_body_size.unwrap_or(4 * 1024 * 1024),
+    };
+    if limits.max_body_size == 0 {
+        errors.push(FieldError::new(
+            "limits.max_body_size",
+            "must be greater than 0",
+        ));
+    }
+
+    let raw_logging = raw.logging.unwrap_or_default();
+    let logging = LoggingConfig {
+        format: match raw_logging.format.unwrap_or(raw::RawLogFormat::Pretty) {
+            raw::RawLogFormat::Pretty => LogFormat::Pretty,
+            raw::RawLogFormat::Json => LogFormat::Json,
+        },
+        level: raw_logging.level.unwrap_or_else(|| "info".to_owned()),
+    };
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&logging.level) {
+        errors.push(FieldError::new("logging.level", e.to_string()));
+    }
+
+    let keys = KeysConfig {
+        rotation_grace: raw
+            .keys
+            .unwrap_or_default()
+            .rotation_grace
+            .unwrap_or(Duration::from_secs(24 * 3600)),
+    };
+    let shutdown = ShutdownConfig {
+        drain_timeout: raw
+            .shutdown
+            .unwrap_or_default()
+            .drain_timeout
+            .unwrap_or(Duration::from_secs(30)),
+    };
+
+    let raw_reload = raw.reload.unwrap_or_default();
+    let reload = ReloadConfig {
+        watch: raw_reload.watch.unwrap_or(true),
+        interval: raw_reload.interval.unwrap_or(Duration::from_millis(500)),
+    };
+    if reload.interval < Duration::from_millis(50) {
+        errors.push(FieldError::new("reload.interval", "must be at least 50ms"));
+    }
+
+    let mut providers = Vec::new();
+    let mut provider_names = HashSet::new();
+    for (i, p) in raw.providers.unwrap_or_default().into_iter().enumerate() {
+        let at = |field: &str| format!("providers[{i}].{field}");
+        if !valid_name(&p.name) {
+            errors.push(FieldError::new(
+                at("name"),
+                "must be 1-64 characters of letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if !provider_names.insert(p.name.clone()) {
+            errors.push(FieldError::new(
+                at("name"),
+                format!("duplicate provider {:?}", p.name),
+            ));
+        }
+        let kind = match p.kind {
+            raw::RawProviderKind::OpenAi => {
+                if p.mock.is_some() {
+                    errors.push(FieldError::new(at("mock"), "only valid for kind: mock"));
+                }
+                let base_url = match p.base_url.as_deref() {
+                    None => {
+                        errors.push(FieldError::new(at("base_url"), "required for kind: openai"));
+                        String::new()
+                    }
+                    Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                        errors.push(FieldError::new(
+                            at("base_url"),
+                            format!("must be an http:// or https:// URL, got {u:?}"),
+                        ));
+                        String::new()
+                    }
+                    Some(u) => {
+                        if u.parse::<http::Uri>().is_err() {
+                            errors.push(FieldError::new(
+                                at("base_url"),
+                                format!("invalid URL {u:?}"),
+                            ));
+                        }
+                        u.trim_end_matches('/').to_owned()
+                    }
+                };
+                let mut headers = BTreeMap::new();
+                for (k, v) in p.headers.unwrap_or_default() {
+                    if http::HeaderName::from_bytes(k.as_bytes()).is_err()
+                        || http::HeaderValue::from_str(&v).is_err()
+                    {
+                        errors.push(FieldError::new(
+                            at(&format!("headers.{k}")),
+                            "invalid header name or value",
+                        ));
+                    }
+                    headers.insert(k.to_ascii_lowercase(), v);
+                }
+                ProviderKind::OpenAi(OpenAiSettings {
+                    base_url,
+                    api_key: p.api_key.filter(|k| !k.is_empty()).map(Secret),
+                    api_version: p.api_version,
+                    headers,
+                })
+            }
+            raw::RawProviderKind::Mock => {
+                for (field, set) in [
+                    ("base_url", p.base_url.is_some()),
+                    ("api_key", p.api_key.is_some()),
+                    ("api_version", p.api_version.is_some()),
+                    ("headers", p.headers.is_some()),
+                ] {
+                    if set {
+                        errors.push(FieldError::new(at(field), "not valid for kind: mock"));
+                    }
+                }
+                let m = p.mock.unwrap_or_default();
+                let settings = MockSettings {
+                    latency: m.latency.unwrap_or_default(),
+                    ttft: m.ttft.unwrap_or_default(),
+                    chunks: m.chunks.unwrap_or(0),
+                    error_rate: m.error_rate.unwrap_or(0.0),
+                    error_status: m.error_status.unwrap_or(500),
+                };
+                if !(0.0..=1.0).contains(&settings.error_rate) {
+                    errors.push(FieldError::new(
+                        at("mock.error_rate"),
+                        "must be between 0.0 and 1.0",
+                    ));
+                }
+                if !(400..=599).contains(&settings.error_status) {
+                    errors.push(FieldError::new(
+                        at("mock.error_status"),
+                        "must be an HTTP error status (400-599)",
+                    ));
+                }
+                ProviderKind::Mock(settings)
+            }
+        };
+        let t = p.timeouts.unwrap_or_default();
+        let timeouts = Timeouts {
+            connect: t.connect.unwrap_or(Duration::from_secs(5)),
+            first_byte: t.first_byte.unwrap_or(Duration::from_secs(60)),
+            request: t.request.unwrap_or(Duration::from_secs(600)),
+            idle: t.idle.unwrap_or(Duration::from_secs(60)),
+        };
+        for (field, d) in [
+            ("connect", timeouts.connect),
+            ("first_byte", timeouts.first_byte),
+            ("request", timeouts.request),
+            ("idle", timeouts.idle),
+        ] {
+            if d.is_zero() {
+                errors.push(FieldError::new(
+                    at(&format!("timeouts.{field}")),
+                    "must be greater than 0",
+                ));
+            }
+        }
+        providers.push(ProviderConfig {
+            name: p.name,
+            kind,
+            timeouts,
+        });
+    }
+
+    let mut models = Vec::new();
+    let mut model_names = HashSet::new();
+    for (i, m) in raw.models.unwrap_or_default().into_iter().enumerate() {
+        if m.name.is_empty()
+            || m.name.len() > 256
+            || m.name.chars().any(|c| c.is_control() || c == '*')
+        {
+            errors.push(FieldError::new(
+                format!("models[{i}].name"),
+                "must be 1-256 characters with no control characters or '*'",
+            ));
+        }
+        if !model_names.insert(m.name.clone()) {
+            errors.push(FieldError::new(
+                format!("models[{i}].name"),
+                format!("duplicate model {:?}", m.name),
+            ));
+        }
+        if m.targets.is_empty() {
+            errors.push(FieldError::new(
+                format!("models[{i}].targets"),
+                "needs at least one target",
+            ));
+        }
+        let mut targets = Vec::new();
+        for (j, t) in m.targets.into_iter().enumerate() {
+            if !provider_names.contains(&t.provider) {
+                errors.push(FieldError::new(
+                    format!("models[{i}].targets[{j}].provider"),
+                    format!("unknown provider {:?}", t.provider),
+                ));
+            }
+            let model = t.model.unwrap_or_else(|| m.name.clone());
+            targets.push(TargetConfig {
+                provider: t.provider,
+                model,
+            });
+        }
+        models.push(ModelConfig {
+            name: m.name,
+            targets,
+        });
+    }
+
+    Config {
+        listen,
+        master_key: master_key.map(Secret),
+        storage,
+        admin,
+        limits,
+        logging,
+        keys,
+        shutdown,
+        reload,
+        providers,
+        models,
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn fallback_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 4000))
+}
+
+fn parse_addr(s: &str, path: &str, errors: &mut Vec<FieldError>) -> Option<SocketAddr> {
+    let normalised = match s.strip_prefix("localhost:") {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None => s.to_owned(),
+    };
+    match normalised.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            errors.push(FieldError::new(
+                path,
+                format!("invalid socket address {s:?}: expected IP:PORT, e.g. 127.0.0.1:4000"),
+            ));
+            None
+        }
+    }
+}
+
+fn parse_database_url(s: &str, errors: &mut Vec<FieldError>) -> DatabaseUrl {
+    if s == "memory://" || s == "memory" {
+        return DatabaseUrl::Memory;
+    }
+    if let Some(path) = s
+        .strip_prefix("sqlite://")
+        .or_else(|| s.strip_prefix("sqlite:"))
+    {
+        let path = path.split('?').next().unwrap_or_default();
+        if path.is_empty() {
+            errors.push(FieldError::new(
+                "storage.database_url",
+                "sqlite URL needs a file path, e.g. sqlite://tollgate-data/tollgate.db",
+            ));
+        }
+        return DatabaseUrl::Sqlite(PathBuf::from(path));
+    }
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        errors.push(FieldError::new(
+            "storage.database_url",
+            "PostgreSQL is not available in this build yet; use sqlite://PATH or memory://",
+        ));
+    } else {
+        errors.push(FieldError::new(
+            "storage.database_url",
+            format!("unsupported URL {s:?}: expected sqlite://PATH or memory://"),
+        ));
+    }
+    DatabaseUrl::Memory
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,199 @@
+//! Raw serde shapes of the config file. Private to the config module: validation turns them
+//! into the public types.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_norway::Value;
+
+use super::units;
+use super::FieldError;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub master_key: Option<String>,
+    pub storage: Option<RawStorage>,
+    pub admin: Option<RawAdmin>,
+    pub limits: Option<RawLimits>,
+    pub logging: Option<RawLogging>,
+    pub keys: Option<RawKeys>,
+    pub shutdown: Option<RawShutdown>,
+    pub reload: Option<RawReload>,
+    pub providers: Option<Vec<RawProvider>>,
+    pub models: Option<Vec<RawModel>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    pub database_url: Option<String>,
+    #[serde(default, with = "units::duration")]
+    pub refresh_interval: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+    pub public_metrics: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    #[serde(default, with = "units::size")]
+    pub max_body_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawLogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogging {
+    pub format: Option<RawLogFormat>,
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeys {
+    #[serde(default, with = "units::duration")]
+    pub rotation_grace: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShutdown {
+    #[serde(default, with = "units::duration")]
+    pub drain_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReload {
+    pub watch: Option<bool>,
+    #[serde(default, with = "units::duration")]
+    pub interval: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub enum RawProviderKind {
+    #[serde(rename = "openai")]
+    OpenAi,
+    #[serde(rename = "mock")]
+    Mock,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub name: String,
+    pub kind: RawProviderKind,
+    pub base_url: Option<String>,
+    pub api_key: Option<String>,
+    pub api_version: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub timeouts: Option<RawTimeouts>,
+    pub mock: Option<RawMock>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    #[serde(default, with = "units::duration")]
+    pub connect: Option<Duration>,
+    #[serde(default, with = "units::duration")]
+    pub first_byte: Option<Duration>,
+    #[serde(default, with = "units::duration")]
+    pub request: Option<Duration>,
+    #[serde(default, with = "units::duration")]
+    pub idle: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMock {
+    #[serde(default, with = "units::duration")]
+    pub latency: Option<Duration>,
+    #[serde(default, with = "units::duration")]
+    pub ttft: Option<Duration>,
+    pub chunks: Option<u32>,
+    pub error_rate: Option<f64>,
+    pub error_status: Option<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub name: String,
+    #[serde(default)]
+    pub targets: Vec<RawTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub provider: String,
+    /// Defaults to the model group's name.
+    pub model: Option<String>,
+}
+
+/// Deserialises the tree, reporting every unknown field: each one is recorded with its path,
+/// removed, and deserialisation retried. Any other error is recorded and ends the attempt.
+pub fn deserialize(mut tree: Value, errors: &mut Vec<FieldError>) -> Option<RawConfig> {
+    const MAX_UNKNOWN: usize = 100;
+    for _ in 0..MAX_UNKNOWN {
+        let err = match serde_path_to_error::deserialize::<_, RawConfig>(tree.clone()) {
+            Ok(raw) => return Some(raw),
+            Err(err) => err,
+        };
+        let path = err.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let message = err.inner().to_string();
+        let removable = message.starts_with("unknown field");
+        errors.push(FieldError::new(path, message));
+        if !removable || !remove_at(&mut tree, err.path()) {
+            return None;
+        }
+    }
+    None
+}
+
+/// Removes the map entry the path points at. Returns false if the path leads nowhere.
+fn remove_at(tree: &mut Value, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut node = tree;
+    for seg in parents {
+        node = match (seg, node) {
+            (Segment::Seq { index }, Value::Sequence(items)) => match items.get_mut(*index) {
+                Some(n) => n,
+                None => return false,
+            },
+            (Segment::Map { key }, Value::Mapping(map)) => {
+                match map.get_mut(Value::String(key.clone())) {
+                    Some(n) => n,
+                    None => return false,
+                }
+            }
+            _ => return false,
+        };
+    }
+    match (last, node) {
+        (Segment::Map { key }, Value::Mapping(map)) => {
+            map.remove(Value::String(key.clone())).is_some()
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,143 @@
+use super::*;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn parse(yaml: &str) -> Result<Config, ConfigError> {
+    Config::parse(yaml, "test.yaml", &no_env)
+}
+
+fn error_paths(err: &ConfigError) -> Vec<&str> {
+    err.errors.iter().map(|e| e.path.as_str()).collect()
+}
+
+#[test]
+fn embedded_default_serves_mock_echo() {
+    let c = parse(EMBEDDED_DEFAULT).unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:4000");
+    assert_eq!(
+        c.storage.database_url,
+        DatabaseUrl::Sqlite(PathBuf::from("tollgate-data/tollgate.db"))
+    );
+    assert_eq!(c.models[0].name, "mock-echo");
+    assert!(matches!(c.providers[0].kind, ProviderKind::Mock(_)));
+    assert!(c.master_key.is_none());
+}
+
+#[test]
+fn empty_file_is_valid() {
+    let c = parse("").unwrap();
+    assert!(c.models.is_empty());
+}
+
+#[test]
+fn every_unknown_field_is_reported_with_its_path() {
+    let err = parse(
+        "listne: 1\nstorage:\n  databse_url: x\nproviders:\n  - name: a\n    kind: mock\n    bogus: 1\n",
+    )
+    .unwrap_err();
+    let paths = error_paths(&err);
+    assert!(paths.contains(&"listne"), "{err}");
+    assert!(paths.contains(&"storage.databse_url"), "{err}");
+    assert!(paths.contains(&"providers[0].bogus"), "{err}");
+    assert!(
+        err.errors
+            .iter()
+            .all(|e| e.message.starts_with("unknown field")),
+        "{err}"
+    );
+}
+
+#[test]
+fn semantic_errors_are_all_collected() {
+    let err = parse(
+        "listen: nowhere\nproviders:\n  - name: p\n    kind: openai\n  - name: p\n    kind: mock\n    mock: {error_rate: 2}\nmodels:\n  - name: m\n    targets:\n      - provider: ghost\n  - name: empty\n",
+    )
+    .unwrap_err();
+    let paths = error_paths(&err);
+    for want in [
+        "listen",
+        "providers[0].base_url",
+        "providers[1].name",
+        "providers[1].mock.error_rate",
+        "models[0].targets[0].provider",
+        "models[1].targets",
+    ] {
+        assert!(paths.contains(&want), "missing {want} in {err}");
+    }
+}
+
+#[test]
+fn type_errors_name_the_field() {
+    let err = parse("limits:\n  max_body_size: lots\n").unwrap_err();
+    assert_eq!(error_paths(&err), vec!["limits.max_body_size"]);
+}
+
+#[test]
+fn interpolation_feeds_typed_fields_and_master_key_env() {
+    let env = |k: &str| match k {
+        "KEY" => Some("sk-upstream".to_owned()),
+        "TOLLGATE_MASTER_KEY" => Some("master-key-0123456789".to_owned()),
+        _ => None,
+    };
+    let c = Config::parse(
+        "providers:\n  - name: o\n    kind: openai\n    base_url: ${BASE:-http://127.0.0.1:9/v1/}\n    api_key: ${KEY}\n",
+        "t",
+        &env,
+    )
+    .unwrap();
+    let ProviderKind::OpenAi(o) = &c.providers[0].kind else {
+        panic!("wrong kind");
+    };
+    assert_eq!(o.base_url, "http://127.0.0.1:9/v1");
+    assert_eq!(o.api_key.as_ref().map(Secret::expose), Some("sk-upstream"));
+    assert_eq!(
+        c.master_key.as_ref().map(Secret::expose),
+        Some("master-key-0123456789")
+    );
+    // Secrets never reach the normalised output.
+    let yaml = c.to_yaml();
+    assert!(
+        !yaml.contains("sk-upstream") && !yaml.contains("master-key-0123"),
+        "{yaml}"
+    );
+}
+
+#[test]
+fn target_model_defaults_to_group_name() {
+    let c = parse("providers:\n  - {name: m, kind: mock}\nmodels:\n  - name: x\n    targets: [{provider: m}]\n").unwrap();
+    assert_eq!(c.models[0].targets[0].model, "x");
+}
+
+#[test]
+fn normalised_form_reparses_to_the_same_config() {
+    let c = parse(EMBEDDED_DEFAULT).unwrap();
+    let again = parse(&c.to_yaml()).unwrap();
+    assert_eq!(c.to_yaml(), again.to_yaml());
+}
+
+/// Pins the normalised form of the shipped example. Set `UPDATE_SNAPSHOTS=1` to rewrite it,
+/// then review the diff.
+#[test]
+fn example_config_snapshot() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let example = std::fs::read_to_string(root.join("examples/tollgate.yaml")).unwrap();
+    let env = |k: &str| match k {
+        "TOLLGATE_MASTER_KEY" => Some("example-master-key-0123456789".to_owned()),
+        "OPENAI_API_KEY" => Some("sk-example".to_owned()),
+        "AZURE_OPENAI_API_KEY" => Some("azure-example".to_owned()),
+        _ => None,
+    };
+    let c = Config::parse(&example, "examples/tollgate.yaml", &env).unwrap();
+    let snap_path = root.join("examples/tollgate.normalised.yaml");
+    let got = c.to_yaml();
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&snap_path, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&snap_path).unwrap_or_default();
+    assert_eq!(
+        got, want,
+        "normalised example changed; rerun with UPDATE_SNAPSHOTS=1 and review"
+    );
+}

@@ -1,0 +1,259 @@
+//! The HTTP shell shared by every layer: request ids, the in-flight gauge, request metrics,
+//! access logs, bounded body reading and credential extraction. Layers' handlers are plain
+//! async functions; this is the only middleware.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::error::{ApiError, ErrorKind, ErrorMark};
+use crate::metrics::{RequestLabels, RouteLabels};
+use crate::Core;
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The request's id: the client's `x-request-id` if usable, else a fresh one.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub HeaderValue);
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or("-")
+    }
+}
+
+/// Left on a response by a layer so the shell can label metrics and logs.
+#[derive(Debug, Clone, Default)]
+pub struct ResponseTag {
+    pub model: Option<Arc<str>>,
+    pub provider: Option<Arc<str>>,
+    /// Time spent waiting on the upstream before the response head was ready.
+    pub upstream: Duration,
+}
+
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(REQUEST_ID) {
+        let ok =
+            v.len() <= 128 && !v.is_empty() && v.as_bytes().iter().all(|b| b.is_ascii_graphic());
+        if ok {
+            return v.clone();
+        }
+    }
+    let id = format!("{:032x}", fastrand::u128(..));
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// A fixed label for each known path, so metrics cardinality stays bounded.
+pub fn route_label(path: &str) -> &'static str {
+    match path {
+        "/v1/chat/completions" => "/v1/chat/completions",
+        "/v1/embeddings" => "/v1/embeddings",
+        "/v1/responses" => "/v1/responses",
+        "/v1/models" => "/v1/models",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        p if p.starts_with("/v1/models/") => "/v1/models/{model}",
+        p if p.starts_with("/admin/") => "/admin",
+        p if p.starts_with("/v1/") => "/v1/other",
+        _ => "other",
+    }
+}
+
+/// The shell around every request.
+pub async fn shell(State(core): State<Arc<Core>>, mut req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let rid = request_id(req.headers());
+    req.extensions_mut().insert(RequestId(rid.clone()));
+    let route = route_label(req.uri().path());
+    let method = req.method().clone();
+    let gauge = core
+        .metrics
+        .in_flight
+        .get_or_create(&RouteLabels { route })
+        .clone();
+    gauge.inc();
+    let mut res = next.run(req).await;
+    let elapsed = start.elapsed();
+    res.headers_mut().insert(REQUEST_ID, rid.clone());
+
+    let status = res.status();
+    let tag = res
+        .extensions()
+        .get::<ResponseTag>()
+        .cloned()
+        .unwrap_or_default();
+    let labels = RequestLabels {
+        route,
+        model: tag.model.as_deref().unwrap_or("").to_owned(),
+        provider: tag.provider.as_deref().unwrap_or("").to_owned(),
+        status: status.as_u16(),
+    };
+    core.metrics.requests.get_or_create(&labels).inc();
+    core.metrics
+        .request_duration
+        .get_or_create(&labels)
+        .observe(elapsed.as_secs_f64());
+    if tag.provider.is_some() {
+        core.metrics
+            .overhead
+            .get_or_create(&RouteLabels { route })
+            .observe(elapsed.saturating_sub(tag.upstream).as_secs_f64());
+    }
+    let error = res.extensions().get::<ErrorMark>().map(|m| m.0);
+    let rid_str = rid.to_str().unwrap_or("-");
+    match error {
+        Some(kind) if kind.fault() != crate::error::Fault::Client => tracing::warn!(
+            target: "tollgate::access", request_id = rid_str, %method, route, status = status.as_u16(),
+            model = tag.model.as_deref(), provider = tag.provider.as_deref(),
+            duration_us = elapsed.as_micros() as u64, error = ?kind, "request failed"
+        ),
+        _ => tracing::info!(
+            target: "tollgate::access", request_id = rid_str, %method, route, status = status.as_u16(),
+            model = tag.model.as_deref(), provider = tag.provider.as_deref(),
+            duration_us = elapsed.as_micros() as u64, "request"
+        ),
+    }
+    // The in-flight gauge drops when the body is done, so streams count until they end.
+    let (parts, body) = res.into_parts();
+    Response::from_parts(
+        parts,
+        Body::new(GuardedBody {
+            inner: body,
+            _guard: InFlight(gauge),
+        }),
+    )
+}
+
+struct InFlight(Gauge<i64, std::sync::atomic::AtomicI64>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+struct GuardedBody {
+    inner: Body,
+    _guard: InFlight,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Reads a whole request body, refusing more than `limit` bytes with a 413.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("request body is larger than the limit of {limit} bytes"),
+        )
+        .code("body_too_large")
+    };
+    if let Some(len) = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit {
+            return Err(too_large());
+        }
+    }
+    let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::invalid(format!("cannot read request body: {e}")).code("bad_body")),
+    }
+}
+
+/// Parses a JSON body into `T`, reporting the position of malformed input.
+pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::from_json(&e))
+}
+
+/// The credential a client presented: `Authorization: Bearer ...` or `x-api-key`.
+pub fn credential(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get(http::header::AUTHORIZATION) {
+        let v = v.to_str().ok()?;
+        let (scheme, token) = v.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim())
+            .filter(|t| !t.is_empty());
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// A JSON response with the right content type.
+pub fn json_response(status: http::StatusCode, body: impl Into<Bytes>) -> Response {
+    let mut res = (status, body.into()).into_response();
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials() {
+        let mut h = HeaderMap::new();
+        assert_eq!(credential(&h), None);
+        h.insert("x-api-key", HeaderValue::from_static("tg-a"));
+        assert_eq!(credential(&h), Some("tg-a"));
+        h.insert("authorization", HeaderValue::from_static("Bearer tg-b"));
+        assert_eq!(credential(&h), Some("tg-b"));
+        h.insert("authorization", HeaderValue::from_static("Basic xyz"));
+        assert_eq!(
+            credential(&h),
+            None,
+            "a non-bearer Authorization is not a key"
+        );
+    }
+
+    #[test]
+    fn request_ids_keep_clean_client_ids_only() {
+        let mut h = HeaderMap::new();
+        h.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&h), "has space");
+        assert_eq!(request_id(&HeaderMap::new()).len(), 32);
+    }
+}

@@ -1,0 +1,172 @@
+//! tollgate's shared core: configuration, identity (keys and principals), storage, errors,
+//! metrics, logging and the HTTP shell. The model, tool and agent layers build on it and never
+//! on each other.
+
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod glob;
+pub mod http;
+pub mod identity;
+pub mod keys;
+pub mod metrics;
+pub mod store;
+pub mod telemetry;
+pub mod time;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use ::http::{HeaderMap, StatusCode};
+use arc_swap::ArcSwap;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::config::Config;
+use crate::error::{ApiError, ErrorKind};
+use crate::identity::Principal;
+use crate::keys::{KeyService, MasterKey};
+use crate::metrics::Metrics;
+use crate::store::Stores;
+
+/// State every layer shares. One per process; the config inside is swapped on reload.
+pub struct Core {
+    config: ArcSwap<Config>,
+    pub stores: Stores,
+    pub keys: Arc<KeyService>,
+    pub metrics: Metrics,
+    draining: AtomicBool,
+}
+
+impl Core {
+    /// Opens the store, loads the key cache and settles the master key.
+    pub async fn open(config: Config) -> Result<(Arc<Core>, MasterKey), ApiError> {
+        let stores = Stores::open(&config.storage.database_url).await?;
+        let keys = Arc::new(KeyService::new(stores.keys.clone()).await?);
+        let master = keys
+            .settle_master(
+                config.master_key.as_ref().map(|k| k.expose()),
+                stores.meta.as_ref(),
+            )
+            .await?;
+        let core = Arc::new(Core {
+            config: ArcSwap::from_pointee(config),
+            stores,
+            keys,
+            metrics: Metrics::new(),
+            draining: AtomicBool::new(false),
+        });
+        Ok((core, master))
+    }
+
+    /// The current configuration. Hold the returned `Arc` for the whole request so a reload
+    /// mid-request does not mix two configs.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Replaces the configuration atomically; in-flight requests keep the one they loaded.
+    pub async fn swap_config(&self, config: Config) -> Result<(), ApiError> {
+        self.keys
+            .settle_master(
+                config.master_key.as_ref().map(|k| k.expose()),
+                self.stores.meta.as_ref(),
+            )
+            .await?;
+        self.config.store(Arc::new(config));
+        Ok(())
+    }
+
+    /// Authenticates a request from its headers.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Principal>, ApiError> {
+        let Some(secret) = http::credential(headers) else {
+            return Err(ApiError::new(
+                ErrorKind::Unauthenticated,
+                "missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`",
+            )
+            .code("missing_api_key"));
+        };
+        self.keys.authenticate(secret, time::now())
+    }
+
+    /// Requires the master key (admin routes).
+    pub fn require_master(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let principal = self.authenticate(headers)?;
+        if principal.is_master {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorKind::PermissionDenied,
+                "this endpoint requires the master key",
+            )
+            .code("master_key_required"))
+        }
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// `/healthz`, `/readyz` and `/metrics`.
+pub fn ops_router(core: Arc<Core>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(core)
+}
+
+async fn healthz() -> Response {
+    http::json_response(StatusCode::OK, r#"{"status":"ok"}"#)
+}
+
+async fn readyz(State(core): State<Arc<Core>>) -> Response {
+    if core.is_draining() {
+        return http::json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"status":"draining","store":"unknown","config":"loaded"}"#,
+        );
+    }
+    match core.stores.meta.ping().await {
+        Ok(()) => http::json_response(
+            StatusCode::OK,
+            r#"{"status":"ready","store":"ok","config":"loaded"}"#,
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check: store unreachable");
+            http::json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"status": "unready", "store": e.to_string(), "config": "loaded"})
+                    .to_string(),
+            )
+        }
+    }
+}
+
+async fn metrics(State(core): State<Arc<Core>>, headers: HeaderMap) -> Response {
+    if !core.config().admin.public_metrics {
+        if let Err(e) = core.require_master(&headers) {
+            return e.into_response();
+        }
+    }
+    let mut res = core.metrics.render().into_response();
+    res.headers_mut().insert(
+        ::http::header::CONTENT_TYPE,
+        ::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res
+}
+
+/// The fallback for paths no layer serves.
+pub async fn not_found(uri: ::http::Uri) -> Response {
+    ApiError::not_found(format!("no route for {}", uri.path()))
+        .code("route_not_found")
+        .into_response()
+}

@@ -1,0 +1,165 @@
+//! Prometheus metrics. Recording is a few atomic operations behind a label lookup; rendering
+//! happens only when `/metrics` is scraped.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub model: String,
+    pub provider: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub provider: String,
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub model: String,
+    pub provider: String,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<RequestLabels, Histogram>,
+    pub upstream_duration: Family<UpstreamLabels, Histogram>,
+    pub overhead: Family<RouteLabels, Histogram>,
+    pub in_flight: Family<RouteLabels, Gauge<i64, std::sync::atomic::AtomicI64>>,
+    pub tokens: Family<TokenLabels, Counter>,
+    pub config_reloads: Family<ResultLabels, Counter>,
+    pub stream_errors: Family<UpstreamLabels, Counter<u64, AtomicU64>>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100µs .. ~105s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 21))
+}
+
+fn overhead_histogram() -> Histogram {
+    // 5µs .. ~80ms: the gateway's own time should sit at the bottom of this range.
+    Histogram::new(exponential_buckets(0.000005, 2.0, 15))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tollgate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_duration = Family::<RequestLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let upstream_duration = Family::<UpstreamLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let overhead = Family::<RouteLabels, Histogram>::new_with_constructor(
+            overhead_histogram as fn() -> Histogram,
+        );
+        let in_flight = Family::default();
+        let tokens = Family::default();
+        let config_reloads = Family::default();
+        let stream_errors = Family::default();
+        registry.register("requests", "HTTP requests answered", requests.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time from request received to response headers sent",
+            request_duration.clone(),
+        );
+        registry.register(
+            "upstream_duration_seconds",
+            "Time spent waiting on the upstream provider (to headers for streams)",
+            upstream_duration.clone(),
+        );
+        registry.register(
+            "overhead_seconds",
+            "The gateway's own time per request: total minus upstream",
+            overhead.clone(),
+        );
+        registry.register(
+            "in_flight_requests",
+            "Requests and streams in progress",
+            in_flight.clone(),
+        );
+        registry.register("tokens", "Tokens reported by providers", tokens.clone());
+        registry.register(
+            "config_reloads",
+            "Configuration reload attempts",
+            config_reloads.clone(),
+        );
+        registry.register(
+            "stream_errors",
+            "Streams that ended with an upstream error or idle timeout",
+            stream_errors.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            overhead,
+            in_flight,
+            tokens,
+            config_reloads,
+            stream_errors,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "cannot render metrics");
+        }
+        out
+    }
+
+    pub fn record_tokens(&self, model: &str, provider: &str, prompt: u64, completion: u64) {
+        for (kind, n) in [("prompt", prompt), ("completion", completion)] {
+            if n > 0 {
+                self.tokens
+                    .get_or_create(&TokenLabels {
+                        model: model.to_owned(),
+                        provider: provider.to_owned(),
+                        kind,
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+
+    pub fn record_upstream(&self, provider: &str, model: &str, d: Duration) {
+        self.upstream_duration
+            .get_or_create(&UpstreamLabels {
+                provider: provider.to_owned(),
+                model: model.to_owned(),
+            })
+            .observe(d.as_secs_f64());
+    }
+}

@@ -1,0 +1,199 @@
+//! The in-memory engine: everything behind one mutex, nothing survives a restart. Used by
+//! `memory://` and as the reference the shared store suite holds every engine to.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::sqlite::apply_update;
+use super::{
+    KeyRecord, KeySecret, KeyStore, KeyUpdate, MetaStore, Page, SecretHash, StoreError, StoreResult,
+};
+
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    keys: BTreeMap<String, KeyRecord>,
+    secrets: HashMap<SecretHash, (String, Option<i64>)>,
+    meta: HashMap<String, String>,
+    seq: i64,
+}
+
+impl MemoryStore {
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> StoreResult<T>) -> StoreResult<T> {
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))?;
+        f(&mut state)
+    }
+}
+
+#[async_trait]
+impl KeyStore for MemoryStore {
+    async fn insert_key(&self, key: &KeyRecord, secret: &KeySecret) -> StoreResult<()> {
+        self.with(|s| {
+            if s.keys.contains_key(&key.id) || s.secrets.contains_key(&secret.hash) {
+                return Err(StoreError::Conflict(format!(
+                    "key {} already exists",
+                    key.id
+                )));
+            }
+            s.keys.insert(key.id.clone(), key.clone());
+            s.secrets
+                .insert(secret.hash, (key.id.clone(), secret.expires_at));
+            s.seq += 1;
+            Ok(())
+        })
+    }
+
+    async fn get_key(&self, id: &str) -> StoreResult<Option<KeyRecord>> {
+        self.with(|s| Ok(s.keys.get(id).cloned()))
+    }
+
+    async fn list_keys(&self, page: &Page) -> StoreResult<Vec<KeyRecord>> {
+        self.with(|s| {
+            let mut all: Vec<&KeyRecord> = s.keys.values().collect();
+            all.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+            let start = match &page.after {
+                Some(after) => match s.keys.get(after) {
+                    Some(k) => {
+                        all.partition_point(|x| (x.created_at, &x.id) <= (k.created_at, &k.id))
+                    }
+                    None => all.len(),
+                },
+                None => 0,
+            };
+            Ok(all
+                .into_iter()
+                .skip(start)
+                .take(page.limit.clamp(1, 1000) as usize)
+                .cloned()
+                .collect())
+        })
+    }
+
+    async fn update_key(
+        &self,
+        id: &str,
+        update: &KeyUpdate,
+        now: i64,
+    ) -> StoreResult<Option<KeyRecord>> {
+        self.with(|s| {
+            let Some(key) = s.keys.get_mut(id) else {
+                return Ok(None);
+            };
+            apply_update(key, update, now);
+            let out = key.clone();
+            s.seq += 1;
+            Ok(Some(out))
+        })
+    }
+
+    async fn revoke_key(&self, id: &str, now: i64) -> StoreResult<Option<KeyRecord>> {
+        self.with(|s| {
+            let Some(key) = s.keys.get_mut(id) else {
+                return Ok(None);
+            };
+            if key.revoked_at.is_some() {
+                return Err(StoreError::Conflict(format!("key {id} is already revoked")));
+            }
+            key.revoked_at = Some(now);
+            key.enabled = false;
+            key.updated_at = now;
+            let out = key.clone();
+            s.secrets.retain(|_, (kid, _)| kid != id);
+            s.seq += 1;
+            Ok(Some(out))
+        })
+    }
+
+    async fn rotate_key(
+        &self,
+        id: &str,
+        new_secret: &KeySecret,
+        new_prefix: &str,
+        old_expire_at: i64,
+        now: i64,
+    ) -> StoreResult<Option<KeyRecord>> {
+        self.with(|s| {
+            let Some(key) = s.keys.get_mut(id) else {
+                return Ok(None);
+            };
+            if key.revoked_at.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "key {id} is revoked and cannot be rotated"
+                )));
+            }
+            key.secret_prefix = new_prefix.to_owned();
+            key.updated_at = now;
+            let out = key.clone();
+            for (kid, exp) in s.secrets.values_mut() {
+                if kid == id {
+                    *exp = Some(exp.map_or(old_expire_at, |e| e.min(old_expire_at)));
+                }
+            }
+            s.secrets
+                .retain(|_, (kid, exp)| kid != id || exp.is_none_or(|e| e > now));
+            s.secrets
+                .insert(new_secret.hash, (id.to_owned(), new_secret.expires_at));
+            s.seq += 1;
+            Ok(Some(out))
+        })
+    }
+
+    async fn load_active(&self, now: i64) -> StoreResult<Vec<(KeyRecord, Vec<KeySecret>)>> {
+        self.with(|s| {
+            let mut by_key: HashMap<&str, Vec<KeySecret>> = HashMap::new();
+            for (hash, (kid, exp)) in &s.secrets {
+                if exp.is_none_or(|e| e > now) {
+                    by_key.entry(kid.as_str()).or_default().push(KeySecret {
+                        hash: *hash,
+                        expires_at: *exp,
+                    });
+                }
+            }
+            Ok(s.keys
+                .values()
+                .filter(|k| k.revoked_at.is_none())
+                .map(|k| (k.clone(), by_key.remove(k.id.as_str()).unwrap_or_default()))
+                .collect())
+        })
+    }
+
+    async fn change_seq(&self) -> StoreResult<i64> {
+        self.with(|s| Ok(s.seq))
+    }
+}
+
+#[async_trait]
+impl MetaStore for MemoryStore {
+    async fn get_meta(&self, key: &str) -> StoreResult<Option<String>> {
+        self.with(|s| Ok(s.meta.get(key).cloned()))
+    }
+
+    async fn set_meta_if_absent(&self, key: &str, value: &str) -> StoreResult<String> {
+        self.with(|s| {
+            Ok(s.meta
+                .entry(key.to_owned())
+                .or_insert_with(|| value.to_owned())
+                .clone())
+        })
+    }
+
+    async fn set_meta(&self, key: &str, value: &str) -> StoreResult<()> {
+        self.with(|s| {
+            s.meta.insert(key.to_owned(), value.to_owned());
+            Ok(())
+        })
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.with(|_| Ok(()))
+    }
+}

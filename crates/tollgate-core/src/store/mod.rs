@@ -1,0 +1,161 @@
+//! Durable state behind one trait per concern, with an engine per backend (SQLite for the
+//! embedded default, memory for tests and demos; PostgreSQL arrives with the scale-out work).
+//!
+//! Every operation is atomic on its own. Nothing here runs on the request hot path: the key
+//! cache reads the store on change, never per request.
+
+mod memory;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::config::DatabaseUrl;
+
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store data corrupt: {0}")]
+    Corrupt(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+}
+
+impl From<StoreError> for crate::error::ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(m) => {
+                crate::error::ApiError::new(crate::error::ErrorKind::Conflict, m)
+            }
+            other => crate::error::ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A SHA-256 digest of a key secret.
+pub type SecretHash = [u8; 32];
+
+/// A virtual key as stored. The secret is never part of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub id: String,
+    pub name: String,
+    pub user: Option<String>,
+    pub team: Option<String>,
+    /// Glob patterns (`*`, `?`) over public model names; empty means every model.
+    pub models: Vec<String>,
+    pub expires_at: Option<i64>,
+    pub enabled: bool,
+    pub revoked_at: Option<i64>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub secret_prefix: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One secret of a key; several exist during a rotation's grace period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySecret {
+    pub hash: SecretHash,
+    pub expires_at: Option<i64>,
+}
+
+/// A partial update: `None` leaves a field alone; `Some(None)` clears a nullable one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyUpdate {
+    pub name: Option<String>,
+    pub user: Option<Option<String>>,
+    pub team: Option<Option<String>>,
+    pub models: Option<Vec<String>>,
+    pub expires_at: Option<Option<i64>>,
+    pub enabled: Option<bool>,
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Keyset pagination over keys ordered by `(created_at, id)`.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// Return keys after this id.
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    /// Inserts a new key with its first secret.
+    async fn insert_key(&self, key: &KeyRecord, secret: &KeySecret) -> StoreResult<()>;
+    async fn get_key(&self, id: &str) -> StoreResult<Option<KeyRecord>>;
+    async fn list_keys(&self, page: &Page) -> StoreResult<Vec<KeyRecord>>;
+    async fn update_key(
+        &self,
+        id: &str,
+        update: &KeyUpdate,
+        now: i64,
+    ) -> StoreResult<Option<KeyRecord>>;
+    /// Marks a key revoked and drops its secrets. Revoking twice is a conflict.
+    async fn revoke_key(&self, id: &str, now: i64) -> StoreResult<Option<KeyRecord>>;
+    /// Adds `new_secret`, caps every existing secret of the key at `old_expire_at`, and records
+    /// the new display prefix. Revoked keys cannot be rotated (conflict).
+    async fn rotate_key(
+        &self,
+        id: &str,
+        new_secret: &KeySecret,
+        new_prefix: &str,
+        old_expire_at: i64,
+        now: i64,
+    ) -> StoreResult<Option<KeyRecord>>;
+    /// Every non-revoked key with its unexpired secrets, for the in-memory cache.
+    async fn load_active(&self, now: i64) -> StoreResult<Vec<(KeyRecord, Vec<KeySecret>)>>;
+    /// A counter that grows on every key change, so other processes' writes are noticed.
+    async fn change_seq(&self) -> StoreResult<i64>;
+}
+
+#[async_trait]
+pub trait MetaStore: Send + Sync + 'static {
+    async fn get_meta(&self, key: &str) -> StoreResult<Option<String>>;
+    /// Sets `key` only if it has no value; returns the value now stored.
+    async fn set_meta_if_absent(&self, key: &str, value: &str) -> StoreResult<String>;
+    async fn set_meta(&self, key: &str, value: &str) -> StoreResult<()>;
+    /// Cheap liveness check for `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+/// The engines a process uses, one handle per concern.
+#[derive(Clone)]
+pub struct Stores {
+    pub keys: Arc<dyn KeyStore>,
+    pub meta: Arc<dyn MetaStore>,
+}
+
+impl Stores {
+    /// Opens (and migrates) the store a URL names.
+    pub async fn open(url: &DatabaseUrl) -> StoreResult<Stores> {
+        match url {
+            DatabaseUrl::Memory => {
+                let s = Arc::new(MemoryStore::default());
+                Ok(Stores {
+                    keys: s.clone(),
+                    meta: s,
+                })
+            }
+            DatabaseUrl::Sqlite(path) => {
+                let s = Arc::new(SqliteStore::open(path).await?);
+                Ok(Stores {
+                    keys: s.clone(),
+                    meta: s,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod suite;

@@ -1,0 +1,455 @@
+//! The SQLite engine: the embedded default. WAL mode, one file, schema created and upgraded by
+//! the numbered migrations in `migrations/sqlite/`. All SQL uses binds.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::{Row, SqlitePool};
+
+use super::{KeyRecord, KeySecret, KeyStore, KeyUpdate, MetaStore, Page, StoreError, StoreResult};
+
+/// Migrations in order. A released migration is never edited; add a new one.
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "keys", include_str!("migrations/sqlite/0001_keys.sql"))];
+
+const KEYS_SEQ: &str = "keys_seq";
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl SqliteStore {
+    pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let opts = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(unavailable)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(unavailable)?;
+        let store = SqliteStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS tollgate_migrations (
+                version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        for (version, name, sql) in MIGRATIONS {
+            let mut tx = self.pool.begin().await.map_err(unavailable)?;
+            let done: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM tollgate_migrations WHERE version = ?")
+                    .bind(version)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            if done.is_some() {
+                continue;
+            }
+            sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(|e| {
+                StoreError::Unavailable(format!("migration {version} ({name}) failed: {e}"))
+            })?;
+            sqlx::query(
+                "INSERT INTO tollgate_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+            )
+            .bind(version)
+            .bind(name)
+            .bind(crate::time::now())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            tx.commit().await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+}
+
+fn bump_seq_sql() -> &'static str {
+    "INSERT INTO tollgate_meta (k, v) VALUES ('keys_seq', '1')
+     ON CONFLICT (k) DO UPDATE SET v = CAST(CAST(v AS INTEGER) + 1 AS TEXT)"
+}
+
+const KEY_COLUMNS: &str = "id, name, user_id, team_id, models, expires_at, enabled, revoked_at, \
+                           metadata, secret_prefix, created_at, updated_at";
+
+fn key_from_row(row: &SqliteRow) -> StoreResult<KeyRecord> {
+    let get = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
+    let models: String = row.try_get("models").map_err(get)?;
+    let metadata: String = row.try_get("metadata").map_err(get)?;
+    Ok(KeyRecord {
+        id: row.try_get("id").map_err(get)?,
+        name: row.try_get("name").map_err(get)?,
+        user: row.try_get("user_id").map_err(get)?,
+        team: row.try_get("team_id").map_err(get)?,
+        models: serde_json::from_str(&models)
+            .map_err(|e| StoreError::Corrupt(format!("keys.models: {e}")))?,
+        expires_at: row.try_get("expires_at").map_err(get)?,
+        enabled: row.try_get("enabled").map_err(get)?,
+        revoked_at: row.try_get("revoked_at").map_err(get)?,
+        metadata: serde_json::from_str(&metadata)
+            .map_err(|e| StoreError::Corrupt(format!("keys.metadata: {e}")))?,
+        secret_prefix: row.try_get("secret_prefix").map_err(get)?,
+        created_at: row.try_get("created_at").map_err(get)?,
+        updated_at: row.try_get("updated_at").map_err(get)?,
+    })
+}
+
+fn json(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
+}
+
+impl SqliteStore {
+    async fn fetch_key<'e, E>(&self, exec: E, id: &str) -> StoreResult<Option<KeyRecord>>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = ?");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(exec)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn insert_key(&self, key: &KeyRecord, secret: &KeySecret) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        sqlx::query(
+            "INSERT INTO keys (id, name, user_id, team_id, models, expires_at, enabled, revoked_at,
+                               metadata, secret_prefix, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&key.id)
+        .bind(&key.name)
+        .bind(&key.user)
+        .bind(&key.team)
+        .bind(json(&key.models))
+        .bind(key.expires_at)
+        .bind(key.enabled)
+        .bind(key.revoked_at)
+        .bind(json(&key.metadata))
+        .bind(&key.secret_prefix)
+        .bind(key.created_at)
+        .bind(key.updated_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                StoreError::Conflict(format!("key {} already exists", key.id))
+            }
+            _ => unavailable(e),
+        })?;
+        sqlx::query(
+            "INSERT INTO key_secrets (hash, key_id, expires_at, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&secret.hash[..])
+        .bind(&key.id)
+        .bind(secret.expires_at)
+        .bind(key.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        sqlx::query(bump_seq_sql())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn get_key(&self, id: &str) -> StoreResult<Option<KeyRecord>> {
+        self.fetch_key(&self.pool, id).await
+    }
+
+    async fn list_keys(&self, page: &Page) -> StoreResult<Vec<KeyRecord>> {
+        let limit = i64::from(page.limit.clamp(1, 1000));
+        let rows = match &page.after {
+            None => {
+                let sql = format!("SELECT {KEY_COLUMNS} FROM keys ORDER BY created_at, id LIMIT ?");
+                sqlx::query(&sql).bind(limit).fetch_all(&self.pool).await
+            }
+            Some(after) => {
+                let sql = format!(
+                    "SELECT {KEY_COLUMNS} FROM keys
+                     WHERE (created_at, id) > (SELECT created_at, id FROM keys WHERE id = ?)
+                     ORDER BY created_at, id LIMIT ?"
+                );
+                sqlx::query(&sql)
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+            }
+        }
+        .map_err(unavailable)?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn update_key(
+        &self,
+        id: &str,
+        update: &KeyUpdate,
+        now: i64,
+    ) -> StoreResult<Option<KeyRecord>> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let Some(mut key) = self.fetch_key(&mut *tx, id).await? else {
+            return Ok(None);
+        };
+        apply_update(&mut key, update, now);
+        sqlx::query(
+            "UPDATE keys SET name = ?, user_id = ?, team_id = ?, models = ?, expires_at = ?,
+                             enabled = ?, metadata = ?, updated_at = ?
+             WHERE id = ?",
+        )
+        .bind(&key.name)
+        .bind(&key.user)
+        .bind(&key.team)
+        .bind(json(&key.models))
+        .bind(key.expires_at)
+        .bind(key.enabled)
+        .bind(json(&key.metadata))
+        .bind(key.updated_at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        sqlx::query(bump_seq_sql())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Some(key))
+    }
+
+    async fn revoke_key(&self, id: &str, now: i64) -> StoreResult<Option<KeyRecord>> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let Some(mut key) = self.fetch_key(&mut *tx, id).await? else {
+            return Ok(None);
+        };
+        if key.revoked_at.is_some() {
+            return Err(StoreError::Conflict(format!("key {id} is already revoked")));
+        }
+        key.revoked_at = Some(now);
+        key.enabled = false;
+        key.updated_at = now;
+        sqlx::query("UPDATE keys SET revoked_at = ?, enabled = 0, updated_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        sqlx::query("DELETE FROM key_secrets WHERE key_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        sqlx::query(bump_seq_sql())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Some(key))
+    }
+
+    async fn rotate_key(
+        &self,
+        id: &str,
+        new_secret: &KeySecret,
+        new_prefix: &str,
+        old_expire_at: i64,
+        now: i64,
+    ) -> StoreResult<Option<KeyRecord>> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let Some(mut key) = self.fetch_key(&mut *tx, id).await? else {
+            return Ok(None);
+        };
+        if key.revoked_at.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "key {id} is revoked and cannot be rotated"
+            )));
+        }
+        sqlx::query(
+            "UPDATE key_secrets SET expires_at = MIN(COALESCE(expires_at, ?1), ?1) WHERE key_id = ?2",
+        )
+        .bind(old_expire_at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        // Secrets whose grace has passed are of no use; drop them so the table stays small.
+        sqlx::query("DELETE FROM key_secrets WHERE key_id = ? AND expires_at <= ?")
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        sqlx::query(
+            "INSERT INTO key_secrets (hash, key_id, expires_at, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&new_secret.hash[..])
+        .bind(id)
+        .bind(new_secret.expires_at)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        key.secret_prefix = new_prefix.to_owned();
+        key.updated_at = now;
+        sqlx::query("UPDATE keys SET secret_prefix = ?, updated_at = ? WHERE id = ?")
+            .bind(new_prefix)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        sqlx::query(bump_seq_sql())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Some(key))
+    }
+
+    async fn load_active(&self, now: i64) -> StoreResult<Vec<(KeyRecord, Vec<KeySecret>)>> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE revoked_at IS NULL");
+        let rows = sqlx::query(&sql)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let secrets = sqlx::query(
+            "SELECT hash, key_id, expires_at FROM key_secrets
+             WHERE expires_at IS NULL OR expires_at > ?",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        let mut by_key: std::collections::HashMap<String, Vec<KeySecret>> = Default::default();
+        for row in &secrets {
+            let get = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
+            let hash: Vec<u8> = row.try_get("hash").map_err(get)?;
+            let key_id: String = row.try_get("key_id").map_err(get)?;
+            let hash: [u8; 32] = hash
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("key_secrets.hash is not 32 bytes".into()))?;
+            by_key.entry(key_id).or_default().push(KeySecret {
+                hash,
+                expires_at: row.try_get("expires_at").map_err(get)?,
+            });
+        }
+        rows.iter()
+            .map(|row| {
+                let key = key_from_row(row)?;
+                let secrets = by_key.remove(&key.id).unwrap_or_default();
+                Ok((key, secrets))
+            })
+            .collect()
+    }
+
+    async fn change_seq(&self) -> StoreResult<i64> {
+        let v: Option<String> = sqlx::query_scalar("SELECT v FROM tollgate_meta WHERE k = ?")
+            .bind(KEYS_SEQ)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+}
+
+pub(super) fn apply_update(key: &mut KeyRecord, u: &KeyUpdate, now: i64) {
+    if let Some(v) = &u.name {
+        key.name = v.clone();
+    }
+    if let Some(v) = &u.user {
+        key.user = v.clone();
+    }
+    if let Some(v) = &u.team {
+        key.team = v.clone();
+    }
+    if let Some(v) = &u.models {
+        key.models = v.clone();
+    }
+    if let Some(v) = u.expires_at {
+        key.expires_at = v;
+    }
+    if let Some(v) = u.enabled {
+        key.enabled = v;
+    }
+    if let Some(v) = &u.metadata {
+        key.metadata = v.clone();
+    }
+    key.updated_at = now;
+}
+
+#[async_trait]
+impl MetaStore for SqliteStore {
+    async fn get_meta(&self, key: &str) -> StoreResult<Option<String>> {
+        sqlx::query_scalar("SELECT v FROM tollgate_meta WHERE k = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn set_meta_if_absent(&self, key: &str, value: &str) -> StoreResult<String> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        sqlx::query("INSERT INTO tollgate_meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let v: String = sqlx::query_scalar("SELECT v FROM tollgate_meta WHERE k = ?")
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(v)
+    }
+
+    async fn set_meta(&self, key: &str, value: &str) -> StoreResult<()> {
+        sqlx::query("INSERT INTO tollgate_meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,212 @@
+//! The request envelope: the few top-level fields a routing decision needs (`model`, `stream`,
+//! `stream_options`), read without parsing the rest, and a splice that rewrites only those
+//! fields while every other value passes through byte for byte.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+use tollgate_core::error::ApiError;
+
+/// A top-level JSON object as an ordered list of keys and raw, unparsed values.
+pub struct Envelope<'a> {
+    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+    pub model: String,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+                let mut out: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::new();
+                while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+                    let v: &'de RawValue = map.next_value()?;
+                    // Two parsers picking different duplicates is a request-smuggling vector.
+                    if out.iter().any(|(seen, _)| *seen == k) {
+                        return Err(de::Error::custom(format!("duplicate key {k:?}")));
+                    }
+                    out.push((k, v));
+                }
+                Ok(Fields(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'a> Envelope<'a> {
+    /// Parses the top level of a request body. `model` is required.
+    pub fn parse(body: &'a [u8]) -> Result<Envelope<'a>, ApiError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(
+                ApiError::invalid("request body is empty; expected a JSON object")
+                    .code("invalid_json"),
+            );
+        }
+        let Fields(fields) = serde_json::from_slice(body).map_err(|e| ApiError::from_json(&e))?;
+        let mut model = None;
+        let mut stream = false;
+        let mut include_usage = false;
+        for (k, v) in &fields {
+            match k.as_ref() {
+                "model" => {
+                    model = Some(serde_json::from_str::<String>(v.get()).map_err(|_| {
+                        ApiError::invalid("`model` must be a string").param("model")
+                    })?)
+                }
+                "stream" => {
+                    stream = serde_json::from_str::<Option<bool>>(v.get())
+                        .map_err(|_| {
+                            ApiError::invalid("`stream` must be a boolean").param("stream")
+                        })?
+                        .unwrap_or(false)
+                }
+                "stream_options" => {
+                    #[derive(Deserialize)]
+                    struct StreamOptions {
+                        include_usage: Option<bool>,
+                    }
+                    let opts: Option<StreamOptions> =
+                        serde_json::from_str(v.get()).map_err(|_| {
+                            ApiError::invalid("`stream_options` must be an object")
+                                .param("stream_options")
+                        })?;
+                    include_usage = opts.and_then(|o| o.include_usage).unwrap_or(false);
+                }
+                _ => {}
+            }
+        }
+        let model = model.filter(|m| !m.is_empty()).ok_or_else(|| {
+            ApiError::invalid("`model` is required")
+                .param("model")
+                .code("missing_model")
+        })?;
+        Ok(Envelope {
+            fields,
+            model,
+            stream,
+            include_usage,
+        })
+    }
+
+    /// The raw value of a top-level field.
+    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// Re-emits the object with `model` replaced. Other values are copied verbatim.
+    pub fn with_model(&self, model: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            self.fields
+                .iter()
+                .map(|(k, v)| k.len() + v.get().len() + 4)
+                .sum::<usize>()
+                + model.len()
+                + 16,
+        );
+        out.push(b'{');
+        for (i, (k, v)) in self.fields.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_key(&mut out, k);
+            out.push(b':');
+            if k == "model" {
+                write_key(&mut out, model);
+            } else {
+                out.extend_from_slice(v.get().as_bytes());
+            }
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+fn write_key(out: &mut Vec<u8>, s: &str) {
+    // Serialising a &str to JSON cannot fail.
+    if serde_json::to_writer(&mut *out, s).is_err() {
+        out.extend_from_slice(b"\"\"");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_routing_fields() {
+        let body = br#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"x":1}"#;
+        let e = Envelope::parse(body).unwrap();
+        assert_eq!(e.model, "m");
+        assert!(e.stream && e.include_usage);
+    }
+
+    #[test]
+    fn rewrites_model_and_keeps_everything_else_verbatim() {
+        let body = br#"{ "temperature" : 1.00000000000000000001, "model": "public", "weird_\u00e9": [1,  2, {"deep": "v\n"}], "n": 12345678901234567890 }"#;
+        let e = Envelope::parse(body).unwrap();
+        let out = String::from_utf8(e.with_model("upstream")).unwrap();
+        assert_eq!(
+            out,
+            r#"{"temperature":1.00000000000000000001,"model":"upstream","weird_é":[1,  2, {"deep": "v\n"}],"n":12345678901234567890}"#
+        );
+    }
+
+    #[test]
+    fn errors() {
+        for (body, want) in [
+            (&b"[]"[..], "a JSON object"),
+            (b"{\"model\": 3}", "must be a string"),
+            (b"{}", "`model` is required"),
+            (b"{\"model\":\"a\",\"model\":\"b\"}", "duplicate key"),
+            (
+                b"{\"model\":\"a\",\"stream\":\"yes\"}",
+                "`stream` must be a boolean",
+            ),
+            (b"{\"model\": \"a\"", "line 1"),
+            (b"", "empty"),
+        ] {
+            let Err(err) = Envelope::parse(body) else {
+                panic!("accepted {:?}", String::from_utf8_lossy(body));
+            };
+            assert!(
+                err.message.contains(want),
+                "{} should mention {want}",
+                err.message
+            );
+            assert_eq!(err.status(), http::StatusCode::BAD_REQUEST);
+        }
+    }
+}

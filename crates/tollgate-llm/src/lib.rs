@@ -1,0 +1,306 @@
+//! The model layer: an OpenAI-compatible API (`/v1/chat/completions`, `/v1/embeddings`,
+//! `/v1/responses`, `/v1/models`) in front of configured providers.
+//!
+//! Each request runs the same named phases: authenticate, read the body, parse the envelope,
+//! authorize the model, route to a target, call the provider, and hand the response back with a
+//! tag for the shell's metrics. Routing state is an immutable snapshot swapped on reload.
+
+pub mod envelope;
+pub mod provider;
+pub mod stream;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use http::{HeaderMap, StatusCode};
+use serde_json::json;
+use tollgate_core::config::Config;
+use tollgate_core::error::{ApiError, ErrorKind};
+use tollgate_core::http::{json_response, read_body, RequestId, ResponseTag};
+use tollgate_core::identity::Principal;
+use tollgate_core::Core;
+
+use crate::envelope::Envelope;
+use crate::provider::{Call, Endpoint, NamedProvider, Provider, StreamOutcome};
+
+/// A public model name and where it may be served.
+pub struct ModelRoute {
+    pub name: Arc<str>,
+    pub targets: Vec<Target>,
+}
+
+pub struct Target {
+    pub provider: Arc<NamedProvider>,
+    pub model: Arc<str>,
+}
+
+/// Everything the layer derives from config, swapped whole on reload.
+pub struct LlmState {
+    models: HashMap<String, Arc<ModelRoute>>,
+    /// Model names in config order, for `/v1/models`.
+    order: Vec<Arc<ModelRoute>>,
+}
+
+impl LlmState {
+    pub fn build(config: &Config) -> Result<LlmState, String> {
+        let mut providers = HashMap::new();
+        for p in &config.providers {
+            let built = Provider::build(p).map_err(|e| format!("provider {:?}: {e}", p.name))?;
+            providers.insert(
+                p.name.clone(),
+                Arc::new(NamedProvider {
+                    name: Arc::from(p.name.as_str()),
+                    provider: built,
+                }),
+            );
+        }
+        let mut models = HashMap::new();
+        let mut order = Vec::new();
+        for m in &config.models {
+            let mut targets = Vec::new();
+            for t in &m.targets {
+                let provider = providers.get(&t.provider).cloned().ok_or_else(|| {
+                    format!("model {:?}: unknown provider {:?}", m.name, t.provider)
+                })?;
+                targets.push(Target {
+                    provider,
+                    model: Arc::from(t.model.as_str()),
+                });
+            }
+            let route = Arc::new(ModelRoute {
+                name: Arc::from(m.name.as_str()),
+                targets,
+            });
+            models.insert(m.name.clone(), route.clone());
+            order.push(route);
+        }
+        Ok(LlmState { models, order })
+    }
+}
+
+pub struct LlmLayer {
+    core: Arc<Core>,
+    state: ArcSwap<LlmState>,
+}
+
+impl LlmLayer {
+    pub fn new(core: Arc<Core>, config: &Config) -> Result<Arc<LlmLayer>, String> {
+        Ok(Arc::new(LlmLayer {
+            core,
+            state: ArcSwap::from_pointee(LlmState::build(config)?),
+        }))
+    }
+
+    /// Rebuilds routing from a new config. In-flight requests keep the snapshot they loaded.
+    pub fn reload(&self, config: &Config) -> Result<(), String> {
+        let state = LlmState::build(config)?;
+        self.state.store(Arc::new(state));
+        Ok(())
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/v1/embeddings", post(embeddings))
+            .route("/v1/responses", post(responses))
+            .route("/v1/models", get(list_models))
+            .route("/v1/models/{*model}", get(get_model))
+            .with_state(self.clone())
+    }
+}
+
+async fn chat(State(layer): State<Arc<LlmLayer>>, req: Request) -> Response {
+    serve(&layer, Endpoint::Chat, req).await
+}
+
+async fn embeddings(State(layer): State<Arc<LlmLayer>>, req: Request) -> Response {
+    serve(&layer, Endpoint::Embeddings, req).await
+}
+
+async fn responses(State(layer): State<Arc<LlmLayer>>, req: Request) -> Response {
+    serve(&layer, Endpoint::Responses, req).await
+}
+
+async fn serve(layer: &LlmLayer, endpoint: Endpoint, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let request_id = parts
+        .extensions
+        .get::<RequestId>()
+        .map(|r| r.as_str().to_owned())
+        .unwrap_or_default();
+    match call_model(layer, endpoint, &parts.headers, body, &request_id).await {
+        Ok(res) => res,
+        Err((err, tag)) => {
+            let mut res = err.into_response();
+            if let Some(tag) = tag {
+                res.extensions_mut().insert(tag);
+            }
+            res
+        }
+    }
+}
+
+type Failure = (ApiError, Option<ResponseTag>);
+
+/// authenticate -> read -> parse -> authorize -> route -> call.
+async fn call_model(
+    layer: &LlmLayer,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: Body,
+    request_id: &str,
+) -> Result<Response, Failure> {
+    let core = &layer.core;
+    let principal = core.authenticate(headers).map_err(|e| (e, None))?;
+    let config = core.config();
+    let bytes = read_body(headers, body, config.limits.max_body_size)
+        .await
+        .map_err(|e| (e, None))?;
+    let envelope = Envelope::parse(&bytes).map_err(|e| (e, None))?;
+    let state = layer.state.load_full();
+    let route = authorize(&state, &principal, &envelope.model).map_err(|e| (e, None))?;
+    let Some(target) = route.targets.first() else {
+        return Err((
+            ApiError::internal(format!("model {:?} has no targets", route.name)),
+            None,
+        ));
+    };
+    let tag = ResponseTag {
+        model: Some(route.name.clone()),
+        provider: Some(target.provider.name.clone()),
+        upstream: Default::default(),
+    };
+    if endpoint == Endpoint::Embeddings && envelope.stream {
+        return Err((
+            ApiError::invalid("embeddings cannot be streamed").param("stream"),
+            Some(tag),
+        ));
+    }
+
+    let started = Instant::now();
+    let on_end = {
+        let core = core.clone();
+        let model = route.name.clone();
+        let provider = target.provider.name.clone();
+        Box::new(move |outcome: StreamOutcome| {
+            core.metrics
+                .record_upstream(&provider, &model, started.elapsed());
+            if let Some(u) = outcome.usage {
+                core.metrics
+                    .record_tokens(&model, &provider, u.prompt, u.completion);
+            }
+            if outcome.failed {
+                core.metrics
+                    .stream_errors
+                    .get_or_create(&tollgate_core::metrics::UpstreamLabels {
+                        provider: provider.to_string(),
+                        model: model.to_string(),
+                    })
+                    .inc();
+            }
+        })
+    };
+    let call = Call {
+        endpoint,
+        public_model: &route.name,
+        upstream_model: &target.model,
+        envelope: &envelope,
+        body: &bytes,
+        request_id,
+    };
+    match target.provider.provider.call(call, on_end).await {
+        Ok(reply) => {
+            let mut res = reply.response;
+            if let Some(u) = reply.usage {
+                core.metrics
+                    .record_upstream(&target.provider.name, &route.name, reply.upstream);
+                core.metrics.record_tokens(
+                    &route.name,
+                    &target.provider.name,
+                    u.prompt,
+                    u.completion,
+                );
+            }
+            res.extensions_mut().insert(ResponseTag {
+                upstream: reply.upstream,
+                ..tag
+            });
+            Ok(res)
+        }
+        Err(e) => {
+            let upstream = started.elapsed();
+            let err = e.into_api_error(&target.provider.name);
+            if err.kind != ErrorKind::InvalidRequest {
+                tracing::warn!(request_id, provider = %target.provider.name, model = %route.name, error = %err.message, "upstream call failed");
+            }
+            Err((err, Some(ResponseTag { upstream, ..tag })))
+        }
+    }
+}
+
+/// 403 if the principal may not use the name, 404 if no such model exists. Checking the
+/// permission first keeps restricted keys from probing which models exist.
+fn authorize(
+    state: &LlmState,
+    principal: &Principal,
+    model: &str,
+) -> Result<Arc<ModelRoute>, ApiError> {
+    if !principal.may_use_model(model) {
+        return Err(ApiError::new(
+            ErrorKind::PermissionDenied,
+            format!("this key may not use model {model:?}"),
+        )
+        .code("model_not_allowed")
+        .param("model"));
+    }
+    state.models.get(model).cloned().ok_or_else(|| {
+        ApiError::not_found(format!("model {model:?} does not exist"))
+            .code("model_not_found")
+            .param("model")
+    })
+}
+
+fn model_object(name: &str) -> serde_json::Value {
+    json!({"id": name, "object": "model", "created": 0, "owned_by": "tollgate"})
+}
+
+async fn list_models(State(layer): State<Arc<LlmLayer>>, headers: HeaderMap) -> Response {
+    let principal = match layer.core.authenticate(&headers) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let state = layer.state.load();
+    let data: Vec<_> = state
+        .order
+        .iter()
+        .filter(|m| principal.may_use_model(&m.name))
+        .map(|m| model_object(&m.name))
+        .collect();
+    json_response(
+        StatusCode::OK,
+        json!({"object": "list", "data": data}).to_string(),
+    )
+}
+
+async fn get_model(
+    State(layer): State<Arc<LlmLayer>>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+) -> Response {
+    let principal = match layer.core.authenticate(&headers) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let state = layer.state.load();
+    match authorize(&state, &principal, &model) {
+        Ok(route) => json_response(StatusCode::OK, model_object(&route.name).to_string()),
+        Err(e) => e.into_response(),
+    }
+}

@@ -1,0 +1,236 @@
+//! Providers: where a model call goes. Each provider turns a [`Call`] into a response in the
+//! client's dialect, or a [`ProviderError`] that this module alone maps to the gateway's
+//! [`ApiError`].
+
+mod mock;
+mod openai;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::response::Response;
+use bytes::Bytes;
+use http::StatusCode;
+use tollgate_core::config::{ProviderConfig, ProviderKind};
+use tollgate_core::error::{ApiError, ErrorKind};
+
+use crate::envelope::Envelope;
+
+pub use mock::MockProvider;
+pub use openai::OpenAiProvider;
+
+/// The OpenAI API endpoints the model layer serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Embeddings,
+    Responses,
+}
+
+impl Endpoint {
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat/completions",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Responses => "responses",
+        }
+    }
+}
+
+/// One call to a provider.
+pub struct Call<'a> {
+    pub endpoint: Endpoint,
+    /// The name the client sent.
+    pub public_model: &'a str,
+    /// The name the provider expects.
+    pub upstream_model: &'a str,
+    pub envelope: &'a Envelope<'a>,
+    /// The request body exactly as received.
+    pub body: &'a Bytes,
+    pub request_id: &'a str,
+}
+
+/// Token usage reported by a provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt: u64,
+    pub completion: u64,
+}
+
+/// A provider's answer: the response to send, and what it cost in time and tokens so far.
+pub struct Reply {
+    pub response: Response,
+    /// Time spent waiting on the upstream before the response head was ready.
+    pub upstream: Duration,
+    /// Known for non-streaming replies; streams report usage when they end.
+    pub usage: Option<Usage>,
+}
+
+/// Called once when a streamed reply ends, with whatever usage its tail reported.
+pub type StreamEnd = Box<dyn FnOnce(StreamOutcome) + Send + 'static>;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamOutcome {
+    pub usage: Option<Usage>,
+    /// The upstream failed or went idle mid-stream.
+    pub failed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("cannot reach upstream: {0}")]
+    Connect(String),
+    #[error("upstream did not answer within {after:?} ({phase})")]
+    Timeout {
+        phase: &'static str,
+        after: Duration,
+    },
+    #[error("upstream answered {status}: {message}")]
+    Status {
+        status: StatusCode,
+        message: String,
+        body: Bytes,
+    },
+    #[error("upstream sent an unusable response: {0}")]
+    Protocol(String),
+    /// The request is invalid for this provider; the client must change it.
+    #[error("{0}")]
+    Invalid(ApiError),
+}
+
+impl ProviderError {
+    /// The one mapping from provider failures to what the client sees.
+    pub fn into_api_error(self, provider: &str) -> ApiError {
+        match self {
+            ProviderError::Connect(e) => ApiError::new(
+                ErrorKind::Upstream,
+                format!("provider {provider:?} is unreachable: {e}"),
+            )
+            .code("upstream_unreachable"),
+            ProviderError::Timeout { phase, after } => ApiError::new(
+                ErrorKind::UpstreamTimeout,
+                format!("provider {provider:?} did not answer within {}ms ({phase})", after.as_millis()),
+            )
+            .code("upstream_timeout"),
+            ProviderError::Status { status, message, body } => match status.as_u16() {
+                429 => ApiError::relay(ErrorKind::RateLimited, status, message, body),
+                // The client's request is at fault: relay the upstream's own answer.
+                400 | 404 | 409 | 413 | 422 => {
+                    ApiError::relay(ErrorKind::InvalidRequest, status, message, body)
+                }
+                // The gateway's credentials or configuration are at fault, not the client's.
+                401 | 403 => ApiError::new(
+                    ErrorKind::Upstream,
+                    format!(
+                        "provider {provider:?} rejected the gateway's credentials (upstream status {}): {message}",
+                        status.as_u16()
+                    ),
+                )
+                .code("upstream_auth_failed"),
+                s => ApiError::new(
+                    ErrorKind::Upstream,
+                    format!("provider {provider:?} failed (upstream status {s}): {message}"),
+                )
+                .code("upstream_error"),
+            },
+            ProviderError::Protocol(e) => ApiError::new(
+                ErrorKind::Upstream,
+                format!("provider {provider:?} sent an unusable response: {e}"),
+            )
+            .code("upstream_protocol_error"),
+            ProviderError::Invalid(e) => e,
+        }
+    }
+}
+
+/// Extracts the human message from an OpenAI-shaped error body, or a short excerpt.
+pub fn error_message(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Outer {
+        error: Inner,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Inner {
+        Obj { message: String },
+        Str(String),
+    }
+    match serde_json::from_slice::<Outer>(body) {
+        Ok(Outer {
+            error: Inner::Obj { message } | Inner::Str(message),
+        }) => message,
+        Err(_) => {
+            let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+            if text.trim().is_empty() {
+                "(empty body)".to_owned()
+            } else {
+                text.trim().to_owned()
+            }
+        }
+    }
+}
+
+pub enum Provider {
+    OpenAi(OpenAiProvider),
+    Mock(MockProvider),
+}
+
+impl Provider {
+    pub fn build(cfg: &ProviderConfig) -> Result<Provider, String> {
+        Ok(match &cfg.kind {
+            ProviderKind::OpenAi(s) => {
+                Provider::OpenAi(OpenAiProvider::new(&cfg.name, s, &cfg.timeouts)?)
+            }
+            ProviderKind::Mock(s) => Provider::Mock(MockProvider::new(s.clone())),
+        })
+    }
+
+    pub async fn call(&self, call: Call<'_>, on_end: StreamEnd) -> Result<Reply, ProviderError> {
+        match self {
+            Provider::OpenAi(p) => p.call(call, on_end).await,
+            Provider::Mock(p) => p.call(call, on_end).await,
+        }
+    }
+}
+
+/// A provider with its config name, shared by every route that targets it.
+pub struct NamedProvider {
+    pub name: Arc<str>,
+    pub provider: Provider,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_mapping() {
+        let err = |s: u16| {
+            ProviderError::Status {
+                status: StatusCode::from_u16(s).unwrap(),
+                message: "boom".into(),
+                body: Bytes::from_static(b"{\"error\":{\"message\":\"boom\"}}"),
+            }
+            .into_api_error("p")
+        };
+        assert_eq!(err(503).status(), StatusCode::BAD_GATEWAY);
+        assert!(err(503).message.contains("503"));
+        assert_eq!(err(429).status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(err(400).status(), StatusCode::BAD_REQUEST);
+        assert!(err(400).relay_body.is_some());
+        assert_eq!(err(401).status(), StatusCode::BAD_GATEWAY);
+        let t = ProviderError::Timeout {
+            phase: "first byte",
+            after: Duration::from_secs(1),
+        }
+        .into_api_error("p");
+        assert_eq!(t.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    #[test]
+    fn messages() {
+        assert_eq!(error_message(br#"{"error":{"message":"bad"}}"#), "bad");
+        assert_eq!(error_message(br#"{"error":"flat"}"#), "flat");
+        assert_eq!(error_message(b"<html>oops</html>"), "<html>oops</html>");
+    }
+}

@@ -1,0 +1,298 @@
+//! The `openai` provider: any OpenAI-compatible HTTP API (OpenAI, Azure OpenAI, vLLM, Ollama,
+//! Groq, Together, ...). Requests and responses pass through untouched except for the `model`
+//! field; the client's credentials never reach the upstream.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tollgate_core::config::{OpenAiSettings, Timeouts};
+
+use super::{error_message, Call, Endpoint, ProviderError, Reply, StreamEnd, Usage};
+use crate::stream::{ForwardStream, RawUsage};
+
+/// The largest non-streaming upstream body accepted.
+const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
+
+/// Upstream response headers worth relaying to the client.
+fn relay_header(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    n == "content-type"
+        || n == "retry-after"
+        || n.starts_with("openai-")
+        || n.starts_with("x-ratelimit-")
+}
+
+pub struct OpenAiProvider {
+    name: String,
+    base_url: String,
+    api_version: Option<String>,
+    headers: HeaderMap,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    timeouts: Timeouts,
+    /// Pre-built URIs per endpoint for the non-Azure scheme.
+    uris: Option<[Uri; 3]>,
+}
+
+impl OpenAiProvider {
+    pub fn new(
+        name: &str,
+        s: &OpenAiSettings,
+        timeouts: &Timeouts,
+    ) -> Result<OpenAiProvider, String> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(timeouts.connect));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(https);
+
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        for (k, v) in &s.headers {
+            let name =
+                HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("header {k}: {e}"))?;
+            let value = HeaderValue::from_str(v).map_err(|e| format!("header {k}: {e}"))?;
+            headers.insert(name, value);
+        }
+        if let Some(key) = &s.api_key {
+            let (name, value) = if s.api_version.is_some() {
+                (HeaderName::from_static("api-key"), key.expose().to_owned())
+            } else {
+                (
+                    http::header::AUTHORIZATION,
+                    format!("Bearer {}", key.expose()),
+                )
+            };
+            let mut value = HeaderValue::from_str(&value)
+                .map_err(|_| "api_key contains invalid characters".to_owned())?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        let uris = if s.api_version.is_none() {
+            let make = |e: Endpoint| {
+                format!("{}/{}", s.base_url, e.path())
+                    .parse::<Uri>()
+                    .map_err(|err| format!("base_url: {err}"))
+            };
+            Some([
+                make(Endpoint::Chat)?,
+                make(Endpoint::Embeddings)?,
+                make(Endpoint::Responses)?,
+            ])
+        } else {
+            None
+        };
+        Ok(OpenAiProvider {
+            name: name.to_owned(),
+            base_url: s.base_url.clone(),
+            api_version: s.api_version.clone(),
+            headers,
+            client,
+            timeouts: timeouts.clone(),
+            uris,
+        })
+    }
+
+    fn uri(&self, endpoint: Endpoint, model: &str) -> Result<Uri, ProviderError> {
+        if let Some(uris) = &self.uris {
+            let i = match endpoint {
+                Endpoint::Chat => 0,
+                Endpoint::Embeddings => 1,
+                Endpoint::Responses => 2,
+            };
+            return uris
+                .get(i)
+                .cloned()
+                .ok_or_else(|| ProviderError::Protocol("no uri".into()));
+        }
+        // Azure: the deployment is in the path, the API version in the query.
+        let version = self.api_version.as_deref().unwrap_or_default();
+        let deployment = percent_encode_segment(model);
+        format!(
+            "{}/openai/deployments/{deployment}/{}?api-version={}",
+            self.base_url,
+            endpoint.path(),
+            percent_encode_segment(version)
+        )
+        .parse()
+        .map_err(|e| {
+            ProviderError::Invalid(tollgate_core::error::ApiError::invalid(format!(
+                "cannot build upstream URL: {e}"
+            )))
+        })
+    }
+
+    pub async fn call(&self, call: Call<'_>, on_end: StreamEnd) -> Result<Reply, ProviderError> {
+        let body = if call.upstream_model == call.public_model {
+            call.body.clone()
+        } else {
+            Bytes::from(call.envelope.with_model(call.upstream_model))
+        };
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(self.uri(call.endpoint, call.upstream_model)?)
+            .body(Full::new(body))
+            .map_err(|e| ProviderError::Protocol(e.to_string()))?;
+        let headers = req.headers_mut();
+        headers.clone_from(&self.headers);
+        headers.insert(
+            http::header::ACCEPT,
+            HeaderValue::from_static(if call.envelope.stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            }),
+        );
+        if let Ok(v) = HeaderValue::from_str(call.request_id) {
+            headers.insert("x-request-id", v);
+        }
+
+        let started = Instant::now();
+        let head_budget = self.timeouts.first_byte.min(self.timeouts.request);
+        let res = match tokio::time::timeout(head_budget, self.client.request(req)).await {
+            Err(_) => {
+                return Err(ProviderError::Timeout {
+                    phase: "first byte",
+                    after: head_budget,
+                })
+            }
+            Ok(Err(e)) => return Err(classify_client_error(&e, self.timeouts.connect)),
+            Ok(Ok(res)) => res,
+        };
+        let (parts, incoming) = res.into_parts();
+
+        if !parts.status.is_success() {
+            let remaining = self.timeouts.request.saturating_sub(started.elapsed());
+            let body = read_limited(incoming, remaining, 1024 * 1024)
+                .await
+                .unwrap_or_default();
+            return Err(ProviderError::Status {
+                status: parts.status,
+                message: error_message(&body),
+                body,
+            });
+        }
+
+        let mut builder = Response::builder().status(parts.status);
+        for (name, value) in &parts.headers {
+            if relay_header(name) {
+                builder = builder.header(name, value);
+            }
+        }
+
+        let is_sse = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if call.envelope.stream && is_sse {
+            let upstream = started.elapsed();
+            let body = ForwardStream::new(incoming, self.timeouts.idle, on_end);
+            let response = builder
+                .header(http::header::CACHE_CONTROL, "no-cache")
+                .body(Body::new(body))
+                .map_err(|e| ProviderError::Protocol(e.to_string()))?;
+            return Ok(Reply {
+                response,
+                upstream,
+                usage: None,
+            });
+        }
+
+        let remaining = self.timeouts.request.saturating_sub(started.elapsed());
+        let body = read_limited(incoming, remaining, MAX_UPSTREAM_BODY).await?;
+        let upstream = started.elapsed();
+        #[derive(serde::Deserialize)]
+        struct WithUsage {
+            usage: Option<RawUsage>,
+        }
+        let usage = serde_json::from_slice::<WithUsage>(&body)
+            .ok()
+            .and_then(|w| w.usage)
+            .map(Usage::from);
+        drop(on_end);
+        let response = builder
+            .body(Body::from(body))
+            .map_err(|e| ProviderError::Protocol(e.to_string()))?;
+        Ok(Reply {
+            response,
+            upstream,
+            usage,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+async fn read_limited(
+    body: hyper::body::Incoming,
+    within: Duration,
+    limit: usize,
+) -> Result<Bytes, ProviderError> {
+    match tokio::time::timeout(within, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(ProviderError::Timeout {
+            phase: "whole request",
+            after: within,
+        }),
+        Ok(Err(e)) => Err(ProviderError::Protocol(format!("reading body: {e}"))),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+fn classify_client_error(
+    e: &hyper_util::client::legacy::Error,
+    connect: Duration,
+) -> ProviderError {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    if e.is_connect() {
+        if msg.contains("timed out") || msg.contains("timeout") {
+            return ProviderError::Timeout {
+                phase: "connect",
+                after: connect,
+            };
+        }
+        ProviderError::Connect(msg)
+    } else {
+        ProviderError::Protocol(msg)
+    }
+}
+
+fn percent_encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,273 @@
+//! Assembles the gateway process: the core, the layers, the listeners, the background tasks
+//! (key cache refresher, config watcher) and graceful shutdown. The CLI in `main.rs` and the
+//! integration tests both start tollgate through [`Gateway::start`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::middleware;
+use axum::serve::ListenerExt;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tollgate_core::config::Config;
+use tollgate_core::keys::MasterKey;
+use tollgate_core::metrics::ResultLabels;
+use tollgate_core::telemetry::LogHandle;
+use tollgate_core::{admin, http, ops_router, Core};
+use tollgate_llm::LlmLayer;
+
+/// A running gateway.
+pub struct Gateway {
+    pub core: Arc<Core>,
+    pub llm: Arc<LlmLayer>,
+    /// The main listener's bound address (useful with port 0).
+    pub addr: SocketAddr,
+    /// The admin listener's address, when `admin.listen` is set.
+    pub admin_addr: Option<SocketAddr>,
+    /// How the master key was settled; a generated one is shown once by the caller.
+    pub master: Option<MasterKey>,
+    config_path: Option<PathBuf>,
+    stop: watch::Sender<bool>,
+    servers: Vec<(&'static str, JoinHandle<()>)>,
+    background: Vec<(&'static str, JoinHandle<()>)>,
+    log: Option<Arc<LogHandle>>,
+}
+
+/// Where the running config came from, so it can be reloaded.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    File(PathBuf),
+    Embedded,
+}
+
+impl Gateway {
+    /// Opens the store, binds the listeners and starts serving.
+    pub async fn start(
+        config: Config,
+        source: ConfigSource,
+        log: Option<LogHandle>,
+    ) -> anyhow::Result<Gateway> {
+        let listen = config.listen;
+        let admin_listen = config.admin.listen;
+        let (core, master) = Core::open(config.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the store: {}", e.message))?;
+        let llm = LlmLayer::new(core.clone(), &config).map_err(|e| anyhow::anyhow!(e))?;
+        let (stop, _) = watch::channel(false);
+
+        let mut app = Router::new()
+            .merge(ops_router(core.clone()))
+            .merge(llm.router());
+        if admin_listen.is_none() {
+            app = app.merge(admin::router(core.clone()));
+        }
+        let app = shell(app, &core);
+
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        let mut servers = vec![("http", spawn_server(listener, app, stop.subscribe()))];
+        let mut admin_addr = None;
+        if let Some(a) = admin_listen {
+            let listener = TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on {a} (admin.listen)"))?;
+            admin_addr = Some(listener.local_addr()?);
+            let admin_app = shell(
+                Router::new()
+                    .merge(admin::router(core.clone()))
+                    .merge(ops_router(core.clone())),
+                &core,
+            );
+            servers.push((
+                "admin-http",
+                spawn_server(listener, admin_app, stop.subscribe()),
+            ));
+        }
+
+        let mut gw = Gateway {
+            core: core.clone(),
+            llm,
+            addr,
+            admin_addr,
+            master: Some(master),
+            config_path: match &source {
+                ConfigSource::File(p) => Some(p.clone()),
+                ConfigSource::Embedded => None,
+            },
+            stop,
+            servers,
+            background: Vec::new(),
+            log: log.map(Arc::new),
+        };
+
+        let cfg_core = core.clone();
+        let every = move || cfg_core.config().storage.refresh_interval;
+        gw.background.push((
+            "key-cache-refresher",
+            tokio::spawn(core.keys.clone().run_refresher(every, gw.stop.subscribe())),
+        ));
+        if let Some(path) = gw.config_path.clone() {
+            gw.background.push((
+                "config-watcher",
+                tokio::spawn(watch_config(gw.reloader(), path, gw.stop.subscribe())),
+            ));
+        }
+        tracing::info!(%addr, admin = ?admin_addr, "tollgate listening");
+        Ok(gw)
+    }
+
+    /// A handle that reloads this gateway's config file.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            core: self.core.clone(),
+            llm: self.llm.clone(),
+            path: self.config_path.clone(),
+            log: self.log.clone(),
+        }
+    }
+
+    /// Stops accepting, lets in-flight requests and streams finish up to the drain timeout,
+    /// then closes what is left and stops the background tasks.
+    pub async fn shutdown(self) {
+        let drain = self.core.config().shutdown.drain_timeout;
+        self.core.set_draining();
+        let _ = self.stop.send(true);
+        let deadline = tokio::time::Instant::now() + drain;
+        for (name, handle) in self.servers {
+            let abort = handle.abort_handle();
+            if tokio::time::timeout_at(deadline, handle).await.is_err() {
+                tracing::warn!(
+                    task = name,
+                    drain_ms = drain.as_millis() as u64,
+                    "drain deadline passed; closing remaining connections"
+                );
+                abort.abort();
+            }
+        }
+        for (name, handle) in self.background {
+            if let Err(e) = handle.await {
+                tracing::warn!(task = name, error = %e, "background task ended abnormally");
+            }
+        }
+        tracing::info!("tollgate stopped");
+    }
+}
+
+fn shell(app: Router, core: &Arc<Core>) -> Router {
+    app.fallback(tollgate_core::not_found)
+        .layer(middleware::from_fn_with_state(core.clone(), http::shell))
+}
+
+fn spawn_server(
+    listener: TcpListener,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let listener = listener.tap_io(|tcp| {
+        // Small request/response exchanges: do not let Nagle hold them back.
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "server failed");
+        }
+    })
+}
+
+/// Reloads the config file: a valid file is swapped in atomically; a bad one is logged and the
+/// old config keeps serving.
+#[derive(Clone)]
+pub struct Reloader {
+    core: Arc<Core>,
+    llm: Arc<LlmLayer>,
+    path: Option<PathBuf>,
+    log: Option<Arc<LogHandle>>,
+}
+
+impl Reloader {
+    pub async fn reload(&self) -> bool {
+        let Some(path) = &self.path else {
+            tracing::info!("no config file to reload (running on the embedded default)");
+            return false;
+        };
+        let result = match Config::load(path) {
+            Err(e) => Err(e.to_string()),
+            Ok(new) => self.apply(new).await,
+        };
+        let label = match &result {
+            Ok(()) => "success",
+            Err(_) => "error",
+        };
+        self.core
+            .metrics
+            .config_reloads
+            .get_or_create(&ResultLabels { result: label })
+            .inc();
+        match result {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "config reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "config reload rejected; the previous config keeps serving");
+                false
+            }
+        }
+    }
+
+    async fn apply(&self, new: Config) -> Result<(), String> {
+        let old = self.core.config();
+        if new.listen != old.listen || new.admin.listen != old.admin.listen {
+            tracing::warn!(
+                "listen addresses changed in the config file; they take effect on restart"
+            );
+        }
+        if new.storage.database_url != old.storage.database_url {
+            tracing::warn!(
+                "storage.database_url changed in the config file; it takes effect on restart"
+            );
+        }
+        // Build everything first so a failure leaves the old config fully in place.
+        self.llm.reload(&new)?;
+        if let Some(log) = &self.log {
+            if new.logging.level != old.logging.level {
+                log.set_level(&new.logging.level);
+            }
+        }
+        self.core.swap_config(new).await.map_err(|e| e.message)?;
+        Ok(())
+    }
+}
+
+/// Watches the config file's content and reloads when it changes. Polling the content (not
+/// inotify) also catches the symlink swaps Kubernetes uses for mounted ConfigMaps.
+async fn watch_config(reloader: Reloader, path: PathBuf, mut stop: watch::Receiver<bool>) {
+    let mut last = tokio::fs::read(&path).await.ok();
+    loop {
+        let every = reloader.core.config().reload.interval;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        if !reloader.core.config().reload.watch {
+            continue;
+        }
+        let now = tokio::fs::read(&path).await.ok();
+        if now.is_some() && now != last {
+            last = now;
+            reloader.reload().await;
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The `tollgate` command line: serve, check a config, manage keys without the HTTP API.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use tollgate::{ConfigSource, Gateway};
+use tollgate_core::admin::KeyView;
+use tollgate_core::config::{Config, ConfigError};
+use tollgate_core::keys::{KeyService, MasterKey, NewKey};
+use tollgate_core::store::{Page, Stores};
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "One-binary AI control plane: model, tool and agent gateways"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ConfigArg {
+    /// The config file; without one, the embedded default (SQLite, the `mock` provider).
+    #[arg(long, short, env = "TOLLGATE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve(ConfigArg),
+    /// Validate a config file and print its normalised form, or every error with its path.
+    Check(ConfigArg),
+    /// Manage virtual keys directly in the store.
+    Keys {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print its secret (shown once).
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        team: Option<String>,
+        /// Allowed model patterns, comma separated (`gpt-4o*,mock-*`); default all.
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Lifetime such as `30d` or `12h`.
+        #[arg(long)]
+        expires_in: Option<String>,
+        /// Metadata as key=value, repeatable.
+        #[arg(long = "metadata", value_parser = parse_kv)]
+        metadata: Vec<(String, String)>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key for good.
+    Revoke { id: String },
+    /// Issue a new secret; the old one works for the grace period.
+    Rotate {
+        id: String,
+        /// Grace period such as `1h` (default: keys.rotation_grace from config).
+        #[arg(long)]
+        grace: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
+fn load(arg: &ConfigArg) -> Result<(Config, ConfigSource), ConfigError> {
+    match &arg.config {
+        Some(path) => Ok((Config::load(path)?, ConfigSource::File(path.clone()))),
+        None => Ok((Config::embedded_default()?, ConfigSource::Embedded)),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(arg) => serve(&arg).await,
+            Command::Check(arg) => check(&arg),
+            Command::Keys { config, command } => keys(&config, command).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(arg: &ConfigArg) -> anyhow::Result<ExitCode> {
+    match load(arg) {
+        Ok((config, _)) => {
+            print!("{}", config.to_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprint!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn serve(arg: &ConfigArg) -> anyhow::Result<ExitCode> {
+    let (config, source) = match load(arg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let log = tollgate_core::telemetry::init(&config.logging);
+    let mut gw = Gateway::start(config, source, Some(log)).await?;
+    if let Some(MasterKey::Generated(key)) = gw.master.take() {
+        println!(
+            "No master key configured: generated one. It is shown only now and stored as a hash."
+        );
+        println!("  master key: {key}");
+        println!("Set master_key in the config or TOLLGATE_MASTER_KEY to choose your own.");
+    }
+    println!("tollgate listening on http://{}", gw.addr);
+    if let Some(a) = gw.admin_addr {
+        println!("tollgate admin listening on http://{a}");
+    }
+    wait_for_signals(&gw).await?;
+    gw.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reloads on SIGHUP; returns on SIGTERM or Ctrl-C.
+async fn wait_for_signals(gw: &Gateway) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let reloader = gw.reloader();
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading config");
+                reloader.reload().await;
+            }
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: draining");
+                return Ok(());
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("interrupt: draining");
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn keys(arg: &ConfigArg, command: KeysCommand) -> anyhow::Result<ExitCode> {
+    let (config, _) = match load(arg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let stores = Stores::open(&config.storage.database_url).await?;
+    let svc = Arc::new(KeyService::new(stores.keys.clone()).await?);
+    let now = tollgate_core::time::now();
+    let fail = |e: tollgate_core::error::ApiError| anyhow::anyhow!(e.message);
+    match command {
+        KeysCommand::Create {
+            name,
+            user,
+            team,
+            models,
+            expires_in,
+            metadata,
+            json,
+        } => {
+            let expires_at = match expires_in {
+                Some(d) => {
+                    let d = tollgate_core::config::units::parse_duration(&d)
+                        .map_err(|e| anyhow::anyhow!(e))?;
+                    Some(now + i64::try_from(d.as_secs())?)
+                }
+                None => None,
+            };
+            let (record, secret) = svc
+                .create(NewKey {
+                    name,
+                    user,
+                    team,
+                    models,
+                    expires_at,
+                    enabled: true,
+                    metadata: metadata
+                        .into_iter()
+                        .map(|(k, v)| (k, serde_json::Value::String(v)))
+                        .collect(),
+                })
+                .await
+                .map_err(fail)?;
+            print_secret(&KeyView::from_record(&record, now), &secret, json)?;
+        }
+        KeysCommand::List { json } => {
+            let mut all = Vec::new();
+            let mut after = None;
+            loop {
+                let page = svc
+                    .list(&Page {
+                        after: after.clone(),
+                        limit: 1000,
+                    })
+                    .await
+                    .map_err(fail)?;
+                let done = page.len() < 1000;
+                after = page.last().map(|k| k.id.clone());
+                all.extend(page);
+                if done {
+                    break;
+                }
+            }
+            let views: Vec<KeyView> = all.iter().map(|k| KeyView::from_record(k, now)).collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&views)?);
+            } else {
+                println!(
+                    "{:<26} {:<20} {:<9} {:<12} {:<12} MODELS",
+                    "ID", "NAME", "STATUS", "USER", "TEAM"
+                );
+                for k in &views {
+                    println!(
+                        "{:<26} {:<20} {:<9} {:<12} {:<12} {}",
+                        k.id,
+                        k.name,
+                        serde_json::to_value(k.status)?.as_str().unwrap_or("?"),
+                        k.user.as_deref().unwrap_or("-"),
+                        k.team.as_deref().unwrap_or("-"),
+                        if k.models.is_empty() {
+                            "*".to_owned()
+                        } else {
+                            k.models.join(",")
+                        }
+                    );
+                }
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            let key = svc.revoke(&id).await.map_err(fail)?;
+            println!("revoked {}", key.id);
+        }
+        KeysCommand::Rotate { id, grace, json } => {
+            let grace = match grace {
+                Some(g) => tollgate_core::config::units::parse_duration(&g)
+                    .map_err(|e| anyhow::anyhow!(e))?,
+                None => config.keys.rotation_grace,
+            };
+            let (record, secret) = svc.rotate(&id, grace).await.map_err(fail)?;
+            print_secret(&KeyView::from_record(&record, now), &secret, json)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_secret(key: &KeyView, secret: &str, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"key": key, "secret": secret}))?
+        );
+    } else {
+        println!("id:     {}", key.id);
+        println!("name:   {}", key.name);
+        println!("secret: {secret}");
+        println!("The secret is shown only now; tollgate stores only its hash.");
+    }
+    Ok(())
+}
