@@ -171,7 +171,7 @@ pub fn error_message(body: &[u8]) -> String {
 }
 
 pub enum Provider {
-    OpenAi(OpenAiProvider),
+    OpenAi(Box<OpenAiProvider>),
     Mock(MockProvider),
 }
 
@@ -179,7 +179,7 @@ impl Provider {
     pub fn build(cfg: &ProviderConfig) -> Result<Provider, String> {
         Ok(match &cfg.kind {
             ProviderKind::OpenAi(s) => {
-                Provider::OpenAi(OpenAiProvider::new(&cfg.name, s, &cfg.timeouts)?)
+                Provider::OpenAi(Box::new(OpenAiProvider::new(&cfg.name, s, &cfg.timeouts)?))
             }
             ProviderKind::Mock(s) => Provider::Mock(MockProvider::new(s.clone())),
         })

@@ -1,0 +1,94 @@
+//! Starting a gateway for a test and talking to it.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tollgate::{ConfigSource, Gateway};
+use tollgate_core::config::Config;
+use tollgate_testkit::TestClient;
+
+pub const MASTER: &str = "test-master-key-0123456789";
+
+pub struct TestGateway {
+    pub gw: Gateway,
+    pub client: TestClient,
+    pub dir: tempfile::TempDir,
+}
+
+/// The base config every test extends: ephemeral port, in-memory store, known master key.
+pub fn base_yaml() -> String {
+    format!("listen: 127.0.0.1:0\nmaster_key: {MASTER}\nstorage:\n  database_url: memory://\nlogging:\n  level: warn\n")
+}
+
+/// Starts a gateway from `base_yaml()` plus `extra`.
+pub async fn start(extra: &str) -> TestGateway {
+    start_yaml(&format!("{}{extra}", base_yaml())).await
+}
+
+/// Starts a gateway from a whole YAML document, written to a file so reload works.
+pub async fn start_yaml(yaml: &str) -> TestGateway {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let config = Config::parse(yaml, "test", &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    let gw = Gateway::start(config, ConfigSource::File(path), None)
+        .await
+        .unwrap();
+    let client = TestClient::new(gw.addr);
+    TestGateway { gw, client, dir }
+}
+
+pub const MOCK: &str = "providers:\n  - name: demo\n    kind: mock\nmodels:\n  - name: mock-echo\n    targets: [{provider: demo, model: echo}]\n  - name: mock-other\n    targets: [{provider: demo}]\n";
+
+impl TestGateway {
+    /// Creates a key through the admin API; returns (id, secret).
+    pub async fn key(&self, body: Value) -> (String, String) {
+        let res = self.client.post_json("/admin/v1/keys", MASTER, &body).await;
+        assert_eq!(res.status, 201, "{}", res.text());
+        let v = res.json();
+        (
+            v["key"]["id"].as_str().unwrap().to_owned(),
+            v["secret"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn any_key(&self) -> String {
+        self.key(json!({"name": "test"})).await.1
+    }
+
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("tollgate.yaml")
+    }
+}
+
+pub fn chat_body(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+/// Polls `check` until it returns true, failing after a generous bound. For conditions that
+/// become true asynchronously (reloads, cache refreshes); never a fixed sleep.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// Splits an SSE body into its `data:` payloads.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|ev| {
+            ev.lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .map(str::to_owned)
+        })
+        .collect()
+}

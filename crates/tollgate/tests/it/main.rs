@@ -1,0 +1,11 @@
+//! Integration tests: the real gateway on 127.0.0.1:0 against in-process mock upstreams, and the
+//! real binary for the CLI, signals and the embedded default. One test binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod admin;
+mod chat;
+mod cli;
+mod harness;
+mod ops;
+mod passthrough;

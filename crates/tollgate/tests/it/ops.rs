@@ -1,0 +1,144 @@
+//! Operations: health, readiness, metrics, config reload, graceful drain.
+
+use std::time::Duration;
+
+use http::Method;
+use http_body_util::BodyExt;
+use serde_json::json;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn health_ready_and_metrics() {
+    let t = start(MOCK).await;
+    let key = t.any_key().await;
+    assert_eq!(
+        t.client.send(Method::GET, "/healthz", &[], "").await.status,
+        200
+    );
+    let ready = t.client.send(Method::GET, "/readyz", &[], "").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["store"], "ok");
+
+    t.client
+        .post_json("/v1/chat/completions", &key, &chat_body("mock-echo", "a b"))
+        .await;
+    t.client
+        .post_json("/v1/chat/completions", &key, &chat_body("nope", "a"))
+        .await;
+    assert_eq!(
+        t.client.send(Method::GET, "/metrics", &[], "").await.status,
+        401,
+        "metrics need the master key by default"
+    );
+    let m = t.client.get("/metrics", MASTER).await.text();
+    for want in [
+        r#"tollgate_requests_total{route="/v1/chat/completions",model="mock-echo",provider="demo",status="200"} 1"#,
+        r#"tollgate_requests_total{route="/v1/chat/completions",model="",provider="",status="404"} 1"#,
+        "tollgate_request_duration_seconds_bucket{",
+        "tollgate_overhead_seconds_count{route=\"/v1/chat/completions\"} 1",
+        "tollgate_upstream_duration_seconds_count{provider=\"demo\",model=\"mock-echo\"} 1",
+        "tollgate_in_flight_requests{",
+        r#"tollgate_tokens_total{model="mock-echo",provider="demo",kind="completion"} 2"#,
+    ] {
+        assert!(m.contains(want), "missing {want} in\n{m}");
+    }
+}
+
+#[tokio::test]
+async fn public_metrics_option() {
+    let t = start(&format!("{MOCK}admin:\n  public_metrics: true\n")).await;
+    assert_eq!(
+        t.client.send(Method::GET, "/metrics", &[], "").await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn file_change_reloads_and_bad_file_keeps_old_config() {
+    let yaml = format!("{}{MOCK}reload:\n  interval: 50ms\n", base_yaml());
+    let t = start_yaml(&yaml).await;
+    let key = t.any_key().await;
+    let status = |model: &'static str| {
+        let client = t.client.clone();
+        let key = key.clone();
+        async move {
+            client
+                .post_json("/v1/chat/completions", &key, &chat_body(model, "x"))
+                .await
+                .status
+        }
+    };
+    assert_eq!(status("added-later").await, 404);
+
+    let added = format!("{}{MOCK}  - name: added-later\n    targets: [{{provider: demo}}]\nreload:\n  interval: 50ms\n", base_yaml());
+    std::fs::write(t.config_path(), &added).unwrap();
+    eventually("new model served after file change", || async {
+        status("added-later").await == 200
+    })
+    .await;
+
+    std::fs::write(t.config_path(), "models: [this is: not valid").unwrap();
+    eventually("rejected reload counted", || async {
+        t.client
+            .get("/metrics", MASTER)
+            .await
+            .text()
+            .contains(r#"tollgate_config_reloads_total{result="error"}"#)
+    })
+    .await;
+    assert_eq!(status("added-later").await, 200, "old config keeps serving");
+
+    // A reload through the same path as SIGHUP.
+    std::fs::write(
+        t.config_path(),
+        yaml.replace("reload:\n  interval: 50ms\n", "reload:\n  watch: false\n"),
+    )
+    .unwrap();
+    assert!(t.gw.reloader().reload().await);
+    assert_eq!(status("added-later").await, 404);
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_streams() {
+    let t = start("providers:\n  - name: slow\n    kind: mock\n    mock: {latency: 600ms, chunks: 6}\nmodels:\n  - name: slow\n    targets: [{provider: slow}]\nshutdown:\n  drain_timeout: 20s\n").await;
+    let key = t.any_key().await;
+    let mut body = chat_body("slow", "one two three four five six");
+    body["stream"] = json!(true);
+    let auth = format!("Bearer {key}");
+    let res = t
+        .client
+        .open(
+            Method::POST,
+            "/v1/chat/completions",
+            &[("authorization", &auth)],
+            body.to_string(),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let mut incoming = res.into_body();
+    let first = incoming.frame().await.unwrap().unwrap();
+    assert!(first.is_data());
+    let TestGateway {
+        gw,
+        client,
+        dir: _dir,
+    } = t;
+    let addr = gw.addr;
+    let stopping = tokio::spawn(gw.shutdown());
+    let rest = tokio::time::timeout(Duration::from_secs(20), incoming.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    assert!(
+        String::from_utf8_lossy(&rest).ends_with("data: [DONE]\n\n"),
+        "stream finished during drain"
+    );
+    stopping.await.unwrap();
+    drop(client);
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener closed after drain"
+    );
+}

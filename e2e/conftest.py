@@ -1,0 +1,225 @@
+"""End-to-end fixtures: start the real tollgate binary once per session and mint virtual keys.
+
+The binary comes from $TOLLGATE_BIN (default: <repo>/target/debug/tollgate). It is started as
+`tollgate serve --config <tmp>/tollgate.yaml` in a temp dir, on an OS-chosen port that is read
+from its `tollgate listening on http://...` line.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import httpx
+import openai
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MASTER_KEY = "e2e-master-key-0123456789"
+STARTUP_TIMEOUT = 30.0
+SHUTDOWN_TIMEOUT = 10.0
+LISTEN_RE = re.compile(r"^tollgate listening on (http://127\.0\.0\.1:(\d+))\s*$")
+
+CONFIG_TEMPLATE = """\
+listen: 127.0.0.1:0
+master_key: {master}
+storage:
+  database_url: sqlite://{db}
+logging:
+  level: warn
+providers:
+  - name: demo
+    kind: mock
+    mock:
+      chunks: 4
+  - name: broken
+    kind: mock
+    mock:
+      error_rate: 1.0
+      error_status: 503
+models:
+  - name: mock-echo
+    targets: [{{provider: demo, model: echo}}]
+  - name: other-model
+    targets: [{{provider: demo, model: echo}}]
+  - name: broken-model
+    targets: [{{provider: broken, model: echo}}]
+"""
+
+
+@dataclass
+class Gateway:
+    port: int
+    origin: str  # http://127.0.0.1:PORT
+    master_key: str
+    stdout_lines: list
+    stderr_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.origin}/v1"
+
+    def admin(self, method: str, path: str, json: Optional[dict] = None) -> httpx.Response:
+        return httpx.request(
+            method,
+            f"{self.origin}{path}",
+            json=json,
+            headers={"Authorization": f"Bearer {self.master_key}"},
+            timeout=30.0,
+        )
+
+    def client(self, api_key: str, **kwargs) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=self.base_url, api_key=api_key, max_retries=0, timeout=30.0, **kwargs
+        )
+
+    def logs(self) -> str:
+        try:
+            err = self.stderr_path.read_text(errors="replace")
+        except OSError:
+            err = ""
+        return "--- stdout ---\n" + "".join(self.stdout_lines) + "--- stderr ---\n" + err
+
+
+def _binary() -> Path:
+    path = Path(os.environ.get("TOLLGATE_BIN") or REPO / "target" / "debug" / "tollgate")
+    if not path.is_file() or not os.access(path, os.X_OK):
+        pytest.exit(
+            f"tollgate binary not found or not executable at {path}; build it or set TOLLGATE_BIN",
+            returncode=2,
+        )
+    return path
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=SHUTDOWN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=SHUTDOWN_TIMEOUT)
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory):
+    workdir = tmp_path_factory.mktemp("tollgate")
+    config = workdir / "tollgate.yaml"
+    config.write_text(CONFIG_TEMPLATE.format(master=MASTER_KEY, db=workdir / "tollgate.db"))
+    stderr_path = workdir / "stderr.log"
+
+    env = dict(os.environ)
+    # The config's master key must win over any ambient one.
+    env.pop("TOLLGATE_MASTER_KEY", None)
+    with open(stderr_path, "wb") as stderr_file:
+        proc = subprocess.Popen(
+            [str(_binary()), "serve", "--config", str(config)],
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr_file,
+            text=True,
+            bufsize=1,
+        )
+
+    # A reader thread drains stdout for the whole session (so logs can never fill the pipe)
+    # and hands each line to the startup wait below.
+    lines: list = []
+    line_queue: "queue.Queue[Optional[str]]" = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            line_queue.put(line)
+        line_queue.put(None)  # EOF
+
+    reader = threading.Thread(target=pump, name="tollgate-stdout", daemon=True)
+    reader.start()
+
+    def fail(why: str) -> None:
+        _stop(proc)
+        reader.join(timeout=SHUTDOWN_TIMEOUT)
+        err = stderr_path.read_text(errors="replace")
+        pytest.fail(
+            f"{why}\n--- stdout ---\n{''.join(lines)}--- stderr ---\n{err}", pytrace=False
+        )
+
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    match = None
+    while match is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            fail(f"tollgate did not print its listening line within {STARTUP_TIMEOUT:.0f}s")
+        try:
+            line = line_queue.get(timeout=min(remaining, 0.5))
+        except queue.Empty:
+            continue
+        if line is None:
+            proc.wait(timeout=SHUTDOWN_TIMEOUT)
+            fail(f"tollgate closed stdout (exit status {proc.poll()}) before listening")
+        match = LISTEN_RE.match(line.strip())
+
+    gw = Gateway(
+        port=int(match.group(2)),
+        origin=match.group(1),
+        master_key=MASTER_KEY,
+        stdout_lines=lines,
+        stderr_path=stderr_path,
+    )
+    try:
+        yield gw
+    finally:
+        _stop(proc)
+        reader.join(timeout=SHUTDOWN_TIMEOUT)
+
+
+@pytest.fixture(scope="session")
+def make_key(gateway: Gateway) -> Callable[..., dict]:
+    """Creates a virtual key through the admin API; returns the 201 body (`key`, `secret`)."""
+
+    def make(models: Optional[list] = None, **extra) -> dict:
+        body = {"name": f"e2e-{uuid.uuid4().hex[:12]}", **extra}
+        if models is not None:
+            body["models"] = models
+        res = gateway.admin("POST", "/admin/v1/keys", json=body)
+        assert res.status_code == 201, f"create key: {res.status_code} {res.text}"
+        created = res.json()
+        assert created["secret"].startswith("tg-"), created
+        assert created["key"]["id"], created
+        return created
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def unrestricted_key(make_key) -> dict:
+    return make_key()
+
+
+@pytest.fixture(scope="session")
+def restricted_key(make_key) -> dict:
+    return make_key(models=["mock-*"])
+
+
+@pytest.fixture(scope="session")
+def client(gateway: Gateway, restricted_key: dict) -> openai.OpenAI:
+    """A client whose key may use only `mock-*` models."""
+    return gateway.client(restricted_key["secret"])
+
+
+@pytest.fixture(scope="session")
+def full_client(gateway: Gateway, unrestricted_key: dict) -> openai.OpenAI:
+    """A client whose key may use every model."""
+    return gateway.client(unrestricted_key["secret"])
