@@ -18,7 +18,7 @@ use http_body_util::BodyExt;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::error::{ApiError, ErrorKind, ErrorMark};
-use crate::metrics::{RequestLabels, RouteLabels};
+use crate::metrics::{Label, RequestLabels, RouteLabels};
 use crate::Core;
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -50,8 +50,14 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    let id = format!("{:032x}", fastrand::u128(..));
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut id = [0u8; 32];
+    for b in id.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// A fixed label for each known path, so metrics cardinality stays bounded.
@@ -96,8 +102,8 @@ pub async fn shell(State(core): State<Arc<Core>>, mut req: Request, next: Next) 
         .unwrap_or_default();
     let labels = RequestLabels {
         route,
-        model: tag.model.as_deref().unwrap_or("").to_owned(),
-        provider: tag.provider.as_deref().unwrap_or("").to_owned(),
+        model: tag.model.as_ref().map_or_else(Label::empty, Label::from),
+        provider: tag.provider.as_ref().map_or_else(Label::empty, Label::from),
         status: status.as_u16(),
     };
     core.metrics.requests.get_or_create(&labels).inc();

@@ -2,27 +2,52 @@
 //! happens only when `/metrics` is scraped.
 
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+/// A label value shared by reference: recording a metric clones a pointer, not a string.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Label(pub Arc<str>);
+
+static EMPTY: LazyLock<Label> = LazyLock::new(|| Label(Arc::from("")));
+
+impl Label {
+    pub fn empty() -> Label {
+        EMPTY.clone()
+    }
+}
+
+impl From<&Arc<str>> for Label {
+    fn from(s: &Arc<str>) -> Label {
+        Label(s.clone())
+    }
+}
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, &self.0)
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub route: &'static str,
-    pub model: String,
-    pub provider: String,
+    pub model: Label,
+    pub provider: Label,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
-    pub provider: String,
-    pub model: String,
+    pub provider: Label,
+    pub model: Label,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -32,8 +57,8 @@ pub struct RouteLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
-    pub model: String,
-    pub provider: String,
+    pub model: Label,
+    pub provider: Label,
     pub kind: &'static str,
 }
 
@@ -140,13 +165,19 @@ impl Metrics {
         out
     }
 
-    pub fn record_tokens(&self, model: &str, provider: &str, prompt: u64, completion: u64) {
+    pub fn record_tokens(
+        &self,
+        model: &Arc<str>,
+        provider: &Arc<str>,
+        prompt: u64,
+        completion: u64,
+    ) {
         for (kind, n) in [("prompt", prompt), ("completion", completion)] {
             if n > 0 {
                 self.tokens
                     .get_or_create(&TokenLabels {
-                        model: model.to_owned(),
-                        provider: provider.to_owned(),
+                        model: model.into(),
+                        provider: provider.into(),
                         kind,
                     })
                     .inc_by(n);
@@ -154,11 +185,11 @@ impl Metrics {
         }
     }
 
-    pub fn record_upstream(&self, provider: &str, model: &str, d: Duration) {
+    pub fn record_upstream(&self, provider: &Arc<str>, model: &Arc<str>, d: Duration) {
         self.upstream_duration
             .get_or_create(&UpstreamLabels {
-                provider: provider.to_owned(),
-                model: model.to_owned(),
+                provider: provider.into(),
+                model: model.into(),
             })
             .observe(d.as_secs_f64());
     }

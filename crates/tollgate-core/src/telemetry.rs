@@ -1,6 +1,8 @@
 //! Logging setup. `tracing` everywhere; JSON or human-readable output chosen by config. The
 //! filter can be changed on reload without restarting.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, reload, EnvFilter, Registry};
@@ -42,7 +44,11 @@ pub fn init(cfg: &LoggingConfig) -> LogHandle {
             )
             .try_init(),
         LogFormat::Pretty => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
     };
     if result.is_err() {

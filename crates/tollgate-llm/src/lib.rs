@@ -200,8 +200,8 @@ async fn call_model(
                 core.metrics
                     .stream_errors
                     .get_or_create(&tollgate_core::metrics::UpstreamLabels {
-                        provider: provider.to_string(),
-                        model: model.to_string(),
+                        provider: (&provider).into(),
+                        model: (&model).into(),
                     })
                     .inc();
             }

@@ -113,9 +113,17 @@ impl Gateway {
             tokio::spawn(core.keys.clone().run_refresher(every, gw.stop.subscribe())),
         ));
         if let Some(path) = gw.config_path.clone() {
+            // Snapshot the content now, not inside the task: a change written right after
+            // start must count as a change.
+            let initial = std::fs::read(&path).ok();
             gw.background.push((
                 "config-watcher",
-                tokio::spawn(watch_config(gw.reloader(), path, gw.stop.subscribe())),
+                tokio::spawn(watch_config(
+                    gw.reloader(),
+                    path,
+                    initial,
+                    gw.stop.subscribe(),
+                )),
             ));
         }
         tracing::info!(%addr, admin = ?admin_addr, "tollgate listening");
@@ -253,8 +261,12 @@ impl Reloader {
 
 /// Watches the config file's content and reloads when it changes. Polling the content (not
 /// inotify) also catches the symlink swaps Kubernetes uses for mounted ConfigMaps.
-async fn watch_config(reloader: Reloader, path: PathBuf, mut stop: watch::Receiver<bool>) {
-    let mut last = tokio::fs::read(&path).await.ok();
+async fn watch_config(
+    reloader: Reloader,
+    path: PathBuf,
+    mut last: Option<Vec<u8>>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let every = reloader.core.config().reload.interval;
         tokio::select! {

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# tollgate's model-layer benchmark: the same fast mock upstream, the same load, one run,
+# direct-to-mock versus through tollgate (virtual key check, metrics on, SQLite store).
+#
+#   bench/run.sh                 # defaults: 10 s per measurement
+#   DURATION=30 bench/run.sh     # longer runs
+#
+# Prints a table and writes bench/out/latest.md. Loopback only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10}
+OUT=bench/out
+mkdir -p "$OUT"
+
+if ! command -v wrk >/dev/null; then
+  echo "installing wrk from Debian" >&2
+  (apt-get install -y -qq wrk >/dev/null 2>&1) || (apt-get update -qq >/dev/null && apt-get install -y -qq wrk >/dev/null)
+fi
+
+cargo build --release --locked -p tollgate -p tollgate-testkit --bins >&2
+BIN=target/release
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP_PORT=$(free_port)
+GW_PORT=$(free_port)
+WORK=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+"$BIN/tollgate-bench-upstream" --listen "127.0.0.1:$UP_PORT" --threads 1 > "$WORK/upstream.log" &
+pids+=($!)
+
+MASTER=bench-master-key-0123456789
+cat > "$WORK/tollgate.yaml" <<YAML
+listen: 127.0.0.1:$GW_PORT
+master_key: $MASTER
+storage:
+  database_url: sqlite://$WORK/tollgate.db
+logging:
+  level: warn
+providers:
+  - name: bench
+    kind: openai
+    base_url: http://127.0.0.1:$UP_PORT/v1
+    api_key: sk-bench
+models:
+  - name: bench-model
+    targets:
+      - provider: bench
+        model: bench
+YAML
+"$BIN/tollgate" serve --config "$WORK/tollgate.yaml" > "$WORK/tollgate.log" 2>&1 &
+GW_PID=$!
+pids+=($GW_PID)
+
+for _ in $(seq 100); do
+  curl -sf "http://127.0.0.1:$GW_PORT/healthz" >/dev/null && curl -s -o /dev/null "http://127.0.0.1:$UP_PORT/" && break
+  sleep 0.1
+done
+KEY=$(curl -sf "http://127.0.0.1:$GW_PORT/admin/v1/keys" -H "Authorization: Bearer $MASTER" \
+  -d '{"name":"bench","models":["bench-*"]}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+
+python3 - "$WORK" <<'PY'
+import json, sys
+work = sys.argv[1]
+msg = {"role": "user", "content": "Say something short."}
+json.dump({"model": "bench-model", "messages": [msg]}, open(f"{work}/body-1k.json", "w"))
+big = "lorem ipsum dolor sit amet " * 3800  # ~100 KB
+json.dump({"model": "bench-model", "messages": [{"role": "user", "content": big}]}, open(f"{work}/body-100k.json", "w"))
+PY
+# Pad the small body to ~1 KB with a system prompt so it is the size the scenario names.
+python3 - "$WORK" <<'PY'
+import json, sys
+work = sys.argv[1]
+body = {"model": "bench-model", "messages": [{"role": "system", "content": "x" * 900}, {"role": "user", "content": "Say something short."}]}
+json.dump(body, open(f"{work}/body-1k.json", "w"))
+PY
+
+run() { # name url key body conns
+  local name=$1 url=$2 key=$3 body=$4 conns=$5
+  BODY_FILE="$body" API_KEY="$key" wrk -t1 -c"$conns" -d"${DURATION}s" --latency -s bench/post.lua "$url" > "$OUT/$name.txt"
+}
+
+# Warm up both paths.
+BODY_FILE="$WORK/body-1k.json" API_KEY="$KEY" wrk -t1 -c8 -d2s -s bench/post.lua "http://127.0.0.1:$GW_PORT/v1/chat/completions" >/dev/null
+BODY_FILE="$WORK/body-1k.json" API_KEY="" wrk -t1 -c8 -d2s -s bench/post.lua "http://127.0.0.1:$UP_PORT/v1/chat/completions" >/dev/null
+
+for size in 1k 100k; do
+  for c in 1 32; do
+    run "direct-$size-c$c" "http://127.0.0.1:$UP_PORT/v1/chat/completions" "" "$WORK/body-$size.json" "$c"
+    run "tollgate-$size-c$c" "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$KEY" "$WORK/body-$size.json" "$c"
+  done
+done
+
+RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$GW_PID/status")
+ERRORS=$(curl -s "http://127.0.0.1:$GW_PORT/metrics" -H "Authorization: Bearer $MASTER" | awk '/^tollgate_requests_total/ && /status="[45][0-9][0-9]"/ {s+=$2} END {print s+0}')
+
+python3 - "$OUT" "$RSS_KB" "$ERRORS" "$DURATION" <<'PY'
+import re, sys, platform, os
+out, rss_kb, gw_errors, duration = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+
+def parse(name):
+    text = open(f"{out}/{name}.txt").read()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    def pct(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        v, unit = float(m.group(1)), m.group(2)
+        return v * {"us": 1, "ms": 1000, "s": 1_000_000}[unit]
+    errs = 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if m: errs += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m: errs += sum(int(x) for x in m.groups())
+    return rps, pct(50), pct(90), pct(99), errs
+
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+lines = [f"machine: {os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}; wrk -t1, {duration}s per row", "",
+         "| scenario | system | req/s | p50 µs | p90 µs | p99 µs | errors |", "|---|---|---|---|---|---|---|"]
+ratios = []
+for size in ("1k", "100k"):
+    for c in (1, 32):
+        d = parse(f"direct-{size}-c{c}")
+        t = parse(f"tollgate-{size}-c{c}")
+        for sys_name, r in (("direct to mock", d), ("tollgate", t)):
+            lines.append(f"| {size} body, c={c} | {sys_name} | {r[0]:.0f} | {r[1]:.0f} | {r[2]:.0f} | {r[3]:.0f} | {r[4]} |")
+        ratios.append((size, c, t[1] - d[1], t[0] / d[0] if d[0] else 0))
+lines += ["", f"tollgate peak RSS: {rss_kb / 1024:.1f} MiB; 4xx/5xx answers counted by tollgate: {gw_errors}", ""]
+lines.append("| scenario | added p50 (target ≤ 100 µs at c=1) | throughput vs direct (target ≥ 40% at c=32) |")
+lines.append("|---|---|---|")
+for size, c, added, ratio in ratios:
+    lines.append(f"| {size} body, c={c} | {added:+.0f} µs | {ratio:.0%} |")
+report = "\n".join(lines)
+print(report)
+open(f"{out}/latest.md", "w").write(report + "\n")
+PY
