@@ -6,11 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
+mod serve;
+
 use axum::middleware;
-use axum::serve::ListenerExt;
 use axum::Router;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tollgate_core::config::Config;
@@ -19,6 +18,8 @@ use tollgate_core::metrics::ResultLabels;
 use tollgate_core::telemetry::LogHandle;
 use tollgate_core::{admin, http, ops_router, Core};
 use tollgate_llm::LlmLayer;
+
+use crate::serve::{Server, Signals};
 
 /// A running gateway.
 pub struct Gateway {
@@ -32,7 +33,8 @@ pub struct Gateway {
     pub master: Option<MasterKey>,
     config_path: Option<PathBuf>,
     stop: watch::Sender<bool>,
-    servers: Vec<(&'static str, JoinHandle<()>)>,
+    kill: watch::Sender<bool>,
+    servers: Vec<Server>,
     background: Vec<(&'static str, JoinHandle<()>)>,
     log: Option<Arc<LogHandle>>,
 }
@@ -58,6 +60,12 @@ impl Gateway {
             .map_err(|e| anyhow::anyhow!("cannot open the store: {}", e.message))?;
         let llm = LlmLayer::new(core.clone(), &config).map_err(|e| anyhow::anyhow!(e))?;
         let (stop, _) = watch::channel(false);
+        let (kill, _) = watch::channel(false);
+        let signals = Signals {
+            stop: stop.subscribe(),
+            kill: kill.subscribe(),
+        };
+        let workers = config.worker_count();
 
         let mut app = Router::new()
             .merge(ops_router(core.clone()))
@@ -65,29 +73,24 @@ impl Gateway {
         if admin_listen.is_none() {
             app = app.merge(admin::router(core.clone()));
         }
-        let app = shell(app, &core);
-
-        let listener = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
-        let addr = listener.local_addr()?;
-        let mut servers = vec![("http", spawn_server(listener, app, stop.subscribe()))];
+        let main =
+            Server::start("http", listen, workers, shell(app, &core), signals.clone()).await?;
+        let addr = main.addr;
+        let mut servers = vec![main];
         let mut admin_addr = None;
         if let Some(a) = admin_listen {
-            let listener = TcpListener::bind(a)
-                .await
-                .with_context(|| format!("cannot listen on {a} (admin.listen)"))?;
-            admin_addr = Some(listener.local_addr()?);
             let admin_app = shell(
                 Router::new()
                     .merge(admin::router(core.clone()))
                     .merge(ops_router(core.clone())),
                 &core,
             );
-            servers.push((
-                "admin-http",
-                spawn_server(listener, admin_app, stop.subscribe()),
-            ));
+            // Admin traffic is light: one thread.
+            let server = Server::start("admin", a, 1, admin_app, signals.clone())
+                .await
+                .map_err(|e| e.context("admin.listen"))?;
+            admin_addr = Some(server.addr);
+            servers.push(server);
         }
 
         let mut gw = Gateway {
@@ -101,6 +104,7 @@ impl Gateway {
                 ConfigSource::Embedded => None,
             },
             stop,
+            kill,
             servers,
             background: Vec::new(),
             log: log.map(Arc::new),
@@ -147,16 +151,8 @@ impl Gateway {
         self.core.set_draining();
         let _ = self.stop.send(true);
         let deadline = tokio::time::Instant::now() + drain;
-        for (name, handle) in self.servers {
-            let abort = handle.abort_handle();
-            if tokio::time::timeout_at(deadline, handle).await.is_err() {
-                tracing::warn!(
-                    task = name,
-                    drain_ms = drain.as_millis() as u64,
-                    "drain deadline passed; closing remaining connections"
-                );
-                abort.abort();
-            }
+        for server in self.servers {
+            server.wait(deadline, &self.kill).await;
         }
         for (name, handle) in self.background {
             if let Err(e) = handle.await {
@@ -170,28 +166,6 @@ impl Gateway {
 fn shell(app: Router, core: &Arc<Core>) -> Router {
     app.fallback(tollgate_core::not_found)
         .layer(middleware::from_fn_with_state(core.clone(), http::shell))
-}
-
-fn spawn_server(
-    listener: TcpListener,
-    app: Router,
-    mut stop: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    let listener = listener.tap_io(|tcp| {
-        // Small request/response exchanges: do not let Nagle hold them back.
-        let _ = tcp.set_nodelay(true);
-    });
-    tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "server failed");
-        }
-    })
 }
 
 /// Reloads the config file: a valid file is swapped in atomically; a bad one is logged and the

@@ -92,6 +92,9 @@ impl Serialize for Secret {
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Serving threads, each with its own event loop, listener socket (`SO_REUSEPORT`) and
+    /// upstream connection pools. 0 means one per CPU (see [`Config::worker_count`]).
+    pub workers: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub master_key: Option<Secret>,
     pub storage: StorageConfig,
@@ -357,6 +360,14 @@ impl Config {
         serde_norway::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 
+    /// The number of serving threads: `workers`, or one per CPU when it is 0.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
         self.providers.iter().find(|p| p.name == name)
     }
@@ -369,6 +380,11 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
         errors,
     )
     .unwrap_or_else(fallback_addr);
+
+    let workers = raw.workers.unwrap_or(0);
+    if workers > 1024 {
+        errors.push(FieldError::new("workers", "must be at most 1024"));
+    }
 
     let master_key = raw
         .master_key
@@ -629,6 +645,7 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
 
     Config {
         listen,
+        workers,
         master_key: master_key.map(Secret),
         storage,
         admin,

@@ -14,6 +14,7 @@ use super::FieldError;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub listen: Option<String>,
+    pub workers: Option<usize>,
     pub master_key: Option<String>,
     pub storage: Option<RawStorage>,
     pub admin: Option<RawAdmin>,

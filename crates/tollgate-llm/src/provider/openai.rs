@@ -13,6 +13,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use thread_local::ThreadLocal;
 use tollgate_core::config::{OpenAiSettings, Timeouts};
 
 use super::{error_message, Call, Endpoint, ProviderError, Reply, StreamEnd, Usage};
@@ -35,10 +36,32 @@ pub struct OpenAiProvider {
     base_url: String,
     api_version: Option<String>,
     headers: HeaderMap,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// One connection pool per serving thread, so a request and the upstream connection it
+    /// uses share an event loop.
+    clients: ThreadLocal<HttpClient>,
     timeouts: Timeouts,
     /// Pre-built URIs per endpoint for the non-Azure scheme.
     uris: Option<[Uri; 3]>,
+}
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+fn build_client(connect_timeout: Duration) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(https)
 }
 
 impl OpenAiProvider {
@@ -47,22 +70,6 @@ impl OpenAiProvider {
         s: &OpenAiSettings,
         timeouts: &Timeouts,
     ) -> Result<OpenAiProvider, String> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(timeouts.connect));
-        http.set_nodelay(true);
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(https);
-
         let mut headers = HeaderMap::new();
         headers.insert(
             http::header::CONTENT_TYPE,
@@ -107,7 +114,7 @@ impl OpenAiProvider {
             base_url: s.base_url.clone(),
             api_version: s.api_version.clone(),
             headers,
-            client,
+            clients: ThreadLocal::new(),
             timeouts: timeouts.clone(),
             uris,
         })
@@ -169,7 +176,8 @@ impl OpenAiProvider {
 
         let started = Instant::now();
         let head_budget = self.timeouts.first_byte.min(self.timeouts.request);
-        let res = match tokio::time::timeout(head_budget, self.client.request(req)).await {
+        let client = self.clients.get_or(|| build_client(self.timeouts.connect));
+        let res = match tokio::time::timeout(head_budget, client.request(req)).await {
             Err(_) => {
                 return Err(ProviderError::Timeout {
                     phase: "first byte",
