@@ -508,6 +508,86 @@ mod tests {
         assert!(!svc3.is_master(&k));
     }
 
+    /// Counts store reads, to prove authentication never touches the store.
+    struct Counting {
+        inner: MemoryStore,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl KeyStore for Counting {
+        async fn insert_key(&self, k: &KeyRecord, s: &KeySecret) -> crate::store::StoreResult<()> {
+            self.inner.insert_key(k, s).await
+        }
+        async fn get_key(&self, id: &str) -> crate::store::StoreResult<Option<KeyRecord>> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.inner.get_key(id).await
+        }
+        async fn list_keys(&self, p: &Page) -> crate::store::StoreResult<Vec<KeyRecord>> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.inner.list_keys(p).await
+        }
+        async fn update_key(
+            &self,
+            id: &str,
+            u: &KeyUpdate,
+            now: i64,
+        ) -> crate::store::StoreResult<Option<KeyRecord>> {
+            self.inner.update_key(id, u, now).await
+        }
+        async fn revoke_key(
+            &self,
+            id: &str,
+            now: i64,
+        ) -> crate::store::StoreResult<Option<KeyRecord>> {
+            self.inner.revoke_key(id, now).await
+        }
+        async fn rotate_key(
+            &self,
+            id: &str,
+            s: &KeySecret,
+            p: &str,
+            o: i64,
+            now: i64,
+        ) -> crate::store::StoreResult<Option<KeyRecord>> {
+            self.inner.rotate_key(id, s, p, o, now).await
+        }
+        async fn load_active(
+            &self,
+            now: i64,
+        ) -> crate::store::StoreResult<Vec<(KeyRecord, Vec<KeySecret>)>> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.inner.load_active(now).await
+        }
+        async fn change_seq(&self) -> crate::store::StoreResult<i64> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.inner.change_seq().await
+        }
+    }
+
+    #[tokio::test]
+    async fn authentication_never_reads_the_store() {
+        let store = Arc::new(Counting {
+            inner: MemoryStore::default(),
+            reads: Default::default(),
+        });
+        let svc = KeyService::new(store.clone()).await.unwrap();
+        let (_, secret) = svc
+            .create(NewKey {
+                name: "x".into(),
+                enabled: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let before = store.reads.load(Ordering::SeqCst);
+        for _ in 0..1000 {
+            assert!(svc.authenticate(&secret, 0).is_ok());
+            assert!(svc.authenticate("tg-wrong", 0).is_err());
+        }
+        assert_eq!(store.reads.load(Ordering::SeqCst), before);
+    }
+
     #[tokio::test]
     async fn notices_changes_made_by_another_process() {
         let store = Arc::new(MemoryStore::default());

@@ -142,3 +142,77 @@ async fn shutdown_drains_in_flight_streams() {
         "listener closed after drain"
     );
 }
+
+#[tokio::test]
+async fn in_flight_request_finishes_on_the_old_config() {
+    let yaml = format!(
+        "{}providers:\n  - name: slow\n    kind: mock\n    mock: {{latency: 400ms, chunks: 4}}\nmodels:\n  - name: going\n    targets: [{{provider: slow}}]\nreload:\n  watch: false\n",
+        base_yaml()
+    );
+    let t = start_yaml(&yaml).await;
+    let key = t.any_key().await;
+    let mut body = chat_body("going", "a b c d");
+    body["stream"] = json!(true);
+    let auth = format!("Bearer {key}");
+    let res = t
+        .client
+        .open(
+            Method::POST,
+            "/v1/chat/completions",
+            &[("authorization", &auth)],
+            body.to_string(),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let mut incoming = res.into_body();
+    let first = incoming.frame().await.unwrap().unwrap();
+    assert!(first.is_data());
+
+    // The model disappears from the config while its stream is still running.
+    std::fs::write(t.config_path(), format!("{}{MOCK}", base_yaml())).unwrap();
+    assert!(t.gw.reloader().reload().await);
+    let res = t
+        .client
+        .post_json("/v1/chat/completions", &key, &chat_body("going", "x"))
+        .await;
+    assert_eq!(res.status, 404, "new requests see the new config");
+
+    let rest = incoming.collect().await.unwrap().to_bytes();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.contains("\"finish_reason\":\"stop\"") && rest.ends_with("data: [DONE]\n\n"),
+        "old stream completed: {rest}"
+    );
+}
+
+#[tokio::test]
+async fn drain_deadline_closes_what_is_left() {
+    let t = start("providers:\n  - name: endless\n    kind: mock\n    mock: {latency: 1h, chunks: 2}\nmodels:\n  - name: endless\n    targets: [{provider: endless}]\nshutdown:\n  drain_timeout: 100ms\n").await;
+    let key = t.any_key().await;
+    let mut body = chat_body("endless", "a b");
+    body["stream"] = json!(true);
+    let auth = format!("Bearer {key}");
+    let res = t
+        .client
+        .open(
+            Method::POST,
+            "/v1/chat/completions",
+            &[("authorization", &auth)],
+            body.to_string(),
+        )
+        .await;
+    let mut incoming = res.into_body();
+    incoming.frame().await.unwrap().unwrap();
+    let TestGateway {
+        gw,
+        client: _c,
+        dir: _d,
+    } = t;
+    // Would hang for an hour without the deadline; the test runner's timeout catches that.
+    gw.shutdown().await;
+    let rest = incoming.collect().await;
+    let finished = rest
+        .map(|c| c.to_bytes().ends_with(b"data: [DONE]\n\n"))
+        .unwrap_or(false);
+    assert!(!finished, "the stream was cut, not completed");
+}
