@@ -2,7 +2,6 @@
 //! The OpenAPI document is generated from these types and handlers by `utoipa`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -452,11 +451,6 @@ async fn openapi(State(core): State<Arc<Core>>, headers: HeaderMap) -> Response 
         Ok(()) => json_response(StatusCode::OK, openapi_json()),
         Err(e) => e.into_response(),
     }
-}
-
-/// Default grace for callers outside HTTP (the CLI).
-pub fn default_grace(core: &Core) -> Duration {
-    core.config().keys.rotation_grace
 }
 
 #[cfg(test)]

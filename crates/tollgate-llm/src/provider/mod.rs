@@ -179,7 +179,7 @@ impl Provider {
     pub fn build(cfg: &ProviderConfig) -> Result<Provider, String> {
         Ok(match &cfg.kind {
             ProviderKind::OpenAi(s) => {
-                Provider::OpenAi(Box::new(OpenAiProvider::new(&cfg.name, s, &cfg.timeouts)?))
+                Provider::OpenAi(Box::new(OpenAiProvider::new(s, &cfg.timeouts)?))
             }
             ProviderKind::Mock(s) => Provider::Mock(MockProvider::new(s.clone())),
         })

@@ -32,7 +32,6 @@ fn relay_header(name: &HeaderName) -> bool {
 }
 
 pub struct OpenAiProvider {
-    name: String,
     base_url: String,
     api_version: Option<String>,
     headers: HeaderMap,
@@ -65,11 +64,7 @@ fn build_client(connect_timeout: Duration) -> HttpClient {
 }
 
 impl OpenAiProvider {
-    pub fn new(
-        name: &str,
-        s: &OpenAiSettings,
-        timeouts: &Timeouts,
-    ) -> Result<OpenAiProvider, String> {
+    pub fn new(s: &OpenAiSettings, timeouts: &Timeouts) -> Result<OpenAiProvider, String> {
         let mut headers = HeaderMap::new();
         headers.insert(
             http::header::CONTENT_TYPE,
@@ -110,7 +105,6 @@ impl OpenAiProvider {
             None
         };
         Ok(OpenAiProvider {
-            name: name.to_owned(),
             base_url: s.base_url.clone(),
             api_version: s.api_version.clone(),
             headers,
@@ -247,10 +241,6 @@ impl OpenAiProvider {
             upstream,
             usage,
         })
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
     }
 }
 
