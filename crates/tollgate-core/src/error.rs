@@ -21,6 +21,8 @@ pub enum ErrorKind {
     PermissionDenied,
     /// The named model, key or route does not exist.
     NotFound,
+    /// The route exists but not for this HTTP method.
+    MethodNotAllowed,
     /// The body is larger than the configured limit.
     PayloadTooLarge,
     /// The request conflicts with the current state (e.g. revoking a revoked key).
@@ -52,6 +54,7 @@ impl ErrorKind {
             ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
             ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -65,9 +68,10 @@ impl ErrorKind {
     /// The OpenAI error `type` string.
     pub fn openai_type(self) -> &'static str {
         match self {
-            ErrorKind::InvalidRequest | ErrorKind::NotFound | ErrorKind::PayloadTooLarge => {
-                "invalid_request_error"
-            }
+            ErrorKind::InvalidRequest
+            | ErrorKind::NotFound
+            | ErrorKind::MethodNotAllowed
+            | ErrorKind::PayloadTooLarge => "invalid_request_error",
             ErrorKind::Conflict => "invalid_request_error",
             ErrorKind::Unauthenticated => "authentication_error",
             ErrorKind::PermissionDenied => "permission_error",

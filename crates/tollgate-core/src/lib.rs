@@ -69,12 +69,19 @@ impl Core {
 
     /// Replaces the configuration atomically; in-flight requests keep the one they loaded.
     pub async fn swap_config(&self, config: Config) -> Result<(), ApiError> {
-        self.keys
-            .settle_master(
-                config.master_key.as_ref().map(|k| k.expose()),
-                self.stores.meta.as_ref(),
-            )
-            .await?;
+        match (&config.master_key, &self.config().master_key) {
+            (Some(new), old) if old.as_ref() != Some(new) => {
+                self.keys
+                    .settle_master(Some(new.expose()), self.stores.meta.as_ref())
+                    .await?;
+            }
+            // Falling back to a stored or generated key on reload could lock operators out
+            // (a generated key would be shown to no one): keep the current one until restart.
+            (None, Some(_)) => tracing::warn!(
+                "master_key was removed from the config; the current master key stays in force until restart"
+            ),
+            _ => {}
+        }
         self.config.store(Arc::new(config));
         Ok(())
     }
@@ -169,4 +176,14 @@ pub async fn not_found(uri: ::http::Uri) -> Response {
     ApiError::not_found(format!("no route for {}", uri.path()))
         .code("route_not_found")
         .into_response()
+}
+
+/// The fallback for a known path called with the wrong method.
+pub async fn method_not_allowed(method: ::http::Method, uri: ::http::Uri) -> Response {
+    ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+    .code("method_not_allowed")
+    .into_response()
 }

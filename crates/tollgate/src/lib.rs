@@ -165,6 +165,7 @@ impl Gateway {
 
 fn shell(app: Router, core: &Arc<Core>) -> Router {
     app.fallback(tollgate_core::not_found)
+        .method_not_allowed_fallback(tollgate_core::method_not_allowed)
         .layer(middleware::from_fn_with_state(core.clone(), http::shell))
 }
 

@@ -171,6 +171,11 @@ async fn error_statuses_and_shapes() {
         .await;
     assert_eq!(res.status, 200);
 
+    // Wrong method: JSON 405, not a bare body.
+    let res = t.client.get("/v1/chat/completions", &key).await;
+    assert_eq!(res.status, 405);
+    assert_eq!(res.json()["error"]["code"], "method_not_allowed");
+
     // Unknown route: JSON 404, not a bare body.
     let res = t.client.get("/v1/nothing-here", &key).await;
     assert_eq!(res.status, 404);

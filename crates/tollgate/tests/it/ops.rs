@@ -216,3 +216,23 @@ async fn drain_deadline_closes_what_is_left() {
         .unwrap_or(false);
     assert!(!finished, "the stream was cut, not completed");
 }
+
+#[tokio::test]
+async fn master_key_changes_on_reload_but_is_never_dropped() {
+    let t = start(MOCK).await;
+    let rotated = "rotated-master-key-0123456789";
+    let yaml = format!("{}{MOCK}", base_yaml()).replace(MASTER, rotated);
+    std::fs::write(t.config_path(), &yaml).unwrap();
+    assert!(t.gw.reloader().reload().await);
+    assert_eq!(t.client.get("/admin/v1/keys", rotated).await.status, 200);
+    assert_eq!(t.client.get("/admin/v1/keys", MASTER).await.status, 401);
+
+    // Removing master_key keeps the current one rather than minting an unseen new one.
+    std::fs::write(
+        t.config_path(),
+        yaml.replace(&format!("master_key: {rotated}\n"), ""),
+    )
+    .unwrap();
+    assert!(t.gw.reloader().reload().await);
+    assert_eq!(t.client.get("/admin/v1/keys", rotated).await.status, 200);
+}
