@@ -56,6 +56,26 @@ impl TestGateway {
         self.key(json!({"name": "test"})).await.1
     }
 
+    /// Starts a streaming chat completion; returns the response with its body unread.
+    pub async fn open_stream(
+        &self,
+        key: &str,
+        model: &str,
+        text: &str,
+    ) -> http::Response<hyper::body::Incoming> {
+        let mut body = chat_body(model, text);
+        body["stream"] = json!(true);
+        let auth = format!("Bearer {key}");
+        self.client
+            .open(
+                http::Method::POST,
+                "/v1/chat/completions",
+                &[("authorization", &auth)],
+                body.to_string(),
+            )
+            .await
+    }
+
     pub fn config_path(&self) -> std::path::PathBuf {
         self.dir.path().join("tollgate.yaml")
     }

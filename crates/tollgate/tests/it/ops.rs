@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use http::Method;
 use http_body_util::BodyExt;
-use serde_json::json;
 
 use crate::harness::*;
 
@@ -103,17 +102,8 @@ async fn file_change_reloads_and_bad_file_keeps_old_config() {
 async fn shutdown_drains_in_flight_streams() {
     let t = start("providers:\n  - name: slow\n    kind: mock\n    mock: {latency: 600ms, chunks: 6}\nmodels:\n  - name: slow\n    targets: [{provider: slow}]\nshutdown:\n  drain_timeout: 20s\n").await;
     let key = t.any_key().await;
-    let mut body = chat_body("slow", "one two three four five six");
-    body["stream"] = json!(true);
-    let auth = format!("Bearer {key}");
     let res = t
-        .client
-        .open(
-            Method::POST,
-            "/v1/chat/completions",
-            &[("authorization", &auth)],
-            body.to_string(),
-        )
+        .open_stream(&key, "slow", "one two three four five six")
         .await;
     assert_eq!(res.status(), 200);
     let mut incoming = res.into_body();
@@ -151,18 +141,7 @@ async fn in_flight_request_finishes_on_the_old_config() {
     );
     let t = start_yaml(&yaml).await;
     let key = t.any_key().await;
-    let mut body = chat_body("going", "a b c d");
-    body["stream"] = json!(true);
-    let auth = format!("Bearer {key}");
-    let res = t
-        .client
-        .open(
-            Method::POST,
-            "/v1/chat/completions",
-            &[("authorization", &auth)],
-            body.to_string(),
-        )
-        .await;
+    let res = t.open_stream(&key, "going", "a b c d").await;
     assert_eq!(res.status(), 200);
     let mut incoming = res.into_body();
     let first = incoming.frame().await.unwrap().unwrap();
@@ -189,18 +168,7 @@ async fn in_flight_request_finishes_on_the_old_config() {
 async fn drain_deadline_closes_what_is_left() {
     let t = start("providers:\n  - name: endless\n    kind: mock\n    mock: {latency: 1h, chunks: 2}\nmodels:\n  - name: endless\n    targets: [{provider: endless}]\nshutdown:\n  drain_timeout: 100ms\n").await;
     let key = t.any_key().await;
-    let mut body = chat_body("endless", "a b");
-    body["stream"] = json!(true);
-    let auth = format!("Bearer {key}");
-    let res = t
-        .client
-        .open(
-            Method::POST,
-            "/v1/chat/completions",
-            &[("authorization", &auth)],
-            body.to_string(),
-        )
-        .await;
+    let res = t.open_stream(&key, "endless", "a b").await;
     let mut incoming = res.into_body();
     incoming.frame().await.unwrap().unwrap();
     let TestGateway {

@@ -112,18 +112,7 @@ async fn stream_is_forwarded_chunk_by_chunk() {
             Bytes::from_static(b"data: [DONE]\n\n"),
         ],
     });
-    let mut body = chat_body("public-name", "x");
-    body["stream"] = json!(true);
-    let auth = format!("Bearer {key}");
-    let res = t
-        .client
-        .open(
-            Method::POST,
-            "/v1/chat/completions",
-            &[("authorization", &auth)],
-            body.to_string(),
-        )
-        .await;
+    let res = t.open_stream(&key, "public-name", "x").await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "text/event-stream");
     let mut incoming = res.into_body();
