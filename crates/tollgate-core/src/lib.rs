@@ -3,6 +3,7 @@
 //! on each other.
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod error;
 pub mod glob;

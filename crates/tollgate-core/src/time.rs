@@ -10,6 +10,14 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Now, in unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// Unix seconds as RFC 3339 (`2026-11-23T22:05:00Z`).
 pub fn rfc3339(secs: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(secs)

@@ -8,8 +8,10 @@ use async_trait::async_trait;
 
 use super::sqlite::apply_update;
 use super::{
-    KeyRecord, KeySecret, KeyStore, KeyUpdate, MetaStore, Page, SecretHash, StoreError, StoreResult,
+    AuditStore, KeyRecord, KeySecret, KeyStore, KeyUpdate, MetaStore, Page, SecretHash, StoreError,
+    StoreResult,
 };
+use crate::audit::{AuditEvent, AuditRecord, GENESIS};
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -18,6 +20,7 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct State {
+    audit: Vec<AuditRecord>,
     keys: BTreeMap<String, KeyRecord>,
     secrets: HashMap<SecretHash, (String, Option<i64>)>,
     meta: HashMap<String, String>,
@@ -195,5 +198,45 @@ impl MetaStore for MemoryStore {
 
     async fn ping(&self) -> StoreResult<()> {
         self.with(|_| Ok(()))
+    }
+}
+
+#[async_trait]
+impl AuditStore for MemoryStore {
+    async fn append_audit(&self, events: &[(AuditEvent, i64)]) -> StoreResult<()> {
+        self.with(|s| {
+            for (ev, time_ms) in events {
+                let (seq, prev) = s
+                    .audit
+                    .last()
+                    .map_or((1, GENESIS.to_owned()), |r| (r.seq + 1, r.hash.clone()));
+                s.audit.push(AuditRecord::chain(seq, *time_ms, &prev, ev));
+            }
+            if let Some(last) = s.audit.last() {
+                let head = super::format_head(last.seq, &last.hash);
+                s.meta.insert(super::AUDIT_HEAD.to_owned(), head);
+            }
+            Ok(())
+        })
+    }
+
+    async fn read_audit(&self, after: i64, limit: u32) -> StoreResult<Vec<AuditRecord>> {
+        self.with(|s| {
+            Ok(s.audit
+                .iter()
+                .filter(|r| r.seq > after)
+                .take(limit.clamp(1, 10_000) as usize)
+                .cloned()
+                .collect())
+        })
+    }
+
+    async fn audit_head(&self) -> StoreResult<Option<(i64, String)>> {
+        self.with(|s| {
+            s.meta
+                .get(super::AUDIT_HEAD)
+                .map(|v| super::parse_head(v))
+                .transpose()
+        })
     }
 }

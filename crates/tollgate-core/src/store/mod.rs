@@ -12,6 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{AuditEvent, AuditRecord};
 use crate::config::DatabaseUrl;
 
 pub use memory::MemoryStore;
@@ -118,6 +119,18 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn change_seq(&self) -> StoreResult<i64>;
 }
 
+/// The audit chain's storage. Appends are atomic and chain onto whatever head the store has at
+/// that moment, so concurrent writers (processes) keep one chain.
+#[async_trait]
+pub trait AuditStore: Send + Sync + 'static {
+    /// Appends events (with their times in unix ms) after the current head, in order.
+    async fn append_audit(&self, events: &[(AuditEvent, i64)]) -> StoreResult<()>;
+    /// Records with `seq > after`, in order, at most `limit`.
+    async fn read_audit(&self, after: i64, limit: u32) -> StoreResult<Vec<AuditRecord>>;
+    /// The head recorded by the last append: `(seq, hash)`.
+    async fn audit_head(&self) -> StoreResult<Option<(i64, String)>>;
+}
+
 #[async_trait]
 pub trait MetaStore: Send + Sync + 'static {
     async fn get_meta(&self, key: &str) -> StoreResult<Option<String>>;
@@ -133,6 +146,7 @@ pub trait MetaStore: Send + Sync + 'static {
 pub struct Stores {
     pub keys: Arc<dyn KeyStore>,
     pub meta: Arc<dyn MetaStore>,
+    pub audit: Arc<dyn AuditStore>,
 }
 
 impl Stores {
@@ -143,14 +157,16 @@ impl Stores {
                 let s = Arc::new(MemoryStore::default());
                 Ok(Stores {
                     keys: s.clone(),
-                    meta: s,
+                    meta: s.clone(),
+                    audit: s,
                 })
             }
             DatabaseUrl::Sqlite(path) => {
                 let s = Arc::new(SqliteStore::open(path).await?);
                 Ok(Stores {
                     keys: s.clone(),
-                    meta: s,
+                    meta: s.clone(),
+                    audit: s,
                 })
             }
         }
@@ -159,3 +175,19 @@ impl Stores {
 
 #[cfg(test)]
 mod suite;
+
+const AUDIT_HEAD: &str = "audit_head";
+
+fn format_head(seq: i64, hash: &str) -> String {
+    format!("{seq}:{hash}")
+}
+
+fn parse_head(v: &str) -> StoreResult<(i64, String)> {
+    let (seq, hash) = v
+        .split_once(':')
+        .ok_or_else(|| StoreError::Corrupt(format!("bad audit head {v:?}")))?;
+    let seq = seq
+        .parse()
+        .map_err(|_| StoreError::Corrupt(format!("bad audit head {v:?}")))?;
+    Ok((seq, hash.to_owned()))
+}

@@ -9,11 +9,18 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqlitePool};
 
-use super::{KeyRecord, KeySecret, KeyStore, KeyUpdate, MetaStore, Page, StoreError, StoreResult};
+use crate::audit::{AuditEvent, AuditRecord, GENESIS};
+
+use super::{
+    format_head, parse_head, AuditStore, KeyRecord, KeySecret, KeyStore, KeyUpdate, MetaStore,
+    Page, StoreError, StoreResult, AUDIT_HEAD,
+};
 
 /// Migrations in order. A released migration is never edited; add a new one.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "keys", include_str!("migrations/sqlite/0001_keys.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "keys", include_str!("migrations/sqlite/0001_keys.sql")),
+    (2, "audit", include_str!("migrations/sqlite/0002_audit.sql")),
+];
 
 const KEYS_SEQ: &str = "keys_seq";
 
@@ -451,5 +458,114 @@ impl MetaStore for SqliteStore {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl AuditStore for SqliteStore {
+    async fn append_audit(&self, events: &[(AuditEvent, i64)]) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        // IMMEDIATE takes the write lock before the head is read, so two processes can never
+        // chain onto the same record. Dropping the transaction on error rolls it back.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
+        let head: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_owned()));
+        for (ev, time_ms) in events {
+            seq += 1;
+            let r = AuditRecord::chain(seq, *time_ms, &prev, ev);
+            sqlx::query(
+                "INSERT INTO audit_log (seq, time_ms, request_id, trace_id, conversation_id, principal,
+                    action, target, decision, rule, outcome, detail, prev_hash, hash)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(r.seq)
+            .bind(r.time_ms)
+            .bind(&r.request_id)
+            .bind(&r.trace_id)
+            .bind(&r.conversation_id)
+            .bind(&r.principal)
+            .bind(&r.action)
+            .bind(&r.target)
+            .bind(&r.decision)
+            .bind(&r.rule)
+            .bind(&r.outcome)
+            .bind(&r.detail)
+            .bind(&r.prev_hash)
+            .bind(&r.hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            prev = r.hash;
+        }
+        sqlx::query(
+            "INSERT INTO tollgate_meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+        )
+        .bind(AUDIT_HEAD)
+        .bind(format_head(seq, &prev))
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn read_audit(&self, after: i64, limit: u32) -> StoreResult<Vec<AuditRecord>> {
+        let rows = sqlx::query(
+            "SELECT seq, time_ms, request_id, trace_id, conversation_id, principal, action, target,
+                    decision, rule, outcome, detail, prev_hash, hash
+             FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(after)
+        .bind(i64::from(limit.clamp(1, 10_000)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                let get = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
+                Ok(AuditRecord {
+                    seq: row.try_get("seq").map_err(get)?,
+                    time_ms: row.try_get("time_ms").map_err(get)?,
+                    request_id: row.try_get("request_id").map_err(get)?,
+                    trace_id: row.try_get("trace_id").map_err(get)?,
+                    conversation_id: row.try_get("conversation_id").map_err(get)?,
+                    principal: row.try_get("principal").map_err(get)?,
+                    action: row.try_get("action").map_err(get)?,
+                    target: row.try_get("target").map_err(get)?,
+                    decision: row.try_get("decision").map_err(get)?,
+                    rule: row.try_get("rule").map_err(get)?,
+                    outcome: row.try_get("outcome").map_err(get)?,
+                    detail: row.try_get("detail").map_err(get)?,
+                    prev_hash: row.try_get("prev_hash").map_err(get)?,
+                    hash: row.try_get("hash").map_err(get)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn audit_head(&self) -> StoreResult<Option<(i64, String)>> {
+        let v: Option<String> = sqlx::query_scalar("SELECT v FROM tollgate_meta WHERE k = ?")
+            .bind(AUDIT_HEAD)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        v.as_deref().map(parse_head).transpose()
+    }
+}
+
+impl SqliteStore {
+    /// Raw access for tests that tamper with the database behind the store's back.
+    #[cfg(test)]
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 }

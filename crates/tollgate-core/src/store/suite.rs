@@ -198,3 +198,121 @@ async fn sqlite_persists_across_reopen() {
     let s = Stores::open(&url).await.unwrap();
     assert!(s.keys.get_key("k").await.unwrap().is_some());
 }
+
+fn event(i: usize) -> (crate::audit::AuditEvent, i64) {
+    let mut ev = crate::audit::AuditEvent::new("key.create", "success");
+    ev.target = Some(format!("key_{i}"));
+    ev.principal = Some("master".into());
+    ev.detail = serde_json::json!({"i": i, "note": "quote \" and unicode é"});
+    (ev, 1_700_000_000_000 + i as i64)
+}
+
+#[tokio::test]
+async fn audit_chain_appends_and_verifies() {
+    for (engine, s, _dir) in engines().await {
+        assert_eq!(crate::audit::verify(s.audit.as_ref()).await.unwrap(), Ok(0));
+        let batch: Vec<_> = (0..3).map(event).collect();
+        s.audit.append_audit(&batch).await.unwrap();
+        s.audit.append_audit(&[event(3)]).await.unwrap();
+        let records = s.audit.read_audit(0, 100).await.unwrap();
+        assert_eq!(
+            records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4],
+            "{engine}"
+        );
+        assert_eq!(records[0].prev_hash, crate::audit::GENESIS);
+        assert_eq!(records[3].prev_hash, records[2].hash);
+        assert_eq!(records[1].target.as_deref(), Some("key_1"));
+        assert_eq!(s.audit.read_audit(2, 1).await.unwrap()[0].seq, 3);
+        assert_eq!(
+            crate::audit::verify(s.audit.as_ref()).await.unwrap(),
+            Ok(4),
+            "{engine}"
+        );
+        assert_eq!(s.audit.audit_head().await.unwrap().map(|h| h.0), Some(4));
+    }
+}
+
+/// Tampers with the SQLite file behind the store's back, one kind of tampering at a time.
+#[tokio::test]
+async fn audit_verify_catches_every_kind_of_tampering() {
+    use crate::audit::{verify, AuditRecord, Tamper};
+    type Tampering = (&'static str, Tamper);
+    let cases: Vec<Tampering> = vec![
+        (
+            "UPDATE audit_log SET outcome = 'failure' WHERE seq = 3",
+            Tamper::Modified { seq: 3 },
+        ),
+        (
+            "DELETE FROM audit_log WHERE seq = 3",
+            Tamper::Deleted { before_seq: 4 },
+        ),
+        (
+            "DELETE FROM audit_log WHERE seq = 5",
+            Tamper::Truncated {
+                last_seq: 4,
+                head_seq: 5,
+            },
+        ),
+        (
+            "UPDATE audit_log SET seq = seq + 100 WHERE seq >= 3; UPDATE audit_log SET seq = seq - 99 WHERE seq >= 103",
+            Tamper::Deleted { before_seq: 4 },
+        ),
+    ];
+    for (sql, want) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("a.db")).await.unwrap();
+        store
+            .append_audit(&(0..5).map(event).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        assert_eq!(verify(&store).await.unwrap(), Ok(5));
+        sqlx::raw_sql(sql).execute(store.pool()).await.unwrap();
+        assert_eq!(verify(&store).await.unwrap(), Err(want), "{sql}");
+    }
+
+    // A forged record inserted in the middle, well-formed and hashed, but chained to nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("a.db")).await.unwrap();
+    store
+        .append_audit(&(0..5).map(event).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    sqlx::raw_sql("UPDATE audit_log SET seq = seq + 10 WHERE seq >= 3")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    sqlx::raw_sql("UPDATE audit_log SET seq = seq - 9 WHERE seq >= 13")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let forged_event = crate::audit::AuditEvent::new("key.revoke", "success");
+    let forged = AuditRecord::chain(3, 1, "not-the-previous-hash", &forged_event);
+    sqlx::query("INSERT INTO audit_log (seq, time_ms, action, outcome, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)")
+        .bind(forged.seq).bind(forged.time_ms).bind(&forged.action).bind(&forged.outcome).bind(&forged.detail).bind(&forged.prev_hash).bind(&forged.hash)
+        .execute(store.pool()).await.unwrap();
+    assert_eq!(
+        verify(&store).await.unwrap(),
+        Err(Tamper::Inserted { seq: 3 })
+    );
+}
+
+#[tokio::test]
+async fn audit_appends_from_two_processes_keep_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.db");
+    let a = std::sync::Arc::new(SqliteStore::open(&path).await.unwrap());
+    let b = std::sync::Arc::new(SqliteStore::open(&path).await.unwrap());
+    let mut tasks = Vec::new();
+    for (n, s) in [a.clone(), b.clone()].into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20 {
+                s.append_audit(&[event(n * 100 + i)]).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(crate::audit::verify(a.as_ref()).await.unwrap(), Ok(40));
+}

@@ -1,0 +1,303 @@
+//! The tamper-evident audit chain: security-relevant events (key changes, config reloads, and
+//! later policy denials, tool and agent calls) appended to the store, each record carrying the
+//! SHA-256 of its predecessor.
+//!
+//! Events leave the request path through a bounded channel and are written in batches by one
+//! background task. Chaining happens inside the store's write transaction, so several processes
+//! (a server and the `tollgate keys` CLI) can append to one chain. What a crash can lose is the
+//! channel's content: events accepted in the last few milliseconds before the batch commit.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{AuditStore, StoreError};
+
+/// The hash that precedes the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+const CHANNEL: usize = 8192;
+const BATCH: usize = 256;
+
+/// An event to record. Fields follow the audit schema; `detail` is free-form JSON.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditEvent {
+    pub request_id: Option<String>,
+    pub trace_id: Option<String>,
+    pub conversation_id: Option<String>,
+    pub principal: Option<String>,
+    pub action: String,
+    pub target: Option<String>,
+    pub decision: Option<String>,
+    pub rule: Option<String>,
+    pub outcome: String,
+    pub detail: serde_json::Value,
+}
+
+impl AuditEvent {
+    pub fn new(action: &str, outcome: &str) -> AuditEvent {
+        AuditEvent {
+            action: action.to_owned(),
+            outcome: outcome.to_owned(),
+            detail: serde_json::Value::Null,
+            ..Default::default()
+        }
+    }
+}
+
+/// A stored record: the event, its place in the chain and its hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub seq: i64,
+    pub time_ms: i64,
+    pub request_id: Option<String>,
+    pub trace_id: Option<String>,
+    pub conversation_id: Option<String>,
+    pub principal: Option<String>,
+    pub action: String,
+    pub target: Option<String>,
+    pub decision: Option<String>,
+    pub rule: Option<String>,
+    pub outcome: String,
+    /// JSON text, hashed exactly as stored.
+    pub detail: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl AuditRecord {
+    /// Builds the record that follows `prev_hash` at `seq`, computing its hash.
+    pub fn chain(seq: i64, time_ms: i64, prev_hash: &str, ev: &AuditEvent) -> AuditRecord {
+        let mut r = AuditRecord {
+            seq,
+            time_ms,
+            request_id: ev.request_id.clone(),
+            trace_id: ev.trace_id.clone(),
+            conversation_id: ev.conversation_id.clone(),
+            principal: ev.principal.clone(),
+            action: ev.action.clone(),
+            target: ev.target.clone(),
+            decision: ev.decision.clone(),
+            rule: ev.rule.clone(),
+            outcome: ev.outcome.clone(),
+            detail: ev.detail.to_string(),
+            prev_hash: prev_hash.to_owned(),
+            hash: String::new(),
+        };
+        r.hash = r.compute_hash();
+        r
+    }
+
+    /// SHA-256 over the canonical encoding: a JSON array of every field but `hash`, in schema
+    /// order. Arrays have no key-order ambiguity, and strings are escaped one way by serde_json.
+    pub fn compute_hash(&self) -> String {
+        let canonical = serde_json::json!([
+            self.seq,
+            self.time_ms,
+            self.request_id,
+            self.trace_id,
+            self.conversation_id,
+            self.principal,
+            self.action,
+            self.target,
+            self.decision,
+            self.rule,
+            self.outcome,
+            self.detail,
+            self.prev_hash,
+        ]);
+        let digest = Sha256::digest(canonical.to_string().as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// The first inconsistency `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tamper {
+    /// The record's content no longer matches its hash.
+    Modified { seq: i64 },
+    /// Records are missing before this one.
+    Deleted { before_seq: i64 },
+    /// This record does not follow its predecessor: inserted, or its predecessor replaced.
+    Inserted { seq: i64 },
+    /// The chain ends before the recorded head: records at the tail were deleted.
+    Truncated { last_seq: i64, head_seq: i64 },
+}
+
+impl std::fmt::Display for Tamper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tamper::Modified { seq } => write!(
+                f,
+                "record {seq} was modified (its hash does not match its content)"
+            ),
+            Tamper::Deleted { before_seq } => write!(
+                f,
+                "records were deleted before record {before_seq} (sequence gap)"
+            ),
+            Tamper::Inserted { seq } => write!(
+                f,
+                "record {seq} does not follow its predecessor (inserted or replaced)"
+            ),
+            Tamper::Truncated { last_seq, head_seq } => write!(
+                f,
+                "records after {last_seq} were deleted (the chain head says {head_seq})"
+            ),
+        }
+    }
+}
+
+/// Walks the chain in pages and returns how many records verified, or the first tampering.
+pub async fn verify(store: &dyn AuditStore) -> Result<Result<i64, Tamper>, StoreError> {
+    let mut expected_seq = 1;
+    let mut prev_hash = GENESIS.to_owned();
+    let mut after = 0;
+    loop {
+        let page = store.read_audit(after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for r in &page {
+            if r.seq > expected_seq {
+                return Ok(Err(Tamper::Deleted { before_seq: r.seq }));
+            }
+            if r.compute_hash() != r.hash {
+                return Ok(Err(Tamper::Modified { seq: r.seq }));
+            }
+            if r.prev_hash != prev_hash {
+                return Ok(Err(Tamper::Inserted { seq: r.seq }));
+            }
+            prev_hash.clone_from(&r.hash);
+            expected_seq = r.seq + 1;
+        }
+    }
+    let last_seq = expected_seq - 1;
+    if let Some((head_seq, head_hash)) = store.audit_head().await? {
+        if head_seq > last_seq {
+            return Ok(Err(Tamper::Truncated { last_seq, head_seq }));
+        }
+        if head_seq == last_seq && head_hash != prev_hash {
+            return Ok(Err(Tamper::Modified { seq: last_seq }));
+        }
+    }
+    Ok(Ok(last_seq))
+}
+
+enum Msg {
+    Event(Box<AuditEvent>, i64),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The handle layers record events through. Cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Msg>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AuditLog {
+    /// Starts the writer task on the current runtime.
+    pub fn start(store: Arc<dyn AuditStore>) -> (AuditLog, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let handle = tokio::spawn(writer(store, rx));
+        (
+            AuditLog {
+                tx,
+                dropped: Arc::default(),
+            },
+            handle,
+        )
+    }
+
+    /// Records an event, waiting for room if the writer is behind. Never drops.
+    pub async fn record(&self, ev: AuditEvent) {
+        let now = crate::time::now_ms();
+        if self.tx.send(Msg::Event(Box::new(ev), now)).await.is_err() {
+            tracing::error!("audit writer is gone; event not recorded");
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records without waiting (for hot paths). A full channel drops the event and counts it.
+    pub fn try_record(&self, ev: AuditEvent) -> bool {
+        let now = crate::time::now_ms();
+        let ok = self.tx.try_send(Msg::Event(Box::new(ev), now)).is_ok();
+        if !ok {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Events that could not be queued.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Waits until everything recorded before this call is committed.
+    pub async fn flush(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Msg::Flush(ack)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+}
+
+async fn writer(store: Arc<dyn AuditStore>, mut rx: mpsc::Receiver<Msg>) {
+    let mut batch: Vec<(AuditEvent, i64)> = Vec::with_capacity(BATCH);
+    let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Event(ev, t) => batch.push((*ev, t)),
+                Msg::Flush(ack) => acks.push(ack),
+            }
+            if batch.len() < BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        let mut backoff = Duration::from_millis(50);
+        while !batch.is_empty() {
+            match store.append_audit(&batch).await {
+                Ok(()) => batch.clear(),
+                Err(e) => {
+                    // Keep the batch: audit records are retried, never dropped.
+                    tracing::error!(error = %e, pending = batch.len(), "audit append failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_covers_every_field() {
+        let ev = AuditEvent {
+            principal: Some("p".into()),
+            detail: serde_json::json!({"a": 1}),
+            ..AuditEvent::new("key.create", "success")
+        };
+        let r = AuditRecord::chain(1, 1000, GENESIS, &ev);
+        assert_eq!(r.hash, r.compute_hash());
+        let mut changed = r.clone();
+        changed.principal = Some("q".into());
+        assert_ne!(changed.compute_hash(), r.hash);
+        let mut changed = r.clone();
+        changed.detail = "{\"a\":2}".into();
+        assert_ne!(changed.compute_hash(), r.hash);
+        let mut changed = r.clone();
+        changed.seq = 2;
+        assert_ne!(changed.compute_hash(), r.hash);
+    }
+}
