@@ -117,6 +117,8 @@ pub struct ApiError {
     pub status: Option<StatusCode>,
     /// An upstream error body already in the client's protocol, relayed verbatim.
     pub relay_body: Option<Bytes>,
+    /// Headers to send with the error (`retry-after`, rate-limit state from the upstream).
+    pub headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -128,6 +130,7 @@ impl ApiError {
             param: None,
             status: None,
             relay_body: None,
+            headers: Vec::new(),
         }
     }
 
@@ -243,6 +246,9 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"tollgate\""),
             );
+        }
+        for (name, value) in self.headers {
+            res.headers_mut().insert(name, value);
         }
         res.extensions_mut().insert(ErrorMark(self.kind));
         res

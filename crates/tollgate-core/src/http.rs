@@ -90,6 +90,9 @@ pub async fn shell(State(core): State<Arc<Core>>, mut req: Request, next: Next) 
         .get_or_create(&RouteLabels { route })
         .clone();
     gauge.inc();
+    // Built before the handler runs: if the client goes away mid-request the handler's future
+    // is dropped, and so is this guard.
+    let guard = InFlight(gauge);
     let mut res = next.run(req).await;
     let elapsed = start.elapsed();
     res.headers_mut().insert(REQUEST_ID, rid.clone());
@@ -137,7 +140,7 @@ pub async fn shell(State(core): State<Arc<Core>>, mut req: Request, next: Next) 
         parts,
         Body::new(GuardedBody {
             inner: body,
-            _guard: InFlight(gauge),
+            _guard: guard,
         }),
     )
 }

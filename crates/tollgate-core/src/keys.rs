@@ -107,6 +107,9 @@ pub struct KeyService {
     master_hash: ArcSwap<Option<SecretHash>>,
     master: Arc<Principal>,
     seen_seq: AtomicI64,
+    /// Serialises refreshes: a slow refresh must never install a snapshot older than one a
+    /// faster, later refresh (say, right after a revoke) already installed.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 /// The outcome of settling which master key a process uses.
@@ -127,6 +130,7 @@ impl KeyService {
             master_hash: ArcSwap::from_pointee(None),
             master: Arc::new(Principal::master()),
             seen_seq: AtomicI64::new(-1),
+            refreshing: tokio::sync::Mutex::new(()),
         };
         svc.refresh().await?;
         Ok(svc)
@@ -140,7 +144,11 @@ impl KeyService {
         meta: &dyn MetaStore,
     ) -> Result<MasterKey, ApiError> {
         if let Some(k) = configured {
-            self.master_hash.store(Arc::new(Some(hash_secret(k))));
+            let hash = hash_secret(k);
+            // Replace any stored (e.g. generated) key: if the configured one is removed later,
+            // the last key the operator chose keeps working, not an older one.
+            meta.set_meta(MASTER_HASH_META, &hex(&hash)).await?;
+            self.master_hash.store(Arc::new(Some(hash)));
             return Ok(MasterKey::Configured);
         }
         let fresh = mint_secret("tg-master-")?;
@@ -201,6 +209,7 @@ impl KeyService {
 
     /// Rebuilds the snapshot from the store.
     pub async fn refresh(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.refreshing.lock().await;
         let seq = self.store.change_seq().await?;
         let now = crate::time::now();
         let active = self.store.load_active(now).await?;
@@ -232,6 +241,14 @@ impl KeyService {
         }
         self.refresh().await?;
         Ok(true)
+    }
+
+    /// After a committed write: refresh now. A failure is logged, not returned: the change is
+    /// in the store (a new secret must still reach the caller) and the refresher retries.
+    async fn refresh_after_write(&self) {
+        if let Err(e) = self.refresh().await {
+            tracing::warn!(error = %e, "key cache refresh after a write failed; the refresher will retry");
+        }
     }
 
     /// Polls the store for changes by other processes until `stop` resolves.
@@ -278,7 +295,7 @@ impl KeyService {
                 },
             )
             .await?;
-        self.refresh().await?;
+        self.refresh_after_write().await;
         Ok((record, secret))
     }
 
@@ -300,7 +317,7 @@ impl KeyService {
             .update_key(id, update, crate::time::now())
             .await?
             .ok_or_else(|| key_not_found(id))?;
-        self.refresh().await?;
+        self.refresh_after_write().await;
         Ok(key)
     }
 
@@ -310,7 +327,7 @@ impl KeyService {
             .revoke_key(id, crate::time::now())
             .await?
             .ok_or_else(|| key_not_found(id))?;
-        self.refresh().await?;
+        self.refresh_after_write().await;
         Ok(key)
     }
 
@@ -333,7 +350,7 @@ impl KeyService {
             )
             .await?
             .ok_or_else(|| key_not_found(id))?;
-        self.refresh().await?;
+        self.refresh_after_write().await;
         Ok((key, secret))
     }
 }

@@ -3,12 +3,18 @@
 //! fields while every other value passes through byte for byte.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use tollgate_core::error::ApiError;
+
+/// Real requests have a few dozen top-level fields; this bounds the work a hostile body causes.
+const MAX_TOP_LEVEL_KEYS: usize = 1024;
+/// The longest model name accepted (config validation uses the same bound).
+const MAX_MODEL_NAME: usize = 256;
 
 /// A top-level JSON object as an ordered list of keys and raw, unparsed values.
 pub struct Envelope<'a> {
@@ -53,11 +59,19 @@ impl<'de> Deserialize<'de> for Fields<'de> {
                 let mut out: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::new();
                 while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
                     let v: &'de RawValue = map.next_value()?;
-                    // Two parsers picking different duplicates is a request-smuggling vector.
-                    if out.iter().any(|(seen, _)| *seen == k) {
-                        return Err(de::Error::custom(format!("duplicate key {k:?}")));
+                    if out.len() == MAX_TOP_LEVEL_KEYS {
+                        return Err(de::Error::custom(format!(
+                            "more than {MAX_TOP_LEVEL_KEYS} top-level fields"
+                        )));
                     }
                     out.push((k, v));
+                }
+                // Two parsers picking different duplicates is a request-smuggling vector.
+                let mut seen: HashSet<&str> = HashSet::with_capacity(out.len());
+                for (k, _) in &out {
+                    if !seen.insert(k.as_ref()) {
+                        return Err(de::Error::custom(format!("duplicate key {k:?}")));
+                    }
                 }
                 Ok(Fields(out))
             }
@@ -113,6 +127,12 @@ impl<'a> Envelope<'a> {
                 .param("model")
                 .code("missing_model")
         })?;
+        if model.len() > MAX_MODEL_NAME {
+            return Err(ApiError::invalid(format!(
+                "`model` is longer than {MAX_MODEL_NAME} bytes"
+            ))
+            .param("model"));
+        }
         Ok(Envelope {
             fields,
             model,
@@ -182,6 +202,24 @@ mod tests {
             out,
             r#"{"temperature":1.00000000000000000001,"model":"upstream","weird_é":[1,  2, {"deep": "v\n"}],"n":12345678901234567890}"#
         );
+    }
+
+    #[test]
+    fn many_fields_are_bounded() {
+        let mut body = String::from("{\"model\":\"m\"");
+        for i in 0..2000 {
+            body.push_str(&format!(",\"k{i}\":0"));
+        }
+        body.push('}');
+        let Err(err) = Envelope::parse(body.as_bytes()) else {
+            panic!("accepted 2000 fields");
+        };
+        assert!(err.message.contains("top-level fields"), "{}", err.message);
+        let long = format!("{{\"model\":\"{}\"}}", "a".repeat(300));
+        let Err(err) = Envelope::parse(long.as_bytes()) else {
+            panic!("accepted a 300-byte model name");
+        };
+        assert!(err.message.contains("longer than"), "{}", err.message);
     }
 
     #[test]

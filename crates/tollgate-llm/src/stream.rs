@@ -21,7 +21,15 @@ pub struct ForwardStream<B> {
     on_end: Option<StreamEnd>,
     usage: Option<Usage>,
     done: bool,
+    /// The incomplete last line of the previous frame: SSE events may be split across reads.
+    partial: Vec<u8>,
+    /// The current line outgrew `MAX_LINE`; skip to the next newline.
+    skipping: bool,
 }
+
+/// The longest SSE line inspected for usage. A Responses API `response.completed` event holds
+/// the whole output, so this is generous; longer lines are passed through uninspected.
+const MAX_LINE: usize = 1 << 20;
 
 impl<B> ForwardStream<B> {
     pub fn new(inner: B, idle: Duration, on_end: StreamEnd) -> Self {
@@ -32,6 +40,43 @@ impl<B> ForwardStream<B> {
             on_end: Some(on_end),
             usage: None,
             done: false,
+            partial: Vec::new(),
+            skipping: false,
+        }
+    }
+
+    /// Feeds one frame to the line scanner.
+    fn scan(&mut self, data: &[u8]) {
+        let mut rest = data;
+        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+            let (line, after) = rest.split_at(nl);
+            rest = after.get(1..).unwrap_or_default();
+            if self.skipping {
+                self.skipping = false;
+                self.partial.clear();
+                continue;
+            }
+            if self.partial.is_empty() {
+                self.inspect(line);
+            } else {
+                let mut whole = std::mem::take(&mut self.partial);
+                whole.extend_from_slice(line);
+                self.inspect(&whole);
+            }
+        }
+        if !self.skipping {
+            if self.partial.len() + rest.len() > MAX_LINE {
+                self.partial.clear();
+                self.skipping = true;
+            } else {
+                self.partial.extend_from_slice(rest);
+            }
+        }
+    }
+
+    fn inspect(&mut self, line: &[u8]) {
+        if let Some(u) = usage_in_line(line) {
+            self.usage = Some(u);
         }
     }
 
@@ -85,9 +130,7 @@ where
                 let deadline = Instant::now() + this.idle;
                 this.timer.as_mut().reset(deadline);
                 if let Some(data) = frame.data_ref() {
-                    if let Some(u) = sniff_usage(data) {
-                        this.usage = Some(u);
-                    }
+                    this.scan(data);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -130,27 +173,48 @@ where
     }
 }
 
-/// Reads `usage` from the SSE events in one frame, if one carries it. Frames that do not
-/// mention a usage object are skipped with one substring search.
-pub fn sniff_usage(data: &[u8]) -> Option<Usage> {
-    const NEEDLE: &[u8] = b"\"usage\":{";
-    if !data.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
+/// Reads usage from one SSE line: `data: {..."usage":{...}}` (chat completions) or
+/// `data: {..."response":{..."usage":{...}}}` (Responses API). Lines whose usage is `null` or
+/// absent are skipped without parsing.
+pub fn usage_in_line(line: &[u8]) -> Option<Usage> {
+    let json = line.strip_prefix(b"data:")?.trim_ascii();
+    if !has_usage_object(json) {
         return None;
     }
     #[derive(serde::Deserialize)]
-    struct Chunk {
+    struct Event {
+        usage: Option<RawUsage>,
+        response: Option<Inner>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
         usage: Option<RawUsage>,
     }
-    let mut found = None;
-    for line in data.split(|&b| b == b'\n') {
-        let Some(json) = line.strip_prefix(b"data:") else {
-            continue;
-        };
-        if let Ok(Chunk { usage: Some(u) }) = serde_json::from_slice::<Chunk>(json.trim_ascii()) {
-            found = Some(u.into());
+    let ev: Event = serde_json::from_slice(json).ok()?;
+    ev.usage
+        .or(ev.response.and_then(|r| r.usage))
+        .map(Usage::from)
+}
+
+/// Whether `"usage"` appears followed by an object (not `null`), whitespace allowed.
+fn has_usage_object(json: &[u8]) -> bool {
+    const KEY: &[u8] = b"\"usage\"";
+    let mut from = 0;
+    while let Some(pos) = json
+        .get(from..)
+        .and_then(|s| s.windows(KEY.len()).position(|w| w == KEY))
+    {
+        let after = from + pos + KEY.len();
+        let mut rest = json.get(after..).unwrap_or_default().trim_ascii_start();
+        if let Some(r) = rest.strip_prefix(b":") {
+            rest = r.trim_ascii_start();
+            if rest.first() == Some(&b'{') {
+                return true;
+            }
         }
+        from = after;
     }
-    found
+    false
 }
 
 /// Usage as OpenAI reports it (chat: prompt/completion; responses: input/output).
@@ -175,16 +239,38 @@ impl From<RawUsage> for Usage {
 mod tests {
     use super::*;
 
-    #[test]
-    fn sniffs_usage_from_final_chunk() {
-        let frame = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7,\"total_tokens\":12}}\n\ndata: [DONE]\n\n";
+    fn scanned(frames: &[&[u8]]) -> Option<Usage> {
+        let mut s = ForwardStream::new(
+            http_body_util::Empty::<Bytes>::new(),
+            Duration::from_secs(1),
+            Box::new(|_| {}),
+        );
+        for f in frames {
+            s.scan(f);
+        }
+        s.usage
+    }
+
+    #[tokio::test]
+    async fn reads_usage_from_the_tail_in_every_shape() {
+        let chat = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7,\"total_tokens\":12}}\n\ndata: [DONE]\n\n";
+        let want = Some(Usage {
+            prompt: 5,
+            completion: 7,
+        });
+        assert_eq!(scanned(&[chat]), want);
+        // Split across reads, mid-line.
+        let (a, b) = chat.split_at(40);
+        assert_eq!(scanned(&[a, b]), want);
+        // Responses API, with a space after the colon.
+        let resp = b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\": {\"input_tokens\":3,\"output_tokens\":4}}}\n\n";
         assert_eq!(
-            sniff_usage(frame),
+            scanned(&[resp]),
             Some(Usage {
-                prompt: 5,
-                completion: 7
+                prompt: 3,
+                completion: 4
             })
         );
-        assert_eq!(sniff_usage(b"data: {\"usage\":null}\n\n"), None);
+        assert_eq!(scanned(&[b"data: {\"usage\":null}\n\n"]), None);
     }
 }

@@ -65,7 +65,11 @@ impl SqliteStore {
         .await
         .map_err(unavailable)?;
         for (version, name, sql) in MIGRATIONS {
-            let mut tx = self.pool.begin().await.map_err(unavailable)?;
+            let mut tx = self
+                .pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(unavailable)?;
             let done: Option<i64> =
                 sqlx::query_scalar("SELECT version FROM tollgate_migrations WHERE version = ?")
                     .bind(version)
@@ -145,7 +149,11 @@ impl SqliteStore {
 #[async_trait]
 impl KeyStore for SqliteStore {
     async fn insert_key(&self, key: &KeyRecord, secret: &KeySecret) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
         sqlx::query(
             "INSERT INTO keys (id, name, user_id, team_id, models, expires_at, enabled, revoked_at,
                                metadata, secret_prefix, created_at, updated_at)
@@ -222,7 +230,11 @@ impl KeyStore for SqliteStore {
         update: &KeyUpdate,
         now: i64,
     ) -> StoreResult<Option<KeyRecord>> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
         let Some(mut key) = self.fetch_key(&mut *tx, id).await? else {
             return Ok(None);
         };
@@ -253,7 +265,11 @@ impl KeyStore for SqliteStore {
     }
 
     async fn revoke_key(&self, id: &str, now: i64) -> StoreResult<Option<KeyRecord>> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
         let Some(mut key) = self.fetch_key(&mut *tx, id).await? else {
             return Ok(None);
         };
@@ -291,7 +307,11 @@ impl KeyStore for SqliteStore {
         old_expire_at: i64,
         now: i64,
     ) -> StoreResult<Option<KeyRecord>> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
         let Some(mut key) = self.fetch_key(&mut *tx, id).await? else {
             return Ok(None);
         };
@@ -426,7 +446,11 @@ impl MetaStore for SqliteStore {
     }
 
     async fn set_meta_if_absent(&self, key: &str, value: &str) -> StoreResult<String> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
         sqlx::query("INSERT INTO tollgate_meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO NOTHING")
             .bind(key)
             .bind(value)

@@ -139,6 +139,7 @@ impl MockProvider {
                     .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
                 message: "error injected by the mock provider".into(),
                 body: Bytes::from(body.to_string()),
+                headers: Vec::new(),
             });
         }
         match call.endpoint {

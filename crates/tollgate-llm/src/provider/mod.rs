@@ -90,6 +90,8 @@ pub enum ProviderError {
         status: StatusCode,
         message: String,
         body: Bytes,
+        /// Upstream headers worth relaying (`retry-after`, rate-limit state).
+        headers: Vec<(http::HeaderName, http::HeaderValue)>,
     },
     #[error("upstream sent an unusable response: {0}")]
     Protocol(String),
@@ -109,13 +111,41 @@ impl ProviderError {
             .code("upstream_unreachable"),
             ProviderError::Timeout { phase, after } => ApiError::new(
                 ErrorKind::UpstreamTimeout,
-                format!("provider {provider:?} did not answer within {}ms ({phase})", after.as_millis()),
+                format!(
+                    "provider {provider:?} did not answer within {}ms ({phase})",
+                    after.as_millis()
+                ),
             )
             .code("upstream_timeout"),
-            ProviderError::Status { status, message, body } => match status.as_u16() {
-                429 => ApiError::relay(ErrorKind::RateLimited, status, message, body),
+            ProviderError::Status {
+                status,
+                message,
+                body,
+                headers,
+            } => {
+                let mut err = Self::status_error(provider, status, message, body);
+                err.headers = headers;
+                err
+            }
+            ProviderError::Protocol(e) => ApiError::new(
+                ErrorKind::Upstream,
+                format!("provider {provider:?} sent an unusable response: {e}"),
+            )
+            .code("upstream_protocol_error"),
+            ProviderError::Invalid(e) => e,
+        }
+    }
+
+    fn status_error(provider: &str, status: StatusCode, message: String, body: Bytes) -> ApiError {
+        // Relay the upstream's own body only when it is an OpenAI-shaped error; an HTML page or
+        // an empty body (a wrong base_url, a proxy in the way) is the gateway's problem.
+        let relayable = is_openai_error(&body);
+        match status.as_u16() {
+                429 if relayable => ApiError::relay(ErrorKind::RateLimited, status, message, body),
+                429 => ApiError::new(ErrorKind::RateLimited, format!("provider {provider:?} is rate limiting: {message}"))
+                    .code("upstream_rate_limited"),
                 // The client's request is at fault: relay the upstream's own answer.
-                400 | 404 | 409 | 413 | 422 => {
+                400 | 404 | 409 | 413 | 422 if relayable => {
                     ApiError::relay(ErrorKind::InvalidRequest, status, message, body)
                 }
                 // The gateway's credentials or configuration are at fault, not the client's.
@@ -132,15 +162,21 @@ impl ProviderError {
                     format!("provider {provider:?} failed (upstream status {s}): {message}"),
                 )
                 .code("upstream_error"),
-            },
-            ProviderError::Protocol(e) => ApiError::new(
-                ErrorKind::Upstream,
-                format!("provider {provider:?} sent an unusable response: {e}"),
-            )
-            .code("upstream_protocol_error"),
-            ProviderError::Invalid(e) => e,
         }
     }
+}
+
+/// Whether a body is a JSON object with an `error` member, the OpenAI error shape.
+pub fn is_openai_error(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe<'a> {
+        #[serde(borrow)]
+        error: Option<&'a serde_json::value::RawValue>,
+    }
+    matches!(
+        serde_json::from_slice::<Probe>(body),
+        Ok(Probe { error: Some(_) })
+    )
 }
 
 /// Extracts the human message from an OpenAI-shaped error body, or a short excerpt.
@@ -210,9 +246,23 @@ mod tests {
                 status: StatusCode::from_u16(s).unwrap(),
                 message: "boom".into(),
                 body: Bytes::from_static(b"{\"error\":{\"message\":\"boom\"}}"),
+                headers: Vec::new(),
             }
             .into_api_error("p")
         };
+        let html_404 = ProviderError::Status {
+            status: StatusCode::NOT_FOUND,
+            message: "404 page not found".into(),
+            body: Bytes::from_static(b"404 page not found"),
+            headers: Vec::new(),
+        }
+        .into_api_error("p");
+        assert_eq!(
+            html_404.status(),
+            StatusCode::BAD_GATEWAY,
+            "not the client's fault"
+        );
+        assert!(html_404.relay_body.is_none());
         assert_eq!(err(503).status(), StatusCode::BAD_GATEWAY);
         assert!(err(503).message.contains("503"));
         assert_eq!(err(429).status(), StatusCode::TOO_MANY_REQUESTS);

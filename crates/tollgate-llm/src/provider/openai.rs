@@ -188,10 +188,17 @@ impl OpenAiProvider {
             let body = read_limited(incoming, remaining, 1024 * 1024)
                 .await
                 .unwrap_or_default();
+            let headers = parts
+                .headers
+                .iter()
+                .filter(|(name, _)| relay_header(name) && *name != http::header::CONTENT_TYPE)
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect();
             return Err(ProviderError::Status {
                 status: parts.status,
                 message: error_message(&body),
                 body,
+                headers,
             });
         }
 
