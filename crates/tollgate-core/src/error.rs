@@ -115,9 +115,16 @@ pub struct ApiError {
     pub param: Option<String>,
     /// Overrides the kind's status, e.g. to keep an upstream 400 as 400.
     pub status: Option<StatusCode>,
-    /// An upstream error body already in the client's protocol, relayed verbatim.
-    pub relay_body: Option<Bytes>,
-    /// Headers to send with the error (`retry-after`, rate-limit state from the upstream).
+    /// What an upstream contributed, boxed: most errors have none, and `ApiError` stays small.
+    pub upstream: Option<Box<UpstreamParts>>,
+}
+
+/// Parts of an upstream's answer that travel with the error.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamParts {
+    /// An error body already in the client's protocol, relayed verbatim.
+    pub body: Option<Bytes>,
+    /// Headers to send with the error (`retry-after`, rate-limit state).
     pub headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
@@ -129,8 +136,7 @@ impl ApiError {
             code: None,
             param: None,
             status: None,
-            relay_body: None,
-            headers: Vec::new(),
+            upstream: None,
         }
     }
 
@@ -143,7 +149,10 @@ impl ApiError {
     ) -> Self {
         ApiError {
             status: Some(status),
-            relay_body: Some(body),
+            upstream: Some(Box::new(UpstreamParts {
+                body: Some(body),
+                headers: Vec::new(),
+            })),
             ..ApiError::new(kind, message)
         }
     }
@@ -156,6 +165,19 @@ impl ApiError {
     pub fn param(mut self, param: impl Into<String>) -> Self {
         self.param = Some(param.into());
         self
+    }
+
+    /// Adds upstream headers (`retry-after`, ...) to send with the error.
+    pub fn with_upstream_headers(mut self, headers: Vec<(http::HeaderName, HeaderValue)>) -> Self {
+        if !headers.is_empty() {
+            self.upstream.get_or_insert_with(Default::default).headers = headers;
+        }
+        self
+    }
+
+    /// The upstream body relayed verbatim, if any.
+    pub fn relay_body(&self) -> Option<&Bytes> {
+        self.upstream.as_ref().and_then(|u| u.body.as_ref())
     }
 
     pub fn with_status(mut self, status: StatusCode) -> Self {
@@ -232,7 +254,7 @@ impl std::error::Error for ApiError {}
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = match &self.relay_body {
+        let body = match self.relay_body() {
             Some(b) => b.clone(),
             None => self.openai_body(),
         };
@@ -247,8 +269,10 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static("Bearer realm=\"tollgate\""),
             );
         }
-        for (name, value) in self.headers {
-            res.headers_mut().insert(name, value);
+        if let Some(upstream) = self.upstream {
+            for (name, value) in upstream.headers {
+                res.headers_mut().insert(name, value);
+            }
         }
         res.extensions_mut().insert(ErrorMark(self.kind));
         res

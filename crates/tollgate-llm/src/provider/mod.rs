@@ -122,11 +122,7 @@ impl ProviderError {
                 message,
                 body,
                 headers,
-            } => {
-                let mut err = Self::status_error(provider, status, message, body);
-                err.headers = headers;
-                err
-            }
+            } => Self::status_error(provider, status, message, body).with_upstream_headers(headers),
             ProviderError::Protocol(e) => ApiError::new(
                 ErrorKind::Upstream,
                 format!("provider {provider:?} sent an unusable response: {e}"),
@@ -262,12 +258,12 @@ mod tests {
             StatusCode::BAD_GATEWAY,
             "not the client's fault"
         );
-        assert!(html_404.relay_body.is_none());
+        assert!(html_404.relay_body().is_none());
         assert_eq!(err(503).status(), StatusCode::BAD_GATEWAY);
         assert!(err(503).message.contains("503"));
         assert_eq!(err(429).status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(err(400).status(), StatusCode::BAD_REQUEST);
-        assert!(err(400).relay_body.is_some());
+        assert!(err(400).relay_body().is_some());
         assert_eq!(err(401).status(), StatusCode::BAD_GATEWAY);
         let t = ProviderError::Timeout {
             phase: "first byte",

@@ -232,7 +232,27 @@ async fn upstream_failures_map_to_502_504_and_relay_client_errors() {
     assert_eq!(res.text(), upstream_400, "client errors relayed verbatim");
 
     up.push(Reply::json(429, json!({"error": {"message": "slow down"}})));
-    assert_eq!(call().await.status, 429);
+    let res = call().await;
+    assert_eq!(res.status, 429);
+    assert_eq!(
+        res.header("x-ratelimit-remaining-requests"),
+        Some("99"),
+        "rate-limit state relayed"
+    );
+
+    // A 404 that is not an OpenAI error (a wrong base_url, a proxy page) is not the client's.
+    up.push(Reply::Body {
+        status: 404,
+        content_type: "text/html",
+        body: Bytes::from_static(b"<html>404 page not found</html>"),
+        delay: Duration::ZERO,
+    });
+    let res = call().await;
+    assert_eq!(res.status, 502);
+    assert!(res.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("upstream status 404"));
 
     up.push(Reply::json(
         401,
