@@ -240,7 +240,7 @@ async fn body_json<T: for<'de> Deserialize<'de> + Default>(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<T, ApiError> {
-    let bytes = read_body(headers, body, core.config().limits.max_body_size).await?;
+    let bytes = read_body(headers, body, &core.config().limits).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }

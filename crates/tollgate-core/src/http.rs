@@ -178,8 +178,31 @@ impl http_body::Body for GuardedBody {
     }
 }
 
-/// Reads a whole request body, refusing more than `limit` bytes with a 413.
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, ApiError> {
+/// Reads a whole request body within the configured size (413) and time (408) limits.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limits: &crate::config::LimitsConfig,
+) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(
+        limits.body_read_timeout,
+        read_limited(headers, body, limits.max_body_size),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(ApiError::new(
+            ErrorKind::RequestTimeout,
+            format!(
+                "request body not received within {}ms",
+                limits.body_read_timeout.as_millis()
+            ),
+        )
+        .code("body_timeout")),
+    }
+}
+
+async fn read_limited(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             ErrorKind::PayloadTooLarge,

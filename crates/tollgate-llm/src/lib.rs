@@ -160,7 +160,7 @@ async fn call_model(
     let core = &layer.core;
     let principal = core.authenticate(headers).map_err(|e| (e, None))?;
     let config = core.config();
-    let bytes = read_body(headers, body, config.limits.max_body_size)
+    let bytes = read_body(headers, body, &config.limits)
         .await
         .map_err(|e| (e, None))?;
     let envelope = Envelope::parse(&bytes).map_err(|e| (e, None))?;

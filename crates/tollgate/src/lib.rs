@@ -66,6 +66,7 @@ impl Gateway {
             kill: kill.subscribe(),
         };
         let workers = config.worker_count();
+        let header_timeout = config.limits.header_read_timeout;
 
         let mut app = Router::new()
             .merge(ops_router(core.clone()))
@@ -73,8 +74,15 @@ impl Gateway {
         if admin_listen.is_none() {
             app = app.merge(admin::router(core.clone()));
         }
-        let main =
-            Server::start("http", listen, workers, shell(app, &core), signals.clone()).await?;
+        let main = Server::start(
+            "http",
+            listen,
+            workers,
+            header_timeout,
+            shell(app, &core),
+            signals.clone(),
+        )
+        .await?;
         let addr = main.addr;
         let mut servers = vec![main];
         let mut admin_addr = None;
@@ -86,7 +94,7 @@ impl Gateway {
                 &core,
             );
             // Admin traffic is light: one thread.
-            let server = Server::start("admin", a, 1, admin_app, signals.clone())
+            let server = Server::start("admin", a, 1, header_timeout, admin_app, signals.clone())
                 .await
                 .map_err(|e| e.context("admin.listen"))?;
             admin_addr = Some(server.addr);

@@ -10,10 +10,11 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -51,6 +52,7 @@ impl Server {
         name: &'static str,
         addr: SocketAddr,
         workers: usize,
+        header_read_timeout: Duration,
         app: Router,
         signals: Signals,
     ) -> anyhow::Result<Server> {
@@ -74,7 +76,7 @@ impl Server {
                         .enable_all()
                         .build()
                     {
-                        Ok(rt) => rt.block_on(worker(rx, load, app, signals)),
+                        Ok(rt) => rt.block_on(worker(rx, load, app, signals, header_read_timeout)),
                         Err(e) => tracing::error!(error = %e, "cannot start a worker runtime"),
                     }
                     // The runtime is dropped here, closing whatever a hard stop left open.
@@ -129,7 +131,7 @@ async fn accept(listener: TcpListener, inboxes: Vec<Inbox>, stop: watch::Receive
                 Err(e) => {
                     // Typically EMFILE: back off briefly instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
@@ -157,8 +159,15 @@ async fn worker(
     load: Arc<AtomicUsize>,
     app: Router,
     signals: Signals,
+    header_read_timeout: Duration,
 ) {
-    let builder = ConnBuilder::new(TokioExecutor::new());
+    let mut builder = ConnBuilder::new(TokioExecutor::new());
+    // Without a timer hyper enforces no header-read deadline: slow-header clients could hold
+    // connections forever.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
     let graceful = GracefulShutdown::new();
     let stopped = raised(signals.stop.clone());
     tokio::pin!(stopped);

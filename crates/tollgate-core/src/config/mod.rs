@@ -145,6 +145,12 @@ pub struct AdminConfig {
 pub struct LimitsConfig {
     #[serde(with = "units::size")]
     pub max_body_size: u64,
+    /// How long a client may take to send a request's headers (slow-header protection).
+    #[serde(with = "units::duration")]
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a request's body.
+    #[serde(with = "units::duration")]
+    pub body_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -432,7 +438,24 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
     let raw_limits = raw.limits.unwrap_or_default();
     let limits = LimitsConfig {
         max_body_size: raw_limits.max_body_size.unwrap_or(4 * 1024 * 1024),
+        header_read_timeout: raw_limits
+            .header_read_timeout
+            .unwrap_or(Duration::from_secs(30)),
+        body_read_timeout: raw_limits
+            .body_read_timeout
+            .unwrap_or(Duration::from_secs(60)),
     };
+    for (field, d) in [
+        ("header_read_timeout", limits.header_read_timeout),
+        ("body_read_timeout", limits.body_read_timeout),
+    ] {
+        if d.is_zero() {
+            errors.push(FieldError::new(
+                format!("limits.{field}"),
+                "must be greater than 0",
+            ));
+        }
+    }
     if limits.max_body_size == 0 {
         errors.push(FieldError::new(
             "limits.max_body_size",
@@ -563,6 +586,9 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
                         "must be between 0.0 and 1.0",
                     ));
                 }
+                if settings.chunks > 10_000 {
+                    errors.push(FieldError::new(at("mock.chunks"), "must be at most 10000"));
+                }
                 if !(400..=599).contains(&settings.error_status) {
                     errors.push(FieldError::new(
                         at("mock.error_status"),
@@ -632,6 +658,12 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
                 ));
             }
             let model = t.model.unwrap_or_else(|| m.name.clone());
+            if model.is_empty() || model.len() > 256 {
+                errors.push(FieldError::new(
+                    format!("models[{i}].targets[{j}].model"),
+                    "must be 1-256 characters",
+                ));
+            }
             targets.push(TargetConfig {
                 provider: t.provider,
                 model,

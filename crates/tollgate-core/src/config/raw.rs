@@ -47,6 +47,10 @@ pub struct RawAdmin {
 pub struct RawLimits {
     #[serde(default, with = "units::size")]
     pub max_body_size: Option<u64>,
+    #[serde(default, with = "units::duration")]
+    pub header_read_timeout: Option<Duration>,
+    #[serde(default, with = "units::duration")]
+    pub body_read_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

@@ -22,10 +22,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "d" => n * 86400.0,
         other => return Err(format!("invalid duration unit {other:?} in {s:?}")),
     };
-    if !secs.is_finite() || !(0.0..=1e10).contains(&secs) {
-        return Err(format!("duration {s:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    checked_duration(secs)
+        .ok_or_else(|| format!("duration {s:?} is out of range (at most 10 years)"))
+}
+
+/// The longest duration config accepts. Deadlines are computed as `now + duration`; bounding it
+/// keeps that sum far from overflow.
+pub const MAX_DURATION_SECS: f64 = 10.0 * 365.0 * 86400.0;
+
+fn checked_duration(secs: f64) -> Option<Duration> {
+    (secs.is_finite() && (0.0..=MAX_DURATION_SECS).contains(&secs))
+        .then(|| Duration::from_secs_f64(secs))
 }
 
 pub fn format_duration(d: Duration) -> String {
@@ -90,9 +97,7 @@ pub mod duration {
         let raw: Option<NumOrStr> = Option::deserialize(d)?;
         match raw {
             None => Ok(None),
-            Some(NumOrStr::Num(n)) if n.is_finite() && n >= 0.0 => {
-                Ok(Some(Duration::from_secs_f64(n)))
-            }
+            Some(NumOrStr::Num(n)) if checked_duration(n).is_some() => Ok(checked_duration(n)),
             Some(NumOrStr::Num(n)) => {
                 Err(serde::de::Error::custom(format!("invalid duration {n}")))
             }
@@ -147,6 +152,20 @@ mod tests {
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
         assert_eq!(format_duration(Duration::from_secs(3600)), "1h");
         assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("99999999999d").is_err());
+        #[derive(serde::Deserialize)]
+        struct D {
+            #[serde(default, with = "super::duration")]
+            d: Option<Duration>,
+        }
+        assert!(
+            serde_json::from_str::<D>(r#"{"d": 1e20}"#).is_err(),
+            "no panic on huge numbers"
+        );
+        assert_eq!(
+            serde_json::from_str::<D>(r#"{"d": 2}"#).unwrap().d,
+            Some(Duration::from_secs(2))
+        );
         assert!(parse_duration("").is_err());
     }
 

@@ -118,6 +118,15 @@ fn check_prints_normalised_config_or_every_error() {
         "{out}"
     );
 
+    // The shipped example checks on a fresh machine, with none of its variables set.
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tollgate.yaml");
+    let (ok, _, err) = run(
+        &["check", "--config", example.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(ok, "{err}");
+
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "lisen: x\nproviders:\n  - {name: d, kind: mock, colour: red}\nmodels:\n  - name: m\n    targets: [{provider: ghost}]\n").unwrap();
     let (ok, _, err) = run(&["check", "--config", bad.to_str().unwrap()], dir.path());

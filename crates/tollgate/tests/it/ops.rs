@@ -204,3 +204,35 @@ async fn master_key_changes_on_reload_but_is_never_dropped() {
     assert!(t.gw.reloader().reload().await);
     assert_eq!(t.client.get("/admin/v1/keys", rotated).await.status, 200);
 }
+
+#[tokio::test]
+async fn slow_clients_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = start(&format!(
+        "{MOCK}limits:\n  header_read_timeout: 200ms\n  body_read_timeout: 200ms\n"
+    ))
+    .await;
+    let key = t.any_key().await;
+
+    // A body that never finishes: 408 in the OpenAI shape.
+    let mut s = tokio::net::TcpStream::connect(t.gw.addr).await.unwrap();
+    let head = format!("POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-length: 100\r\n\r\n{{\"model\"");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"code\":\"body_timeout\""), "{answer}");
+
+    // Headers that never finish: the connection is closed.
+    let mut s = tokio::net::TcpStream::connect(t.gw.addr).await.unwrap();
+    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    assert!(
+        read.is_ok(),
+        "connection with unfinished headers was not closed"
+    );
+}
