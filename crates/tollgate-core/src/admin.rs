@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -14,7 +14,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::error::ApiError;
-use crate::http::{json_response, parse_json, read_body};
+use crate::http::{json_response, parse_json, read_body, PathParam};
 use crate::keys::NewKey;
 use crate::store::{KeyRecord, KeyUpdate, Page};
 use crate::Core;
@@ -334,7 +334,7 @@ async fn create_key(State(core): State<Arc<Core>>, headers: HeaderMap, body: Bod
 async fn get_key(
     State(core): State<Arc<Core>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Response {
     respond(
         async {
@@ -355,7 +355,7 @@ async fn get_key(
 async fn update_key(
     State(core): State<Arc<Core>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     body: Body,
 ) -> Response {
     respond(
@@ -398,7 +398,7 @@ async fn update_key(
 async fn revoke_key(
     State(core): State<Arc<Core>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Response {
     respond(
         async {
@@ -420,7 +420,7 @@ async fn revoke_key(
 async fn rotate_key(
     State(core): State<Arc<Core>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     body: Body,
 ) -> Response {
     respond(

@@ -22,21 +22,23 @@ impl Glob {
         if self.literal {
             return self.pattern == name;
         }
-        matches(self.pattern.as_bytes(), name.as_bytes())
+        let p: Vec<char> = self.pattern.chars().collect();
+        let s: Vec<char> = name.chars().collect();
+        matches(&p, &s)
     }
 }
 
 /// Iterative wildcard match with single-star backtracking: linear in practice, no recursion.
-fn matches(p: &[u8], s: &[u8]) -> bool {
+fn matches(p: &[char], s: &[char]) -> bool {
     let (mut pi, mut si) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while si < s.len() {
         match p.get(pi) {
-            Some(b'*') => {
+            Some('*') => {
                 star = Some((pi, si));
                 pi += 1;
             }
-            Some(&c) if c == b'?' || c == s[si] => {
+            Some(&c) if c == '?' || Some(&c) == s.get(si) => {
                 pi += 1;
                 si += 1;
             }
@@ -50,7 +52,7 @@ fn matches(p: &[u8], s: &[u8]) -> bool {
             },
         }
     }
-    p[pi..].iter().all(|&c| c == b'*')
+    p.get(pi..).unwrap_or_default().iter().all(|&c| c == '*')
 }
 
 #[cfg(test)]
@@ -69,6 +71,7 @@ mod tests {
             ("*-mini", "gpt-4o-mini", true),
             ("m?del", "model", true),
             ("m?del", "mdel", false),
+            ("m?del", "mödel", true),
             ("a*b*c", "axxbyyc", true),
             ("a*b*c", "axxbyy", false),
         ];

@@ -249,6 +249,24 @@ pub fn credential(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// A single path parameter; a malformed one (bad percent-encoding) is a JSON 400, not axum's
+/// plain-text rejection.
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(p)| PathParam(p))
+            .map_err(|e| ApiError::invalid(format!("invalid path: {e}")).code("invalid_path"))
+    }
+}
+
 /// A JSON response with the right content type.
 pub fn json_response(status: http::StatusCode, body: impl Into<Bytes>) -> Response {
     let mut res = (status, body.into()).into_response();

@@ -77,6 +77,7 @@ pub struct Metrics {
     pub tokens: Family<TokenLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub stream_errors: Family<UpstreamLabels, Counter<u64, AtomicU64>>,
+    pub streams_cancelled: Family<UpstreamLabels, Counter<u64, AtomicU64>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -112,6 +113,7 @@ impl Metrics {
         let tokens = Family::default();
         let config_reloads = Family::default();
         let stream_errors = Family::default();
+        let streams_cancelled = Family::default();
         registry.register("requests", "HTTP requests answered", requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -120,7 +122,7 @@ impl Metrics {
         );
         registry.register(
             "upstream_duration_seconds",
-            "Time spent waiting on the upstream provider (to headers for streams)",
+            "Time spent waiting on the upstream provider: to the whole body, or to the response head for streams and errors",
             upstream_duration.clone(),
         );
         registry.register(
@@ -144,8 +146,14 @@ impl Metrics {
             "Streams that ended with an upstream error or idle timeout",
             stream_errors.clone(),
         );
+        registry.register(
+            "streams_cancelled",
+            "Streams the client abandoned before the end",
+            streams_cancelled.clone(),
+        );
         Metrics {
             registry,
+            streams_cancelled,
             requests,
             request_duration,
             upstream_duration,

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -23,7 +23,7 @@ use http::{HeaderMap, StatusCode};
 use serde_json::json;
 use tollgate_core::config::Config;
 use tollgate_core::error::{ApiError, ErrorKind};
-use tollgate_core::http::{json_response, read_body, RequestId, ResponseTag};
+use tollgate_core::http::{json_response, read_body, PathParam, RequestId, ResponseTag};
 use tollgate_core::identity::Principal;
 use tollgate_core::Core;
 
@@ -190,20 +190,19 @@ async fn call_model(
         let model = route.name.clone();
         let provider = target.provider.name.clone();
         Box::new(move |outcome: StreamOutcome| {
-            core.metrics
-                .record_upstream(&provider, &model, started.elapsed());
             if let Some(u) = outcome.usage {
                 core.metrics
                     .record_tokens(&model, &provider, u.prompt, u.completion);
             }
+            let labels = tollgate_core::metrics::UpstreamLabels {
+                provider: (&provider).into(),
+                model: (&model).into(),
+            };
             if outcome.failed {
-                core.metrics
-                    .stream_errors
-                    .get_or_create(&tollgate_core::metrics::UpstreamLabels {
-                        provider: (&provider).into(),
-                        model: (&model).into(),
-                    })
-                    .inc();
+                core.metrics.stream_errors.get_or_create(&labels).inc();
+            }
+            if outcome.cancelled {
+                core.metrics.streams_cancelled.get_or_create(&labels).inc();
             }
         })
     };
@@ -218,9 +217,9 @@ async fn call_model(
     match target.provider.provider.call(call, on_end).await {
         Ok(reply) => {
             let mut res = reply.response;
+            core.metrics
+                .record_upstream(&target.provider.name, &route.name, reply.upstream);
             if let Some(u) = reply.usage {
-                core.metrics
-                    .record_upstream(&target.provider.name, &route.name, reply.upstream);
                 core.metrics.record_tokens(
                     &route.name,
                     &target.provider.name,
@@ -236,6 +235,8 @@ async fn call_model(
         }
         Err(e) => {
             let upstream = started.elapsed();
+            core.metrics
+                .record_upstream(&target.provider.name, &route.name, upstream);
             let err = e.into_api_error(&target.provider.name);
             if err.kind != ErrorKind::InvalidRequest {
                 tracing::warn!(request_id, provider = %target.provider.name, model = %route.name, error = %err.message, "upstream call failed");
@@ -292,7 +293,7 @@ async fn list_models(State(layer): State<Arc<LlmLayer>>, headers: HeaderMap) -> 
 async fn get_model(
     State(layer): State<Arc<LlmLayer>>,
     headers: HeaderMap,
-    Path(model): Path<String>,
+    PathParam(model): PathParam,
 ) -> Response {
     let principal = match layer.core.authenticate(&headers) {
         Ok(p) => p,

@@ -86,6 +86,7 @@ impl<B> ForwardStream<B> {
             f(StreamOutcome {
                 usage: self.usage,
                 failed,
+                cancelled: false,
             });
         }
     }
@@ -97,7 +98,8 @@ impl<B> Drop for ForwardStream<B> {
         if let Some(f) = self.on_end.take() {
             f(StreamOutcome {
                 usage: self.usage,
-                failed: !self.done,
+                failed: false,
+                cancelled: !self.done,
             });
         }
     }

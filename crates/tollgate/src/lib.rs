@@ -37,6 +37,7 @@ pub struct Gateway {
     servers: Vec<Server>,
     background: Vec<(&'static str, JoinHandle<()>)>,
     log: Option<Arc<LogHandle>>,
+    reload_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Where the running config came from, so it can be reloaded.
@@ -116,6 +117,7 @@ impl Gateway {
             servers,
             background: Vec::new(),
             log: log.map(Arc::new),
+            reload_lock: Arc::default(),
         };
 
         let cfg_core = core.clone();
@@ -149,6 +151,7 @@ impl Gateway {
             llm: self.llm.clone(),
             path: self.config_path.clone(),
             log: self.log.clone(),
+            serial: self.reload_lock.clone(),
         }
     }
 
@@ -185,10 +188,14 @@ pub struct Reloader {
     llm: Arc<LlmLayer>,
     path: Option<PathBuf>,
     log: Option<Arc<LogHandle>>,
+    /// One reload at a time (SIGHUP and the file watcher run on different tasks): two
+    /// overlapping reloads could otherwise leave routing from one file and the rest from another.
+    serial: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Reloader {
     pub async fn reload(&self) -> bool {
+        let _one_at_a_time = self.serial.lock().await;
         let Some(path) = &self.path else {
             tracing::info!("no config file to reload (running on the embedded default)");
             return false;
@@ -233,7 +240,7 @@ impl Reloader {
         // Build everything first so a failure leaves the old config fully in place.
         self.llm.reload(&new)?;
         if let Some(log) = &self.log {
-            if new.logging.level != old.logging.level {
+            if new.logging.level != old.logging.level && std::env::var_os("RUST_LOG").is_none() {
                 log.set_level(&new.logging.level);
             }
         }

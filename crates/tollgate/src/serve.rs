@@ -173,7 +173,12 @@ async fn worker(
     tokio::pin!(stopped);
     loop {
         let std_stream = tokio::select! {
-            _ = &mut stopped => break,
+            // Connections already handed over are still served (briefly: graceful shutdown
+            // closes them after their first response).
+            _ = &mut stopped => match inbox.try_recv() {
+                Ok(s) => s,
+                Err(_) => break,
+            },
             s = inbox.recv() => match s {
                 Some(s) => s,
                 None => break,

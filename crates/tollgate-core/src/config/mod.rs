@@ -92,8 +92,8 @@ impl Serialize for Secret {
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
     pub listen: SocketAddr,
-    /// Serving threads, each with its own event loop, listener socket (`SO_REUSEPORT`) and
-    /// upstream connection pools. 0 means one per CPU (see [`Config::worker_count`]).
+    /// Serving threads, each with its own event loop and upstream connection pools; one
+    /// acceptor hands them connections. 0 means one per CPU (see [`Config::worker_count`]).
     pub workers: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub master_key: Option<Secret>,
@@ -250,9 +250,10 @@ pub struct OpenAiSettings {
     /// ?api-version=...` with an `api-key` header.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
-    /// Extra headers sent upstream on every request.
+    /// Extra headers sent upstream on every request. Values are treated as secrets (they often
+    /// carry credentials) and never printed.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -394,6 +395,7 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
 
     let master_key = raw
         .master_key
+        .map(|k| k.0)
         .filter(|k| !k.is_empty())
         .or_else(|| env("TOLLGATE_MASTER_KEY").filter(|k| !k.is_empty()));
     if let Some(k) = &master_key {
@@ -543,7 +545,7 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
                     }
                 };
                 let mut headers = BTreeMap::new();
-                for (k, v) in p.headers.unwrap_or_default() {
+                for (k, raw::StringLike(v)) in p.headers.unwrap_or_default() {
                     if http::HeaderName::from_bytes(k.as_bytes()).is_err()
                         || http::HeaderValue::from_str(&v).is_err()
                     {
@@ -552,12 +554,12 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
                             "invalid header name or value",
                         ));
                     }
-                    headers.insert(k.to_ascii_lowercase(), v);
+                    headers.insert(k.to_ascii_lowercase(), Secret(v));
                 }
                 ProviderKind::OpenAi(OpenAiSettings {
                     base_url,
-                    api_key: p.api_key.filter(|k| !k.is_empty()).map(Secret),
-                    api_version: p.api_version,
+                    api_key: p.api_key.map(|k| k.0).filter(|k| !k.is_empty()).map(Secret),
+                    api_version: p.api_version.map(|v| v.0),
                     headers,
                 })
             }

@@ -15,7 +15,7 @@ use super::FieldError;
 pub struct RawConfig {
     pub listen: Option<String>,
     pub workers: Option<usize>,
-    pub master_key: Option<String>,
+    pub master_key: Option<StringLike>,
     pub storage: Option<RawStorage>,
     pub admin: Option<RawAdmin>,
     pub limits: Option<RawLimits>,
@@ -103,9 +103,9 @@ pub struct RawProvider {
     pub name: String,
     pub kind: RawProviderKind,
     pub base_url: Option<String>,
-    pub api_key: Option<String>,
-    pub api_version: Option<String>,
-    pub headers: Option<BTreeMap<String, String>>,
+    pub api_key: Option<StringLike>,
+    pub api_version: Option<StringLike>,
+    pub headers: Option<BTreeMap<String, StringLike>>,
     pub timeouts: Option<RawTimeouts>,
     pub mock: Option<RawMock>,
 }
@@ -149,6 +149,34 @@ pub struct RawTarget {
     pub provider: String,
     /// Defaults to the model group's name.
     pub model: Option<String>,
+}
+
+/// A string that may have been written (or interpolated) as a number: `${API_KEY}` holding
+/// only digits is re-read as a number, and a type error would print the secret.
+#[derive(Debug, Clone)]
+pub struct StringLike(pub String);
+
+impl<'de> Deserialize<'de> for StringLike {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Any {
+            S(String),
+            I(i64),
+            U(u64),
+            F(f64),
+            B(bool),
+        }
+        match Any::deserialize(d) {
+            Ok(Any::S(s)) => Ok(StringLike(s)),
+            Ok(Any::I(n)) => Ok(StringLike(n.to_string())),
+            Ok(Any::U(n)) => Ok(StringLike(n.to_string())),
+            Ok(Any::F(n)) => Ok(StringLike(n.to_string())),
+            Ok(Any::B(b)) => Ok(StringLike(b.to_string())),
+            // Never echo the value: it may be a secret.
+            Err(_) => Err(serde::de::Error::custom("expected a string")),
+        }
+    }
 }
 
 /// Deserialises the tree, reporting every unknown field: each one is recorded with its path,

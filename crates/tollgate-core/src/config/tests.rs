@@ -141,3 +141,24 @@ fn example_config_snapshot() {
         "normalised example changed; rerun with UPDATE_SNAPSHOTS=1 and review"
     );
 }
+
+#[test]
+fn numeric_secrets_work_and_are_never_printed() {
+    let env = |k: &str| match k {
+        "KEY" => Some("12345678901234567890".to_owned()),
+        _ => None,
+    };
+    let c = Config::parse(
+        "master_key: ${KEY}\nproviders:\n  - name: o\n    kind: openai\n    base_url: http://x/v1\n    api_key: ${KEY}\n    headers:\n      x-secret: ${KEY}\n",
+        "t",
+        &env,
+    )
+    .unwrap();
+    assert_eq!(
+        c.master_key.as_ref().map(Secret::expose),
+        Some("12345678901234567890")
+    );
+    let yaml = c.to_yaml();
+    assert!(!yaml.contains("1234567890"), "{yaml}");
+    assert!(!format!("{c:?}").contains("1234567890"));
+}

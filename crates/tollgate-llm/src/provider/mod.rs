@@ -74,6 +74,8 @@ pub struct StreamOutcome {
     pub usage: Option<Usage>,
     /// The upstream failed or went idle mid-stream.
     pub failed: bool,
+    /// The client went away before the end.
+    pub cancelled: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -73,7 +73,9 @@ impl OpenAiProvider {
         for (k, v) in &s.headers {
             let name =
                 HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("header {k}: {e}"))?;
-            let value = HeaderValue::from_str(v).map_err(|e| format!("header {k}: {e}"))?;
+            let mut value =
+                HeaderValue::from_str(v.expose()).map_err(|e| format!("header {k}: {e}"))?;
+            value.set_sensitive(true);
             headers.insert(name, value);
         }
         if let Some(key) = &s.api_key {
