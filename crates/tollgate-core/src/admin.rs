@@ -7,14 +7,16 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::Router;
 use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
+use crate::audit::AuditEvent;
 use crate::error::ApiError;
-use crate::http::{json_response, parse_json, read_body, PathParam};
+use crate::http::{json_response, parse_json, read_body, PathParam, RequestId};
 use crate::keys::NewKey;
 use crate::store::{KeyRecord, KeyUpdate, Page};
 use crate::Core;
@@ -251,6 +253,24 @@ fn respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// Records a key change in the audit chain, successful or not.
+async fn audit<T>(
+    core: &Core,
+    rid: &Option<Extension<RequestId>>,
+    action: &str,
+    target: &str,
+    result: &Result<T, ApiError>,
+) {
+    let mut ev = AuditEvent::new(action, if result.is_ok() { "success" } else { "failure" });
+    ev.request_id = rid.as_ref().map(|Extension(r)| r.as_str().to_owned());
+    ev.principal = Some("master".to_owned());
+    ev.target = Some(target.to_owned());
+    if let Err(e) = result {
+        ev.detail = serde_json::json!({"error": e.message, "status": e.status().as_u16()});
+    }
+    core.audit.record(ev).await;
+}
+
 /// List keys, oldest first, with keyset pagination.
 #[utoipa::path(get, path = "/admin/v1/keys",
     params(("limit" = Option<u32>, Query, description = "Page size, 1-1000 (default 100)"),
@@ -292,7 +312,12 @@ async fn list_keys(
 /// Create a key. The response holds the secret, shown this once.
 #[utoipa::path(post, path = "/admin/v1/keys", request_body = CreateKeyRequest,
     responses((status = 201, body = CreatedKey), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
-async fn create_key(State(core): State<Arc<Core>>, headers: HeaderMap, body: Body) -> Response {
+async fn create_key(
+    State(core): State<Arc<Core>>,
+    rid: Option<Extension<RequestId>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     respond(
         async {
             core.require_master(&headers)?;
@@ -303,7 +328,8 @@ async fn create_key(State(core): State<Arc<Core>>, headers: HeaderMap, body: Bod
             let now = crate::time::now();
             let expires_at =
                 parse_expiry(req.expires_at.as_deref(), req.expires_in.as_deref(), now)?;
-            let (record, secret) = core
+            let name = req.name.clone();
+            let result = core
                 .keys
                 .create(NewKey {
                     name: req.name,
@@ -314,7 +340,10 @@ async fn create_key(State(core): State<Arc<Core>>, headers: HeaderMap, body: Bod
                     enabled: req.enabled.unwrap_or(true),
                     metadata: req.metadata,
                 })
-                .await?;
+                .await;
+            let target = result.as_ref().map_or(name, |(r, _)| r.id.clone());
+            audit(&core, &rid, "key.create", &target, &result).await;
+            let (record, secret) = result?;
             tracing::info!(key_id = %record.id, "key created");
             Ok(ok_json(
                 StatusCode::CREATED,
@@ -354,6 +383,7 @@ async fn get_key(
     responses((status = 200, body = KeyView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn update_key(
     State(core): State<Arc<Core>>,
+    rid: Option<Extension<RequestId>>,
     headers: HeaderMap,
     PathParam(id): PathParam,
     body: Body,
@@ -367,7 +397,7 @@ async fn update_key(
                 Some(None) => Some(None),
                 Some(Some(at)) => Some(parse_expiry(Some(&at), None, 0)?),
             };
-            let key = core
+            let result = core
                 .keys
                 .update(
                     &id,
@@ -381,7 +411,9 @@ async fn update_key(
                         metadata: req.metadata,
                     },
                 )
-                .await?;
+                .await;
+            audit(&core, &rid, "key.update", &id, &result).await;
+            let key = result?;
             tracing::info!(key_id = %key.id, "key updated");
             Ok(ok_json(
                 StatusCode::OK,
@@ -397,13 +429,16 @@ async fn update_key(
     responses((status = 200, body = KeyView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn revoke_key(
     State(core): State<Arc<Core>>,
+    rid: Option<Extension<RequestId>>,
     headers: HeaderMap,
     PathParam(id): PathParam,
 ) -> Response {
     respond(
         async {
             core.require_master(&headers)?;
-            let key = core.keys.revoke(&id).await?;
+            let result = core.keys.revoke(&id).await;
+            audit(&core, &rid, "key.revoke", &id, &result).await;
+            let key = result?;
             tracing::info!(key_id = %key.id, "key revoked");
             Ok(ok_json(
                 StatusCode::OK,
@@ -419,6 +454,7 @@ async fn revoke_key(
     responses((status = 200, body = CreatedKey), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn rotate_key(
     State(core): State<Arc<Core>>,
+    rid: Option<Extension<RequestId>>,
     headers: HeaderMap,
     PathParam(id): PathParam,
     body: Body,
@@ -432,7 +468,9 @@ async fn rotate_key(
                     .map_err(|e| ApiError::invalid(e).param("grace"))?,
                 None => core.config().keys.rotation_grace,
             };
-            let (key, secret) = core.keys.rotate(&id, grace).await?;
+            let result = core.keys.rotate(&id, grace).await;
+            audit(&core, &rid, "key.rotate", &id, &result).await;
+            let (key, secret) = result?;
             tracing::info!(key_id = %key.id, grace_s = grace.as_secs(), "key rotated");
             Ok(ok_json(
                 StatusCode::OK,

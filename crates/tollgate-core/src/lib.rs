@@ -25,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::error::{ApiError, ErrorKind};
 use crate::identity::Principal;
@@ -38,6 +39,8 @@ pub struct Core {
     pub stores: Stores,
     pub keys: Arc<KeyService>,
     pub metrics: Metrics,
+    /// The audit chain's writer; events are batched off the request path.
+    pub audit: AuditLog,
     draining: AtomicBool,
 }
 
@@ -52,11 +55,14 @@ impl Core {
                 stores.meta.as_ref(),
             )
             .await?;
+        // The writer task lives as long as the runtime; `flush` at shutdown commits its queue.
+        let (audit, _writer) = AuditLog::start(stores.audit.clone());
         let core = Arc::new(Core {
             config: ArcSwap::from_pointee(config),
             stores,
             keys,
             metrics: Metrics::new(),
+            audit,
             draining: AtomicBool::new(false),
         });
         Ok((core, master))

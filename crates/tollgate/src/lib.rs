@@ -165,6 +165,7 @@ impl Gateway {
         for server in self.servers {
             server.wait(deadline, &self.kill).await;
         }
+        self.core.audit.flush().await;
         for (name, handle) in self.background {
             if let Err(e) = handle.await {
                 tracing::warn!(task = name, error = %e, "background task ended abnormally");
@@ -213,6 +214,15 @@ impl Reloader {
             .config_reloads
             .get_or_create(&ResultLabels { result: label })
             .inc();
+        let mut ev = tollgate_core::audit::AuditEvent::new(
+            "config.reload",
+            if result.is_ok() { "success" } else { "failure" },
+        );
+        ev.target = Some(path.display().to_string());
+        if let Err(e) = &result {
+            ev.detail = serde_json::json!({ "error": e });
+        }
+        self.core.audit.record(ev).await;
         match result {
             Ok(()) => {
                 tracing::info!(path = %path.display(), "config reloaded");

@@ -5,8 +5,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
+use std::io::Write;
 use tollgate::{ConfigSource, Gateway};
+
 use tollgate_core::admin::KeyView;
+use tollgate_core::audit::{AuditEvent, AuditLog};
 use tollgate_core::config::{Config, ConfigError};
 use tollgate_core::keys::{KeyService, MasterKey, NewKey};
 use tollgate_core::store::{Page, Stores};
@@ -29,7 +32,7 @@ struct Cli {
 #[derive(Args, Clone)]
 struct ConfigArg {
     /// The config file; without one, the embedded default (SQLite, the `mock` provider).
-    #[arg(long, short, env = "TOLLGATE_CONFIG")]
+    #[arg(long, short, env = "TOLLGATE_CONFIG", global = true)]
     config: Option<PathBuf>,
 }
 
@@ -45,6 +48,28 @@ enum Command {
         config: ConfigArg,
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Check or export the tamper-evident audit chain.
+    Audit {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the chain; report the first record that was modified, inserted or deleted.
+    Verify,
+    /// Write records as JSON lines.
+    Export {
+        /// RFC 3339 time (`2026-11-01T00:00:00Z`) or a duration back from now (`24h`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -119,6 +144,7 @@ fn main() -> ExitCode {
             Command::Serve(arg) => serve(&arg).await,
             Command::Check(arg) => check(&arg),
             Command::Keys { config, command } => keys(&config, command).await,
+            Command::Audit { config, command } => audit(&config, command).await,
         }
     });
     match result {
@@ -203,6 +229,13 @@ async fn keys(arg: &ConfigArg, command: KeysCommand) -> anyhow::Result<ExitCode>
     };
     let stores = Stores::open(&config.storage.database_url).await?;
     let svc = Arc::new(KeyService::new(stores.keys.clone()).await?);
+    let (audit_log, _writer) = AuditLog::start(stores.audit.clone());
+    let record = |action: &str, target: &str, ok: bool| {
+        let mut ev = AuditEvent::new(action, if ok { "success" } else { "failure" });
+        ev.principal = Some("cli".to_owned());
+        ev.target = Some(target.to_owned());
+        ev
+    };
     let now = tollgate_core::time::now();
     let fail = |e: tollgate_core::error::ApiError| anyhow::anyhow!(e.message);
     match command {
@@ -223,7 +256,7 @@ async fn keys(arg: &ConfigArg, command: KeysCommand) -> anyhow::Result<ExitCode>
                 }
                 None => None,
             };
-            let (record, secret) = svc
+            let created = svc
                 .create(NewKey {
                     name,
                     user,
@@ -236,9 +269,15 @@ async fn keys(arg: &ConfigArg, command: KeysCommand) -> anyhow::Result<ExitCode>
                         .map(|(k, v)| (k, serde_json::Value::String(v)))
                         .collect(),
                 })
-                .await
-                .map_err(fail)?;
-            print_secret(&KeyView::from_record(&record, now), &secret, json)?;
+                .await;
+            let target = created
+                .as_ref()
+                .map_or("-".to_owned(), |(r, _)| r.id.clone());
+            audit_log
+                .record(record("key.create", &target, created.is_ok()))
+                .await;
+            let (created, secret) = created.map_err(fail)?;
+            print_secret(&KeyView::from_record(&created, now), &secret, json)?;
         }
         KeysCommand::List { json } => {
             let mut all = Vec::new();
@@ -284,7 +323,11 @@ async fn keys(arg: &ConfigArg, command: KeysCommand) -> anyhow::Result<ExitCode>
             }
         }
         KeysCommand::Revoke { id } => {
-            let key = svc.revoke(&id).await.map_err(fail)?;
+            let revoked = svc.revoke(&id).await;
+            audit_log
+                .record(record("key.revoke", &id, revoked.is_ok()))
+                .await;
+            let key = revoked.map_err(fail)?;
             println!("revoked {}", key.id);
         }
         KeysCommand::Rotate { id, grace, json } => {
@@ -293,11 +336,69 @@ async fn keys(arg: &ConfigArg, command: KeysCommand) -> anyhow::Result<ExitCode>
                     .map_err(|e| anyhow::anyhow!(e))?,
                 None => config.keys.rotation_grace,
             };
-            let (record, secret) = svc.rotate(&id, grace).await.map_err(fail)?;
-            print_secret(&KeyView::from_record(&record, now), &secret, json)?;
+            let rotated = svc.rotate(&id, grace).await;
+            audit_log
+                .record(record("key.rotate", &id, rotated.is_ok()))
+                .await;
+            let (key, secret) = rotated.map_err(fail)?;
+            print_secret(&KeyView::from_record(&key, now), &secret, json)?;
         }
     }
+    audit_log.flush().await;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn audit(arg: &ConfigArg, command: AuditCommand) -> anyhow::Result<ExitCode> {
+    let (config, _) = match load(arg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let stores = Stores::open(&config.storage.database_url).await?;
+    match command {
+        AuditCommand::Verify => match tollgate_core::audit::verify(stores.audit.as_ref()).await? {
+            Ok(n) => {
+                println!("audit chain intact: {n} records");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(tamper) => {
+                println!("audit chain broken: {tamper}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        AuditCommand::Export { since, out } => {
+            let since_ms = match since.as_deref() {
+                None => i64::MIN,
+                Some(s) => match tollgate_core::time::parse_rfc3339(s) {
+                    Some(secs) => secs.saturating_mul(1000),
+                    None => {
+                        let d = tollgate_core::config::units::parse_duration(s).map_err(|e| {
+                            anyhow::anyhow!("--since: expected RFC 3339 or a duration: {e}")
+                        })?;
+                        tollgate_core::time::now_ms() - i64::try_from(d.as_millis())?
+                    }
+                },
+            };
+            let mut sink: Box<dyn std::io::Write> = match &out {
+                Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            let mut after = 0;
+            loop {
+                let page = stores.audit.read_audit(after, 1000).await?;
+                let Some(last) = page.last() else { break };
+                after = last.seq;
+                for r in page.iter().filter(|r| r.time_ms >= since_ms) {
+                    serde_json::to_writer(&mut sink, r)?;
+                    sink.write_all(b"\n")?;
+                }
+            }
+            sink.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 fn print_secret(key: &KeyView, secret: &str, json: bool) -> anyhow::Result<()> {
