@@ -11,6 +11,7 @@ pub mod http;
 pub mod identity;
 pub mod keys;
 pub mod metrics;
+pub mod policy;
 pub mod store;
 pub mod telemetry;
 pub mod time;

@@ -106,6 +106,41 @@ pub struct Config {
     pub reload: ReloadConfig,
     pub providers: Vec<ProviderConfig>,
     pub models: Vec<ModelConfig>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicyConfig>,
+}
+
+/// A policy rule set (see `policy.rs` for the semantics).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyConfig {
+    pub name: String,
+    /// CEL: the set applies only when this holds. Absent: always.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applies_to: Option<String>,
+    pub rules: Vec<PolicyRuleConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyRuleConfig {
+    pub name: String,
+    /// CEL over `principal.*` and `request.*`; must give a bool.
+    pub when: String,
+    pub action: PolicyAction,
+    /// For `deny`: the message clients see.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// For `redact`: top-level request fields removed before forwarding.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyAction {
+    Allow,
+    Deny,
+    RequireApproval,
+    Redact,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -677,6 +712,61 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
         });
     }
 
+    let mut policies = Vec::new();
+    let mut policy_names = HashSet::new();
+    for (i, p) in raw.policies.unwrap_or_default().into_iter().enumerate() {
+        if !valid_name(&p.name) {
+            errors.push(FieldError::new(
+                format!("policies[{i}].name"),
+                "must be 1-64 characters of letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if !policy_names.insert(p.name.clone()) {
+            errors.push(FieldError::new(
+                format!("policies[{i}].name"),
+                format!("duplicate policy {:?}", p.name),
+            ));
+        }
+        let mut rule_names = HashSet::new();
+        let mut rules = Vec::new();
+        for (j, r) in p.rules.into_iter().enumerate() {
+            let at = |f: &str| format!("policies[{i}].rules[{j}].{f}");
+            if !valid_name(&r.name) || !rule_names.insert(r.name.clone()) {
+                errors.push(FieldError::new(
+                    at("name"),
+                    "must be a unique name of letters, digits, '-', '_' or '.'",
+                ));
+            }
+            if r.action == PolicyAction::Redact && r.paths.as_ref().is_none_or(Vec::is_empty) {
+                errors.push(FieldError::new(
+                    at("paths"),
+                    "redact needs at least one path",
+                ));
+            }
+            if r.action != PolicyAction::Redact && r.paths.is_some() {
+                errors.push(FieldError::new(
+                    at("paths"),
+                    "only valid with action: redact",
+                ));
+            }
+            rules.push(PolicyRuleConfig {
+                name: r.name,
+                when: r.when,
+                action: r.action,
+                reason: r.reason,
+                paths: r.paths.unwrap_or_default(),
+            });
+        }
+        policies.push(PolicyConfig {
+            name: p.name,
+            applies_to: p.applies_to,
+            rules,
+        });
+    }
+    if let Err(policy_errors) = crate::policy::Policy::compile(&policies) {
+        errors.extend(policy_errors);
+    }
+
     Config {
         listen,
         workers,
@@ -690,6 +780,7 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
         reload,
         providers,
         models,
+        policies,
     }
 }
 

@@ -25,6 +25,26 @@ pub struct RawConfig {
     pub reload: Option<RawReload>,
     pub providers: Option<Vec<RawProvider>>,
     pub models: Option<Vec<RawModel>>,
+    pub policies: Option<Vec<RawPolicy>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub name: String,
+    pub applies_to: Option<String>,
+    #[serde(default)]
+    pub rules: Vec<RawPolicyRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicyRule {
+    pub name: String,
+    pub when: String,
+    pub action: super::PolicyAction,
+    pub reason: Option<String>,
+    pub paths: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,0 +1,382 @@
+//! One policy language for every layer: rule sets of CEL expressions over `principal.*` and a
+//! per-layer `request.*`, compiled once at config load and evaluated in process.
+//!
+//! Semantics: a rule set applies when its `applies_to` expression holds (or always, without
+//! one). Within an applicable set the first rule whose `when` holds decides; if none does, the
+//! set denies (default deny). Across sets, any deny wins, then any approval requirement; redact
+//! paths from all sets are merged. With no applicable set the request is allowed. A rule that
+//! fails to evaluate (type error, missing field) denies: policy fails closed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cel::objects::Key;
+use cel::{Context, Env, Program, Value};
+
+use crate::config::{FieldError, PolicyAction, PolicyConfig};
+use crate::identity::Principal;
+
+/// The outcome of evaluating every rule set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed; `redact` lists request fields to remove before forwarding.
+    Allow {
+        redact: Vec<String>,
+    },
+    Deny {
+        rule: String,
+        reason: String,
+    },
+    RequireApproval {
+        rule: String,
+    },
+}
+
+struct Rule {
+    /// `set/rule`, as reported in denials and audit records.
+    name: String,
+    when: Program,
+    action: PolicyAction,
+    reason: Option<String>,
+    paths: Vec<String>,
+}
+
+struct RuleSet {
+    name: String,
+    applies_to: Option<Program>,
+    rules: Vec<Rule>,
+}
+
+/// A compiled policy. Cheap to share; evaluation allocates only the request's variables.
+pub struct Policy {
+    sets: Vec<RuleSet>,
+    env: Arc<Env>,
+}
+
+fn compile(source: &str, path: String, errors: &mut Vec<FieldError>) -> Option<Program> {
+    match Program::compile(source) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            errors.push(FieldError::new(
+                path,
+                format!("invalid CEL expression: {e}"),
+            ));
+            None
+        }
+    }
+}
+
+impl Policy {
+    /// A policy that allows everything (no rule sets).
+    pub fn empty() -> Policy {
+        Policy {
+            sets: Vec::new(),
+            env: Arc::new(Env::stdlib()),
+        }
+    }
+
+    /// Compiles rule sets; every expression that does not compile is reported with its path.
+    pub fn compile(sets: &[PolicyConfig]) -> Result<Policy, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let mut compiled = Vec::new();
+        for (i, set) in sets.iter().enumerate() {
+            let applies_to = set
+                .applies_to
+                .as_deref()
+                .and_then(|src| compile(src, format!("policies[{i}].applies_to"), &mut errors));
+            let mut rules = Vec::new();
+            for (j, rule) in set.rules.iter().enumerate() {
+                if let Some(when) = compile(
+                    &rule.when,
+                    format!("policies[{i}].rules[{j}].when"),
+                    &mut errors,
+                ) {
+                    rules.push(Rule {
+                        name: format!("{}/{}", set.name, rule.name),
+                        when,
+                        action: rule.action,
+                        reason: rule.reason.clone(),
+                        paths: rule.paths.clone(),
+                    });
+                }
+            }
+            compiled.push(RuleSet {
+                name: set.name.clone(),
+                applies_to,
+                rules,
+            });
+        }
+        if errors.is_empty() {
+            Ok(Policy {
+                sets: compiled,
+                env: Arc::new(Env::stdlib()),
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sets.is_empty()
+    }
+
+    /// Decides a request. `request` holds the layer's attributes.
+    pub fn evaluate(&self, principal: &Value, request: &Value) -> Decision {
+        if self.sets.is_empty() {
+            return Decision::Allow { redact: Vec::new() };
+        }
+        let mut ctx = Context::with_env(self.env.clone());
+        ctx.add_variable_from_value("principal", principal.clone());
+        ctx.add_variable_from_value("request", request.clone());
+
+        let mut redact = Vec::new();
+        let mut approval: Option<String> = None;
+        for set in &self.sets {
+            if let Some(scope) = &set.applies_to {
+                match holds(scope, &ctx) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        return Decision::Deny {
+                            rule: format!("{}/applies_to", set.name),
+                            reason: format!("policy failed to evaluate: {e}"),
+                        }
+                    }
+                }
+            }
+            let mut decided = false;
+            for rule in &set.rules {
+                match holds(&rule.when, &ctx) {
+                    Ok(false) => continue,
+                    Ok(true) => {}
+                    Err(e) => {
+                        return Decision::Deny {
+                            rule: rule.name.clone(),
+                            reason: format!("policy failed to evaluate: {e}"),
+                        }
+                    }
+                }
+                decided = true;
+                match rule.action {
+                    PolicyAction::Allow => {}
+                    PolicyAction::Deny => {
+                        return Decision::Deny {
+                            rule: rule.name.clone(),
+                            reason: rule
+                                .reason
+                                .clone()
+                                .unwrap_or_else(|| "denied by policy".to_owned()),
+                        }
+                    }
+                    PolicyAction::RequireApproval => {
+                        approval.get_or_insert_with(|| rule.name.clone());
+                    }
+                    PolicyAction::Redact => redact.extend(rule.paths.iter().cloned()),
+                }
+                break;
+            }
+            if !decided {
+                return Decision::Deny {
+                    rule: format!("{}/default", set.name),
+                    reason: format!("no rule of policy {:?} allows this request", set.name),
+                };
+            }
+        }
+        match approval {
+            Some(rule) => Decision::RequireApproval { rule },
+            None => Decision::Allow { redact },
+        }
+    }
+}
+
+fn holds(program: &Program, ctx: &Context) -> Result<bool, String> {
+    match program.execute(ctx) {
+        Ok(Value::Bool(b)) => Ok(b),
+        Ok(other) => Err(format!("expression gave {other:?}, not a bool")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn string(s: &str) -> Value {
+    Value::String(Arc::new(s.to_owned()))
+}
+
+/// Builds a CEL map from string keys.
+pub fn map(entries: Vec<(&str, Value)>) -> Value {
+    let map: HashMap<Key, Value> = entries
+        .into_iter()
+        .map(|(k, v)| (Key::String(Arc::new(k.to_owned())), v))
+        .collect();
+    Value::Map(map.into())
+}
+
+/// `principal.*`: absent strings are empty, so `principal.team == 'x'` never errors.
+pub fn principal_value(p: &Principal) -> Value {
+    map(vec![
+        ("key_id", string(p.key_id.as_deref().unwrap_or(""))),
+        ("name", string(&p.name)),
+        ("user", string(p.user.as_deref().unwrap_or(""))),
+        ("team", string(p.team.as_deref().unwrap_or(""))),
+        ("is_master", Value::Bool(p.is_master)),
+        ("roles", Value::List(Arc::new(Vec::new()))),
+        ("tenant", string("")),
+        ("agent", string("")),
+    ])
+}
+
+/// Builds `request.*` for a model call.
+pub fn model_request_value(
+    endpoint: &str,
+    model: &str,
+    provider: &str,
+    stream: bool,
+    max_tokens: Option<i64>,
+    estimated_input_tokens: i64,
+) -> Value {
+    map(vec![
+        ("endpoint", string(endpoint)),
+        ("model", string(model)),
+        ("provider", string(provider)),
+        ("stream", Value::Bool(stream)),
+        // Absent means "as many as the model allows": larger than any limit a rule states.
+        ("max_tokens", Value::Int(max_tokens.unwrap_or(i64::MAX))),
+        ("estimated_input_tokens", Value::Int(estimated_input_tokens)),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PolicyRuleConfig;
+
+    fn rule(name: &str, when: &str, action: PolicyAction) -> PolicyRuleConfig {
+        PolicyRuleConfig {
+            name: name.into(),
+            when: when.into(),
+            action,
+            reason: Some(format!("{name} says no")),
+            paths: vec!["user".into()],
+        }
+    }
+
+    fn principal(team: &str) -> Value {
+        let mut p = Principal::master();
+        p.is_master = false;
+        p.team = Some(team.to_owned());
+        principal_value(&p)
+    }
+
+    fn request(model: &str, stream: bool, max: Option<i64>) -> Value {
+        model_request_value("chat", model, "demo", stream, max, 10)
+    }
+
+    #[test]
+    fn first_matching_rule_decides_and_default_is_deny() {
+        let policy = Policy::compile(&[PolicyConfig {
+            name: "interns".into(),
+            applies_to: Some("principal.team == 'interns'".into()),
+            rules: vec![
+                rule("no-stream", "request.stream", PolicyAction::Deny),
+                rule(
+                    "small",
+                    "request.model.startsWith('mock-') && request.max_tokens <= 100",
+                    PolicyAction::Allow,
+                ),
+            ],
+        }])
+        .unwrap();
+        let allow = Decision::Allow { redact: vec![] };
+        assert_eq!(
+            policy.evaluate(
+                &principal("interns"),
+                &request("mock-echo", false, Some(50))
+            ),
+            allow
+        );
+        assert_eq!(
+            policy.evaluate(&principal("staff"), &request("gpt-4o", true, None)),
+            allow,
+            "set does not apply"
+        );
+        assert_eq!(
+            policy.evaluate(&principal("interns"), &request("mock-echo", true, Some(50))),
+            Decision::Deny {
+                rule: "interns/no-stream".into(),
+                reason: "no-stream says no".into()
+            }
+        );
+        let Decision::Deny { rule, .. } =
+            policy.evaluate(&principal("interns"), &request("mock-echo", false, None))
+        else {
+            panic!("absent max_tokens must not pass a limit");
+        };
+        assert_eq!(rule, "interns/default");
+    }
+
+    #[test]
+    fn approval_redact_and_fail_closed() {
+        let policy = Policy::compile(&[
+            PolicyConfig {
+                name: "a".into(),
+                applies_to: None,
+                rules: vec![rule("scrub", "true", PolicyAction::Redact)],
+            },
+            PolicyConfig {
+                name: "b".into(),
+                applies_to: None,
+                rules: vec![
+                    rule(
+                        "ask",
+                        "request.model == 'big'",
+                        PolicyAction::RequireApproval,
+                    ),
+                    rule("ok", "true", PolicyAction::Allow),
+                ],
+            },
+        ])
+        .unwrap();
+        assert_eq!(
+            policy.evaluate(&principal("x"), &request("m", false, None)),
+            Decision::Allow {
+                redact: vec!["user".into()]
+            }
+        );
+        assert_eq!(
+            policy.evaluate(&principal("x"), &request("big", false, None)),
+            Decision::RequireApproval {
+                rule: "b/ask".into()
+            }
+        );
+
+        let broken = Policy::compile(&[PolicyConfig {
+            name: "c".into(),
+            applies_to: None,
+            rules: vec![rule(
+                "typo",
+                "request.no_such_field > 3",
+                PolicyAction::Allow,
+            )],
+        }])
+        .unwrap();
+        assert!(matches!(
+            broken.evaluate(&principal("x"), &request("m", false, None)),
+            Decision::Deny { .. }
+        ));
+    }
+
+    #[test]
+    fn compile_errors_have_paths() {
+        let Err(errors) = Policy::compile(&[PolicyConfig {
+            name: "p".into(),
+            applies_to: Some("(((".into()),
+            rules: vec![rule("r", "request.model ==", PolicyAction::Allow)],
+        }]) else {
+            panic!("compiled nonsense");
+        };
+        let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["policies[0].applies_to", "policies[0].rules[0].when"]
+        );
+    }
+}
