@@ -22,6 +22,8 @@ pub struct Envelope<'a> {
     pub model: String,
     pub stream: bool,
     pub include_usage: bool,
+    /// `max_tokens`, `max_completion_tokens` or `max_output_tokens`, whichever is set.
+    pub max_tokens: Option<i64>,
 }
 
 struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
@@ -93,8 +95,16 @@ impl<'a> Envelope<'a> {
         let mut model = None;
         let mut stream = false;
         let mut include_usage = false;
+        let mut max_tokens = None;
         for (k, v) in &fields {
             match k.as_ref() {
+                name @ ("max_tokens" | "max_completion_tokens" | "max_output_tokens") => {
+                    // Policies compare against it: a value we cannot read must not pass as absent.
+                    let n = serde_json::from_str::<Option<i64>>(v.get()).map_err(|_| {
+                        ApiError::invalid(format!("`{name}` must be an integer")).param(name)
+                    })?;
+                    max_tokens = max_tokens.or(n);
+                }
                 "model" => {
                     model = Some(serde_json::from_str::<String>(v.get()).map_err(|_| {
                         ApiError::invalid("`model` must be a string").param("model")
@@ -138,6 +148,7 @@ impl<'a> Envelope<'a> {
             model,
             stream,
             include_usage,
+            max_tokens,
         })
     }
 
@@ -148,6 +159,11 @@ impl<'a> Envelope<'a> {
 
     /// Re-emits the object with `model` replaced. Other values are copied verbatim.
     pub fn with_model(&self, model: &str) -> Vec<u8> {
+        self.rebuild(model, &[])
+    }
+
+    /// Re-emits the object with `model` replaced and the `drop` fields removed.
+    pub fn rebuild(&self, model: &str, drop: &[String]) -> Vec<u8> {
         let mut out = Vec::with_capacity(
             self.fields
                 .iter()
@@ -157,7 +173,11 @@ impl<'a> Envelope<'a> {
                 + 16,
         );
         out.push(b'{');
-        for (i, (k, v)) in self.fields.iter().enumerate() {
+        let kept = self
+            .fields
+            .iter()
+            .filter(|(k, _)| !drop.iter().any(|d| d == k));
+        for (i, (k, v)) in kept.enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -184,6 +204,15 @@ fn write_key(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rebuild_drops_fields() {
+        let e = Envelope::parse(br#"{"model":"m","user":"alice","max_tokens":5,"x":1}"#).unwrap();
+        assert_eq!(e.max_tokens, Some(5));
+        let out = e.rebuild("up", &["user".to_owned()]);
+        assert_eq!(out, br#"{"model":"up","max_tokens":5,"x":1}"#);
+        assert!(Envelope::parse(br#"{"model":"m","max_tokens":1.5}"#).is_err());
+    }
 
     #[test]
     fn reads_routing_fields() {

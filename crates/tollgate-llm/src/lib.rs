@@ -19,12 +19,15 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde_json::json;
+use tollgate_core::audit::AuditEvent;
 use tollgate_core::config::Config;
 use tollgate_core::error::{ApiError, ErrorKind};
 use tollgate_core::http::{json_response, read_body, PathParam, RequestId, ResponseTag};
 use tollgate_core::identity::Principal;
+use tollgate_core::policy::{self, Decision, Policy};
 use tollgate_core::Core;
 
 use crate::envelope::Envelope;
@@ -43,6 +46,7 @@ pub struct Target {
 
 /// Everything the layer derives from config, swapped whole on reload.
 pub struct LlmState {
+    policy: Policy,
     models: HashMap<String, Arc<ModelRoute>>,
     /// Model names in config order, for `/v1/models`.
     order: Vec<Arc<ModelRoute>>,
@@ -81,7 +85,18 @@ impl LlmState {
             models.insert(m.name.clone(), route.clone());
             order.push(route);
         }
-        Ok(LlmState { models, order })
+        let policy = Policy::compile(&config.policies).map_err(|errors| {
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        Ok(LlmState {
+            policy,
+            models,
+            order,
+        })
     }
 }
 
@@ -177,6 +192,24 @@ async fn call_model(
         provider: Some(target.provider.name.clone()),
         upstream: Default::default(),
     };
+    let redact = decide(
+        core,
+        &state.policy,
+        &principal,
+        endpoint,
+        &route,
+        target,
+        &envelope,
+        bytes.len(),
+        request_id,
+    )
+    .map_err(|e| (e, Some(tag.clone())))?;
+    // Redaction changes the body: rebuild it, then read the envelope of what is actually sent.
+    let rebuilt = redact.map(|paths| Bytes::from(envelope.rebuild(&envelope.model, &paths)));
+    let (body, envelope) = match &rebuilt {
+        Some(b) => (b, Envelope::parse(b).map_err(|e| (e, None))?),
+        None => (&bytes, envelope),
+    };
     if endpoint == Endpoint::Embeddings && envelope.stream {
         return Err((
             ApiError::invalid("embeddings cannot be streamed").param("stream"),
@@ -211,7 +244,7 @@ async fn call_model(
         public_model: &route.name,
         upstream_model: &target.model,
         envelope: &envelope,
-        body: &bytes,
+        body,
         request_id,
     };
     match target.provider.provider.call(call, on_end).await {
@@ -244,6 +277,64 @@ async fn call_model(
             Err((err, Some(ResponseTag { upstream, ..tag })))
         }
     }
+}
+
+/// Runs the policy. Returns the fields to redact, if any; denials are audited and become 403.
+#[allow(clippy::too_many_arguments)]
+fn decide(
+    core: &Core,
+    policy: &Policy,
+    principal: &Principal,
+    endpoint: Endpoint,
+    route: &ModelRoute,
+    target: &Target,
+    envelope: &Envelope<'_>,
+    body_len: usize,
+    request_id: &str,
+) -> Result<Option<Vec<String>>, ApiError> {
+    if policy.is_empty() {
+        return Ok(None);
+    }
+    let request = policy::model_request_value(
+        endpoint.name(),
+        &route.name,
+        &target.provider.name,
+        envelope.stream,
+        envelope.max_tokens,
+        // A byte-count estimate: enough for coarse size rules before any tokenizer runs.
+        i64::try_from(body_len / 4).unwrap_or(i64::MAX),
+    );
+    let (rule, decision, err) = match policy.evaluate(&policy::principal_value(principal), &request)
+    {
+        Decision::Allow { redact } if redact.is_empty() => return Ok(None),
+        Decision::Allow { redact } => return Ok(Some(redact)),
+        Decision::Deny { rule, reason } => {
+            let err = ApiError::new(
+                ErrorKind::PermissionDenied,
+                format!("denied by policy rule {rule}: {reason}"),
+            )
+            .code("policy_denied");
+            (rule, "deny", err)
+        }
+        Decision::RequireApproval { rule } => {
+            let err = ApiError::new(
+                ErrorKind::PermissionDenied,
+                format!("policy rule {rule} requires approval, which model calls do not support"),
+            )
+            .code("approval_required");
+            (rule, "require_approval", err)
+        }
+    };
+    let mut ev = AuditEvent::new("policy.deny", "denied");
+    ev.request_id = Some(request_id.to_owned());
+    ev.principal = Some(principal.label().to_owned());
+    ev.target = Some(route.name.to_string());
+    ev.decision = Some(decision.to_owned());
+    ev.rule = Some(rule);
+    ev.detail = serde_json::json!({"layer": "model", "endpoint": endpoint.name(), "provider": &*target.provider.name});
+    // On the request path: never wait for the audit writer (a full queue is counted).
+    core.audit.try_record(ev);
+    Err(err)
 }
 
 /// 403 if the principal may not use the name, 404 if no such model exists. Checking the

@@ -28,6 +28,15 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// The name policies see as `request.endpoint`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Responses => "responses",
+        }
+    }
+
     pub fn path(self) -> &'static str {
         match self {
             Endpoint::Chat => "chat/completions",

@@ -10,3 +10,4 @@ mod cli;
 mod harness;
 mod ops;
 mod passthrough;
+mod policy;
