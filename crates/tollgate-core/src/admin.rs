@@ -15,8 +15,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::audit::AuditEvent;
+use crate::context::RequestContext;
 use crate::error::ApiError;
-use crate::http::{json_response, parse_json, read_body, PathParam, RequestId};
+use crate::http::{json_response, parse_json, read_body, PathParam};
 use crate::keys::NewKey;
 use crate::store::{KeyRecord, KeyUpdate, Page};
 use crate::Core;
@@ -256,13 +257,17 @@ fn respond(result: Result<Response, ApiError>) -> Response {
 /// Records a key change in the audit chain, successful or not.
 async fn audit<T>(
     core: &Core,
-    rid: &Option<Extension<RequestId>>,
+    rid: &Option<Extension<RequestContext>>,
     action: &str,
     target: &str,
     result: &Result<T, ApiError>,
 ) {
     let mut ev = AuditEvent::new(action, if result.is_ok() { "success" } else { "failure" });
-    ev.request_id = rid.as_ref().map(|Extension(r)| r.as_str().to_owned());
+    if let Some(Extension(ctx)) = rid {
+        ev.request_id = Some(ctx.request_id().to_owned());
+        ev.trace_id = Some(ctx.trace.trace_id.clone());
+        ev.conversation_id.clone_from(&ctx.conversation_id);
+    }
     ev.principal = Some("master".to_owned());
     ev.target = Some(target.to_owned());
     if let Err(e) = result {
@@ -314,7 +319,7 @@ async fn list_keys(
     responses((status = 201, body = CreatedKey), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn create_key(
     State(core): State<Arc<Core>>,
-    rid: Option<Extension<RequestId>>,
+    rid: Option<Extension<RequestContext>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -383,7 +388,7 @@ async fn get_key(
     responses((status = 200, body = KeyView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn update_key(
     State(core): State<Arc<Core>>,
-    rid: Option<Extension<RequestId>>,
+    rid: Option<Extension<RequestContext>>,
     headers: HeaderMap,
     PathParam(id): PathParam,
     body: Body,
@@ -429,7 +434,7 @@ async fn update_key(
     responses((status = 200, body = KeyView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn revoke_key(
     State(core): State<Arc<Core>>,
-    rid: Option<Extension<RequestId>>,
+    rid: Option<Extension<RequestContext>>,
     headers: HeaderMap,
     PathParam(id): PathParam,
 ) -> Response {
@@ -454,7 +459,7 @@ async fn revoke_key(
     responses((status = 200, body = CreatedKey), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn rotate_key(
     State(core): State<Arc<Core>>,
-    rid: Option<Extension<RequestId>>,
+    rid: Option<Extension<RequestContext>>,
     headers: HeaderMap,
     PathParam(id): PathParam,
     body: Body,

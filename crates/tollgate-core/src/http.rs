@@ -17,21 +17,14 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use prometheus_client::metrics::gauge::Gauge;
 
+use crate::context::{RequestContext, TraceContext};
 use crate::error::{ApiError, ErrorKind, ErrorMark};
 use crate::metrics::{Label, RequestLabels, RouteLabels};
 use crate::Core;
 
 pub const REQUEST_ID: &str = "x-request-id";
-
-/// The request's id: the client's `x-request-id` if usable, else a fresh one.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
-
-impl RequestId {
-    pub fn as_str(&self) -> &str {
-        self.0.to_str().unwrap_or("-")
-    }
-}
+/// The trace this request belongs to, for finding it in a tracing backend.
+pub const TRACE_ID: &str = "x-tollgate-trace-id";
 
 /// Left on a response by a layer so the shell can label metrics and logs.
 #[derive(Debug, Clone, Default)]
@@ -81,7 +74,14 @@ pub fn route_label(path: &str) -> &'static str {
 pub async fn shell(State(core): State<Arc<Core>>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     let rid = request_id(req.headers());
-    req.extensions_mut().insert(RequestId(rid.clone()));
+    let trace = TraceContext::from_headers(req.headers());
+    let trace_header = HeaderValue::from_str(&trace.trace_id).ok();
+    let conversation_id = crate::context::conversation_id(req.headers());
+    req.extensions_mut().insert(RequestContext {
+        request_id: rid.clone(),
+        trace,
+        conversation_id,
+    });
     let route = route_label(req.uri().path());
     let method = req.method().clone();
     let gauge = core
@@ -96,6 +96,9 @@ pub async fn shell(State(core): State<Arc<Core>>, mut req: Request, next: Next) 
     let mut res = next.run(req).await;
     let elapsed = start.elapsed();
     res.headers_mut().insert(REQUEST_ID, rid.clone());
+    if let Some(t) = trace_header {
+        res.headers_mut().insert(TRACE_ID, t);
+    }
 
     let status = res.status();
     let tag = res

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod audit;
 pub mod config;
+pub mod context;
 pub mod error;
 pub mod glob;
 pub mod http;

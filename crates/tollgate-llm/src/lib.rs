@@ -24,8 +24,9 @@ use http::{HeaderMap, StatusCode};
 use serde_json::json;
 use tollgate_core::audit::AuditEvent;
 use tollgate_core::config::Config;
+use tollgate_core::context::{RequestContext, TraceContext};
 use tollgate_core::error::{ApiError, ErrorKind};
-use tollgate_core::http::{json_response, read_body, PathParam, RequestId, ResponseTag};
+use tollgate_core::http::{json_response, read_body, PathParam, ResponseTag};
 use tollgate_core::identity::Principal;
 use tollgate_core::policy::{self, Decision, Policy};
 use tollgate_core::Core;
@@ -145,12 +146,17 @@ async fn responses(State(layer): State<Arc<LlmLayer>>, req: Request) -> Response
 
 async fn serve(layer: &LlmLayer, endpoint: Endpoint, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let request_id = parts
+    // The shell always provides the context; a bare router (in tests) gets a fresh one.
+    let ctx = parts
         .extensions
-        .get::<RequestId>()
-        .map(|r| r.as_str().to_owned())
-        .unwrap_or_default();
-    match call_model(layer, endpoint, &parts.headers, body, &request_id).await {
+        .get::<RequestContext>()
+        .cloned()
+        .unwrap_or_else(|| RequestContext {
+            request_id: http::HeaderValue::from_static("-"),
+            trace: TraceContext::from_headers(&parts.headers),
+            conversation_id: None,
+        });
+    match call_model(layer, endpoint, &parts.headers, body, &ctx).await {
         Ok(res) => res,
         Err((err, tag)) => {
             let mut res = err.into_response();
@@ -170,8 +176,9 @@ async fn call_model(
     endpoint: Endpoint,
     headers: &HeaderMap,
     body: Body,
-    request_id: &str,
+    ctx: &RequestContext,
 ) -> Result<Response, Failure> {
+    let request_id = ctx.request_id();
     let core = &layer.core;
     let principal = core.authenticate(headers).map_err(|e| (e, None))?;
     let config = core.config();
@@ -201,7 +208,7 @@ async fn call_model(
         target,
         &envelope,
         bytes.len(),
-        request_id,
+        ctx,
     )
     .map_err(|e| (e, Some(tag.clone())))?;
     // Redaction changes the body: rebuild it, then read the envelope of what is actually sent.
@@ -245,7 +252,7 @@ async fn call_model(
         upstream_model: &target.model,
         envelope: &envelope,
         body,
-        request_id,
+        ctx,
     };
     match target.provider.provider.call(call, on_end).await {
         Ok(reply) => {
@@ -290,7 +297,7 @@ fn decide(
     target: &Target,
     envelope: &Envelope<'_>,
     body_len: usize,
-    request_id: &str,
+    ctx: &RequestContext,
 ) -> Result<Option<Vec<String>>, ApiError> {
     if policy.is_empty() {
         return Ok(None);
@@ -326,7 +333,9 @@ fn decide(
         }
     };
     let mut ev = AuditEvent::new("policy.deny", "denied");
-    ev.request_id = Some(request_id.to_owned());
+    ev.request_id = Some(ctx.request_id().to_owned());
+    ev.trace_id = Some(ctx.trace.trace_id.clone());
+    ev.conversation_id.clone_from(&ctx.conversation_id);
     ev.principal = Some(principal.label().to_owned());
     ev.target = Some(route.name.to_string());
     ev.decision = Some(decision.to_owned());

@@ -56,7 +56,8 @@ pub struct Call<'a> {
     pub envelope: &'a Envelope<'a>,
     /// The request body exactly as received.
     pub body: &'a Bytes,
-    pub request_id: &'a str,
+    /// Request id, trace and conversation, propagated upstream.
+    pub ctx: &'a tollgate_core::context::RequestContext,
 }
 
 /// Token usage reported by a provider.

@@ -166,8 +166,12 @@ impl OpenAiProvider {
                 "application/json"
             }),
         );
-        if let Ok(v) = HeaderValue::from_str(call.request_id) {
-            headers.insert("x-request-id", v);
+        headers.insert("x-request-id", call.ctx.request_id.clone());
+        if let Ok(v) = HeaderValue::from_str(&call.ctx.trace.traceparent()) {
+            headers.insert(tollgate_core::context::TRACEPARENT, v);
+        }
+        if let Some(state) = &call.ctx.trace.tracestate {
+            headers.insert(tollgate_core::context::TRACESTATE, state.clone());
         }
 
         let started = Instant::now();

@@ -35,7 +35,15 @@ async fn request_and_response_pass_through_losslessly() {
         .send(
             Method::POST,
             "/v1/chat/completions",
-            &[("authorization", &auth), ("x-request-id", "rid-42")],
+            &[
+                ("authorization", &auth),
+                ("x-request-id", "rid-42"),
+                (
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                ),
+                ("tracestate", "vendor=abc"),
+            ],
             sent,
         )
         .await;
@@ -62,6 +70,21 @@ async fn request_and_response_pass_through_losslessly() {
     );
     assert_eq!(r.headers["x-org"], "acme");
     assert_eq!(r.headers["x-request-id"], "rid-42");
+    // The client's trace continues upstream, with the gateway's span as the parent.
+    let upstream_tp = r.headers["traceparent"].to_str().unwrap();
+    assert!(
+        upstream_tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{upstream_tp}"
+    );
+    assert!(
+        !upstream_tp.contains("00f067aa0ba902b7"),
+        "a new span id, not the client's"
+    );
+    assert_eq!(r.headers["tracestate"], "vendor=abc");
+    assert_eq!(
+        res.header("x-tollgate-trace-id"),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
 
     // Same public and upstream name: the original bytes go up untouched, whitespace included.
     let spaced = "{ \"model\" : \"same-name\",  \"messages\": [ ] }";

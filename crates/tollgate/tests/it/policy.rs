@@ -62,11 +62,21 @@ policies:
     );
     assert_eq!(sent[0].json()["max_tokens"], 50);
 
+    let auth = format!("Bearer {intern}");
     let res = t
         .client
-        .post_json("/v1/chat/completions", &intern, &body(Some(50), true))
+        .send(
+            http::Method::POST,
+            "/v1/chat/completions",
+            &[
+                ("authorization", &auth),
+                ("x-tollgate-conversation-id", "conv-7"),
+            ],
+            body(Some(50), true).to_string(),
+        )
         .await;
     assert_eq!(res.status, 403);
+    let res_trace = res.header("x-tollgate-trace-id").map(str::to_owned);
     let err = res.json();
     assert_eq!(err["error"]["code"], "policy_denied");
     let msg = err["error"]["message"].as_str().unwrap();
@@ -100,6 +110,8 @@ policies:
     assert_eq!(denials.len(), 2);
     assert_eq!(denials[0].rule.as_deref(), Some("interns/no-streaming"));
     assert_eq!(denials[0].target.as_deref(), Some("m"));
+    assert_eq!(denials[0].conversation_id.as_deref(), Some("conv-7"));
+    assert_eq!(denials[0].trace_id.as_deref(), res_trace.as_deref());
     assert_eq!(denials[1].rule.as_deref(), Some("interns/default"));
     assert_eq!(
         tollgate_core::audit::verify(t.gw.core.stores.audit.as_ref())
