@@ -288,7 +288,7 @@ async fn list_keys(
 ) -> Response {
     respond(
         async {
-            core.require_master(&headers)?;
+            core.require_master(&headers).await?;
             let Query(q) = query.map_err(|e| ApiError::invalid(format!("invalid query: {e}")))?;
             let limit = q.limit.unwrap_or(100).clamp(1, 1000);
             let keys = core
@@ -325,7 +325,7 @@ async fn create_key(
 ) -> Response {
     respond(
         async {
-            core.require_master(&headers)?;
+            core.require_master(&headers).await?;
             let req: CreateKeyRequest = body_json(&core, &headers, body).await?;
             if req.name.is_empty() {
                 return Err(ApiError::invalid("name is required").param("name"));
@@ -372,7 +372,7 @@ async fn get_key(
 ) -> Response {
     respond(
         async {
-            core.require_master(&headers)?;
+            core.require_master(&headers).await?;
             let key = core.keys.get(&id).await?;
             Ok(ok_json(
                 StatusCode::OK,
@@ -395,7 +395,7 @@ async fn update_key(
 ) -> Response {
     respond(
         async {
-            core.require_master(&headers)?;
+            core.require_master(&headers).await?;
             let req: UpdateKeyRequest = body_json(&core, &headers, body).await?;
             let expires_at = match req.expires_at {
                 None => None,
@@ -440,7 +440,7 @@ async fn revoke_key(
 ) -> Response {
     respond(
         async {
-            core.require_master(&headers)?;
+            core.require_master(&headers).await?;
             let result = core.keys.revoke(&id).await;
             audit(&core, &rid, "key.revoke", &id, &result).await;
             let key = result?;
@@ -466,7 +466,7 @@ async fn rotate_key(
 ) -> Response {
     respond(
         async {
-            core.require_master(&headers)?;
+            core.require_master(&headers).await?;
             let req: RotateKeyRequest = body_json(&core, &headers, body).await?;
             let grace = match req.grace.as_deref() {
                 Some(g) => crate::config::units::parse_duration(g)
@@ -490,7 +490,7 @@ async fn rotate_key(
 }
 
 async fn openapi(State(core): State<Arc<Core>>, headers: HeaderMap) -> Response {
-    match core.require_master(&headers) {
+    match core.require_master(&headers).await {
         Ok(()) => json_response(StatusCode::OK, openapi_json()),
         Err(e) => e.into_response(),
     }

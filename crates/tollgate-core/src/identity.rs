@@ -6,11 +6,16 @@ use crate::store::KeyRecord;
 
 #[derive(Debug, Clone)]
 pub struct Principal {
-    /// The virtual key's id; `None` for the master key.
+    /// The virtual key's id; `None` for the master key and JWT principals.
     pub key_id: Option<String>,
+    /// The JWT `sub`, for principals authenticated by token.
+    pub subject: Option<String>,
     pub name: String,
     pub user: Option<String>,
     pub team: Option<String>,
+    pub roles: Vec<String>,
+    pub tenant: Option<String>,
+    pub agent: Option<String>,
     pub is_master: bool,
     /// Model patterns this principal may use; empty means every model.
     models: Vec<Glob>,
@@ -20,9 +25,13 @@ impl Principal {
     pub fn master() -> Principal {
         Principal {
             key_id: None,
+            subject: None,
             name: "master".to_owned(),
             user: None,
             team: None,
+            roles: Vec::new(),
+            tenant: None,
+            agent: None,
             is_master: true,
             models: Vec::new(),
         }
@@ -31,9 +40,13 @@ impl Principal {
     pub fn from_key(key: &KeyRecord) -> Principal {
         Principal {
             key_id: Some(key.id.clone()),
+            subject: None,
             name: key.name.clone(),
             user: key.user.clone(),
             team: key.team.clone(),
+            roles: Vec::new(),
+            tenant: None,
+            agent: None,
             is_master: false,
             models: crate::keys::compile_patterns(&key.models),
         }
@@ -43,8 +56,35 @@ impl Principal {
         self.models.is_empty() || self.models.iter().any(|g| g.matches(model))
     }
 
-    /// A short label for logs and metrics: the key id, or `master`.
-    pub fn label(&self) -> &str {
-        self.key_id.as_deref().unwrap_or("master")
+    /// A principal authenticated by a verified JWT. Model access is left to policies.
+    pub fn from_token(
+        subject: String,
+        user: Option<String>,
+        team: Option<String>,
+        roles: Vec<String>,
+        tenant: Option<String>,
+        agent: Option<String>,
+    ) -> Principal {
+        Principal {
+            key_id: None,
+            name: subject.clone(),
+            subject: Some(subject),
+            user,
+            team,
+            roles,
+            tenant,
+            agent,
+            is_master: false,
+            models: Vec::new(),
+        }
+    }
+
+    /// A short label for logs, metrics and audit: the key id, `jwt:<sub>`, or `master`.
+    pub fn label(&self) -> String {
+        match (&self.key_id, &self.subject) {
+            (Some(k), _) => k.clone(),
+            (None, Some(s)) => format!("jwt:{s}"),
+            (None, None) => "master".to_owned(),
+        }
     }
 }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod glob;
 pub mod http;
 pub mod identity;
+pub mod jwt;
 pub mod keys;
 pub mod metrics;
 pub mod policy;
@@ -31,6 +32,7 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::error::{ApiError, ErrorKind};
 use crate::identity::Principal;
+use crate::jwt::JwtVerifier;
 use crate::keys::{KeyService, MasterKey};
 use crate::metrics::Metrics;
 use crate::store::Stores;
@@ -43,6 +45,8 @@ pub struct Core {
     pub metrics: Metrics,
     /// The audit chain's writer; events are batched off the request path.
     pub audit: AuditLog,
+    /// JWT verification, when `auth.jwt` is configured.
+    jwt: ArcSwap<Option<Arc<JwtVerifier>>>,
     draining: AtomicBool,
 }
 
@@ -59,12 +63,21 @@ impl Core {
             .await?;
         // The writer task lives as long as the runtime; `flush` at shutdown commits its queue.
         let (audit, _writer) = AuditLog::start(stores.audit.clone());
+        let jwt = match &config.auth.jwt {
+            Some(cfg) => Some(Arc::new(
+                JwtVerifier::new(cfg.clone())
+                    .await
+                    .map_err(|e| ApiError::internal(format!("auth.jwt: {e}")))?,
+            )),
+            None => None,
+        };
         let core = Arc::new(Core {
             config: ArcSwap::from_pointee(config),
             stores,
             keys,
             metrics: Metrics::new(),
             audit,
+            jwt: ArcSwap::from_pointee(jwt),
             draining: AtomicBool::new(false),
         });
         Ok((core, master))
@@ -78,6 +91,20 @@ impl Core {
 
     /// Replaces the configuration atomically; in-flight requests keep the one they loaded.
     pub async fn swap_config(&self, config: Config) -> Result<(), ApiError> {
+        // Build the new JWT verifier first: a JWKS that cannot be loaded rejects the reload.
+        let new_jwt = if config.auth.jwt != self.config().auth.jwt {
+            let jwt = match &config.auth.jwt {
+                Some(cfg) => Some(Arc::new(
+                    JwtVerifier::new(cfg.clone())
+                        .await
+                        .map_err(|e| ApiError::internal(format!("auth.jwt: {e}")))?,
+                )),
+                None => None,
+            };
+            Some(jwt)
+        } else {
+            None
+        };
         match (&config.master_key, &self.config().master_key) {
             (Some(new), old) if old.as_ref() != Some(new) => {
                 self.keys
@@ -91,12 +118,16 @@ impl Core {
             ),
             _ => {}
         }
+        if let Some(jwt) = new_jwt {
+            self.jwt.store(Arc::new(jwt));
+        }
         self.config.store(Arc::new(config));
         Ok(())
     }
 
-    /// Authenticates a request from its headers.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Principal>, ApiError> {
+    /// Authenticates a request from its headers: a virtual key, the master key, or (when
+    /// configured) a JWT.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Principal>, ApiError> {
         let Some(secret) = http::credential(headers) else {
             return Err(ApiError::new(
                 ErrorKind::Unauthenticated,
@@ -104,12 +135,17 @@ impl Core {
             )
             .code("missing_api_key"));
         };
+        if jwt::looks_like_jwt(secret) {
+            if let Some(verifier) = self.jwt.load_full().as_ref() {
+                return verifier.verify(secret).await.map(Arc::new);
+            }
+        }
         self.keys.authenticate(secret, time::now())
     }
 
     /// Requires the master key (admin routes).
-    pub fn require_master(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let principal = self.authenticate(headers)?;
+    pub async fn require_master(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let principal = self.authenticate(headers).await?;
         if principal.is_master {
             Ok(())
         } else {
@@ -168,7 +204,7 @@ async fn readyz(State(core): State<Arc<Core>>) -> Response {
 
 async fn metrics(State(core): State<Arc<Core>>, headers: HeaderMap) -> Response {
     if !core.config().admin.public_metrics {
-        if let Err(e) = core.require_master(&headers) {
+        if let Err(e) = core.require_master(&headers).await {
             return e.into_response();
         }
     }

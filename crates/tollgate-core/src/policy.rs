@@ -217,10 +217,14 @@ pub fn principal_value(p: &Principal) -> Value {
         ("name", string(&p.name)),
         ("user", string(p.user.as_deref().unwrap_or(""))),
         ("team", string(p.team.as_deref().unwrap_or(""))),
+        ("subject", string(p.subject.as_deref().unwrap_or(""))),
         ("is_master", Value::Bool(p.is_master)),
-        ("roles", Value::List(Arc::new(Vec::new()))),
-        ("tenant", string("")),
-        ("agent", string("")),
+        (
+            "roles",
+            Value::List(Arc::new(p.roles.iter().map(|r| string(r)).collect())),
+        ),
+        ("tenant", string(p.tenant.as_deref().unwrap_or(""))),
+        ("agent", string(p.agent.as_deref().unwrap_or(""))),
     ])
 }
 

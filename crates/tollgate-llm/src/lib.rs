@@ -180,7 +180,7 @@ async fn call_model(
 ) -> Result<Response, Failure> {
     let request_id = ctx.request_id();
     let core = &layer.core;
-    let principal = core.authenticate(headers).map_err(|e| (e, None))?;
+    let principal = core.authenticate(headers).await.map_err(|e| (e, None))?;
     let config = core.config();
     let bytes = read_body(headers, body, &config.limits)
         .await
@@ -373,7 +373,7 @@ fn model_object(name: &str) -> serde_json::Value {
 }
 
 async fn list_models(State(layer): State<Arc<LlmLayer>>, headers: HeaderMap) -> Response {
-    let principal = match layer.core.authenticate(&headers) {
+    let principal = match layer.core.authenticate(&headers).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -395,7 +395,7 @@ async fn get_model(
     headers: HeaderMap,
     PathParam(model): PathParam,
 ) -> Response {
-    let principal = match layer.core.authenticate(&headers) {
+    let principal = match layer.core.authenticate(&headers).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };

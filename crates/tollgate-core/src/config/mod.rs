@@ -108,6 +108,54 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<PolicyConfig>,
+    #[serde(skip_serializing_if = "AuthConfig::is_empty")]
+    pub auth: AuthConfig,
+}
+
+impl AuthConfig {
+    pub fn is_empty(&self) -> bool {
+        self.jwt.is_none()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct AuthConfig {
+    /// JWT bearer tokens, accepted alongside virtual keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JwtConfig {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    #[serde(flatten)]
+    pub jwks: JwksSource,
+    /// Accepted signature algorithms: `RS256`, `ES256`, `EdDSA`.
+    pub algorithms: Vec<String>,
+    #[serde(with = "units::duration")]
+    pub clock_skew: Duration,
+    /// Least time between two JWKS fetches triggered by an unknown `kid`.
+    #[serde(with = "units::duration")]
+    pub jwks_min_refresh: Duration,
+    pub claims: ClaimMapping,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JwksSource {
+    JwksUrl(String),
+    JwksFile(PathBuf),
+}
+
+/// Which claim fills which principal field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClaimMapping {
+    pub user: String,
+    pub team: String,
+    pub roles: String,
+    pub agent: String,
+    pub tenant: String,
 }
 
 /// A policy rule set (see `policy.rs` for the semantics).
@@ -712,6 +760,66 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
         });
     }
 
+    let mut auth = AuthConfig::default();
+    if let Some(j) = raw.auth.and_then(|a| a.jwt) {
+        let jwks = match (j.jwks_url, j.jwks_file) {
+            (Some(u), None) if u.starts_with("http://") || u.starts_with("https://") => {
+                JwksSource::JwksUrl(u)
+            }
+            (Some(u), None) => {
+                errors.push(FieldError::new(
+                    "auth.jwt.jwks_url",
+                    format!("must be an http(s) URL, got {u:?}"),
+                ));
+                JwksSource::JwksUrl(u)
+            }
+            (None, Some(f)) => JwksSource::JwksFile(PathBuf::from(f)),
+            _ => {
+                errors.push(FieldError::new(
+                    "auth.jwt",
+                    "set exactly one of jwks_url and jwks_file",
+                ));
+                JwksSource::JwksFile(PathBuf::new())
+            }
+        };
+        let algorithms = j
+            .algorithms
+            .unwrap_or_else(|| vec!["RS256".into(), "ES256".into(), "EdDSA".into()]);
+        for (k, a) in algorithms.iter().enumerate() {
+            if !matches!(a.as_str(), "RS256" | "ES256" | "EdDSA") {
+                errors.push(FieldError::new(
+                    format!("auth.jwt.algorithms[{k}]"),
+                    format!("unsupported algorithm {a:?}: use RS256, ES256 or EdDSA"),
+                ));
+            }
+        }
+        if j.issuer.is_empty() {
+            errors.push(FieldError::new("auth.jwt.issuer", "must not be empty"));
+        }
+        if j.audiences.is_empty() {
+            errors.push(FieldError::new(
+                "auth.jwt.audiences",
+                "needs at least one audience",
+            ));
+        }
+        let c = j.claims.unwrap_or_default();
+        auth.jwt = Some(JwtConfig {
+            issuer: j.issuer,
+            audiences: j.audiences,
+            jwks,
+            algorithms,
+            clock_skew: j.clock_skew.unwrap_or(Duration::from_secs(60)),
+            jwks_min_refresh: j.jwks_min_refresh.unwrap_or(Duration::from_secs(30)),
+            claims: ClaimMapping {
+                user: c.user.unwrap_or_else(|| "sub".into()),
+                team: c.team.unwrap_or_else(|| "team".into()),
+                roles: c.roles.unwrap_or_else(|| "roles".into()),
+                agent: c.agent.unwrap_or_else(|| "agent".into()),
+                tenant: c.tenant.unwrap_or_else(|| "tenant".into()),
+            },
+        });
+    }
+
     let mut policies = Vec::new();
     let mut policy_names = HashSet::new();
     for (i, p) in raw.policies.unwrap_or_default().into_iter().enumerate() {
@@ -781,6 +889,7 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
         providers,
         models,
         policies,
+        auth,
     }
 }
 

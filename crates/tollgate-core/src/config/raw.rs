@@ -26,6 +26,38 @@ pub struct RawConfig {
     pub providers: Option<Vec<RawProvider>>,
     pub models: Option<Vec<RawModel>>,
     pub policies: Option<Vec<RawPolicy>>,
+    pub auth: Option<RawAuth>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub jwt: Option<RawJwt>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub jwks_url: Option<String>,
+    pub jwks_file: Option<String>,
+    pub algorithms: Option<Vec<String>>,
+    #[serde(default, with = "units::duration")]
+    pub clock_skew: Option<Duration>,
+    #[serde(default, with = "units::duration")]
+    pub jwks_min_refresh: Option<Duration>,
+    pub claims: Option<RawClaims>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClaims {
+    pub user: Option<String>,
+    pub team: Option<String>,
+    pub roles: Option<String>,
+    pub agent: Option<String>,
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

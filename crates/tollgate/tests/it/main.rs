@@ -8,6 +8,7 @@ mod audit;
 mod chat;
 mod cli;
 mod harness;
+mod jwt;
 mod ops;
 mod passthrough;
 mod policy;
