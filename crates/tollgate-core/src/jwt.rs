@@ -85,7 +85,16 @@ impl JwtVerifier {
     /// Loads the JWKS (file or URL) once; later fetches happen on unknown `kid`s.
     pub async fn new(cfg: JwtConfig) -> Result<JwtVerifier, String> {
         let algorithms = cfg.algorithms.iter().filter_map(|a| algorithm(a)).collect();
-        let keys = load(&cfg.jwks).await?;
+        let keys = match (&cfg.jwks, load(&cfg.jwks).await) {
+            (_, Ok(keys)) => keys,
+            // An issuer that is down must not keep the gateway from starting: start with no
+            // keys and fetch again on the first token.
+            (JwksSource::JwksUrl(url), Err(e)) => {
+                tracing::warn!(url, error = %e, "JWKS not loaded at start; will retry on the first token");
+                Keys { by_kid: HashMap::new(), unnamed: Vec::new() }
+            }
+            (JwksSource::JwksFile(_), Err(e)) => return Err(e),
+        };
         Ok(JwtVerifier {
             cfg,
             algorithms,
