@@ -91,7 +91,10 @@ impl JwtVerifier {
             // keys and fetch again on the first token.
             (JwksSource::JwksUrl(url), Err(e)) => {
                 tracing::warn!(url, error = %e, "JWKS not loaded at start; will retry on the first token");
-                Keys { by_kid: HashMap::new(), unnamed: Vec::new() }
+                Keys {
+                    by_kid: HashMap::new(),
+                    unnamed: Vec::new(),
+                }
             }
             (JwksSource::JwksFile(_), Err(e)) => return Err(e),
         };
