@@ -23,7 +23,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde_json::json;
 use tollgate_core::audit::AuditEvent;
-use tollgate_core::config::Config;
+use tollgate_core::config::{Config, ProviderConfig};
 use tollgate_core::context::{RequestContext, TraceContext};
 use tollgate_core::error::{ApiError, ErrorKind};
 use tollgate_core::http::{json_response, read_body, PathParam, ResponseTag};
@@ -48,32 +48,47 @@ pub struct Target {
 /// Everything the layer derives from config, swapped whole on reload.
 pub struct LlmState {
     policy: Policy,
+    /// Each provider with the config it was built from, for reuse across reloads.
+    providers: HashMap<String, (ProviderConfig, Arc<NamedProvider>)>,
     models: HashMap<String, Arc<ModelRoute>>,
     /// Model names in config order, for `/v1/models`.
     order: Vec<Arc<ModelRoute>>,
 }
 
 impl LlmState {
-    pub fn build(config: &Config) -> Result<LlmState, String> {
+    /// Builds routing from config. Providers whose config is unchanged from `previous` are
+    /// reused, keeping their upstream connection pools (and TLS sessions) across reloads.
+    pub fn build(config: &Config, previous: Option<&LlmState>) -> Result<LlmState, String> {
         let mut providers = HashMap::new();
         for p in &config.providers {
-            let built = Provider::build(p).map_err(|e| format!("provider {:?}: {e}", p.name))?;
-            providers.insert(
-                p.name.clone(),
-                Arc::new(NamedProvider {
-                    name: Arc::from(p.name.as_str()),
-                    provider: built,
-                }),
-            );
+            let kept = previous
+                .and_then(|prev| prev.providers.get(&p.name))
+                .filter(|(cfg, _)| cfg == p)
+                .map(|(_, provider)| provider.clone());
+            let provider = match kept {
+                Some(provider) => provider,
+                None => {
+                    let built =
+                        Provider::build(p).map_err(|e| format!("provider {:?}: {e}", p.name))?;
+                    Arc::new(NamedProvider {
+                        name: Arc::from(p.name.as_str()),
+                        provider: built,
+                    })
+                }
+            };
+            providers.insert(p.name.clone(), (p.clone(), provider));
         }
         let mut models = HashMap::new();
         let mut order = Vec::new();
         for m in &config.models {
             let mut targets = Vec::new();
             for t in &m.targets {
-                let provider = providers.get(&t.provider).cloned().ok_or_else(|| {
-                    format!("model {:?}: unknown provider {:?}", m.name, t.provider)
-                })?;
+                let provider = providers
+                    .get(&t.provider)
+                    .map(|(_, p)| p.clone())
+                    .ok_or_else(|| {
+                        format!("model {:?}: unknown provider {:?}", m.name, t.provider)
+                    })?;
                 targets.push(Target {
                     provider,
                     model: Arc::from(t.model.as_str()),
@@ -95,6 +110,7 @@ impl LlmState {
         })?;
         Ok(LlmState {
             policy,
+            providers,
             models,
             order,
         })
@@ -110,13 +126,13 @@ impl LlmLayer {
     pub fn new(core: Arc<Core>, config: &Config) -> Result<Arc<LlmLayer>, String> {
         Ok(Arc::new(LlmLayer {
             core,
-            state: ArcSwap::from_pointee(LlmState::build(config)?),
+            state: ArcSwap::from_pointee(LlmState::build(config, None)?),
         }))
     }
 
     /// Rebuilds routing from a new config. In-flight requests keep the snapshot they loaded.
     pub fn reload(&self, config: &Config) -> Result<(), String> {
-        let state = LlmState::build(config)?;
+        let state = LlmState::build(config, Some(&self.state.load()))?;
         self.state.store(Arc::new(state));
         Ok(())
     }
@@ -403,5 +419,36 @@ async fn get_model(
     match authorize(&state, &principal, &model) {
         Ok(route) => json_response(StatusCode::OK, model_object(&route.name).to_string()),
         Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra_header: &str) -> Config {
+        let yaml = format!(
+            "providers:\n  - {{name: a, kind: openai, base_url: 'http://127.0.0.1:9/v1'}}\n  - {{name: b, kind: openai, base_url: 'http://127.0.0.1:9/v1', headers: {{x: '{extra_header}'}}}}\nmodels:\n  - name: m\n    targets: [{{provider: a}}, {{provider: b}}]\n"
+        );
+        Config::parse(&yaml, "t", &|_| None).unwrap()
+    }
+
+    #[test]
+    fn reload_keeps_unchanged_providers_and_their_pools() {
+        let first = LlmState::build(&config("1"), None).unwrap();
+        let second = LlmState::build(&config("2"), Some(&first)).unwrap();
+        let same = |s: &LlmState, name: &str| s.providers[name].1.clone();
+        assert!(
+            Arc::ptr_eq(&same(&first, "a"), &same(&second, "a")),
+            "unchanged: reused"
+        );
+        assert!(
+            !Arc::ptr_eq(&same(&first, "b"), &same(&second, "b")),
+            "changed: rebuilt"
+        );
+        assert!(Arc::ptr_eq(
+            &second.models["m"].targets[0].provider,
+            &same(&second, "a")
+        ));
     }
 }

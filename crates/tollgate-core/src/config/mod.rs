@@ -273,7 +273,7 @@ pub struct ReloadConfig {
     pub interval: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProviderConfig {
     pub name: String,
     pub kind: ProviderKind,
@@ -308,7 +308,7 @@ impl Serialize for ProviderConfig {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ProviderKind {
     OpenAi(OpenAiSettings),
     Mock(MockSettings),
@@ -323,7 +323,7 @@ impl ProviderKind {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OpenAiSettings {
     /// Base URL without a trailing slash, e.g. `https://api.openai.com/v1`.
     pub base_url: String,
