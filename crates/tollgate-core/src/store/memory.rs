@@ -8,8 +8,8 @@ use async_trait::async_trait;
 
 use super::sqlite::apply_update;
 use super::{
-    AuditStore, KeyRecord, KeySecret, KeyStore, KeyUpdate, MetaStore, Page, SecretHash, StoreError,
-    StoreResult,
+    AuditStore, DirectoryStore, KeyRecord, KeySecret, KeyStore, KeyUpdate, MetaStore, Page,
+    SecretHash, StoreError, StoreResult, TeamRecord, UserRecord,
 };
 use crate::audit::{AuditEvent, AuditRecord, GENESIS};
 
@@ -21,6 +21,8 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct State {
     audit: Vec<AuditRecord>,
+    teams: BTreeMap<String, TeamRecord>,
+    users: BTreeMap<String, UserRecord>,
     keys: BTreeMap<String, KeyRecord>,
     secrets: HashMap<SecretHash, (String, Option<i64>)>,
     meta: HashMap<String, String>,
@@ -237,6 +239,144 @@ impl AuditStore for MemoryStore {
                 .get(super::AUDIT_HEAD)
                 .map(|v| super::parse_head(v))
                 .transpose()
+        })
+    }
+}
+
+/// Roles as SQLite returns them: sorted, without duplicates.
+fn sorted(roles: &[String]) -> Vec<String> {
+    let mut r = roles.to_vec();
+    r.sort();
+    r.dedup();
+    r
+}
+
+#[async_trait]
+impl DirectoryStore for MemoryStore {
+    async fn insert_team(&self, t: &TeamRecord) -> StoreResult<()> {
+        self.with(|s| {
+            if s.teams.contains_key(&t.id) {
+                return Err(StoreError::Conflict(format!(
+                    "team {} already exists",
+                    t.id
+                )));
+            }
+            s.teams.insert(
+                t.id.clone(),
+                TeamRecord {
+                    roles: sorted(&t.roles),
+                    ..t.clone()
+                },
+            );
+            s.seq += 1;
+            Ok(())
+        })
+    }
+
+    async fn replace_team(&self, t: &TeamRecord) -> StoreResult<bool> {
+        self.with(|s| {
+            let Some(old) = s.teams.get_mut(&t.id) else {
+                return Ok(false);
+            };
+            *old = TeamRecord {
+                created_at: old.created_at,
+                ..t.clone()
+            };
+            s.seq += 1;
+            Ok(true)
+        })
+    }
+
+    async fn list_teams(&self) -> StoreResult<Vec<TeamRecord>> {
+        self.with(|s| Ok(s.teams.values().cloned().collect()))
+    }
+
+    async fn delete_team(&self, id: &str) -> StoreResult<bool> {
+        self.with(|s| {
+            let users = s
+                .users
+                .values()
+                .filter(|u| u.team.as_deref() == Some(id))
+                .count();
+            let keys = s
+                .keys
+                .values()
+                .filter(|k| k.team.as_deref() == Some(id) && k.revoked_at.is_none())
+                .count();
+            if users + keys > 0 {
+                return Err(StoreError::Conflict(format!(
+                    "team {id} still has {users} user(s) and {keys} live key(s)"
+                )));
+            }
+            s.seq += 1;
+            Ok(s.teams.remove(id).is_some())
+        })
+    }
+
+    async fn insert_user(&self, u: &UserRecord) -> StoreResult<()> {
+        self.with(|s| {
+            if s.users.contains_key(&u.id) {
+                return Err(StoreError::Conflict(format!(
+                    "user {} already exists",
+                    u.id
+                )));
+            }
+            if u.team.as_ref().is_some_and(|t| !s.teams.contains_key(t)) {
+                return Err(StoreError::Conflict(format!(
+                    "user {}: refers to a missing team",
+                    u.id
+                )));
+            }
+            s.users.insert(
+                u.id.clone(),
+                UserRecord {
+                    roles: sorted(&u.roles),
+                    ..u.clone()
+                },
+            );
+            s.seq += 1;
+            Ok(())
+        })
+    }
+
+    async fn replace_user(&self, u: &UserRecord) -> StoreResult<bool> {
+        self.with(|s| {
+            if u.team.as_ref().is_some_and(|t| !s.teams.contains_key(t)) {
+                return Err(StoreError::Conflict(format!(
+                    "user {}: refers to a missing team",
+                    u.id
+                )));
+            }
+            let Some(old) = s.users.get_mut(&u.id) else {
+                return Ok(false);
+            };
+            *old = UserRecord {
+                created_at: old.created_at,
+                ..u.clone()
+            };
+            s.seq += 1;
+            Ok(true)
+        })
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<UserRecord>> {
+        self.with(|s| Ok(s.users.values().cloned().collect()))
+    }
+
+    async fn delete_user(&self, id: &str) -> StoreResult<bool> {
+        self.with(|s| {
+            let keys = s
+                .keys
+                .values()
+                .filter(|k| k.user.as_deref() == Some(id) && k.revoked_at.is_none())
+                .count();
+            if keys > 0 {
+                return Err(StoreError::Conflict(format!(
+                    "user {id} still has {keys} live key(s)"
+                )));
+            }
+            s.seq += 1;
+            Ok(s.users.remove(id).is_some())
         })
     }
 }

@@ -119,6 +119,48 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn change_seq(&self) -> StoreResult<i64>;
 }
 
+/// A team: a first-class record keys and users belong to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TeamRecord {
+    pub id: String,
+    pub name: String,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub roles: Vec<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A user, optionally in a team.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub id: String,
+    pub name: String,
+    pub email: Option<String>,
+    pub team: Option<String>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub roles: Vec<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// Teams, users and their role assignments. Every change bumps the key change counter, since
+/// principals carry roles.
+#[async_trait]
+pub trait DirectoryStore: Send + Sync + 'static {
+    /// Inserts a team; an existing id is a conflict.
+    async fn insert_team(&self, team: &TeamRecord) -> StoreResult<()>;
+    /// Replaces a team's fields and roles; false if it does not exist.
+    async fn replace_team(&self, team: &TeamRecord) -> StoreResult<bool>;
+    async fn list_teams(&self) -> StoreResult<Vec<TeamRecord>>;
+    /// Deletes a team; a conflict while users or live keys refer to it.
+    async fn delete_team(&self, id: &str) -> StoreResult<bool>;
+    async fn insert_user(&self, user: &UserRecord) -> StoreResult<()>;
+    async fn replace_user(&self, user: &UserRecord) -> StoreResult<bool>;
+    async fn list_users(&self) -> StoreResult<Vec<UserRecord>>;
+    /// Deletes a user; a conflict while live keys refer to it.
+    async fn delete_user(&self, id: &str) -> StoreResult<bool>;
+}
+
 /// The audit chain's storage. Appends are atomic and chain onto whatever head the store has at
 /// that moment, so concurrent writers (processes) keep one chain.
 #[async_trait]
@@ -147,6 +189,7 @@ pub struct Stores {
     pub keys: Arc<dyn KeyStore>,
     pub meta: Arc<dyn MetaStore>,
     pub audit: Arc<dyn AuditStore>,
+    pub directory: Arc<dyn DirectoryStore>,
 }
 
 impl Stores {
@@ -158,7 +201,8 @@ impl Stores {
                 Ok(Stores {
                     keys: s.clone(),
                     meta: s.clone(),
-                    audit: s,
+                    audit: s.clone(),
+                    directory: s,
                 })
             }
             DatabaseUrl::Sqlite(path) => {
@@ -166,7 +210,8 @@ impl Stores {
                 Ok(Stores {
                     keys: s.clone(),
                     meta: s.clone(),
-                    audit: s,
+                    audit: s.clone(),
+                    directory: s,
                 })
             }
         }

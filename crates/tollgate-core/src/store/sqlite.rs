@@ -12,14 +12,19 @@ use sqlx::{Row, SqlitePool};
 use crate::audit::{AuditEvent, AuditRecord, GENESIS};
 
 use super::{
-    format_head, parse_head, AuditStore, KeyRecord, KeySecret, KeyStore, KeyUpdate, MetaStore,
-    Page, StoreError, StoreResult, AUDIT_HEAD,
+    format_head, parse_head, AuditStore, DirectoryStore, KeyRecord, KeySecret, KeyStore, KeyUpdate,
+    MetaStore, Page, StoreError, StoreResult, TeamRecord, UserRecord, AUDIT_HEAD,
 };
 
 /// Migrations in order. A released migration is never edited; add a new one.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "keys", include_str!("migrations/sqlite/0001_keys.sql")),
     (2, "audit", include_str!("migrations/sqlite/0002_audit.sql")),
+    (
+        3,
+        "directory",
+        include_str!("migrations/sqlite/0003_directory.sql"),
+    ),
 ];
 
 const KEYS_SEQ: &str = "keys_seq";
@@ -591,5 +596,278 @@ impl SqliteStore {
     #[cfg(test)]
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+}
+
+async fn roles_of(
+    exec: &mut sqlx::SqliteConnection,
+    kind: &str,
+) -> StoreResult<std::collections::HashMap<String, Vec<String>>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT subject_id, role FROM role_assignments WHERE subject_kind = ? ORDER BY role",
+    )
+    .bind(kind)
+    .fetch_all(exec)
+    .await
+    .map_err(unavailable)?;
+    let mut out: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for (id, role) in rows {
+        out.entry(id).or_default().push(role);
+    }
+    Ok(out)
+}
+
+async fn set_roles(
+    tx: &mut sqlx::SqliteConnection,
+    kind: &str,
+    id: &str,
+    roles: &[String],
+) -> StoreResult<()> {
+    sqlx::query("DELETE FROM role_assignments WHERE subject_kind = ? AND subject_id = ?")
+        .bind(kind)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    for role in roles {
+        sqlx::query("INSERT OR IGNORE INTO role_assignments (subject_kind, subject_id, role) VALUES (?, ?, ?)")
+            .bind(kind)
+            .bind(id)
+            .bind(role)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    }
+    sqlx::query(bump_seq_sql())
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+fn conflict_or_unavailable(what: String) -> impl Fn(sqlx::Error) -> StoreError {
+    move |e| match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(what.clone()),
+        sqlx::Error::Database(d) if d.is_foreign_key_violation() => {
+            StoreError::Conflict(format!("{what}: refers to a missing team"))
+        }
+        _ => unavailable(e),
+    }
+}
+
+#[async_trait]
+impl DirectoryStore for SqliteStore {
+    async fn insert_team(&self, t: &TeamRecord) -> StoreResult<()> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
+        sqlx::query(
+            "INSERT INTO teams (id, name, metadata, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&t.id)
+        .bind(&t.name)
+        .bind(json(&t.metadata))
+        .bind(t.created_at)
+        .bind(t.updated_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(conflict_or_unavailable(format!(
+            "team {} already exists",
+            t.id
+        )))?;
+        set_roles(&mut tx, "team", &t.id, &t.roles).await?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn replace_team(&self, t: &TeamRecord) -> StoreResult<bool> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
+        let done =
+            sqlx::query("UPDATE teams SET name = ?, metadata = ?, updated_at = ? WHERE id = ?")
+                .bind(&t.name)
+                .bind(json(&t.metadata))
+                .bind(t.updated_at)
+                .bind(&t.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        set_roles(&mut tx, "team", &t.id, &t.roles).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(true)
+    }
+
+    async fn list_teams(&self) -> StoreResult<Vec<TeamRecord>> {
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        let rows: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
+            "SELECT id, name, metadata, created_at, updated_at FROM teams ORDER BY id",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        let mut roles = roles_of(&mut conn, "team").await?;
+        rows.into_iter()
+            .map(|(id, name, metadata, created_at, updated_at)| {
+                Ok(TeamRecord {
+                    roles: roles.remove(&id).unwrap_or_default(),
+                    id,
+                    name,
+                    metadata: serde_json::from_str(&metadata)
+                        .map_err(|e| StoreError::Corrupt(format!("teams.metadata: {e}")))?,
+                    created_at,
+                    updated_at,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_team(&self, id: &str) -> StoreResult<bool> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
+        let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE team_id = ?")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let keys: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM keys WHERE team_id = ? AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if users + keys > 0 {
+            return Err(StoreError::Conflict(format!(
+                "team {id} still has {users} user(s) and {keys} live key(s)"
+            )));
+        }
+        let done = sqlx::query("DELETE FROM teams WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        set_roles(&mut tx, "team", id, &[]).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn insert_user(&self, u: &UserRecord) -> StoreResult<()> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
+        sqlx::query("INSERT INTO users (id, name, email, team_id, metadata, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+            .bind(&u.id)
+            .bind(&u.name)
+            .bind(&u.email)
+            .bind(&u.team)
+            .bind(json(&u.metadata))
+            .bind(u.created_at)
+            .bind(u.updated_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(conflict_or_unavailable(format!("user {} already exists", u.id)))?;
+        set_roles(&mut tx, "user", &u.id, &u.roles).await?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn replace_user(&self, u: &UserRecord) -> StoreResult<bool> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
+        let done = sqlx::query("UPDATE users SET name = ?, email = ?, team_id = ?, metadata = ?, updated_at = ? WHERE id = ?")
+            .bind(&u.name)
+            .bind(&u.email)
+            .bind(&u.team)
+            .bind(json(&u.metadata))
+            .bind(u.updated_at)
+            .bind(&u.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(conflict_or_unavailable(format!("user {}", u.id)))?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        set_roles(&mut tx, "user", &u.id, &u.roles).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(true)
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<UserRecord>> {
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        type Row = (
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            String,
+            i64,
+            i64,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, name, email, team_id, metadata, created_at, updated_at FROM users ORDER BY id",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        let mut roles = roles_of(&mut conn, "user").await?;
+        rows.into_iter()
+            .map(
+                |(id, name, email, team, metadata, created_at, updated_at)| {
+                    Ok(UserRecord {
+                        roles: roles.remove(&id).unwrap_or_default(),
+                        id,
+                        name,
+                        email,
+                        team,
+                        metadata: serde_json::from_str(&metadata)
+                            .map_err(|e| StoreError::Corrupt(format!("users.metadata: {e}")))?,
+                        created_at,
+                        updated_at,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    async fn delete_user(&self, id: &str) -> StoreResult<bool> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
+        let keys: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM keys WHERE user_id = ? AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if keys > 0 {
+            return Err(StoreError::Conflict(format!(
+                "user {id} still has {keys} live key(s)"
+            )));
+        }
+        let done = sqlx::query("DELETE FROM users WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        set_roles(&mut tx, "user", id, &[]).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(done.rows_affected() > 0)
     }
 }

@@ -316,3 +316,93 @@ async fn audit_appends_from_two_processes_keep_one_chain() {
     }
     assert_eq!(crate::audit::verify(a.as_ref()).await.unwrap(), Ok(40));
 }
+
+fn team(id: &str, roles: &[&str]) -> TeamRecord {
+    TeamRecord {
+        id: id.into(),
+        name: format!("Team {id}"),
+        metadata: Default::default(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+#[tokio::test]
+async fn directory_teams_users_roles() {
+    for (engine, s, _dir) in engines().await {
+        let seq = s.keys.change_seq().await.unwrap();
+        s.directory
+            .insert_team(&team("ml", &["reader", "admin"]))
+            .await
+            .unwrap();
+        assert!(
+            s.keys.change_seq().await.unwrap() > seq,
+            "{engine}: roles change principals"
+        );
+        assert!(matches!(
+            s.directory.insert_team(&team("ml", &[])).await,
+            Err(StoreError::Conflict(_))
+        ));
+        let user = UserRecord {
+            id: "alice".into(),
+            name: "Alice".into(),
+            email: Some("a@example.com".into()),
+            team: Some("ml".into()),
+            metadata: Default::default(),
+            roles: vec!["writer".into()],
+            created_at: 1,
+            updated_at: 1,
+        };
+        s.directory.insert_user(&user).await.unwrap();
+        let ghost = UserRecord {
+            id: "bob".into(),
+            team: Some("ghost".into()),
+            ..user.clone()
+        };
+        assert!(
+            matches!(
+                s.directory.insert_user(&ghost).await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{engine}"
+        );
+        let teams = s.directory.list_teams().await.unwrap();
+        assert_eq!(teams[0].roles, ["admin", "reader"], "{engine}");
+        assert_eq!(
+            s.directory.list_users().await.unwrap(),
+            vec![user.clone()],
+            "{engine}"
+        );
+
+        assert!(s
+            .directory
+            .replace_team(&team("ml", &["reader"]))
+            .await
+            .unwrap());
+        assert_eq!(s.directory.list_teams().await.unwrap()[0].roles, ["reader"]);
+        assert!(!s.directory.replace_team(&team("nope", &[])).await.unwrap());
+
+        assert!(
+            matches!(
+                s.directory.delete_team("ml").await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{engine}: user still in team"
+        );
+        let mut k = key("k", 1);
+        k.user = Some("alice".into());
+        s.keys.insert_key(&k, &secret(7)).await.unwrap();
+        assert!(
+            matches!(
+                s.directory.delete_user("alice").await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{engine}: live key"
+        );
+        s.keys.revoke_key("k", 2).await.unwrap();
+        assert!(s.directory.delete_user("alice").await.unwrap());
+        assert!(s.directory.delete_team("ml").await.unwrap());
+        assert!(s.directory.list_teams().await.unwrap().is_empty());
+    }
+}
