@@ -30,14 +30,21 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/admin/v1/keys/{id}/revoke", post(revoke_key))
         .route("/admin/v1/keys/{id}/rotate", post(rotate_key))
         .route("/admin/v1/openapi.json", get(openapi))
-        .with_state(core)
+        .with_state(core.clone())
+        .merge(crate::directory::router(core))
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tollgate admin API", description = "Manage tollgate's virtual keys. Every call needs the master key as a bearer token."),
-    paths(list_keys, create_key, get_key, update_key, revoke_key, rotate_key),
-    components(schemas(KeyView, KeyStatus, CreateKeyRequest, UpdateKeyRequest, RotateKeyRequest, CreatedKey, KeyList, ErrorBody, ErrorDetail)),
+    paths(list_keys, create_key, get_key, update_key, revoke_key, rotate_key,
+          crate::directory::list_teams, crate::directory::create_team, crate::directory::get_team,
+          crate::directory::update_team, crate::directory::delete_team,
+          crate::directory::list_users, crate::directory::create_user, crate::directory::get_user,
+          crate::directory::update_user, crate::directory::delete_user),
+    components(schemas(KeyView, KeyStatus, CreateKeyRequest, UpdateKeyRequest, RotateKeyRequest, CreatedKey, KeyList, ErrorBody, ErrorDetail,
+          crate::directory::TeamView, crate::directory::UserView, crate::directory::CreateTeamRequest,
+          crate::directory::UpdateTeamRequest, crate::directory::CreateUserRequest, crate::directory::UpdateUserRequest)),
     modifiers(&MasterKeyAuth),
     security(("master_key" = []))
 )]
@@ -206,13 +213,13 @@ struct ListQuery {
     after: Option<String>,
 }
 
-fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+pub(crate) fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Ok(Some(Option::deserialize(d)?))
 }
 
-fn ok_json(status: StatusCode, v: &impl Serialize) -> Response {
+pub(crate) fn ok_json(status: StatusCode, v: &impl Serialize) -> Response {
     match serde_json::to_vec(v) {
         Ok(body) => json_response(status, body),
         Err(e) => ApiError::internal(format!("cannot encode response: {e}")).into_response(),
@@ -238,7 +245,7 @@ fn parse_expiry(at: Option<&str>, within: Option<&str>, now: i64) -> Result<Opti
     }
 }
 
-async fn body_json<T: for<'de> Deserialize<'de> + Default>(
+pub(crate) async fn body_json<T: for<'de> Deserialize<'de> + Default>(
     core: &Core,
     headers: &HeaderMap,
     body: Body,
@@ -250,12 +257,12 @@ async fn body_json<T: for<'de> Deserialize<'de> + Default>(
     parse_json(&bytes)
 }
 
-fn respond(result: Result<Response, ApiError>) -> Response {
+pub(crate) fn respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Records a key change in the audit chain, successful or not.
-async fn audit<T>(
+pub(crate) async fn audit<T>(
     core: &Core,
     rid: &Option<Extension<RequestContext>>,
     action: &str,

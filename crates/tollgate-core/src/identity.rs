@@ -56,6 +56,29 @@ impl Principal {
         self.models.is_empty() || self.models.iter().any(|g| g.matches(model))
     }
 
+    /// A key's principal with its user's and team's directory records: the team falls back to
+    /// the user's, and roles are the union of both records' roles.
+    pub fn from_key_in(
+        key: &KeyRecord,
+        user: Option<&crate::store::UserRecord>,
+        team: Option<&crate::store::TeamRecord>,
+    ) -> Principal {
+        let mut p = Principal::from_key(key);
+        if p.team.is_none() {
+            p.team = user.and_then(|u| u.team.clone());
+        }
+        let mut roles: Vec<String> = user
+            .map(|u| u.roles.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(team.map(|t| t.roles.clone()).unwrap_or_default())
+            .collect();
+        roles.sort();
+        roles.dedup();
+        p.roles = roles;
+        p
+    }
+
     /// A principal authenticated by a verified JWT. Model access is left to policies.
     pub fn from_token(
         subject: String,

@@ -21,7 +21,8 @@ use crate::error::{ApiError, ErrorKind};
 use crate::glob::Glob;
 use crate::identity::Principal;
 use crate::store::{
-    KeyRecord, KeySecret, KeyStore, KeyUpdate, MetaStore, Page, SecretHash, StoreError,
+    DirectoryStore, KeyRecord, KeySecret, KeyStore, KeyUpdate, MetaStore, Page, SecretHash,
+    StoreError, TeamRecord, UserRecord,
 };
 
 /// Every virtual key secret starts with this, so leaked keys are recognisable by scanners.
@@ -103,6 +104,7 @@ pub struct NewKey {
 
 pub struct KeyService {
     store: Arc<dyn KeyStore>,
+    directory: Arc<dyn DirectoryStore>,
     snapshot: ArcSwap<Snapshot>,
     master_hash: ArcSwap<Option<SecretHash>>,
     master: Arc<Principal>,
@@ -123,9 +125,13 @@ pub enum MasterKey {
 }
 
 impl KeyService {
-    pub async fn new(store: Arc<dyn KeyStore>) -> Result<KeyService, StoreError> {
+    pub async fn new(
+        store: Arc<dyn KeyStore>,
+        directory: Arc<dyn DirectoryStore>,
+    ) -> Result<KeyService, StoreError> {
         let svc = KeyService {
             store,
+            directory,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             master_hash: ArcSwap::from_pointee(None),
             master: Arc::new(Principal::master()),
@@ -213,9 +219,26 @@ impl KeyService {
         let seq = self.store.change_seq().await?;
         let now = crate::time::now();
         let active = self.store.load_active(now).await?;
+        let users: HashMap<String, UserRecord> = self
+            .directory
+            .list_users()
+            .await?
+            .into_iter()
+            .map(|u| (u.id.clone(), u))
+            .collect();
+        let teams: HashMap<String, TeamRecord> = self
+            .directory
+            .list_teams()
+            .await?
+            .into_iter()
+            .map(|t| (t.id.clone(), t))
+            .collect();
         let mut snap = Snapshot::default();
         for (key, secrets) in active {
-            let principal = Arc::new(Principal::from_key(&key));
+            let user = key.user.as_ref().and_then(|u| users.get(u));
+            let team_id = key.team.as_ref().or(user.and_then(|u| u.team.as_ref()));
+            let team = team_id.and_then(|t| teams.get(t));
+            let principal = Arc::new(Principal::from_key_in(&key, user, team));
             for s in secrets {
                 snap.by_hash.insert(
                     s.hash,
@@ -268,8 +291,29 @@ impl KeyService {
         }
     }
 
+    /// Keys may only name users and teams that exist.
+    async fn check_refs(&self, user: Option<&str>, team: Option<&str>) -> Result<(), ApiError> {
+        if let Some(u) = user {
+            if !self.directory.list_users().await?.iter().any(|x| x.id == u) {
+                return Err(
+                    ApiError::invalid(format!("no user {u:?}: create it first")).param("user")
+                );
+            }
+        }
+        if let Some(t) = team {
+            if !self.directory.list_teams().await?.iter().any(|x| x.id == t) {
+                return Err(
+                    ApiError::invalid(format!("no team {t:?}: create it first")).param("team")
+                );
+            }
+        }
+        Ok(())
+    }
+
     pub async fn create(&self, new: NewKey) -> Result<(KeyRecord, String), ApiError> {
         validate_key_fields(Some(&new.name), new.models.iter())?;
+        self.check_refs(new.user.as_deref(), new.team.as_deref())
+            .await?;
         let secret = mint_secret(KEY_PREFIX)?;
         let now = crate::time::now();
         let record = KeyRecord {
@@ -312,6 +356,11 @@ impl KeyService {
 
     pub async fn update(&self, id: &str, update: &KeyUpdate) -> Result<KeyRecord, ApiError> {
         validate_key_fields(update.name.as_ref(), update.models.iter().flatten())?;
+        self.check_refs(
+            update.user.as_ref().and_then(|u| u.as_deref()),
+            update.team.as_ref().and_then(|t| t.as_deref()),
+        )
+        .await?;
         let key = self
             .store
             .update_key(id, update, crate::time::now())
@@ -407,7 +456,10 @@ mod tests {
 
     async fn service() -> (KeyService, Arc<MemoryStore>) {
         let store = Arc::new(MemoryStore::default());
-        (KeyService::new(store.clone()).await.unwrap(), store)
+        (
+            KeyService::new(store.clone(), store.clone()).await.unwrap(),
+            store,
+        )
     }
 
     #[tokio::test]
@@ -511,13 +563,13 @@ mod tests {
         };
         assert!(svc.is_master(&k));
         assert!(svc.authenticate(&k, 0).unwrap().is_master);
-        let svc2 = KeyService::new(store.clone()).await.unwrap();
+        let svc2 = KeyService::new(store.clone(), store.clone()).await.unwrap();
         assert!(matches!(
             svc2.settle_master(None, store.as_ref()).await.unwrap(),
             MasterKey::Stored
         ));
         assert!(svc2.is_master(&k));
-        let svc3 = KeyService::new(store.clone()).await.unwrap();
+        let svc3 = KeyService::new(store.clone(), store.clone()).await.unwrap();
         svc3.settle_master(Some("configured-master-key"), store.as_ref())
             .await
             .unwrap();
@@ -588,7 +640,8 @@ mod tests {
             inner: MemoryStore::default(),
             reads: Default::default(),
         });
-        let svc = KeyService::new(store.clone()).await.unwrap();
+        let directory = Arc::new(MemoryStore::default());
+        let svc = KeyService::new(store.clone(), directory).await.unwrap();
         let (_, secret) = svc
             .create(NewKey {
                 name: "x".into(),
@@ -608,8 +661,8 @@ mod tests {
     #[tokio::test]
     async fn notices_changes_made_by_another_process() {
         let store = Arc::new(MemoryStore::default());
-        let a = KeyService::new(store.clone()).await.unwrap();
-        let b = KeyService::new(store.clone()).await.unwrap();
+        let a = KeyService::new(store.clone(), store.clone()).await.unwrap();
+        let b = KeyService::new(store.clone(), store.clone()).await.unwrap();
         let (_, secret) = a
             .create(NewKey {
                 name: "x".into(),

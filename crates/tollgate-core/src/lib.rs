@@ -6,6 +6,7 @@ pub mod admin;
 pub mod audit;
 pub mod config;
 pub mod context;
+pub mod directory;
 pub mod error;
 pub mod glob;
 pub mod http;
@@ -54,7 +55,7 @@ impl Core {
     /// Opens the store, loads the key cache and settles the master key.
     pub async fn open(config: Config) -> Result<(Arc<Core>, MasterKey), ApiError> {
         let stores = Stores::open(&config.storage.database_url).await?;
-        let keys = Arc::new(KeyService::new(stores.keys.clone()).await?);
+        let keys = Arc::new(KeyService::new(stores.keys.clone(), stores.directory.clone()).await?);
         let master = keys
             .settle_master(
                 config.master_key.as_ref().map(|k| k.expose()),

@@ -228,7 +228,7 @@ async fn keys(arg: &ConfigArg, command: KeysCommand) -> anyhow::Result<ExitCode>
         }
     };
     let stores = Stores::open(&config.storage.database_url).await?;
-    let svc = Arc::new(KeyService::new(stores.keys.clone()).await?);
+    let svc = Arc::new(KeyService::new(stores.keys.clone(), stores.directory.clone()).await?);
     let (audit_log, _writer) = AuditLog::start(stores.audit.clone());
     let record = |action: &str, target: &str, ok: bool| {
         let mut ev = AuditEvent::new(action, if ok { "success" } else { "failure" });

@@ -280,6 +280,7 @@ impl DirectoryStore for MemoryStore {
             };
             *old = TeamRecord {
                 created_at: old.created_at,
+                roles: sorted(&t.roles),
                 ..t.clone()
             };
             s.seq += 1;
@@ -352,6 +353,7 @@ impl DirectoryStore for MemoryStore {
             };
             *old = UserRecord {
                 created_at: old.created_at,
+                roles: sorted(&u.roles),
                 ..u.clone()
             };
             s.seq += 1;

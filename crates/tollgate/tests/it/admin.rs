@@ -8,6 +8,8 @@ use crate::harness::*;
 #[tokio::test]
 async fn key_lifecycle() {
     let t = start(MOCK).await;
+    t.team("ml", &[]).await;
+    t.user("alice", Some("ml"), &[]).await;
     let chat = |secret: String| {
         let client = t.client.clone();
         async move {

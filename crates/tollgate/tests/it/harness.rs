@@ -52,6 +52,32 @@ impl TestGateway {
         )
     }
 
+    /// Creates a team (and optional roles) through the admin API.
+    pub async fn team(&self, id: &str, roles: &[&str]) {
+        let res = self
+            .client
+            .post_json(
+                "/admin/v1/teams",
+                MASTER,
+                &json!({"id": id, "roles": roles}),
+            )
+            .await;
+        assert_eq!(res.status, 201, "{}", res.text());
+    }
+
+    /// Creates a user through the admin API.
+    pub async fn user(&self, id: &str, team: Option<&str>, roles: &[&str]) {
+        let res = self
+            .client
+            .post_json(
+                "/admin/v1/users",
+                MASTER,
+                &json!({"id": id, "team": team, "roles": roles}),
+            )
+            .await;
+        assert_eq!(res.status, 201, "{}", res.text());
+    }
+
     pub async fn any_key(&self) -> String {
         self.key(json!({"name": "test"})).await.1
     }

@@ -7,6 +7,7 @@ mod admin;
 mod audit;
 mod chat;
 mod cli;
+mod directory;
 mod harness;
 mod jwt;
 mod ops;

@@ -38,6 +38,8 @@ policies:
         up.base_url()
     );
     let t = start(&yaml).await;
+    t.team("interns", &[]).await;
+    t.team("staff", &[]).await;
     let (_, intern) = t.key(json!({"name": "i", "team": "interns"})).await;
     let (_, staff) = t.key(json!({"name": "s", "team": "staff"})).await;
     let body = |max: Option<i64>, stream: bool| {
