@@ -49,6 +49,20 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Manage teams directly in the store.
+    Teams {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        command: DirectoryCommand,
+    },
+    /// Manage users directly in the store.
+    Users {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        command: DirectoryCommand,
+    },
     /// Check or export the tamper-evident audit chain.
     Audit {
         #[command(flatten)]
@@ -56,6 +70,35 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum DirectoryCommand {
+    /// Create a record.
+    Create {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Users only: the team they belong to.
+        #[arg(long)]
+        team: Option<String>,
+        /// Users only.
+        #[arg(long)]
+        email: Option<String>,
+        /// A role to assign, repeatable.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+    /// List records as JSON.
+    List,
+    /// Replace a record's roles (none given: remove all).
+    SetRoles {
+        id: String,
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+    /// Delete a record (refused while keys, or users, belong to it).
+    Delete { id: String },
 }
 
 #[derive(Subcommand)]
@@ -145,6 +188,8 @@ fn main() -> ExitCode {
             Command::Check(arg) => check(&arg),
             Command::Keys { config, command } => keys(&config, command).await,
             Command::Audit { config, command } => audit(&config, command).await,
+            Command::Teams { config, command } => directory(&config, "team", command).await,
+            Command::Users { config, command } => directory(&config, "user", command).await,
         }
     });
     match result {
@@ -345,6 +390,130 @@ async fn keys(arg: &ConfigArg, command: KeysCommand) -> anyhow::Result<ExitCode>
         }
     }
     audit_log.flush().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn directory(
+    arg: &ConfigArg,
+    kind: &str,
+    command: DirectoryCommand,
+) -> anyhow::Result<ExitCode> {
+    use tollgate_core::store::{TeamRecord, UserRecord};
+    let (config, _) = match load(arg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let stores = Stores::open(&config.storage.database_url).await?;
+    let dir = stores.directory.clone();
+    let (audit_log, _writer) = AuditLog::start(stores.audit.clone());
+    let now = tollgate_core::time::now();
+    let teams = dir.list_teams().await?;
+    let users = dir.list_users().await?;
+    let (action, target, result): (&str, String, anyhow::Result<()>) = match command {
+        DirectoryCommand::List => {
+            let out = if kind == "team" {
+                serde_json::to_string_pretty(&teams)?
+            } else {
+                serde_json::to_string_pretty(&users)?
+            };
+            println!("{out}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        DirectoryCommand::Create {
+            id,
+            name,
+            team,
+            email,
+            roles,
+        } => {
+            let name = name.unwrap_or_else(|| id.clone());
+            let r = if kind == "team" {
+                dir.insert_team(&TeamRecord {
+                    id: id.clone(),
+                    name,
+                    metadata: Default::default(),
+                    roles,
+                    created_at: now,
+                    updated_at: now,
+                })
+                .await
+            } else {
+                if let Some(t) = &team {
+                    if !teams.iter().any(|x| &x.id == t) {
+                        anyhow::bail!("no team {t:?}: create it first");
+                    }
+                }
+                dir.insert_user(&UserRecord {
+                    id: id.clone(),
+                    name,
+                    email,
+                    team,
+                    metadata: Default::default(),
+                    roles,
+                    created_at: now,
+                    updated_at: now,
+                })
+                .await
+            };
+            ("create", id, r.map_err(anyhow::Error::from))
+        }
+        DirectoryCommand::SetRoles { id, roles } => {
+            let r = if kind == "team" {
+                match teams.into_iter().find(|t| t.id == id) {
+                    Some(t) => dir
+                        .replace_team(&TeamRecord {
+                            roles,
+                            updated_at: now,
+                            ..t
+                        })
+                        .await
+                        .map(|_| ())
+                        .map_err(anyhow::Error::from),
+                    None => Err(anyhow::anyhow!("no team {id:?}")),
+                }
+            } else {
+                match users.into_iter().find(|u| u.id == id) {
+                    Some(u) => dir
+                        .replace_user(&UserRecord {
+                            roles,
+                            updated_at: now,
+                            ..u
+                        })
+                        .await
+                        .map(|_| ())
+                        .map_err(anyhow::Error::from),
+                    None => Err(anyhow::anyhow!("no user {id:?}")),
+                }
+            };
+            ("update", id, r)
+        }
+        DirectoryCommand::Delete { id } => {
+            let r = if kind == "team" {
+                dir.delete_team(&id).await
+            } else {
+                dir.delete_user(&id).await
+            };
+            let r = match r {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(anyhow::anyhow!("no {kind} {id:?}")),
+                Err(e) => Err(e.into()),
+            };
+            ("delete", id, r)
+        }
+    };
+    let mut ev = AuditEvent::new(
+        &format!("{kind}.{action}"),
+        if result.is_ok() { "success" } else { "failure" },
+    );
+    ev.principal = Some("cli".to_owned());
+    ev.target = Some(target.clone());
+    audit_log.record(ev).await;
+    audit_log.flush().await;
+    result?;
+    println!("{kind} {target}: {action}d");
     Ok(ExitCode::SUCCESS)
 }
 

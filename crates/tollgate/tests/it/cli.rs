@@ -165,10 +165,38 @@ async fn embedded_default_serves_mock_echo_and_keys_cli_shares_the_store() {
     assert_eq!(res.status, 200, "{}", res.text());
     assert_eq!(res.json()["choices"][0]["message"]["content"], "hi");
 
+    // Teams and users from the CLI, and a key of theirs.
+    let (ok, _, err) = run(&["teams", "create", "ml", "--role", "reader"], dir.path());
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(
+        &[
+            "users", "create", "alice", "--team", "ml", "--role", "writer",
+        ],
+        dir.path(),
+    );
+    assert!(ok, "{err}");
+    let (ok, _, _) = run(&["users", "create", "bob", "--team", "ghost"], dir.path());
+    assert!(!ok, "unknown team refused");
+    let (ok, out, _) = run(
+        &[
+            "teams",
+            "set-roles",
+            "ml",
+            "--role",
+            "reader",
+            "--role",
+            "admin",
+        ],
+        dir.path(),
+    );
+    assert!(ok, "{out}");
+    let (ok, out, _) = run(&["teams", "list"], dir.path());
+    assert!(ok && out.contains("\"admin\""), "{out}");
+
     // A key made by the CLI in another process is picked up by the running server.
     let (ok, out, err) = run(
         &[
-            "keys", "create", "--name", "cli", "--models", "mock-*", "--json",
+            "keys", "create", "--name", "cli", "--models", "mock-*", "--user", "alice", "--json",
         ],
         dir.path(),
     );
