@@ -186,7 +186,7 @@ async fn serve(layer: &LlmLayer, endpoint: Endpoint, req: Request) -> Response {
 
 type Failure = (ApiError, Option<ResponseTag>);
 
-/// authenticate -> read -> parse -> authorize -> route -> call.
+/// authenticate -> read -> parse -> authorize (key patterns, then policy) -> route -> call.
 async fn call_model(
     layer: &LlmLayer,
     endpoint: Endpoint,
@@ -303,7 +303,10 @@ async fn call_model(
 }
 
 /// Runs the policy. Returns the fields to redact, if any; denials are audited and become 403.
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the request path's parts, passed as borrowed pieces"
+)]
 fn decide(
     core: &Core,
     policy: &Policy,
