@@ -16,6 +16,9 @@ pub struct Principal {
     pub roles: Vec<String>,
     pub tenant: Option<String>,
     pub agent: Option<String>,
+    /// Who acts on whose behalf: the subjects of the token's nested `act` claims (RFC 8693),
+    /// the current actor first. Empty when the principal acts for itself.
+    pub delegation: Vec<String>,
     pub is_master: bool,
     /// Model patterns this principal may use; empty means every model.
     models: Vec<Glob>,
@@ -32,6 +35,7 @@ impl Principal {
             roles: Vec::new(),
             tenant: None,
             agent: None,
+            delegation: Vec::new(),
             is_master: true,
             models: Vec::new(),
         }
@@ -47,6 +51,7 @@ impl Principal {
             roles: Vec::new(),
             tenant: None,
             agent: None,
+            delegation: Vec::new(),
             is_master: false,
             models: crate::keys::compile_patterns(&key.models),
         }
@@ -97,6 +102,7 @@ impl Principal {
             roles,
             tenant,
             agent,
+            delegation: Vec::new(),
             is_master: false,
             models: Vec::new(),
         }

@@ -202,14 +202,28 @@ impl JwtVerifier {
             Some(serde_json::Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
             _ => Vec::new(),
         };
-        Principal::from_token(
+        let mut p = Principal::from_token(
             text("sub").unwrap_or_default(),
             text(&self.cfg.claims.user),
             text(&self.cfg.claims.team),
             roles,
             text(&self.cfg.claims.tenant),
             text(&self.cfg.claims.agent),
-        )
+        );
+        // RFC 8693 `act`: {"sub": current actor, "act": {"sub": prior actor, ...}}. Bounded so
+        // a hostile token cannot make us walk forever.
+        let mut act = claims.get("act");
+        while let Some(serde_json::Value::Object(a)) = act {
+            if p.delegation.len() == 16 {
+                break;
+            }
+            match a.get("sub").and_then(|s| s.as_str()) {
+                Some(sub) => p.delegation.push(sub.to_owned()),
+                None => break,
+            }
+            act = a.get("act");
+        }
+        p
     }
 }
 

@@ -225,6 +225,10 @@ pub fn principal_value(p: &Principal) -> Value {
         ),
         ("tenant", string(p.tenant.as_deref().unwrap_or(""))),
         ("agent", string(p.agent.as_deref().unwrap_or(""))),
+        (
+            "delegation",
+            Value::List(Arc::new(p.delegation.iter().map(|d| string(d)).collect())),
+        ),
     ])
 }
 

@@ -97,7 +97,7 @@ fn claims(extra: Value) -> Value {
 
 fn jwt_yaml(source: &str) -> String {
     format!(
-        "{MOCK}auth:\n  jwt:\n    issuer: {ISSUER}\n    audiences: [tollgate]\n    {source}\n    clock_skew: 5s\n    jwks_min_refresh: 1h\n    claims: {{user: email}}\npolicies:\n  - name: tokens\n    applies_to: \"principal.subject != ''\"\n    rules:\n      - name: ml-team\n        when: \"principal.team == 'ml' && 'writer' in principal.roles && principal.user == 'a@example.com'\"\n        action: allow\n"
+        "{MOCK}auth:\n  jwt:\n    issuer: {ISSUER}\n    audiences: [tollgate]\n    {source}\n    clock_skew: 5s\n    jwks_min_refresh: 1h\n    claims: {{user: email}}\npolicies:\n  - name: tokens\n    applies_to: \"principal.subject != ''\"\n    rules:\n      - name: no-agents\n        when: \"'agent-7' in principal.delegation && principal.delegation.size() == 2\"\n        action: deny\n      - name: ml-team\n        when: \"principal.team == 'ml' && 'writer' in principal.roles && principal.user == 'a@example.com'\"\n        action: allow\n"
     )
 }
 
@@ -129,6 +129,15 @@ async fn tokens_are_verified_and_mapped() {
         let res = chat(issuer.token(alg.0, alg.1, claims(json!({})))).await;
         assert_eq!(res.status, 200, "{:?}: {}", alg.0, res.text());
     }
+    // A delegated token: the policy sees who acts on whose behalf.
+    let delegated = claims(json!({"act": {"sub": "agent-7", "act": {"sub": "orchestrator"}}}));
+    let res = chat(issuer.token(Algorithm::EdDSA, "ed", delegated)).await;
+    assert_eq!(res.status, 403, "no rule allows agents acting for others");
+    assert!(res.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("tokens/no-agents"));
+
     // The policy sees the mapped claims: another team is denied by default.
     let res = chat(issuer.token(Algorithm::EdDSA, "ed", claims(json!({"team": "web"})))).await;
     assert_eq!(res.status, 403);
