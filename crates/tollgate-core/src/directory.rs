@@ -38,6 +38,7 @@ pub fn router(core: Arc<Core>) -> Router {
 pub struct TeamView {
     pub id: String,
     pub name: String,
+    pub tenant: Option<String>,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub roles: Vec<String>,
@@ -63,6 +64,7 @@ impl From<&TeamRecord> for TeamView {
         TeamView {
             id: t.id.clone(),
             name: t.name.clone(),
+            tenant: t.tenant.clone(),
             metadata: t.metadata.clone(),
             roles: t.roles.clone(),
             created_at: crate::time::rfc3339(t.created_at),
@@ -93,6 +95,8 @@ pub struct CreateTeamRequest {
     pub id: String,
     /// Defaults to the id.
     pub name: Option<String>,
+    /// The tenant the team's keys belong to (`principal.tenant`).
+    pub tenant: Option<String>,
     #[serde(default)]
     #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
@@ -105,6 +109,10 @@ pub struct CreateTeamRequest {
 #[serde(deny_unknown_fields)]
 pub struct UpdateTeamRequest {
     pub name: Option<String>,
+    /// `null` clears it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub tenant: Option<Option<String>>,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     pub roles: Option<Vec<String>>,
@@ -229,6 +237,7 @@ async fn create_team(
             let team = TeamRecord {
                 name: req.name.unwrap_or_else(|| req.id.clone()),
                 id: req.id,
+                tenant: req.tenant,
                 metadata: req.metadata,
                 roles: req.roles,
                 created_at: now,
@@ -291,6 +300,9 @@ async fn update_team(
             }
             if let Some(name) = req.name {
                 team.name = name;
+            }
+            if let Some(tenant) = req.tenant {
+                team.tenant = tenant;
             }
             if let Some(m) = req.metadata {
                 team.metadata = m;

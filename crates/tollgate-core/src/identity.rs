@@ -72,6 +72,7 @@ impl Principal {
         if p.team.is_none() {
             p.team = user.and_then(|u| u.team.clone());
         }
+        p.tenant = team.and_then(|t| t.tenant.clone());
         let mut roles: Vec<String> = user
             .map(|u| u.roles.clone())
             .unwrap_or_default()

@@ -82,6 +82,9 @@ enum DirectoryCommand {
         /// Users only: the team they belong to.
         #[arg(long)]
         team: Option<String>,
+        /// Teams only: the tenant the team's keys belong to.
+        #[arg(long)]
+        tenant: Option<String>,
         /// Users only.
         #[arg(long)]
         email: Option<String>,
@@ -426,6 +429,7 @@ async fn directory(
             id,
             name,
             team,
+            tenant,
             email,
             roles,
         } => {
@@ -434,6 +438,7 @@ async fn directory(
                 dir.insert_team(&TeamRecord {
                     id: id.clone(),
                     name,
+                    tenant,
                     metadata: Default::default(),
                     roles,
                     created_at: now,

@@ -124,6 +124,8 @@ pub trait KeyStore: Send + Sync + 'static {
 pub struct TeamRecord {
     pub id: String,
     pub name: String,
+    /// The tenant the team (and so its keys) belongs to.
+    pub tenant: Option<String>,
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub roles: Vec<String>,
     pub created_at: i64,

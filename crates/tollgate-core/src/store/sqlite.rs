@@ -25,6 +25,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "directory",
         include_str!("migrations/sqlite/0003_directory.sql"),
     ),
+    (
+        4,
+        "team_tenant",
+        include_str!("migrations/sqlite/0004_team_tenant.sql"),
+    ),
 ];
 
 const KEYS_SEQ: &str = "keys_seq";
@@ -706,19 +711,21 @@ impl DirectoryStore for SqliteStore {
 
     async fn list_teams(&self) -> StoreResult<Vec<TeamRecord>> {
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        let rows: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
-            "SELECT id, name, metadata, created_at, updated_at FROM teams ORDER BY id",
+        type Row = (String, String, Option<String>, String, i64, i64);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, name, tenant, metadata, created_at, updated_at FROM teams ORDER BY id",
         )
         .fetch_all(&mut *conn)
         .await
         .map_err(unavailable)?;
         let mut roles = roles_of(&mut conn, "team").await?;
         rows.into_iter()
-            .map(|(id, name, metadata, created_at, updated_at)| {
+            .map(|(id, name, tenant, metadata, created_at, updated_at)| {
                 Ok(TeamRecord {
                     roles: roles.remove(&id).unwrap_or_default(),
                     id,
                     name,
+                    tenant,
                     metadata: serde_json::from_str(&metadata)
                         .map_err(|e| StoreError::Corrupt(format!("teams.metadata: {e}")))?,
                     created_at,

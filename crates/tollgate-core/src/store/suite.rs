@@ -321,6 +321,7 @@ fn team(id: &str, roles: &[&str]) -> TeamRecord {
     TeamRecord {
         id: id.into(),
         name: format!("Team {id}"),
+        tenant: Some("acme".into()),
         metadata: Default::default(),
         roles: roles.iter().map(|r| r.to_string()).collect(),
         created_at: 1,

@@ -8,7 +8,7 @@ use crate::harness::*;
 #[tokio::test]
 async fn directory_records_feed_principals() {
     let yaml = format!(
-        "{MOCK}policies:\n  - name: roles\n    rules:\n      - name: writers\n        when: \"'writer' in principal.roles && principal.team == 'ml'\"\n        action: allow\n"
+        "{MOCK}policies:\n  - name: roles\n    rules:\n      - name: writers\n        when: \"'writer' in principal.roles && principal.team == 'ml' && principal.tenant == 'acme'\"\n        action: allow\n"
     );
     let t = start(&yaml).await;
     let auth = format!("Bearer {MASTER}");
@@ -23,6 +23,13 @@ async fn directory_records_feed_principals() {
     };
 
     t.team("ml", &["reader"]).await;
+    let res = send(
+        Method::PATCH,
+        "/admin/v1/teams/ml".into(),
+        json!({"tenant": "acme"}),
+    )
+    .await;
+    assert_eq!(res.json()["tenant"], "acme");
     t.user("alice", Some("ml"), &["writer"]).await;
     assert_eq!(
         send(Method::POST, "/admin/v1/teams".into(), json!({"id": "ml"}))
