@@ -14,6 +14,7 @@ pub mod identity;
 pub mod jwt;
 pub mod keys;
 pub mod metrics;
+pub mod otlp;
 pub mod policy;
 pub mod store;
 pub mod telemetry;
@@ -46,6 +47,8 @@ pub struct Core {
     pub metrics: Metrics,
     /// The audit chain's writer; events are batched off the request path.
     pub audit: AuditLog,
+    /// Finished spans go here (a no-op unless `telemetry.otlp` is set).
+    pub tracer: crate::otlp::Tracer,
     /// JWT verification, when `auth.jwt` is configured.
     jwt: ArcSwap<Option<Arc<JwtVerifier>>>,
     draining: AtomicBool,
@@ -64,6 +67,7 @@ impl Core {
             .await?;
         // The writer task lives as long as the runtime; `flush` at shutdown commits its queue.
         let (audit, _writer) = AuditLog::start(stores.audit.clone());
+        let tracer = crate::otlp::Tracer::start(config.telemetry.otlp.as_ref());
         let jwt = match &config.auth.jwt {
             Some(cfg) => Some(Arc::new(
                 JwtVerifier::new(cfg.clone())
@@ -78,6 +82,7 @@ impl Core {
             keys,
             metrics: Metrics::new(),
             audit,
+            tracer,
             jwt: ArcSwap::from_pointee(jwt),
             draining: AtomicBool::new(false),
         });

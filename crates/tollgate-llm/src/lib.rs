@@ -195,6 +195,7 @@ async fn call_model(
     ctx: &RequestContext,
 ) -> Result<Response, Failure> {
     let request_id = ctx.request_id();
+    let start_ns = tollgate_core::otlp::now_ns();
     let core = &layer.core;
     let principal = core.authenticate(headers).await.map_err(|e| (e, None))?;
     let config = core.config();
@@ -241,11 +242,35 @@ async fn call_model(
     }
 
     let started = Instant::now();
+    let span = core.tracer.sampled(&ctx.trace).then(|| SpanStart {
+        trace: ctx.trace.clone(),
+        start_ns,
+        endpoint,
+        model: route.name.clone(),
+        upstream_model: target.model.clone(),
+        provider: target.provider.name.clone(),
+        provider_kind: target.provider.provider.otel_name(),
+        key_id: principal.label(),
+        team: principal.team.clone(),
+        conversation_id: ctx.conversation_id.clone(),
+    });
     let on_end = {
         let core = core.clone();
         let model = route.name.clone();
         let provider = target.provider.name.clone();
+        let span = span.clone();
         Box::new(move |outcome: StreamOutcome| {
+            if let Some(span) = span {
+                let error = (outcome.failed || outcome.cancelled).then(|| {
+                    if outcome.failed {
+                        "upstream stream failed"
+                    } else {
+                        "client cancelled"
+                    }
+                    .to_owned()
+                });
+                core.tracer.record(span.finish(outcome.usage, 200, error));
+            }
             if let Some(u) = outcome.usage {
                 core.metrics
                     .record_tokens(&model, &provider, u.prompt, u.completion);
@@ -275,6 +300,11 @@ async fn call_model(
             let mut res = reply.response;
             core.metrics
                 .record_upstream(&target.provider.name, &route.name, reply.upstream);
+            // Streams finish their span when they end (see `on_end`).
+            if let (Some(span), false) = (&span, reply.streamed) {
+                core.tracer
+                    .record(span.finish(reply.usage, res.status().as_u16(), None));
+            }
             if let Some(u) = reply.usage {
                 core.metrics.record_tokens(
                     &route.name,
@@ -294,11 +324,86 @@ async fn call_model(
             core.metrics
                 .record_upstream(&target.provider.name, &route.name, upstream);
             let err = e.into_api_error(&target.provider.name);
+            if let Some(span) = &span {
+                core.tracer.record(span.finish(
+                    None,
+                    err.status().as_u16(),
+                    Some(err.message.clone()),
+                ));
+            }
             if err.kind != ErrorKind::InvalidRequest {
                 tracing::warn!(request_id, provider = %target.provider.name, model = %route.name, error = %err.message, "upstream call failed");
             }
             Err((err, Some(ResponseTag { upstream, ..tag })))
         }
+    }
+}
+
+/// What a model call's span needs, captured when the call starts.
+#[derive(Clone)]
+struct SpanStart {
+    trace: TraceContext,
+    start_ns: u64,
+    endpoint: Endpoint,
+    model: Arc<str>,
+    upstream_model: Arc<str>,
+    provider: Arc<str>,
+    provider_kind: &'static str,
+    key_id: String,
+    team: Option<String>,
+    conversation_id: Option<String>,
+}
+
+impl SpanStart {
+    /// The GenAI-convention span: `chat {model}` (or `embeddings {model}`).
+    fn finish(
+        &self,
+        usage: Option<provider::Usage>,
+        status: u16,
+        error: Option<String>,
+    ) -> tollgate_core::otlp::Span {
+        use tollgate_core::otlp::KeyValue as Kv;
+        let operation = match self.endpoint {
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Chat | Endpoint::Responses => "chat",
+        };
+        let mut attrs = vec![
+            Kv::string("gen_ai.operation.name", operation),
+            Kv::string("gen_ai.provider.name", self.provider_kind),
+            Kv::string("gen_ai.request.model", &*self.model),
+            Kv::string("gen_ai.response.model", &*self.upstream_model),
+            Kv::string("tollgate.provider", &*self.provider),
+            Kv::string("tollgate.key_id", &self.key_id),
+            Kv::int("http.response.status_code", i64::from(status)),
+        ];
+        if let Some(u) = usage {
+            attrs.push(Kv::int(
+                "gen_ai.usage.input_tokens",
+                i64::try_from(u.prompt).unwrap_or(i64::MAX),
+            ));
+            attrs.push(Kv::int(
+                "gen_ai.usage.output_tokens",
+                i64::try_from(u.completion).unwrap_or(i64::MAX),
+            ));
+        }
+        if let Some(team) = &self.team {
+            attrs.push(Kv::string("tollgate.team", team));
+        }
+        if let Some(c) = &self.conversation_id {
+            attrs.push(Kv::string("gen_ai.conversation.id", c));
+            attrs.push(Kv::string("tollgate.conversation_id", c));
+        }
+        if let Some(e) = &error {
+            attrs.push(Kv::string("error.type", e));
+        }
+        tollgate_core::otlp::span_for(
+            &self.trace,
+            format!("{operation} {}", self.model),
+            self.start_ns,
+            tollgate_core::otlp::now_ns(),
+            attrs,
+            error,
+        )
     }
 }
 

@@ -110,6 +110,37 @@ pub struct Config {
     pub policies: Vec<PolicyConfig>,
     #[serde(skip_serializing_if = "AuthConfig::is_empty")]
     pub auth: AuthConfig,
+    #[serde(skip_serializing_if = "TelemetryConfig::is_empty")]
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct TelemetryConfig {
+    /// OpenTelemetry trace export; off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpConfig>,
+}
+
+impl TelemetryConfig {
+    pub fn is_empty(&self) -> bool {
+        self.otlp.is_none()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OtlpConfig {
+    /// OTLP/HTTP base URL (`http://collector:4318`); `/v1/traces` is appended.
+    pub endpoint: String,
+    /// Sent with every export (e.g. an auth header); values never printed.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, Secret>,
+    /// Fraction of traces recorded (0.0-1.0), decided on the trace id; a client's unsampled
+    /// `traceparent` is never recorded.
+    pub sample_ratio: f64,
+    pub service_name: String,
+    /// Longest wait before a partial batch is sent.
+    #[serde(with = "units::duration")]
+    pub export_interval: Duration,
 }
 
 impl AuthConfig {
@@ -820,6 +851,42 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
         });
     }
 
+    let mut telemetry = TelemetryConfig::default();
+    if let Some(o) = raw.telemetry.and_then(|t| t.otlp) {
+        if !(o.endpoint.starts_with("http://") || o.endpoint.starts_with("https://")) {
+            errors.push(FieldError::new(
+                "telemetry.otlp.endpoint",
+                "must be an http(s) URL",
+            ));
+        }
+        let sample_ratio = o.sample_ratio.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&sample_ratio) {
+            errors.push(FieldError::new(
+                "telemetry.otlp.sample_ratio",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        let mut headers = BTreeMap::new();
+        for (k, raw::StringLike(v)) in o.headers.unwrap_or_default() {
+            if http::HeaderName::from_bytes(k.as_bytes()).is_err()
+                || http::HeaderValue::from_str(&v).is_err()
+            {
+                errors.push(FieldError::new(
+                    format!("telemetry.otlp.headers.{k}"),
+                    "invalid header name or value",
+                ));
+            }
+            headers.insert(k.to_ascii_lowercase(), Secret(v));
+        }
+        telemetry.otlp = Some(OtlpConfig {
+            endpoint: o.endpoint,
+            headers,
+            sample_ratio,
+            service_name: o.service_name.unwrap_or_else(|| "tollgate".to_owned()),
+            export_interval: o.export_interval.unwrap_or(Duration::from_secs(1)),
+        });
+    }
+
     let mut policies = Vec::new();
     let mut policy_names = HashSet::new();
     for (i, p) in raw.policies.unwrap_or_default().into_iter().enumerate() {
@@ -890,6 +957,7 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
         models,
         policies,
         auth,
+        telemetry,
     }
 }
 

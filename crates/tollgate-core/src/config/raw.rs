@@ -27,6 +27,24 @@ pub struct RawConfig {
     pub models: Option<Vec<RawModel>>,
     pub policies: Option<Vec<RawPolicy>>,
     pub auth: Option<RawAuth>,
+    pub telemetry: Option<RawTelemetry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    pub otlp: Option<RawOtlp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOtlp {
+    pub endpoint: String,
+    pub headers: Option<BTreeMap<String, StringLike>>,
+    pub sample_ratio: Option<f64>,
+    pub service_name: Option<String>,
+    #[serde(default, with = "units::duration")]
+    pub export_interval: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

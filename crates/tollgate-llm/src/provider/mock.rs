@@ -199,6 +199,7 @@ impl MockProvider {
                 response: json_response(&body)?,
                 upstream: Duration::ZERO,
                 usage: Some(usage),
+                streamed: false,
             });
         }
 
@@ -254,6 +255,7 @@ impl MockProvider {
             response,
             upstream: Duration::ZERO,
             usage: None,
+            streamed: true,
         })
     }
 
@@ -337,6 +339,7 @@ impl MockProvider {
                 prompt: tokens,
                 completion: 0,
             }),
+            streamed: false,
         })
     }
 
@@ -420,6 +423,7 @@ impl MockProvider {
                 response: json_response(&response_obj(done_status, &text))?,
                 upstream: Duration::ZERO,
                 usage: Some(usage),
+                streamed: false,
             });
         }
         let mut seq = 0u64;

@@ -74,6 +74,8 @@ pub struct Reply {
     pub upstream: Duration,
     /// Known for non-streaming replies; streams report usage when they end.
     pub usage: Option<Usage>,
+    /// The body is a stream whose end hook runs when it finishes.
+    pub streamed: bool,
 }
 
 /// Called once when a streamed reply ends, with whatever usage its tail reported.
@@ -220,6 +222,14 @@ pub enum Provider {
 }
 
 impl Provider {
+    /// The `gen_ai.provider.name` of this provider's spans.
+    pub fn otel_name(&self) -> &'static str {
+        match self {
+            Provider::OpenAi(_) => "openai",
+            Provider::Mock(_) => "tollgate.mock",
+        }
+    }
+
     pub fn build(cfg: &ProviderConfig) -> Result<Provider, String> {
         Ok(match &cfg.kind {
             ProviderKind::OpenAi(s) => {

@@ -231,6 +231,7 @@ impl OpenAiProvider {
                 response,
                 upstream,
                 usage: None,
+                streamed: true,
             });
         }
 
@@ -253,6 +254,7 @@ impl OpenAiProvider {
             response,
             upstream,
             usage,
+            streamed: false,
         })
     }
 }

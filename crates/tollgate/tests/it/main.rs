@@ -13,3 +13,4 @@ mod jwt;
 mod ops;
 mod passthrough;
 mod policy;
+mod tracing;
