@@ -236,6 +236,8 @@ impl<'de> Deserialize<'de> for StringLike {
             U(u64),
             F(f64),
             B(bool),
+            /// `${VAR:-}` with VAR unset: an empty value.
+            Nothing,
         }
         match Any::deserialize(d) {
             Ok(Any::S(s)) => Ok(StringLike(s)),
@@ -243,6 +245,7 @@ impl<'de> Deserialize<'de> for StringLike {
             Ok(Any::U(n)) => Ok(StringLike(n.to_string())),
             Ok(Any::F(n)) => Ok(StringLike(n.to_string())),
             Ok(Any::B(b)) => Ok(StringLike(b.to_string())),
+            Ok(Any::Nothing) => Ok(StringLike(String::new())),
             // Never echo the value: it may be a secret.
             Err(_) => Err(serde::de::Error::custom("expected a string")),
         }
