@@ -176,6 +176,25 @@ fn not_found(kind: &str, id: &str) -> ApiError {
     ApiError::not_found(format!("no {kind} {id:?}")).code("not_found")
 }
 
+/// Audits a change to an existing record, maps "no such record" to 404, and refreshes the
+/// key cache, since principals carry the records' roles.
+async fn finish_change(
+    core: &Core,
+    ctx: &Option<Extension<RequestContext>>,
+    kind: &str,
+    action: &str,
+    id: &str,
+    result: Result<bool, crate::store::StoreError>,
+) -> Result<(), ApiError> {
+    let result = result.map_err(ApiError::from);
+    audit(core, ctx, &format!("{kind}.{action}"), id, &result).await;
+    if !result? {
+        return Err(not_found(kind, id));
+    }
+    refreshed(core).await;
+    Ok(())
+}
+
 /// Principals carry roles: refresh the key cache after a directory change.
 async fn refreshed(core: &Core) {
     if let Err(e) = core.keys.refresh().await {
@@ -308,17 +327,8 @@ async fn update_team(
                 team.metadata = m;
             }
             team.updated_at = crate::time::now();
-            let result = core
-                .stores
-                .directory
-                .replace_team(&team)
-                .await
-                .map_err(ApiError::from);
-            audit(&core, &ctx, "team.update", &id, &result).await;
-            if !result? {
-                return Err(not_found("team", &id));
-            }
-            refreshed(&core).await;
+            let result = core.stores.directory.replace_team(&team).await;
+            finish_change(&core, &ctx, "team", "update", &id, result).await?;
             Ok(ok_json(
                 StatusCode::OK,
                 &TeamView::from(&find_team(&core, &id).await?),
@@ -339,17 +349,8 @@ async fn delete_team(
     respond(
         async {
             core.require_master(&headers).await?;
-            let result = core
-                .stores
-                .directory
-                .delete_team(&id)
-                .await
-                .map_err(ApiError::from);
-            audit(&core, &ctx, "team.delete", &id, &result).await;
-            if !result? {
-                return Err(not_found("team", &id));
-            }
-            refreshed(&core).await;
+            let result = core.stores.directory.delete_team(&id).await;
+            finish_change(&core, &ctx, "team", "delete", &id, result).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         .await,
@@ -475,17 +476,8 @@ async fn update_user(
                 user.metadata = m;
             }
             user.updated_at = crate::time::now();
-            let result = core
-                .stores
-                .directory
-                .replace_user(&user)
-                .await
-                .map_err(ApiError::from);
-            audit(&core, &ctx, "user.update", &id, &result).await;
-            if !result? {
-                return Err(not_found("user", &id));
-            }
-            refreshed(&core).await;
+            let result = core.stores.directory.replace_user(&user).await;
+            finish_change(&core, &ctx, "user", "update", &id, result).await?;
             Ok(ok_json(
                 StatusCode::OK,
                 &UserView::from(&find_user(&core, &id).await?),
@@ -506,17 +498,8 @@ async fn delete_user(
     respond(
         async {
             core.require_master(&headers).await?;
-            let result = core
-                .stores
-                .directory
-                .delete_user(&id)
-                .await
-                .map_err(ApiError::from);
-            audit(&core, &ctx, "user.delete", &id, &result).await;
-            if !result? {
-                return Err(not_found("user", &id));
-            }
-            refreshed(&core).await;
+            let result = core.stores.directory.delete_user(&id).await;
+            finish_change(&core, &ctx, "user", "delete", &id, result).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         .await,

@@ -267,15 +267,25 @@ async fn wait_for_signals(gw: &Gateway) -> anyhow::Result<()> {
     }
 }
 
-async fn keys(arg: &ConfigArg, command: KeysCommand) -> anyhow::Result<ExitCode> {
-    let (config, _) = match load(arg) {
-        Ok(c) => c,
+/// Loads the config and opens its store, for the commands that work on the store directly.
+/// A config error is printed and gives `None`.
+async fn open_stores(arg: &ConfigArg) -> anyhow::Result<Option<(Config, Stores)>> {
+    match load(arg) {
+        Ok((config, _)) => {
+            let stores = Stores::open(&config.storage.database_url).await?;
+            Ok(Some((config, stores)))
+        }
         Err(e) => {
             eprint!("{e}");
-            return Ok(ExitCode::FAILURE);
+            Ok(None)
         }
+    }
+}
+
+async fn keys(arg: &ConfigArg, command: KeysCommand) -> anyhow::Result<ExitCode> {
+    let Some((config, stores)) = open_stores(arg).await? else {
+        return Ok(ExitCode::FAILURE);
     };
-    let stores = Stores::open(&config.storage.database_url).await?;
     let svc = Arc::new(KeyService::new(stores.keys.clone(), stores.directory.clone()).await?);
     let (audit_log, _writer) = AuditLog::start(stores.audit.clone());
     let record = |action: &str, target: &str, ok: bool| {
@@ -402,14 +412,9 @@ async fn directory(
     command: DirectoryCommand,
 ) -> anyhow::Result<ExitCode> {
     use tollgate_core::store::{TeamRecord, UserRecord};
-    let (config, _) = match load(arg) {
-        Ok(c) => c,
-        Err(e) => {
-            eprint!("{e}");
-            return Ok(ExitCode::FAILURE);
-        }
+    let Some((_, stores)) = open_stores(arg).await? else {
+        return Ok(ExitCode::FAILURE);
     };
-    let stores = Stores::open(&config.storage.database_url).await?;
     let dir = stores.directory.clone();
     let (audit_log, _writer) = AuditLog::start(stores.audit.clone());
     let now = tollgate_core::time::now();
@@ -523,14 +528,9 @@ async fn directory(
 }
 
 async fn audit(arg: &ConfigArg, command: AuditCommand) -> anyhow::Result<ExitCode> {
-    let (config, _) = match load(arg) {
-        Ok(c) => c,
-        Err(e) => {
-            eprint!("{e}");
-            return Ok(ExitCode::FAILURE);
-        }
+    let Some((_, stores)) = open_stores(arg).await? else {
+        return Ok(ExitCode::FAILURE);
     };
-    let stores = Stores::open(&config.storage.database_url).await?;
     match command {
         AuditCommand::Verify => match tollgate_core::audit::verify(stores.audit.as_ref()).await? {
             Ok(n) => {
