@@ -51,8 +51,17 @@ models:
     targets: [{{provider: demo, model: echo}}]
   - name: other-model
     targets: [{{provider: demo, model: echo}}]
+  # One attempt and no cooldown: the error-mapping tests see every failure as it is.
   - name: broken-model
     targets: [{{provider: broken, model: echo}}]
+    retry: {{attempts: 1}}
+    cooldown: {{failures: 1000000}}
+  # Fails on its only target, then falls back to the echo.
+  - name: flaky-model
+    targets: [{{provider: broken, model: echo}}]
+    fallbacks: [mock-echo]
+    retry: {{attempts: 2, backoff: 1ms}}
+    cooldown: {{failures: 1000000}}
 """
 
 

@@ -242,7 +242,7 @@ def test_models_list_restricted_key(client: openai.OpenAI):
 
 def test_models_list_unrestricted_key(full_client: openai.OpenAI):
     models = list(full_client.models.list())
-    assert [m.id for m in models] == ["mock-echo", "other-model", "broken-model"]
+    assert [m.id for m in models] == ["mock-echo", "other-model", "broken-model", "flaky-model"]
     assert all(m.object == "model" for m in models)
 
 
@@ -352,6 +352,31 @@ def test_upstream_failure_on_stream_is_502(full_client: openai.OpenAI):
         )
     assert exc.value.status_code == 502
     assert "503" in exc.value.message
+
+
+def test_fallback_serves_and_says_so(full_client: openai.OpenAI):
+    raw = full_client.chat.completions.with_raw_response.create(
+        model="flaky-model",
+        messages=[{"role": "user", "content": "rescue me"}],
+    )
+    res = raw.parse()
+    assert res.choices[0].message.content == "rescue me"
+    assert raw.headers["x-tollgate-model"] == "mock-echo"
+    assert raw.headers["x-tollgate-fallback"] == "error"
+    assert raw.headers["x-tollgate-attempts"] == "3"
+
+
+def test_fallback_on_stream(full_client: openai.OpenAI):
+    with full_client.chat.completions.with_streaming_response.create(
+        model="flaky-model",
+        messages=[{"role": "user", "content": "stream rescue"}],
+        stream=True,
+    ) as raw:
+        assert raw.headers["x-tollgate-fallback"] == "error"
+        text = "".join(
+            c.choices[0].delta.content or "" for c in raw.parse() if c.choices
+        )
+    assert text == "stream rescue"
 
 
 def test_missing_messages_is_400(client: openai.OpenAI):

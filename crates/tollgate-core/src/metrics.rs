@@ -63,12 +63,29 @@ pub struct TokenLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    pub model: Label,
+    pub provider: Label,
+    /// `ok`, `retryable`, `throttled`, `failed` or `client_error`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FallbackLabels {
+    pub model: Label,
+    pub fallback: Label,
+    /// `error`, `context_window` or `content_policy`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
 
 pub struct Metrics {
-    registry: Registry,
+    /// Locked only to register collectors and to render a scrape.
+    registry: std::sync::Mutex<Registry>,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RequestLabels, Histogram>,
     pub upstream_duration: Family<UpstreamLabels, Histogram>,
@@ -78,6 +95,8 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabels, Counter>,
     pub stream_errors: Family<UpstreamLabels, Counter<u64, AtomicU64>>,
     pub streams_cancelled: Family<UpstreamLabels, Counter<u64, AtomicU64>>,
+    pub upstream_attempts: Family<AttemptLabels, Counter<u64, AtomicU64>>,
+    pub fallbacks: Family<FallbackLabels, Counter<u64, AtomicU64>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -114,6 +133,18 @@ impl Metrics {
         let config_reloads = Family::default();
         let stream_errors = Family::default();
         let streams_cancelled = Family::default();
+        let upstream_attempts = Family::default();
+        let fallbacks = Family::default();
+        registry.register(
+            "upstream_attempts",
+            "Calls to upstream targets, retries included, by outcome",
+            upstream_attempts.clone(),
+        );
+        registry.register(
+            "fallbacks",
+            "Requests handed to a fallback model group, by reason",
+            fallbacks.clone(),
+        );
         registry.register("requests", "HTTP requests answered", requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -152,7 +183,9 @@ impl Metrics {
             streams_cancelled.clone(),
         );
         Metrics {
-            registry,
+            registry: std::sync::Mutex::new(registry),
+            upstream_attempts,
+            fallbacks,
             streams_cancelled,
             requests,
             request_duration,
@@ -165,9 +198,21 @@ impl Metrics {
         }
     }
 
+    /// Adds metrics computed at scrape time (live routing state, for one).
+    pub fn register_collector(&self, collector: Box<dyn prometheus_client::collector::Collector>) {
+        self.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .register_collector(collector);
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+        let registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
             tracing::warn!(error = %e, "cannot render metrics");
         }
         out

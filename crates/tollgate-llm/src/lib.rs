@@ -6,12 +6,15 @@
 //! tag for the shell's metrics. Routing state is an immutable snapshot swapped on reload.
 
 pub mod envelope;
+pub mod prices;
 pub mod provider;
+pub mod router;
 pub mod stream;
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use axum::body::Body;
@@ -20,29 +23,143 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde_json::json;
 use tollgate_core::audit::AuditEvent;
-use tollgate_core::config::{Config, ProviderConfig};
+use tollgate_core::config::{
+    pattern_capture, Config, CooldownConfig, HealthCheckConfig, ModelConfig, ProviderConfig,
+    RetryConfig, Strategy, TargetConfig,
+};
 use tollgate_core::context::{RequestContext, TraceContext};
 use tollgate_core::error::{ApiError, ErrorKind};
 use tollgate_core::http::{json_response, read_body, PathParam, ResponseTag};
 use tollgate_core::identity::Principal;
+use tollgate_core::metrics::{AttemptLabels, FallbackLabels, UpstreamLabels};
 use tollgate_core::policy::{self, Decision, Policy};
 use tollgate_core::Core;
 
 use crate::envelope::Envelope;
-use crate::provider::{Call, Endpoint, NamedProvider, Provider, StreamOutcome};
+use crate::provider::{Call, Endpoint, NamedProvider, Provider, ProviderError, StreamOutcome};
+use crate::router::{Candidate, Outcome, RetryBudget, TargetHealth};
 
-/// A public model name and where it may be served.
+/// A model group: a public model name (or pattern) and the targets that may serve it.
 pub struct ModelRoute {
     pub name: Arc<str>,
+    pub aliases: Vec<Arc<str>>,
+    pub strategy: Strategy,
+    sticky_header: Option<HeaderName>,
     pub targets: Vec<Target>,
+    fallbacks: Vec<Arc<str>>,
+    context_window_fallbacks: Vec<Arc<str>>,
+    content_policy_fallbacks: Vec<Arc<str>>,
+    retry: RetryConfig,
+    cooldown: CooldownConfig,
+    budget: RetryBudget,
 }
 
 pub struct Target {
     pub provider: Arc<NamedProvider>,
+    /// The upstream model; in a pattern group `*` stands for what the pattern matched.
     pub model: Arc<str>,
+    pub cfg: TargetConfig,
+    pub health: Arc<TargetHealth>,
+    /// Blended USD per token, when the price table knows the model.
+    price: Option<f64>,
+    /// Stable across replicas and reloads, for sticky placement.
+    id: u64,
+}
+
+impl Target {
+    fn upstream_model(&self, capture: Option<&str>) -> String {
+        match capture {
+            Some(c) if self.model.contains('*') => self.model.replacen('*', c, 1),
+            _ => self.model.to_string(),
+        }
+    }
+}
+
+/// Why a request moved to a fallback group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FallbackReason {
+    Error,
+    ContextWindow,
+    ContentPolicy,
+}
+
+impl FallbackReason {
+    fn name(self) -> &'static str {
+        match self {
+            FallbackReason::Error => "error",
+            FallbackReason::ContextWindow => "context_window",
+            FallbackReason::ContentPolicy => "content_policy",
+        }
+    }
+}
+
+/// What a failed attempt means for the request, decided by error type and upstream error code,
+/// never by message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// The client's request is at fault: no retry, no fallback.
+    Client,
+    ContextWindow,
+    ContentPolicy,
+    /// 429: retry after the upstream's `Retry-After`, preferably elsewhere.
+    Throttled,
+    /// Connect errors, timeouts, resets, 408 and 5xx: retry with backoff.
+    Retryable,
+    /// The target itself is misconfigured or broken (credentials, a non-API answer): try
+    /// another target, never this one again for this request.
+    TargetFault,
+}
+
+fn classify(e: &ProviderError) -> Class {
+    match e {
+        ProviderError::Connect(_) | ProviderError::Timeout { .. } | ProviderError::Protocol(_) => {
+            Class::Retryable
+        }
+        ProviderError::Invalid(_) => Class::Client,
+        ProviderError::Status { status, body, .. } => match status.as_u16() {
+            429 => Class::Throttled,
+            408 | 500..=599 => Class::Retryable,
+            400 | 404 | 409 | 413 | 422 if provider::is_openai_error(body) => {
+                match e.upstream_code().as_deref() {
+                    Some("context_length_exceeded") => Class::ContextWindow,
+                    Some("content_filter" | "content_policy_violation") => Class::ContentPolicy,
+                    _ => Class::Client,
+                }
+            }
+            _ => Class::TargetFault,
+        },
+    }
+}
+
+impl Class {
+    fn outcome(self, retry_after: Option<Duration>) -> Outcome {
+        match self {
+            Class::Client | Class::ContextWindow | Class::ContentPolicy => Outcome::Neutral,
+            Class::Throttled => Outcome::Throttled { retry_after },
+            Class::Retryable | Class::TargetFault => Outcome::Failure,
+        }
+    }
+
+    fn metric(self) -> &'static str {
+        match self {
+            Class::Client | Class::ContextWindow | Class::ContentPolicy => "client_error",
+            Class::Throttled => "throttled",
+            Class::Retryable => "retryable",
+            Class::TargetFault => "failed",
+        }
+    }
+
+    fn fallback(self) -> Option<FallbackReason> {
+        match self {
+            Class::Client => None,
+            Class::ContextWindow => Some(FallbackReason::ContextWindow),
+            Class::ContentPolicy => Some(FallbackReason::ContentPolicy),
+            Class::Throttled | Class::Retryable | Class::TargetFault => Some(FallbackReason::Error),
+        }
+    }
 }
 
 /// Everything the layer derives from config, swapped whole on reload.
@@ -50,14 +167,23 @@ pub struct LlmState {
     policy: Policy,
     /// Each provider with the config it was built from, for reuse across reloads.
     providers: HashMap<String, (ProviderConfig, Arc<NamedProvider>)>,
+    /// Exact names and aliases.
     models: HashMap<String, Arc<ModelRoute>>,
-    /// Model names in config order, for `/v1/models`.
+    /// Pattern groups, most specific (longest) first.
+    patterns: Vec<Arc<ModelRoute>>,
+    /// Groups in config order, for `/v1/models` and the health view.
     order: Vec<Arc<ModelRoute>>,
+}
+
+/// The key that carries a target's health across reloads.
+fn health_key(group: &str, t: &TargetConfig) -> String {
+    format!("{group}\0{}\0{}", t.provider, t.model)
 }
 
 impl LlmState {
     /// Builds routing from config. Providers whose config is unchanged from `previous` are
-    /// reused, keeping their upstream connection pools (and TLS sessions) across reloads.
+    /// reused, keeping their upstream connection pools (and TLS sessions) across reloads, and
+    /// targets keep their health.
     pub fn build(config: &Config, previous: Option<&LlmState>) -> Result<LlmState, String> {
         let mut providers = HashMap::new();
         for p in &config.providers {
@@ -70,37 +196,48 @@ impl LlmState {
                 None => {
                     let built =
                         Provider::build(p).map_err(|e| format!("provider {:?}: {e}", p.name))?;
-                    Arc::new(NamedProvider {
+                    let named = Arc::new(NamedProvider {
                         name: Arc::from(p.name.as_str()),
                         provider: built,
-                    })
+                        down: Arc::default(),
+                    });
+                    if let Some(check) = &p.health_check {
+                        spawn_health_checks(&named, check.clone());
+                    }
+                    named
                 }
             };
             providers.insert(p.name.clone(), (p.clone(), provider));
         }
+        let old_health: HashMap<String, Arc<TargetHealth>> = previous
+            .map(|prev| {
+                prev.order
+                    .iter()
+                    .flat_map(|r| {
+                        r.targets
+                            .iter()
+                            .map(|t| (health_key(&r.name, &t.cfg), t.health.clone()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut models = HashMap::new();
+        let mut patterns = Vec::new();
         let mut order = Vec::new();
         for m in &config.models {
-            let mut targets = Vec::new();
-            for t in &m.targets {
-                let provider = providers
-                    .get(&t.provider)
-                    .map(|(_, p)| p.clone())
-                    .ok_or_else(|| {
-                        format!("model {:?}: unknown provider {:?}", m.name, t.provider)
-                    })?;
-                targets.push(Target {
-                    provider,
-                    model: Arc::from(t.model.as_str()),
-                });
+            let route = Arc::new(build_route(m, &providers, &old_health)?);
+            if m.is_pattern() {
+                patterns.push(route.clone());
+            } else {
+                models.insert(m.name.clone(), route.clone());
+                for a in &m.aliases {
+                    models.insert(a.clone(), route.clone());
+                }
             }
-            let route = Arc::new(ModelRoute {
-                name: Arc::from(m.name.as_str()),
-                targets,
-            });
-            models.insert(m.name.clone(), route.clone());
             order.push(route);
         }
+        // Most specific pattern first; config order among equals (the sort is stable).
+        patterns.sort_by_key(|r| std::cmp::Reverse(r.name.len()));
         let policy = Policy::compile(&config.policies).map_err(|errors| {
             errors
                 .iter()
@@ -112,9 +249,96 @@ impl LlmState {
             policy,
             providers,
             models,
+            patterns,
             order,
         })
     }
+
+    /// The group serving a public name, and what a pattern's `*` matched.
+    fn lookup(&self, name: &str) -> Option<(Arc<ModelRoute>, Option<String>)> {
+        if let Some(r) = self.models.get(name) {
+            return Some((r.clone(), None));
+        }
+        self.patterns
+            .iter()
+            .find_map(|r| pattern_capture(&r.name, name).map(|c| (r.clone(), Some(c.to_owned()))))
+    }
+}
+
+fn build_route(
+    m: &ModelConfig,
+    providers: &HashMap<String, (ProviderConfig, Arc<NamedProvider>)>,
+    old_health: &HashMap<String, Arc<TargetHealth>>,
+) -> Result<ModelRoute, String> {
+    let mut targets = Vec::new();
+    for t in &m.targets {
+        let (pcfg, provider) = providers
+            .get(&t.provider)
+            .ok_or_else(|| format!("model {:?}: unknown provider {:?}", m.name, t.provider))?;
+        let price = (m.strategy == Strategy::Cost)
+            .then(|| {
+                prices::PriceTable::builtin()
+                    .lookup(pcfg.kind.name(), &t.model)
+                    .map(prices::Price::blended)
+            })
+            .flatten();
+        targets.push(Target {
+            provider: provider.clone(),
+            model: Arc::from(t.model.as_str()),
+            cfg: t.clone(),
+            health: old_health
+                .get(&health_key(&m.name, t))
+                .cloned()
+                .unwrap_or_default(),
+            price,
+            id: router::hash_pair(&format!("{}\0{}", t.provider, t.model), 0),
+        });
+    }
+    let names = |v: &[String]| v.iter().map(|s| Arc::from(s.as_str())).collect();
+    Ok(ModelRoute {
+        name: Arc::from(m.name.as_str()),
+        aliases: names(&m.aliases),
+        strategy: m.strategy,
+        sticky_header: m
+            .sticky_header
+            .as_deref()
+            .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+        targets,
+        fallbacks: names(&m.fallbacks),
+        context_window_fallbacks: names(&m.context_window_fallbacks),
+        content_policy_fallbacks: names(&m.content_policy_fallbacks),
+        retry: m.retry.clone(),
+        cooldown: m.cooldown.clone(),
+        budget: RetryBudget::new(m.retry.budget),
+    })
+}
+
+/// Probes a provider on its interval for as long as the provider is in use. A failing check
+/// takes every target on the provider out of rotation until a check passes.
+fn spawn_health_checks(provider: &Arc<NamedProvider>, check: HealthCheckConfig) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let weak: Weak<NamedProvider> = Arc::downgrade(provider);
+    rt.spawn(async move {
+        let mut tick = tokio::time::interval(check.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(p) = weak.upgrade() else { return };
+            let result = p.provider.health_check(&check.path, check.timeout).await;
+            let was_down = p.down.swap(result.is_err(), Ordering::Relaxed);
+            match result {
+                Err(e) if !was_down => {
+                    tracing::warn!(provider = %p.name, error = %e, "health check failed: provider taken out of rotation")
+                }
+                Ok(()) if was_down => {
+                    tracing::info!(provider = %p.name, "health check passed: provider back in rotation")
+                }
+                _ => {}
+            }
+        }
+    });
 }
 
 pub struct LlmLayer {
@@ -124,10 +348,15 @@ pub struct LlmLayer {
 
 impl LlmLayer {
     pub fn new(core: Arc<Core>, config: &Config) -> Result<Arc<LlmLayer>, String> {
-        Ok(Arc::new(LlmLayer {
+        let layer = Arc::new(LlmLayer {
             core,
             state: ArcSwap::from_pointee(LlmState::build(config, None)?),
-        }))
+        });
+        layer
+            .core
+            .metrics
+            .register_collector(Box::new(RoutingCollector(Arc::downgrade(&layer))));
+        Ok(layer)
     }
 
     /// Rebuilds routing from a new config. In-flight requests keep the snapshot they loaded.
@@ -145,6 +374,137 @@ impl LlmLayer {
             .route("/v1/models", get(list_models))
             .route("/v1/models/{*model}", get(get_model))
             .with_state(self.clone())
+    }
+
+    /// Admin routes of the model layer, mounted wherever the admin API is.
+    pub fn admin_router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/admin/v1/models/health", get(models_health))
+            .with_state(self.clone())
+    }
+
+    /// Every group's targets with their live routing state.
+    pub fn health(&self) -> serde_json::Value {
+        let state = self.state.load();
+        let now = Instant::now();
+        let models: Vec<_> = state
+            .order
+            .iter()
+            .map(|r| {
+                let targets: Vec<_> = r
+                    .targets
+                    .iter()
+                    .map(|t| {
+                        let down = t.provider.down.load(Ordering::Relaxed);
+                        json!({
+                            "provider": &*t.provider.name,
+                            "model": &*t.model,
+                            "weight": t.cfg.weight,
+                            "priority": t.cfg.priority,
+                            "max_concurrency": t.cfg.max_concurrency,
+                            "rpm": t.cfg.rpm,
+                            "tpm": t.cfg.tpm,
+                            "provider_healthy": !down,
+                            "health": t.health.view(&t.cfg, down, now),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "name": &*r.name,
+                    "aliases": r.aliases.iter().map(|a| &**a).collect::<Vec<_>>(),
+                    "strategy": r.strategy.name(),
+                    "targets": targets,
+                })
+            })
+            .collect();
+        json!({ "models": models })
+    }
+}
+
+/// Exports live target state at scrape time: `tollgate_target_state` (0 healthy, 1 cooldown,
+/// 2 half-open, 3 throttled, 4 at capacity, 5 provider down), `tollgate_target_in_flight` and
+/// `tollgate_target_cooldowns_total`.
+struct RoutingCollector(Weak<LlmLayer>);
+
+impl std::fmt::Debug for RoutingCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RoutingCollector")
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct TargetLabels {
+    model: String,
+    provider: String,
+    target: String,
+}
+
+impl prometheus_client::collector::Collector for RoutingCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use prometheus_client::metrics::MetricType;
+        let Some(layer) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let state = layer.state.load();
+        let now = Instant::now();
+        let mut rows = Vec::new();
+        for r in &state.order {
+            for t in &r.targets {
+                let down = t.provider.down.load(Ordering::Relaxed);
+                let a = if down {
+                    router::Availability::ProviderDown
+                } else {
+                    t.health.availability(&t.cfg, now)
+                };
+                let labels = TargetLabels {
+                    model: r.name.to_string(),
+                    provider: t.provider.name.to_string(),
+                    target: t.model.to_string(),
+                };
+                rows.push((labels, a.code(), t.health.in_flight(), t.health.cooldowns()));
+            }
+        }
+        let mut m = encoder.encode_descriptor(
+            "target_state",
+            "Routing state of each target: 0 healthy, 1 cooldown, 2 half-open, 3 throttled, 4 at capacity, 5 provider down",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, code, _, _) in &rows {
+            ConstGauge::new(*code).encode(m.encode_family(labels)?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "target_in_flight",
+            "Requests and streams in flight per target",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, _, in_flight, _) in &rows {
+            ConstGauge::new(i64::from(*in_flight)).encode(m.encode_family(labels)?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "target_cooldowns",
+            "Times each target was taken out for a cooldown",
+            None,
+            MetricType::Counter,
+        )?;
+        for (labels, _, _, cooldowns) in &rows {
+            ConstCounter::new(*cooldowns).encode(m.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+async fn models_health(State(layer): State<Arc<LlmLayer>>, headers: HeaderMap) -> Response {
+    match layer.core.require_master(&headers).await {
+        Ok(()) => json_response(StatusCode::OK, layer.health().to_string()),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -174,19 +534,68 @@ async fn serve(layer: &LlmLayer, endpoint: Endpoint, req: Request) -> Response {
         });
     match call_model(layer, endpoint, &parts.headers, body, &ctx).await {
         Ok(res) => res,
-        Err((err, tag)) => {
-            let mut res = err.into_response();
-            if let Some(tag) = tag {
+        Err(f) => {
+            let mut res = f.error.into_response();
+            if let Some(tag) = f.tag {
                 res.extensions_mut().insert(tag);
+            }
+            if f.attempts > 0 {
+                res.headers_mut()
+                    .insert(ATTEMPTS, HeaderValue::from(f.attempts));
             }
             res
         }
     }
 }
 
-type Failure = (ApiError, Option<ResponseTag>);
+const ATTEMPTS: HeaderName = HeaderName::from_static("x-tollgate-attempts");
+const SERVED_MODEL: HeaderName = HeaderName::from_static("x-tollgate-model");
+const SERVED_PROVIDER: HeaderName = HeaderName::from_static("x-tollgate-provider");
+const FALLBACK: HeaderName = HeaderName::from_static("x-tollgate-fallback");
+/// Replaces a group's fallbacks for one request: comma-separated model names.
+const FALLBACKS_OVERRIDE: HeaderName = HeaderName::from_static("x-tollgate-fallbacks");
 
-/// authenticate -> read -> parse -> authorize (key patterns, then policy) -> route -> call.
+struct Failure {
+    error: ApiError,
+    tag: Option<ResponseTag>,
+    attempts: u32,
+}
+
+impl From<ApiError> for Failure {
+    fn from(error: ApiError) -> Failure {
+        Failure {
+            error,
+            tag: None,
+            attempts: 0,
+        }
+    }
+}
+
+/// What one request carries through its attempts.
+struct Attempts<'a> {
+    layer: &'a LlmLayer,
+    state: &'a LlmState,
+    principal: &'a Principal,
+    endpoint: Endpoint,
+    headers: &'a HeaderMap,
+    ctx: &'a RequestContext,
+    /// The body as the client sent it.
+    bytes: &'a Bytes,
+    start_ns: u64,
+    started: Instant,
+    count: u32,
+    /// The span of the latest failed attempt, exported if the request fails.
+    failed_span: Option<tollgate_core::otlp::Span>,
+}
+
+/// A group's failure: the error the client would see, and its class.
+struct GroupFailure {
+    error: ApiError,
+    class: Class,
+    tag: Option<ResponseTag>,
+}
+
+/// authenticate -> read -> parse -> authorize -> route (with retries) -> fall back.
 async fn call_model(
     layer: &LlmLayer,
     endpoint: Endpoint,
@@ -194,149 +603,497 @@ async fn call_model(
     body: Body,
     ctx: &RequestContext,
 ) -> Result<Response, Failure> {
-    let request_id = ctx.request_id();
     let start_ns = tollgate_core::otlp::now_ns();
     let core = &layer.core;
-    let principal = core.authenticate(headers).await.map_err(|e| (e, None))?;
+    let principal = core.authenticate(headers).await?;
     let config = core.config();
-    let bytes = read_body(headers, body, &config.limits)
-        .await
-        .map_err(|e| (e, None))?;
-    let envelope = Envelope::parse(&bytes).map_err(|e| (e, None))?;
+    let bytes = read_body(headers, body, &config.limits).await?;
+    let envelope = Envelope::parse(&bytes)?;
     let state = layer.state.load_full();
-    let route = authorize(&state, &principal, &envelope.model).map_err(|e| (e, None))?;
-    let Some(target) = route.targets.first() else {
-        return Err((
-            ApiError::internal(format!("model {:?} has no targets", route.name)),
-            None,
-        ));
-    };
-    let tag = ResponseTag {
-        model: Some(route.name.clone()),
-        provider: Some(target.provider.name.clone()),
-        upstream: Default::default(),
-    };
-    let redact = decide(
-        core,
-        &state.policy,
-        &principal,
-        endpoint,
-        &route,
-        target,
-        &envelope,
-        bytes.len(),
-        ctx,
-    )
-    .map_err(|e| (e, Some(tag.clone())))?;
-    // Redaction changes the body: rebuild it, then read the envelope of what is actually sent.
-    let rebuilt = redact.map(|paths| Bytes::from(envelope.rebuild(&envelope.model, &paths)));
-    let (body, envelope) = match &rebuilt {
-        Some(b) => (b, Envelope::parse(b).map_err(|e| (e, None))?),
-        None => (&bytes, envelope),
-    };
+    let (route, capture) = authorize(&state, &principal, &envelope.model)?;
     if endpoint == Endpoint::Embeddings && envelope.stream {
-        return Err((
-            ApiError::invalid("embeddings cannot be streamed").param("stream"),
-            Some(tag),
-        ));
+        return Err(ApiError::invalid("embeddings cannot be streamed")
+            .param("stream")
+            .into());
     }
-
-    let started = Instant::now();
-    let span = core.tracer.sampled(&ctx.trace).then(|| SpanStart {
-        trace: ctx.trace.clone(),
-        start_ns,
+    let overridden = fallback_override(&state, &principal, headers)?;
+    let mut run = Attempts {
+        layer,
+        state: &state,
+        principal: &principal,
         endpoint,
-        model: route.name.clone(),
-        upstream_model: target.model.clone(),
-        provider: target.provider.name.clone(),
-        provider_kind: target.provider.provider.otel_name(),
-        key_id: principal.label(),
-        team: principal.team.clone(),
-        conversation_id: ctx.conversation_id.clone(),
-    });
-    let on_end = {
-        let core = core.clone();
-        let model = route.name.clone();
-        let provider = target.provider.name.clone();
-        let span = span.clone();
-        Box::new(move |outcome: StreamOutcome| {
-            if let Some(span) = span {
-                let error = (outcome.failed || outcome.cancelled).then(|| {
-                    if outcome.failed {
-                        "upstream stream failed"
-                    } else {
-                        "client cancelled"
-                    }
-                    .to_owned()
-                });
-                core.tracer.record(span.finish(outcome.usage, 200, error));
-            }
-            if let Some(u) = outcome.usage {
-                core.metrics
-                    .record_tokens(&model, &provider, u.prompt, u.completion);
-            }
-            let labels = tollgate_core::metrics::UpstreamLabels {
-                provider: (&provider).into(),
-                model: (&model).into(),
-            };
-            if outcome.failed {
-                core.metrics.stream_errors.get_or_create(&labels).inc();
-            }
-            if outcome.cancelled {
-                core.metrics.streams_cancelled.get_or_create(&labels).inc();
-            }
-        })
-    };
-    let call = Call {
-        endpoint,
-        public_model: &route.name,
-        upstream_model: &target.model,
-        envelope: &envelope,
-        body,
+        headers,
         ctx,
+        bytes: &bytes,
+        start_ns,
+        started: Instant::now(),
+        count: 0,
+        failed_span: None,
     };
-    match target.provider.provider.call(call, on_end).await {
-        Ok(reply) => {
-            let mut res = reply.response;
-            core.metrics
-                .record_upstream(&target.provider.name, &route.name, reply.upstream);
-            // Streams finish their span when they end (see `on_end`).
-            if let (Some(span), false) = (&span, reply.streamed) {
-                core.tracer
-                    .record(span.finish(reply.usage, res.status().as_u16(), None));
-            }
-            if let Some(u) = reply.usage {
-                core.metrics.record_tokens(
-                    &route.name,
-                    &target.provider.name,
-                    u.prompt,
-                    u.completion,
-                );
-            }
-            res.extensions_mut().insert(ResponseTag {
-                upstream: reply.upstream,
-                ..tag
-            });
-            Ok(res)
+    let first = match run_group(&mut run, &route, capture.as_deref(), &envelope.model, None).await {
+        Ok(res) => return Ok(res),
+        Err(f) => f,
+    };
+    let Some(reason) = first.class.fallback() else {
+        return Err(run.failure(first));
+    };
+    let chain: &[Arc<str>] = match (&overridden, reason) {
+        (Some(list), _) => list,
+        (None, FallbackReason::ContextWindow) if !route.context_window_fallbacks.is_empty() => {
+            &route.context_window_fallbacks
         }
-        Err(e) => {
-            let upstream = started.elapsed();
-            core.metrics
-                .record_upstream(&target.provider.name, &route.name, upstream);
-            let err = e.into_api_error(&target.provider.name);
-            if let Some(span) = &span {
-                core.tracer.record(span.finish(
-                    None,
-                    err.status().as_u16(),
-                    Some(err.message.clone()),
-                ));
-            }
-            if err.kind != ErrorKind::InvalidRequest {
-                tracing::warn!(request_id, provider = %target.provider.name, model = %route.name, error = %err.message, "upstream call failed");
-            }
-            Err((err, Some(ResponseTag { upstream, ..tag })))
+        (None, FallbackReason::ContentPolicy) if !route.content_policy_fallbacks.is_empty() => {
+            &route.content_policy_fallbacks
+        }
+        (None, _) => &route.fallbacks,
+    };
+    let mut last = first;
+    for name in chain {
+        // A key never reaches a model it may not use, fallbacks included.
+        if !principal.may_use_model(name) {
+            continue;
+        }
+        let Some((fallback, capture)) = state.lookup(name) else {
+            continue;
+        };
+        core.metrics
+            .fallbacks
+            .get_or_create(&FallbackLabels {
+                model: (&route.name).into(),
+                fallback: (&fallback.name).into(),
+                reason: reason.name(),
+            })
+            .inc();
+        tracing::info!(request_id = ctx.request_id(), model = %route.name, fallback = %fallback.name, reason = reason.name(), "falling back");
+        match run_group(&mut run, &fallback, capture.as_deref(), name, Some(reason)).await {
+            Ok(res) => return Ok(res),
+            Err(f) if f.class == Class::Client => return Err(run.failure(f)),
+            Err(f) => last = f,
         }
     }
+    Err(run.failure(last))
+}
+
+impl Attempts<'_> {
+    fn failure(&mut self, f: GroupFailure) -> Failure {
+        if let Some(span) = self.failed_span.take() {
+            self.layer.core.tracer.record(span);
+        }
+        Failure {
+            error: f.error,
+            tag: f.tag,
+            attempts: self.count,
+        }
+    }
+}
+
+/// The `x-tollgate-fallbacks` header: fallback groups for this request only. Every name must
+/// exist and be a model the key may use.
+fn fallback_override(
+    state: &LlmState,
+    principal: &Principal,
+    headers: &HeaderMap,
+) -> Result<Option<Vec<Arc<str>>>, ApiError> {
+    let Some(value) = headers.get(&FALLBACKS_OVERRIDE) else {
+        return Ok(None);
+    };
+    let text = value.to_str().map_err(|_| {
+        ApiError::invalid("x-tollgate-fallbacks must be comma-separated model names")
+            .code("invalid_fallbacks")
+    })?;
+    let names: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if names.len() > 5 {
+        return Err(
+            ApiError::invalid("x-tollgate-fallbacks names at most 5 models")
+                .code("invalid_fallbacks"),
+        );
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        if !principal.may_use_model(name) {
+            return Err(ApiError::new(
+                ErrorKind::PermissionDenied,
+                format!("this key may not fall back to model {name:?}"),
+            )
+            .code("model_not_allowed"));
+        }
+        if state.lookup(name).is_none() {
+            return Err(
+                ApiError::invalid(format!("fallback model {name:?} does not exist"))
+                    .code("model_not_found"),
+            );
+        }
+        out.push(Arc::from(name));
+    }
+    Ok(Some(out))
+}
+
+/// Serves a request from one model group: picks a target by the group's strategy, calls it,
+/// and on a retryable failure backs off and tries again (another target when one is
+/// available), within the group's attempts and retry budget.
+async fn run_group(
+    run: &mut Attempts<'_>,
+    route: &Arc<ModelRoute>,
+    capture: Option<&str>,
+    requested: &str,
+    fallback: Option<FallbackReason>,
+) -> Result<Response, GroupFailure> {
+    let core = &run.layer.core;
+    let sticky = match &route.sticky_header {
+        Some(h) => run.headers.get(h).and_then(|v| v.to_str().ok()),
+        None => run.ctx.conversation_id.as_deref(),
+    };
+    let candidates: Vec<Candidate<'_>> = route
+        .targets
+        .iter()
+        .map(|t| Candidate {
+            cfg: &t.cfg,
+            health: &t.health,
+            down: t.provider.down.load(Ordering::Relaxed),
+            price: t.price,
+            id: t.id,
+        })
+        .collect();
+    // The body sent to this group: redaction (by policy) may rewrite it, once per group.
+    let mut prepared: Option<(Bytes, bool)> = None;
+    // Targets never to try again for this request, and targets to avoid if others remain.
+    let mut exclude: Vec<usize> = Vec::new();
+    let mut failed: Vec<usize> = Vec::new();
+    let mut last: Option<GroupFailure> = None;
+    route.budget.deposit();
+    for attempt in 1..=route.retry.attempts {
+        if attempt > 1 {
+            if !route.budget.try_withdraw() {
+                tracing::warn!(model = %route.name, "retry budget exhausted: not retrying");
+                break;
+            }
+            let delay = router::backoff(route.retry.backoff, route.retry.max_backoff, attempt - 1);
+            tokio::time::sleep(delay).await;
+        }
+        let picked = pick_target(route, &candidates, &exclude, &failed, sticky).await;
+        let (i, lease) = match picked {
+            Ok(p) => p,
+            Err(unavailable) => {
+                return Err(last.unwrap_or_else(|| no_target(route, unavailable)));
+            }
+        };
+        let Some(target) = route.targets.get(i) else {
+            return Err(no_target(
+                route,
+                router::Unavailable {
+                    until: None,
+                    why: "unavailable",
+                },
+            ));
+        };
+        let tag = ResponseTag {
+            model: Some(route.name.clone()),
+            provider: Some(target.provider.name.clone()),
+            upstream: Default::default(),
+        };
+        if prepared.is_none() {
+            let envelope = Envelope::parse(run.bytes).map_err(|e| GroupFailure {
+                error: e,
+                class: Class::Client,
+                tag: None,
+            })?;
+            let redact = decide(
+                core,
+                &run.state.policy,
+                run.principal,
+                run.endpoint,
+                route,
+                &target.provider.name,
+                &envelope,
+                run.bytes.len(),
+                run.ctx,
+            )
+            .map_err(|e| GroupFailure {
+                error: e,
+                class: Class::Client,
+                tag: Some(tag.clone()),
+            })?;
+            let body = match redact {
+                Some(paths) => Bytes::from(envelope.rebuild(&envelope.model, &paths)),
+                None => run.bytes.clone(),
+            };
+            prepared = Some((body, envelope.stream));
+        }
+        let Some((body, _)) = &prepared else {
+            break;
+        };
+        let envelope = Envelope::parse(body).map_err(|e| GroupFailure {
+            error: e,
+            class: Class::Client,
+            tag: None,
+        })?;
+        run.count += 1;
+        let upstream_model = target.upstream_model(capture);
+        let attempt_started = Instant::now();
+        let span = core.tracer.sampled(&run.ctx.trace).then(|| SpanStart {
+            trace: run.ctx.trace.clone(),
+            start_ns: run.start_ns,
+            endpoint: run.endpoint,
+            model: Arc::from(requested),
+            upstream_model: Arc::from(upstream_model.as_str()),
+            provider: target.provider.name.clone(),
+            provider_kind: target.provider.provider.otel_name(),
+            key_id: run.principal.label(),
+            team: run.principal.team.clone(),
+            conversation_id: run.ctx.conversation_id.clone(),
+            attempts: run.count,
+            fallback,
+        });
+        let on_end = stream_end(core, route, target, span.clone(), lease);
+        let call = Call {
+            endpoint: run.endpoint,
+            public_model: &envelope.model,
+            upstream_model: &upstream_model,
+            envelope: &envelope,
+            body,
+            ctx: run.ctx,
+            first_token: target.cfg.ttft_timeout,
+        };
+        let result = target.provider.provider.call(call, on_end).await;
+        let now = Instant::now();
+        let attempt_labels = |outcome: &'static str| AttemptLabels {
+            model: (&route.name).into(),
+            provider: (&target.provider.name).into(),
+            outcome,
+        };
+        match result {
+            Ok(reply) => {
+                target.health.record(
+                    Outcome::Success,
+                    Some(reply.upstream),
+                    None,
+                    &route.cooldown,
+                    now,
+                );
+                core.metrics
+                    .upstream_attempts
+                    .get_or_create(&attempt_labels("ok"))
+                    .inc();
+                core.metrics
+                    .record_upstream(&target.provider.name, &route.name, reply.upstream);
+                let mut res = reply.response;
+                if let (Some(span), false) = (&span, reply.streamed) {
+                    core.tracer
+                        .record(span.finish(reply.usage, res.status().as_u16(), None));
+                }
+                if let Some(u) = reply.usage {
+                    core.metrics.record_tokens(
+                        &route.name,
+                        &target.provider.name,
+                        u.prompt,
+                        u.completion,
+                    );
+                    target.health.add_tokens(u.prompt + u.completion, now);
+                }
+                let h = res.headers_mut();
+                if let Ok(v) = HeaderValue::from_str(requested) {
+                    h.insert(SERVED_MODEL, v);
+                }
+                if let Ok(v) = HeaderValue::from_str(&target.provider.name) {
+                    h.insert(SERVED_PROVIDER, v);
+                }
+                h.insert(ATTEMPTS, HeaderValue::from(run.count));
+                if let Some(reason) = fallback {
+                    h.insert(FALLBACK, HeaderValue::from_static(reason.name()));
+                }
+                res.extensions_mut().insert(ResponseTag {
+                    // Time the gateway waited on upstreams, backoffs included, so the
+                    // overhead metric stays the gateway's own work.
+                    upstream: run
+                        .started
+                        .elapsed()
+                        .saturating_sub(attempt_started.elapsed().saturating_sub(reply.upstream)),
+                    ..tag
+                });
+                return Ok(res);
+            }
+            Err(e) => {
+                let class = classify(&e);
+                let retry_after = e.retry_after();
+                let elapsed = attempt_started.elapsed();
+                core.metrics
+                    .record_upstream(&target.provider.name, &route.name, elapsed);
+                core.metrics
+                    .upstream_attempts
+                    .get_or_create(&attempt_labels(class.metric()))
+                    .inc();
+                let err = e.into_api_error(&target.provider.name);
+                let opened = target.health.record(
+                    class.outcome(retry_after),
+                    Some(elapsed),
+                    Some(&err.message),
+                    &route.cooldown,
+                    now,
+                );
+                if opened {
+                    tracing::warn!(model = %route.name, provider = %target.provider.name, target = %target.model, cooldown_ms = route.cooldown.duration.as_millis() as u64, "target taken out for a cooldown");
+                }
+                // One span per request: a failed attempt's span is kept, and exported only if
+                // no later attempt serves the request.
+                run.failed_span = span
+                    .as_ref()
+                    .map(|s| s.finish(None, err.status().as_u16(), Some(err.message.clone())));
+                if err.kind != ErrorKind::InvalidRequest {
+                    tracing::warn!(request_id = run.ctx.request_id(), provider = %target.provider.name, model = %route.name, attempt, error = %err.message, "upstream attempt failed");
+                }
+                let tag = ResponseTag {
+                    upstream: run.started.elapsed(),
+                    ..tag
+                };
+                match class {
+                    Class::Client | Class::ContextWindow | Class::ContentPolicy => {
+                        return Err(GroupFailure {
+                            error: err,
+                            class,
+                            tag: Some(tag),
+                        })
+                    }
+                    Class::TargetFault => exclude.push(i),
+                    Class::Throttled | Class::Retryable => failed.push(i),
+                }
+                last = Some(GroupFailure {
+                    error: err,
+                    class,
+                    tag: Some(tag),
+                });
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        no_target(
+            route,
+            router::Unavailable {
+                until: None,
+                why: "unavailable",
+            },
+        )
+    }))
+}
+
+/// Picks the next target: one not yet tried if possible, else one that failed retryably. When
+/// none is available but one will be soon (a short `Retry-After`), waits for it.
+async fn pick_target(
+    route: &ModelRoute,
+    candidates: &[Candidate<'_>],
+    exclude: &[usize],
+    failed: &[usize],
+    sticky: Option<&str>,
+) -> Result<(usize, router::Lease), router::Unavailable> {
+    let mut tried_wait = false;
+    loop {
+        let now = Instant::now();
+        let avoid: Vec<usize> = exclude.iter().chain(failed).copied().collect();
+        let first = router::pick(route.strategy, candidates, &avoid, sticky, now);
+        let result = match first {
+            Err(_) if !failed.is_empty() => {
+                router::pick(route.strategy, candidates, exclude, sticky, now)
+            }
+            other => other,
+        };
+        match result {
+            Ok((i, lease, _)) => return Ok((i, lease)),
+            Err(u) => {
+                let wait = u.until.map(|t| t.saturating_duration_since(now));
+                match wait {
+                    Some(w) if !tried_wait && w <= route.retry.max_retry_after => {
+                        tried_wait = true;
+                        tokio::time::sleep(w).await;
+                    }
+                    _ => return Err(u),
+                }
+            }
+        }
+    }
+}
+
+/// No target of the group can take the request now: 503 with when to come back.
+fn no_target(route: &ModelRoute, u: router::Unavailable) -> GroupFailure {
+    let retry_after = u
+        .until
+        .map(|t| t.saturating_duration_since(Instant::now()).as_secs().max(1));
+    let mut message = format!(
+        "no target of model {:?} can take requests now ({})",
+        route.name, u.why
+    );
+    if let Some(s) = retry_after {
+        message.push_str(&format!("; retry in {s}s"));
+    }
+    let mut error = ApiError::new(ErrorKind::Unavailable, message).code("no_healthy_target");
+    if let Some(s) = retry_after {
+        error =
+            error.with_upstream_headers(vec![(http::header::RETRY_AFTER, HeaderValue::from(s))]);
+    }
+    GroupFailure {
+        error,
+        class: Class::Retryable,
+        tag: Some(ResponseTag {
+            model: Some(route.name.clone()),
+            provider: None,
+            upstream: Default::default(),
+        }),
+    }
+}
+
+/// The hook a streamed reply runs when it ends: finishes the span, counts tokens against the
+/// target's TPM, marks a mid-stream failure against its health, and releases its in-flight
+/// slot. A reply that is not a stream drops the hook unrun; the slot is released then.
+fn stream_end(
+    core: &Arc<Core>,
+    route: &Arc<ModelRoute>,
+    target: &Target,
+    span: Option<SpanStart>,
+    lease: router::Lease,
+) -> provider::StreamEnd {
+    let core = core.clone();
+    let route = route.clone();
+    let provider = target.provider.name.clone();
+    let health = target.health.clone();
+    Box::new(move |outcome: StreamOutcome| {
+        let _lease = lease;
+        let now = Instant::now();
+        if let Some(span) = span {
+            let error = (outcome.failed || outcome.cancelled).then(|| {
+                if outcome.failed {
+                    "upstream stream failed"
+                } else {
+                    "client cancelled"
+                }
+                .to_owned()
+            });
+            core.tracer.record(span.finish(outcome.usage, 200, error));
+        }
+        if let Some(u) = outcome.usage {
+            core.metrics
+                .record_tokens(&route.name, &provider, u.prompt, u.completion);
+            health.add_tokens(u.prompt + u.completion, now);
+        }
+        let labels = UpstreamLabels {
+            provider: (&provider).into(),
+            model: (&route.name).into(),
+        };
+        if outcome.failed {
+            core.metrics.stream_errors.get_or_create(&labels).inc();
+            health.record(
+                Outcome::Failure,
+                None,
+                Some("stream failed after its first byte"),
+                &route.cooldown,
+                now,
+            );
+        }
+        if outcome.cancelled {
+            core.metrics.streams_cancelled.get_or_create(&labels).inc();
+        }
+    })
 }
 
 /// What a model call's span needs, captured when the call starts.
@@ -352,6 +1109,8 @@ struct SpanStart {
     key_id: String,
     team: Option<String>,
     conversation_id: Option<String>,
+    attempts: u32,
+    fallback: Option<FallbackReason>,
 }
 
 impl SpanStart {
@@ -374,6 +1133,7 @@ impl SpanStart {
             Kv::string("gen_ai.response.model", &*self.upstream_model),
             Kv::string("tollgate.provider", &*self.provider),
             Kv::string("tollgate.key_id", &self.key_id),
+            Kv::int("tollgate.attempts", i64::from(self.attempts)),
             Kv::int("http.response.status_code", i64::from(status)),
         ];
         if let Some(u) = usage {
@@ -388,6 +1148,9 @@ impl SpanStart {
         }
         if let Some(team) = &self.team {
             attrs.push(Kv::string("tollgate.team", team));
+        }
+        if let Some(f) = self.fallback {
+            attrs.push(Kv::string("tollgate.fallback", f.name()));
         }
         if let Some(c) = &self.conversation_id {
             attrs.push(Kv::string("gen_ai.conversation.id", c));
@@ -418,7 +1181,7 @@ fn decide(
     principal: &Principal,
     endpoint: Endpoint,
     route: &ModelRoute,
-    target: &Target,
+    provider: &str,
     envelope: &Envelope<'_>,
     body_len: usize,
     ctx: &RequestContext,
@@ -429,7 +1192,7 @@ fn decide(
     let request = policy::model_request_value(
         endpoint.name(),
         &route.name,
-        &target.provider.name,
+        provider,
         envelope.stream,
         envelope.max_tokens,
         // A byte-count estimate: enough for coarse size rules before any tokenizer runs.
@@ -464,7 +1227,8 @@ fn decide(
     ev.target = Some(route.name.to_string());
     ev.decision = Some(decision.to_owned());
     ev.rule = Some(rule);
-    ev.detail = serde_json::json!({"layer": "model", "endpoint": endpoint.name(), "provider": &*target.provider.name});
+    ev.detail =
+        serde_json::json!({"layer": "model", "endpoint": endpoint.name(), "provider": provider});
     // On the request path: never wait for the audit writer (a full queue is counted).
     core.audit.try_record(ev);
     Err(err)
@@ -476,7 +1240,7 @@ fn authorize(
     state: &LlmState,
     principal: &Principal,
     model: &str,
-) -> Result<Arc<ModelRoute>, ApiError> {
+) -> Result<(Arc<ModelRoute>, Option<String>), ApiError> {
     if !principal.may_use_model(model) {
         return Err(ApiError::new(
             ErrorKind::PermissionDenied,
@@ -485,7 +1249,7 @@ fn authorize(
         .code("model_not_allowed")
         .param("model"));
     }
-    state.models.get(model).cloned().ok_or_else(|| {
+    state.lookup(model).ok_or_else(|| {
         ApiError::not_found(format!("model {model:?} does not exist"))
             .code("model_not_found")
             .param("model")
@@ -502,11 +1266,14 @@ async fn list_models(State(layer): State<Arc<LlmLayer>>, headers: HeaderMap) -> 
         Err(e) => return e.into_response(),
     };
     let state = layer.state.load();
+    // Group names and aliases; patterns are not names a client can list.
     let data: Vec<_> = state
         .order
         .iter()
-        .filter(|m| principal.may_use_model(&m.name))
-        .map(|m| model_object(&m.name))
+        .filter(|m| !m.name.contains('*'))
+        .flat_map(|m| std::iter::once(&m.name).chain(&m.aliases))
+        .filter(|name| principal.may_use_model(name))
+        .map(|name| model_object(name))
         .collect();
     json_response(
         StatusCode::OK,
@@ -525,7 +1292,7 @@ async fn get_model(
     };
     let state = layer.state.load();
     match authorize(&state, &principal, &model) {
-        Ok(route) => json_response(StatusCode::OK, model_object(&route.name).to_string()),
+        Ok(_) => json_response(StatusCode::OK, model_object(&model).to_string()),
         Err(e) => e.into_response(),
     }
 }

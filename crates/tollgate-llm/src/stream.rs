@@ -12,10 +12,12 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::provider::{StreamEnd, StreamOutcome, Usage};
+use crate::provider::{Endpoint, StreamEnd, StreamOutcome, Usage};
 
 pub struct ForwardStream<B> {
     inner: B,
+    /// The client's dialect, for the error event that ends a broken stream.
+    dialect: Endpoint,
     idle: Duration,
     timer: Pin<Box<Sleep>>,
     on_end: Option<StreamEnd>,
@@ -32,9 +34,10 @@ pub struct ForwardStream<B> {
 const MAX_LINE: usize = 1 << 20;
 
 impl<B> ForwardStream<B> {
-    pub fn new(inner: B, idle: Duration, on_end: StreamEnd) -> Self {
+    pub fn new(inner: B, dialect: Endpoint, idle: Duration, on_end: StreamEnd) -> Self {
         ForwardStream {
             inner,
+            dialect,
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
             on_end: Some(on_end),
@@ -105,10 +108,57 @@ impl<B> Drop for ForwardStream<B> {
     }
 }
 
-/// An SSE event telling the client the stream broke, in the OpenAI error shape.
-pub fn error_event(message: &str, code: &str) -> Bytes {
-    let body = serde_json::json!({"error": {"message": message, "type": "upstream_error", "code": code, "param": null}});
-    Bytes::from(format!("data: {body}\n\n"))
+/// An SSE event telling the client the stream broke, in the client's dialect: an `error`
+/// object on a `data:` line for Chat Completions, an `error` event for the Responses API.
+pub fn error_event(dialect: Endpoint, message: &str, code: &str) -> Bytes {
+    match dialect {
+        Endpoint::Responses => {
+            let body = serde_json::json!({"type": "error", "code": code, "message": message, "param": null});
+            Bytes::from(format!("event: error\ndata: {body}\n\n"))
+        }
+        Endpoint::Chat | Endpoint::Embeddings => {
+            let body = serde_json::json!({"error": {"message": message, "type": "upstream_error", "code": code, "param": null}});
+            Bytes::from(format!("data: {body}\n\n"))
+        }
+    }
+}
+
+/// A body whose first frame was already read (to prove the upstream started answering before
+/// the response is committed to the client), followed by the rest.
+pub struct Prepended<B> {
+    first: Option<Frame<Bytes>>,
+    rest: B,
+}
+
+impl<B> Prepended<B> {
+    pub fn new(first: Frame<Bytes>, rest: B) -> Self {
+        Prepended {
+            first: Some(first),
+            rest,
+        }
+    }
+}
+
+impl<B> Body for Prepended<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(first)));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
 }
 
 impl<B> Body for ForwardStream<B>
@@ -140,6 +190,7 @@ where
                 tracing::warn!(error = %e, "upstream stream broke");
                 this.finish(true);
                 Poll::Ready(Some(Ok(Frame::data(error_event(
+                    this.dialect,
                     &format!("upstream stream broke: {e}"),
                     "upstream_stream_error",
                 )))))
@@ -157,6 +208,7 @@ where
                     );
                     this.finish(true);
                     Poll::Ready(Some(Ok(Frame::data(error_event(
+                        this.dialect,
                         &format!("upstream sent nothing for {}ms", idle.as_millis()),
                         "upstream_idle_timeout",
                     )))))
@@ -244,6 +296,7 @@ mod tests {
     fn scanned(frames: &[&[u8]]) -> Option<Usage> {
         let mut s = ForwardStream::new(
             http_body_util::Empty::<Bytes>::new(),
+            Endpoint::Chat,
             Duration::from_secs(1),
             Box::new(|_| {}),
         );

@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -63,6 +62,10 @@ pub enum Reply {
         gate: Arc<Notify>,
         rest: Vec<Bytes>,
     },
+    /// Closes the connection without answering: what a crashed or reset upstream looks like.
+    Reset,
+    /// Another reply with extra response headers (`retry-after`, ...).
+    WithHeaders(Vec<(&'static str, String)>, Box<Reply>),
 }
 
 impl Reply {
@@ -99,6 +102,26 @@ impl Reply {
             },
             other => other,
         }
+    }
+
+    /// Adds a response header.
+    pub fn with_header(self, name: &'static str, value: impl Into<String>) -> Reply {
+        match self {
+            Reply::WithHeaders(mut h, inner) => {
+                h.push((name, value.into()));
+                Reply::WithHeaders(h, inner)
+            }
+            other => Reply::WithHeaders(vec![(name, value.into())], Box::new(other)),
+        }
+    }
+
+    /// A 429 in OpenAI's shape with `Retry-After: secs`.
+    pub fn throttled(retry_after_secs: u64) -> Reply {
+        Reply::json(
+            429,
+            serde_json::json!({"error": {"message": "rate limit reached", "type": "rate_limit_error", "code": "rate_limit_exceeded", "param": null}}),
+        )
+        .with_header("retry-after", retry_after_secs.to_string())
     }
 
     /// An SSE stream of `data:` events (each value JSON-encoded), then `data: [DONE]`.
@@ -148,6 +171,7 @@ pub struct MockUpstream {
     state: Arc<Mutex<State>>,
     arrived: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
+    killed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for MockUpstream {
@@ -163,18 +187,24 @@ impl MockUpstream {
         let state = Arc::new(Mutex::new(State::default()));
         let arrived = Arc::new(Notify::new());
         let (st, ar) = (state.clone(), arrived.clone());
+        let (killed, kill_rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let (st, ar) = (st.clone(), ar.clone());
+                let mut kill = kill_rx.clone();
                 tokio::spawn(async move {
                     let svc =
                         hyper::service::service_fn(move |req| handle(req, st.clone(), ar.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc);
+                    // Killing the upstream drops every open connection mid-flight.
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = kill.wait_for(|k| *k) => {}
+                    }
                 });
             }
         });
@@ -183,7 +213,20 @@ impl MockUpstream {
             state,
             arrived,
             task,
+            killed,
         }
+    }
+
+    /// Kills the upstream as a crash would: stops listening (new connections are refused) and
+    /// cuts every open connection, answered or not.
+    pub fn kill(&self) {
+        self.task.abort();
+        let _ = self.killed.send(true);
+    }
+
+    /// How many requests arrived so far.
+    pub fn count(&self) -> usize {
+        self.state.lock().unwrap().recorded.len()
     }
 
     /// The base URL to configure as a provider's `base_url`.
@@ -225,7 +268,7 @@ async fn handle(
     req: Request<Incoming>,
     state: Arc<Mutex<State>>,
     arrived: Arc<Notify>,
-) -> Result<Response<BoxBody>, Infallible> {
+) -> Result<Response<BoxBody>, std::io::Error> {
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -249,7 +292,23 @@ async fn handle(
         let model = req["model"].as_str().unwrap_or("unknown");
         Reply::json(200, chat_completion(model, "upstream says hi", 3, 4))
     });
+    let (headers, reply) = match reply {
+        Reply::WithHeaders(h, inner) => (h, *inner),
+        other => (Vec::new(), other),
+    };
+    let mut res = respond(reply).await?;
+    for (name, value) in headers {
+        res.headers_mut()
+            .insert(name, http::HeaderValue::from_str(&value).unwrap());
+    }
+    Ok(res)
+}
+
+async fn respond(reply: Reply) -> Result<Response<BoxBody>, std::io::Error> {
     Ok(match reply {
+        // A service error makes hyper close the connection without a response.
+        Reply::Reset => return Err(std::io::Error::other("reset by test")),
+        Reply::WithHeaders(_, inner) => return Box::pin(respond(*inner)).await,
         Reply::Body {
             status,
             content_type,

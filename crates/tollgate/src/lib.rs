@@ -73,7 +73,9 @@ impl Gateway {
             .merge(ops_router(core.clone()))
             .merge(llm.router());
         if admin_listen.is_none() {
-            app = app.merge(admin::router(core.clone()));
+            app = app
+                .merge(admin::router(core.clone()))
+                .merge(llm.admin_router());
         }
         let main = Server::start(
             "http",
@@ -91,6 +93,7 @@ impl Gateway {
             let admin_app = shell(
                 Router::new()
                     .merge(admin::router(core.clone()))
+                    .merge(llm.admin_router())
                     .merge(ops_router(core.clone())),
                 &core,
             );

@@ -6,6 +6,7 @@
 //! prints, with secrets redacted.
 
 mod interp;
+mod models;
 mod raw;
 pub mod units;
 
@@ -17,6 +18,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use interp::Lookup;
+pub use models::{
+    pattern_capture, resolve as resolve_model, CooldownConfig, ModelConfig, RetryConfig, Strategy,
+    TargetConfig,
+};
 
 /// One configuration problem, located by its field path (`providers[1].base_url`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -309,6 +314,18 @@ pub struct ProviderConfig {
     pub name: String,
     pub kind: ProviderKind,
     pub timeouts: Timeouts,
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// Active health checking: a periodic `GET {base_url}{path}`; a failing provider's targets are
+/// taken out of rotation until a check passes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthCheckConfig {
+    #[serde(with = "units::duration")]
+    pub interval: Duration,
+    #[serde(with = "units::duration")]
+    pub timeout: Duration,
+    pub path: String,
 }
 
 /// Serialises in the file's own shape: `kind`, the kind's fields, `mock:` for the mock.
@@ -323,6 +340,8 @@ impl Serialize for ProviderConfig {
             #[serde(skip_serializing_if = "Option::is_none")]
             mock: Option<&'a MockSettings>,
             timeouts: &'a Timeouts,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            health_check: Option<&'a HealthCheckConfig>,
         }
         let (openai, mock) = match &self.kind {
             ProviderKind::OpenAi(o) => (Some(o), None),
@@ -334,6 +353,7 @@ impl Serialize for ProviderConfig {
             openai,
             mock,
             timeouts: &self.timeouts,
+            health_check: self.health_check.as_ref(),
         }
         .serialize(s)
     }
@@ -399,18 +419,6 @@ pub struct Timeouts {
     /// The longest gap between two chunks of a stream.
     #[serde(with = "units::duration")]
     pub idle: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ModelConfig {
-    pub name: String,
-    pub targets: Vec<TargetConfig>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TargetConfig {
-    pub provider: String,
-    pub model: String,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4000";
@@ -688,6 +696,12 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
                         errors.push(FieldError::new(at(field), "not valid for kind: mock"));
                     }
                 }
+                if p.health_check.is_some() {
+                    errors.push(FieldError::new(
+                        at("health_check"),
+                        "not valid for kind: mock (it is always up)",
+                    ));
+                }
                 let m = p.mock.unwrap_or_default();
                 let settings = MockSettings {
                     latency: m.latency.unwrap_or_default(),
@@ -734,62 +748,41 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
                 ));
             }
         }
+        let health_check = p.health_check.map(|h| {
+            let check = HealthCheckConfig {
+                interval: h.interval.unwrap_or(Duration::from_secs(30)),
+                timeout: h.timeout.unwrap_or(Duration::from_secs(5)),
+                path: h.path.unwrap_or_else(|| "/models".to_owned()),
+            };
+            if check.interval < Duration::from_millis(100) {
+                errors.push(FieldError::new(
+                    at("health_check.interval"),
+                    "must be at least 100ms",
+                ));
+            }
+            if check.timeout.is_zero() {
+                errors.push(FieldError::new(
+                    at("health_check.timeout"),
+                    "must be greater than 0",
+                ));
+            }
+            if !check.path.starts_with('/') {
+                errors.push(FieldError::new(
+                    at("health_check.path"),
+                    "must start with '/'",
+                ));
+            }
+            check
+        });
         providers.push(ProviderConfig {
             name: p.name,
             kind,
             timeouts,
+            health_check,
         });
     }
 
-    let mut models = Vec::new();
-    let mut model_names = HashSet::new();
-    for (i, m) in raw.models.unwrap_or_default().into_iter().enumerate() {
-        if m.name.is_empty()
-            || m.name.len() > 256
-            || m.name.chars().any(|c| c.is_control() || c == '*')
-        {
-            errors.push(FieldError::new(
-                format!("models[{i}].name"),
-                "must be 1-256 characters with no control characters or '*'",
-            ));
-        }
-        if !model_names.insert(m.name.clone()) {
-            errors.push(FieldError::new(
-                format!("models[{i}].name"),
-                format!("duplicate model {:?}", m.name),
-            ));
-        }
-        if m.targets.is_empty() {
-            errors.push(FieldError::new(
-                format!("models[{i}].targets"),
-                "needs at least one target",
-            ));
-        }
-        let mut targets = Vec::new();
-        for (j, t) in m.targets.into_iter().enumerate() {
-            if !provider_names.contains(&t.provider) {
-                errors.push(FieldError::new(
-                    format!("models[{i}].targets[{j}].provider"),
-                    format!("unknown provider {:?}", t.provider),
-                ));
-            }
-            let model = t.model.unwrap_or_else(|| m.name.clone());
-            if model.is_empty() || model.len() > 256 {
-                errors.push(FieldError::new(
-                    format!("models[{i}].targets[{j}].model"),
-                    "must be 1-256 characters",
-                ));
-            }
-            targets.push(TargetConfig {
-                provider: t.provider,
-                model,
-            });
-        }
-        models.push(ModelConfig {
-            name: m.name,
-            targets,
-        });
-    }
+    let models = models::validate_models(raw.models.unwrap_or_default(), &provider_names, errors);
 
     let mut auth = AuthConfig::default();
     if let Some(j) = raw.auth.and_then(|a| a.jwt) {

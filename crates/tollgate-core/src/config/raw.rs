@@ -177,6 +177,7 @@ pub struct RawProvider {
     pub api_version: Option<StringLike>,
     pub headers: Option<BTreeMap<String, StringLike>>,
     pub timeouts: Option<RawTimeouts>,
+    pub health_check: Option<RawHealthCheck>,
     pub mock: Option<RawMock>,
 }
 
@@ -209,8 +210,27 @@ pub struct RawMock {
 #[serde(deny_unknown_fields)]
 pub struct RawModel {
     pub name: String,
+    pub aliases: Option<Vec<String>>,
+    pub strategy: Option<RawStrategy>,
+    pub sticky_header: Option<String>,
     #[serde(default)]
     pub targets: Vec<RawTarget>,
+    pub fallbacks: Option<Vec<String>>,
+    pub context_window_fallbacks: Option<Vec<String>>,
+    pub content_policy_fallbacks: Option<Vec<String>>,
+    pub retry: Option<RawRetry>,
+    pub cooldown: Option<RawCooldown>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawStrategy {
+    Weighted,
+    Priority,
+    LeastBusy,
+    Latency,
+    Cost,
+    Sticky,
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,6 +239,46 @@ pub struct RawTarget {
     pub provider: String,
     /// Defaults to the model group's name.
     pub model: Option<String>,
+    pub weight: Option<u32>,
+    pub priority: Option<u32>,
+    pub max_concurrency: Option<u32>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    #[serde(default, with = "units::duration")]
+    pub ttft_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub attempts: Option<u32>,
+    #[serde(default, with = "units::duration")]
+    pub backoff: Option<Duration>,
+    #[serde(default, with = "units::duration")]
+    pub max_backoff: Option<Duration>,
+    #[serde(default, with = "units::duration")]
+    pub max_retry_after: Option<Duration>,
+    pub budget: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCooldown {
+    pub failures: Option<u32>,
+    #[serde(default, with = "units::duration")]
+    pub window: Option<Duration>,
+    #[serde(default, with = "units::duration")]
+    pub duration: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    #[serde(default, with = "units::duration")]
+    pub interval: Option<Duration>,
+    #[serde(default, with = "units::duration")]
+    pub timeout: Option<Duration>,
+    pub path: Option<String>,
 }
 
 /// A string that may have been written (or interpolated) as a number: `${API_KEY}` holding

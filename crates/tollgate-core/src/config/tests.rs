@@ -162,3 +162,40 @@ fn numeric_secrets_work_and_are_never_printed() {
     assert!(!yaml.contains("1234567890"), "{yaml}");
     assert!(!format!("{c:?}").contains("1234567890"));
 }
+
+#[test]
+fn model_group_routing_is_validated() {
+    let err = parse(
+        "providers:\n  - name: p\n    kind: mock\n    health_check: {interval: 1s}\nmodels:\n  - name: a\n    aliases: [b, 'c*']\n    strategy: priority\n    sticky_header: x-s\n    targets: [{provider: p, weight: 0, model: 'x*'}]\n    fallbacks: [a, ghost]\n    retry: {attempts: 0, backoff: 2s, max_backoff: 1s}\n    cooldown: {failures: 0}\n  - name: b\n    targets: [{provider: p}]\n  - name: 'two*stars*'\n    targets: [{provider: p}]\n",
+    )
+    .unwrap_err();
+    let paths = error_paths(&err);
+    for want in [
+        "providers[0].health_check",
+        "models[0].aliases[1]",
+        "models[0].sticky_header",
+        "models[0].targets[0].weight",
+        "models[0].targets[0].model",
+        "models[0].fallbacks[0]",
+        "models[0].fallbacks[1]",
+        "models[0].retry.attempts",
+        "models[0].retry.max_backoff",
+        "models[0].cooldown.failures",
+        "models[1].name",
+        "models[2].name",
+    ] {
+        assert!(paths.contains(&want), "missing {want}: {err}");
+    }
+}
+
+#[test]
+fn fallbacks_may_name_aliases_and_pattern_matches() {
+    let c = parse(
+        "providers:\n  - name: p\n    kind: mock\nmodels:\n  - name: main\n    targets: [{provider: p}]\n    fallbacks: [small, 'up/anything']\n  - name: tiny\n    aliases: [small]\n    targets: [{provider: p}]\n  - name: 'up/*'\n    targets: [{provider: p, model: '*'}]\n",
+    )
+    .unwrap();
+    assert_eq!(resolve_model(&c.models, "small"), Some(1));
+    assert_eq!(resolve_model(&c.models, "up/x"), Some(2));
+    assert_eq!(c.models[0].strategy, Strategy::Weighted);
+    assert_eq!(c.models[0].retry, RetryConfig::default());
+}

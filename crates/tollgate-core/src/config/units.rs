@@ -112,6 +112,18 @@ pub mod duration {
     }
 }
 
+/// Serialises an optional [`Duration`] in the human form (pair with `skip_serializing_if`).
+pub mod opt_duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 /// serde adapter for byte-size fields.
 pub mod size {
     use super::*;

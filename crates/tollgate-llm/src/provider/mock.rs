@@ -132,6 +132,20 @@ impl MockProvider {
 
     pub async fn call(&self, call: Call<'_>, on_end: StreamEnd) -> Result<Reply, ProviderError> {
         let s = &self.settings;
+        if let Some(limit) = call.first_token {
+            let wait = if call.envelope.stream {
+                s.ttft
+            } else {
+                s.latency
+            };
+            if wait > limit {
+                tokio::time::sleep(limit).await;
+                return Err(ProviderError::Timeout {
+                    phase: "first token",
+                    after: limit,
+                });
+            }
+        }
         if s.error_rate > 0.0 && fastrand::f64() < s.error_rate {
             let body = json!({"error": {"message": "error injected by the mock provider", "type": "mock_error", "code": "injected_error", "param": null}});
             return Err(ProviderError::Status {
@@ -227,11 +241,16 @@ impl MockProvider {
             })));
         }
         events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-        self.stream(events, on_end)
+        self.stream(call.endpoint, events, on_end)
     }
 
     /// Paces pre-built events: `ttft` before the first, then `latency` spread over the rest.
-    fn stream(&self, events: Vec<Bytes>, on_end: StreamEnd) -> Result<Reply, ProviderError> {
+    fn stream(
+        &self,
+        dialect: Endpoint,
+        events: Vec<Bytes>,
+        on_end: StreamEnd,
+    ) -> Result<Reply, ProviderError> {
         let ttft = self.settings.ttft;
         let gap = self.settings.latency / (events.len().max(2) as u32 - 1);
         let paced = futures_util::stream::iter(events.into_iter().enumerate()).then(
@@ -245,7 +264,7 @@ impl MockProvider {
         );
         // The idle bound is the mock's own pacing plus slack: the mock never goes idle.
         let idle = ttft.max(gap) + Duration::from_secs(60);
-        let body = ForwardStream::new(Body::from_stream(paced), idle, on_end);
+        let body = ForwardStream::new(Body::from_stream(paced), dialect, idle, on_end);
         let response = Response::builder()
             .header(http::header::CONTENT_TYPE, "text/event-stream")
             .header(http::header::CACHE_CONTROL, "no-cache")
@@ -451,7 +470,7 @@ impl MockProvider {
             &format!("response.{done_status}"),
             json!({"response": response_obj(done_status, &text)}),
         ));
-        self.stream(events, on_end)
+        self.stream(call.endpoint, events, on_end)
     }
 }
 

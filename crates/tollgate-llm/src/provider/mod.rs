@@ -58,6 +58,9 @@ pub struct Call<'a> {
     pub body: &'a Bytes,
     /// Request id, trace and conversation, propagated upstream.
     pub ctx: &'a tollgate_core::context::RequestContext,
+    /// The target's time-to-first-token bound: to the first streamed chunk, or to the response
+    /// head when not streaming. Tighter than the provider's `first_byte` timeout.
+    pub first_token: Option<Duration>,
 }
 
 /// Token usage reported by a provider.
@@ -115,6 +118,37 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// The upstream's `Retry-After`, in seconds or as an HTTP date.
+    pub fn retry_after(&self) -> Option<Duration> {
+        let ProviderError::Status { headers, .. } = self else {
+            return None;
+        };
+        let value = headers
+            .iter()
+            .find(|(n, _)| n == http::header::RETRY_AFTER)?
+            .1
+            .to_str()
+            .ok()?
+            .trim();
+        if let Ok(secs) = value.parse::<f64>() {
+            return (secs.is_finite() && secs >= 0.0)
+                .then(|| Duration::from_secs_f64(secs.min(86_400.0)));
+        }
+        let at = httpdate::parse_http_date(value).ok()?;
+        Some(
+            at.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// The machine-readable `error.code` (or `error.type`) of an upstream error body.
+    pub fn upstream_code(&self) -> Option<String> {
+        let ProviderError::Status { body, .. } = self else {
+            return None;
+        };
+        error_code(body)
+    }
+
     /// The one mapping from provider failures to what the client sees.
     pub fn into_api_error(self, provider: &str) -> ApiError {
         match self {
@@ -189,6 +223,26 @@ pub fn is_openai_error(body: &[u8]) -> bool {
     )
 }
 
+/// The `error.code` of an OpenAI-shaped error body, or its `error.type` when there is no code.
+pub fn error_code(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Outer {
+        error: Inner,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
+        code: Option<serde_json::Value>,
+        #[serde(rename = "type")]
+        kind: Option<String>,
+    }
+    let Outer { error } = serde_json::from_slice(body).ok()?;
+    match error.code {
+        Some(serde_json::Value::String(c)) => Some(c),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => error.kind,
+    }
+}
+
 /// Extracts the human message from an OpenAI-shaped error body, or a short excerpt.
 pub fn error_message(body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
@@ -239,6 +293,14 @@ impl Provider {
         })
     }
 
+    /// An active health check; the mock is always up.
+    pub async fn health_check(&self, path: &str, timeout: Duration) -> Result<(), String> {
+        match self {
+            Provider::OpenAi(p) => p.health_check(path, timeout).await,
+            Provider::Mock(_) => Ok(()),
+        }
+    }
+
     pub async fn call(&self, call: Call<'_>, on_end: StreamEnd) -> Result<Reply, ProviderError> {
         match self {
             Provider::OpenAi(p) => p.call(call, on_end).await,
@@ -251,6 +313,8 @@ impl Provider {
 pub struct NamedProvider {
     pub name: Arc<str>,
     pub provider: Provider,
+    /// Set while the provider's active health check fails.
+    pub down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[cfg(test)]

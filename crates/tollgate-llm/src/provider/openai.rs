@@ -17,7 +17,7 @@ use thread_local::ThreadLocal;
 use tollgate_core::config::{OpenAiSettings, Timeouts};
 
 use super::{error_message, Call, Endpoint, ProviderError, Reply, StreamEnd, Usage};
-use crate::stream::{ForwardStream, RawUsage};
+use crate::stream::{ForwardStream, Prepended, RawUsage};
 
 /// The largest non-streaming upstream body accepted.
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
@@ -175,7 +175,10 @@ impl OpenAiProvider {
         }
 
         let started = Instant::now();
-        let head_budget = self.timeouts.first_byte.min(self.timeouts.request);
+        let mut head_budget = self.timeouts.first_byte.min(self.timeouts.request);
+        if let Some(t) = call.first_token {
+            head_budget = head_budget.min(t);
+        }
         let client = self.clients.get_or(|| build_client(self.timeouts.connect));
         let res = match tokio::time::timeout(head_budget, client.request(req)).await {
             Err(_) => {
@@ -221,8 +224,38 @@ impl OpenAiProvider {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
         if call.envelope.stream && is_sse {
+            // Hold the response until the first chunk arrives: a stream that breaks or stalls
+            // before its first byte reaches the client can still be retried elsewhere.
+            let mut incoming = incoming;
+            let first =
+                match tokio::time::timeout_at((started + head_budget).into(), incoming.frame())
+                    .await
+                {
+                    Err(_) => {
+                        return Err(ProviderError::Timeout {
+                            phase: "first token",
+                            after: head_budget,
+                        })
+                    }
+                    Ok(None) => {
+                        return Err(ProviderError::Protocol(
+                            "the stream ended before its first event".into(),
+                        ))
+                    }
+                    Ok(Some(Err(e))) => {
+                        return Err(ProviderError::Protocol(format!(
+                            "the stream broke before its first event: {e}"
+                        )))
+                    }
+                    Ok(Some(Ok(frame))) => frame,
+                };
             let upstream = started.elapsed();
-            let body = ForwardStream::new(incoming, self.timeouts.idle, on_end);
+            let body = ForwardStream::new(
+                Prepended::new(first, incoming),
+                call.endpoint,
+                self.timeouts.idle,
+                on_end,
+            );
             let response = builder
                 .header(http::header::CACHE_CONTROL, "no-cache")
                 .body(Body::new(body))
@@ -256,6 +289,30 @@ impl OpenAiProvider {
             usage,
             streamed: false,
         })
+    }
+}
+
+impl OpenAiProvider {
+    /// One active health check: `GET {base_url}{path}` with the provider's credentials. Any
+    /// 2xx within `timeout` passes.
+    pub async fn health_check(&self, path: &str, timeout: Duration) -> Result<(), String> {
+        let uri: Uri = format!("{}{path}", self.base_url)
+            .parse()
+            .map_err(|e| format!("bad health check URL: {e}"))?;
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(uri)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        req.headers_mut().clone_from(&self.headers);
+        req.headers_mut().remove(http::header::CONTENT_TYPE);
+        let client = self.clients.get_or(|| build_client(self.timeouts.connect));
+        match tokio::time::timeout(timeout, client.request(req)).await {
+            Err(_) => Err(format!("no answer within {}ms", timeout.as_millis())),
+            Ok(Err(e)) => Err(classify_client_error(&e, self.timeouts.connect).to_string()),
+            Ok(Ok(res)) if res.status().is_success() => Ok(()),
+            Ok(Ok(res)) => Err(format!("answered {}", res.status())),
+        }
     }
 }
 

@@ -13,4 +13,5 @@ mod jwt;
 mod ops;
 mod passthrough;
 mod policy;
+mod routing;
 mod tracing;

@@ -227,10 +227,18 @@ async fn idle_stream_is_cut_with_an_error_event() {
 #[tokio::test]
 async fn upstream_failures_map_to_502_504_and_relay_client_errors() {
     let up = MockUpstream::start().await;
-    let t = start(&openai_yaml(&up, "").replace(
-        "    headers: {x-org: acme}\n",
-        "    timeouts: {first_byte: 300ms}\n",
-    ))
+    // One attempt and no cooldown: this test is about how each failure maps, not retries.
+    let t = start(
+        &openai_yaml(&up, "")
+            .replace(
+                "    headers: {x-org: acme}\n",
+                "    timeouts: {first_byte: 300ms}\n",
+            )
+            .replace(
+                "model: upstream-name}]\n",
+                "model: upstream-name}]\n    retry: {attempts: 1}\n    cooldown: {failures: 100}\n",
+            ),
+    )
     .await;
     let key = t.any_key().await;
     let body = chat_body("public-name", "x");

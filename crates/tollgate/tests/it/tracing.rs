@@ -120,6 +120,7 @@ async fn model_calls_export_genai_spans_under_the_client_trace() {
     assert_eq!(a["gen_ai.usage.output_tokens"], V::IntValue(7));
     assert_eq!(a["tollgate.key_id"], V::StringValue(key_id));
     assert_eq!(a["tollgate.team"], V::StringValue("ml".into()));
+    assert_eq!(a["tollgate.attempts"], V::IntValue(1));
     assert_eq!(
         a["gen_ai.conversation.id"],
         V::StringValue("conv-42".into())
