@@ -579,8 +579,9 @@ struct Attempts<'a> {
     endpoint: Endpoint,
     headers: &'a HeaderMap,
     ctx: &'a RequestContext,
-    /// The body as the client sent it.
+    /// The body as the client sent it, and its envelope.
     bytes: &'a Bytes,
+    envelope: &'a Envelope<'a>,
     start_ns: u64,
     started: Instant,
     count: u32,
@@ -625,6 +626,7 @@ async fn call_model(
         headers,
         ctx,
         bytes: &bytes,
+        envelope: &envelope,
         start_ns,
         started: Instant::now(),
         count: 0,
@@ -758,8 +760,9 @@ async fn run_group(
             id: t.id,
         })
         .collect();
-    // The body sent to this group: redaction (by policy) may rewrite it, once per group.
-    let mut prepared: Option<(Bytes, bool)> = None;
+    // The policy runs once per group; a redaction rewrites the body sent to this group.
+    let mut decided = false;
+    let mut redacted: Option<Bytes> = None;
     // Targets never to try again for this request, and targets to avoid if others remain.
     let mut exclude: Vec<usize> = Vec::new();
     let mut failed: Vec<usize> = Vec::new();
@@ -795,12 +798,7 @@ async fn run_group(
             provider: Some(target.provider.name.clone()),
             upstream: Default::default(),
         };
-        if prepared.is_none() {
-            let envelope = Envelope::parse(run.bytes).map_err(|e| GroupFailure {
-                error: e,
-                class: Class::Client,
-                tag: None,
-            })?;
+        if !decided {
             let redact = decide(
                 core,
                 &run.state.policy,
@@ -808,7 +806,7 @@ async fn run_group(
                 run.endpoint,
                 route,
                 &target.provider.name,
-                &envelope,
+                run.envelope,
                 run.bytes.len(),
                 run.ctx,
             )
@@ -817,20 +815,23 @@ async fn run_group(
                 class: Class::Client,
                 tag: Some(tag.clone()),
             })?;
-            let body = match redact {
-                Some(paths) => Bytes::from(envelope.rebuild(&envelope.model, &paths)),
-                None => run.bytes.clone(),
-            };
-            prepared = Some((body, envelope.stream));
+            redacted =
+                redact.map(|paths| Bytes::from(run.envelope.rebuild(&run.envelope.model, &paths)));
+            decided = true;
         }
-        let Some((body, _)) = &prepared else {
-            break;
+        // Only a redacted body needs its envelope read again.
+        let reparsed;
+        let (body, envelope) = match &redacted {
+            Some(b) => {
+                reparsed = Envelope::parse(b).map_err(|e| GroupFailure {
+                    error: e,
+                    class: Class::Client,
+                    tag: None,
+                })?;
+                (b, &reparsed)
+            }
+            None => (run.bytes, run.envelope),
         };
-        let envelope = Envelope::parse(body).map_err(|e| GroupFailure {
-            error: e,
-            class: Class::Client,
-            tag: None,
-        })?;
         run.count += 1;
         let upstream_model = target.upstream_model(capture);
         let attempt_started = Instant::now();
@@ -853,7 +854,7 @@ async fn run_group(
             endpoint: run.endpoint,
             public_model: &envelope.model,
             upstream_model: &upstream_model,
-            envelope: &envelope,
+            envelope,
             body,
             ctx: run.ctx,
             first_token: target.cfg.ttft_timeout,
@@ -1325,5 +1326,12 @@ mod tests {
             &second.models["m"].targets[0].provider,
             &same(&second, "a")
         ));
+        assert!(
+            Arc::ptr_eq(
+                &first.models["m"].targets[1].health,
+                &second.models["m"].targets[1].health
+            ),
+            "routing state survives the reload"
+        );
     }
 }

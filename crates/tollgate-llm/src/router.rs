@@ -790,6 +790,63 @@ mod tests {
     }
 
     #[test]
+    fn least_busy_and_latency_avoid_the_loaded_and_the_slow() {
+        let cfgs = [target(1, 0), target(1, 0)];
+        let hs: Vec<Arc<TargetHealth>> = cfgs.iter().map(|_| Arc::default()).collect();
+        let cands = candidates(&cfgs, &hs, &[]);
+        let now = Instant::now();
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let (i, lease, _) = pick(Strategy::LeastBusy, &cands, &[1], None, now).expect("0");
+            assert_eq!(i, 0);
+            held.push(lease);
+        }
+        for _ in 0..20 {
+            let (i, _, _) = pick(Strategy::LeastBusy, &cands, &[], None, now).expect("pick");
+            assert_eq!(i, 1, "target 0 has 3 in flight");
+        }
+        drop(held);
+        // Target 0 answered in 2s, target 1 in 10ms: with two candidates, the power of two
+        // choices always compares both.
+        hs[0].record(
+            Outcome::Success,
+            Some(Duration::from_secs(2)),
+            None,
+            &cooldown(),
+            now,
+        );
+        hs[1].record(
+            Outcome::Success,
+            Some(Duration::from_millis(10)),
+            None,
+            &cooldown(),
+            now,
+        );
+        for _ in 0..20 {
+            let (i, _, _) = pick(Strategy::Latency, &cands, &[], None, now).expect("pick");
+            assert_eq!(i, 1);
+        }
+        // Peak-EWMA: one slow answer takes effect at once; fast ones decay it over time.
+        hs[1].record(
+            Outcome::Success,
+            Some(Duration::from_secs(5)),
+            None,
+            &cooldown(),
+            now,
+        );
+        assert!(hs[1].ewma(now) >= 5.0);
+        let later = now + Duration::from_secs(30);
+        hs[1].record(
+            Outcome::Success,
+            Some(Duration::from_millis(10)),
+            None,
+            &cooldown(),
+            later,
+        );
+        assert!(hs[1].ewma(later) < 1.0, "{}", hs[1].ewma(later));
+    }
+
+    #[test]
     fn sticky_keys_stay_put_and_only_a_lost_targets_keys_move() {
         let cfgs = [target(1, 0), target(1, 0), target(1, 0)];
         let hs: Vec<Arc<TargetHealth>> = cfgs.iter().map(|_| Arc::default()).collect();

@@ -559,12 +559,12 @@ async fn chaos_one_of_three_upstreams_dies_mid_run() {
         ok * 1000 >= TOTAL * 999,
         "{ok}/{TOTAL} succeeded; failures: {failures:?}"
     );
-    assert_eq!(
-        ups[1].count(),
-        killed_at,
-        "nothing reached the dead upstream"
+    // Requests already on the wire when it died may still be recorded; nothing after.
+    assert!(
+        ups[1].count() <= killed_at + WORKERS,
+        "nothing new reached the dead upstream"
     );
-    assert!(ups[0].count() + ups[2].count() >= TOTAL - killed_at);
+    assert!(ups[0].count() + ups[2].count() + killed_at >= ok);
     let health = t.client.get("/admin/v1/models/health", MASTER).await.json();
     assert_eq!(
         health["models"][0]["targets"][1]["health"]["state"],
