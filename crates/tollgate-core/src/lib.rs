@@ -13,6 +13,7 @@ pub mod http;
 pub mod identity;
 pub mod jwt;
 pub mod keys;
+pub mod ledger;
 pub mod metrics;
 pub mod otlp;
 pub mod policy;
@@ -47,6 +48,8 @@ pub struct Core {
     pub metrics: Metrics,
     /// The audit chain's writer; events are batched off the request path.
     pub audit: AuditLog,
+    /// The spend ledger's writer, batched the same way.
+    pub ledger: crate::ledger::Ledger,
     /// Finished spans go here (a no-op unless `telemetry.otlp` is set).
     pub tracer: crate::otlp::Tracer,
     /// JWT verification, when `auth.jwt` is configured.
@@ -67,6 +70,7 @@ impl Core {
             .await?;
         // The writer task lives as long as the runtime; `flush` at shutdown commits its queue.
         let (audit, _writer) = AuditLog::start(stores.audit.clone());
+        let ledger = crate::ledger::Ledger::start(stores.ledger.clone());
         let tracer = crate::otlp::Tracer::start(config.telemetry.otlp.as_ref());
         let jwt = match &config.auth.jwt {
             Some(cfg) => Some(Arc::new(
@@ -82,6 +86,7 @@ impl Core {
             keys,
             metrics: Metrics::new(),
             audit,
+            ledger,
             tracer,
             jwt: ArcSwap::from_pointee(jwt),
             draining: AtomicBool::new(false),

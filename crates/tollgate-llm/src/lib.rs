@@ -34,6 +34,7 @@ use tollgate_core::context::{RequestContext, TraceContext};
 use tollgate_core::error::{ApiError, ErrorKind};
 use tollgate_core::http::{json_response, read_body, PathParam, ResponseTag};
 use tollgate_core::identity::Principal;
+use tollgate_core::ledger::LedgerRecord;
 use tollgate_core::metrics::{AttemptLabels, FallbackLabels, UpstreamLabels};
 use tollgate_core::policy::{self, Decision, Policy};
 use tollgate_core::Core;
@@ -65,6 +66,9 @@ pub struct Target {
     pub health: Arc<TargetHealth>,
     /// Blended USD per token, when the price table knows the model.
     price: Option<f64>,
+    /// The full price, for costing requests (none for a pattern target: looked up per request).
+    cost: Option<prices::Price>,
+    provider_kind: &'static str,
     /// Stable across replicas and reloads, for sticky placement.
     id: u64,
 }
@@ -275,13 +279,14 @@ fn build_route(
         let (pcfg, provider) = providers
             .get(&t.provider)
             .ok_or_else(|| format!("model {:?}: unknown provider {:?}", m.name, t.provider))?;
-        let price = (m.strategy == Strategy::Cost)
+        let cost = (!t.model.contains('*'))
             .then(|| {
                 prices::PriceTable::builtin()
                     .lookup(pcfg.kind.name(), &t.model)
-                    .map(prices::Price::blended)
+                    .copied()
             })
             .flatten();
+        let price = cost.as_ref().map(prices::Price::blended);
         targets.push(Target {
             provider: provider.clone(),
             model: Arc::from(t.model.as_str()),
@@ -291,6 +296,8 @@ fn build_route(
                 .cloned()
                 .unwrap_or_default(),
             price,
+            cost,
+            provider_kind: pcfg.kind.name(),
             id: router::hash_pair(&format!("{}\0{}", t.provider, t.model), 0),
         });
     }
@@ -380,6 +387,7 @@ impl LlmLayer {
     pub fn admin_router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/admin/v1/models/health", get(models_health))
+            .route("/admin/v1/ledger", get(read_ledger))
             .with_state(self.clone())
     }
 
@@ -508,6 +516,54 @@ async fn models_health(State(layer): State<Arc<LlmLayer>>, headers: HeaderMap) -
     }
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LedgerParams {
+    /// Unix milliseconds, inclusive.
+    since: Option<i64>,
+    /// Unix milliseconds, exclusive.
+    until: Option<i64>,
+    /// The last `id` of the previous page.
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// `GET /admin/v1/ledger`: spend records oldest first, one page at a time. Everything recorded
+/// before the call is flushed first, so a read sees every finished request.
+async fn read_ledger(
+    State(layer): State<Arc<LlmLayer>>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<LedgerParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(e) = layer.core.require_master(&headers).await {
+        return e.into_response();
+    }
+    let Ok(axum::extract::Query(p)) = query else {
+        return ApiError::invalid("query parameters are since, until, after (integers) and limit")
+            .code("invalid_query")
+            .into_response();
+    };
+    let q = tollgate_core::ledger::LedgerQuery {
+        since_ms: p.since.unwrap_or(0),
+        until_ms: p.until.unwrap_or(i64::MAX),
+        after: p.after.unwrap_or(0),
+        limit: p.limit.unwrap_or(100).clamp(1, 1000),
+    };
+    layer.core.ledger.flush().await;
+    match layer.core.stores.ledger.read_ledger(&q).await {
+        Ok(records) => {
+            let next = (records.len() == q.limit as usize)
+                .then(|| records.last().map(|r| r.id))
+                .flatten();
+            json_response(
+                StatusCode::OK,
+                json!({"data": records, "next_after": next}).to_string(),
+            )
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
 async fn chat(State(layer): State<Arc<LlmLayer>>, req: Request) -> Response {
     serve(&layer, Endpoint::Chat, req).await
 }
@@ -552,6 +608,7 @@ const ATTEMPTS: HeaderName = HeaderName::from_static("x-tollgate-attempts");
 const SERVED_MODEL: HeaderName = HeaderName::from_static("x-tollgate-model");
 const SERVED_PROVIDER: HeaderName = HeaderName::from_static("x-tollgate-provider");
 const FALLBACK: HeaderName = HeaderName::from_static("x-tollgate-fallback");
+const COST: HeaderName = HeaderName::from_static("x-tollgate-cost-usd");
 /// Replaces a group's fallbacks for one request: comma-separated model names.
 const FALLBACKS_OVERRIDE: HeaderName = HeaderName::from_static("x-tollgate-fallbacks");
 
@@ -681,6 +738,16 @@ impl Attempts<'_> {
         if let Some(span) = self.failed_span.take() {
             self.layer.core.tracer.record(span);
         }
+        let tag = f.tag.as_ref();
+        let mut r = self.ledger_record(
+            tag.and_then(|t| t.model.as_deref()),
+            tag.and_then(|t| t.provider.as_ref()),
+            None,
+            None,
+        );
+        r.status = f.error.status().as_u16();
+        r.outcome = "error".to_owned();
+        self.layer.core.ledger.record(r);
         Failure {
             error: f.error,
             tag: f.tag,
@@ -849,7 +916,20 @@ async fn run_group(
             attempts: run.count,
             fallback,
         });
-        let on_end = stream_end(core, route, target, span.clone(), lease);
+        let price = target.price_of(&upstream_model);
+        let ttft = Arc::new(std::sync::OnceLock::new());
+        let ledger = envelope.stream.then(|| StreamLedger {
+            record: run.ledger_record(
+                Some(requested),
+                Some(&target.provider.name),
+                Some(&upstream_model),
+                fallback,
+            ),
+            price,
+            started: run.started,
+            ttft: ttft.clone(),
+        });
+        let on_end = stream_end(core, route, target, span.clone(), lease, ledger);
         let call = Call {
             endpoint: run.endpoint,
             public_model: &envelope.model,
@@ -894,6 +974,25 @@ async fn run_group(
                         u.completion,
                     );
                     target.health.add_tokens(u.prompt + u.completion, now);
+                }
+                let _ = ttft.set(reply.upstream.as_millis() as u64);
+                if !reply.streamed {
+                    let mut r = run.ledger_record(
+                        Some(requested),
+                        Some(&target.provider.name),
+                        Some(&upstream_model),
+                        fallback,
+                    );
+                    price_usage(&mut r, price, reply.usage);
+                    r.status = res.status().as_u16();
+                    r.outcome = "ok".to_owned();
+                    r.ttft_ms = Some(r.latency_ms);
+                    if !r.estimated {
+                        if let Ok(v) = HeaderValue::from_str(&format!("{:.10}", r.cost_usd)) {
+                            res.headers_mut().insert(COST, v);
+                        }
+                    }
+                    core.ledger.record(r);
                 }
                 let h = res.headers_mut();
                 if let Ok(v) = HeaderValue::from_str(requested) {
@@ -1047,12 +1146,22 @@ fn no_target(route: &ModelRoute, u: router::Unavailable) -> GroupFailure {
 /// The hook a streamed reply runs when it ends: finishes the span, counts tokens against the
 /// target's TPM, marks a mid-stream failure against its health, and releases its in-flight
 /// slot. A reply that is not a stream drops the hook unrun; the slot is released then.
+/// A streamed request's ledger record, completed when the stream ends.
+struct StreamLedger {
+    record: LedgerRecord,
+    price: Option<prices::Price>,
+    started: Instant,
+    /// Time to the first event, set once the stream starts.
+    ttft: Arc<std::sync::OnceLock<u64>>,
+}
+
 fn stream_end(
     core: &Arc<Core>,
     route: &Arc<ModelRoute>,
     target: &Target,
     span: Option<SpanStart>,
     lease: router::Lease,
+    ledger: Option<StreamLedger>,
 ) -> provider::StreamEnd {
     let core = core.clone();
     let route = route.clone();
@@ -1094,7 +1203,84 @@ fn stream_end(
         if outcome.cancelled {
             core.metrics.streams_cancelled.get_or_create(&labels).inc();
         }
+        if let Some(l) = ledger {
+            let mut r = l.record;
+            price_usage(&mut r, l.price, outcome.usage);
+            r.latency_ms = l.started.elapsed().as_millis() as u64;
+            r.ttft_ms = l.ttft.get().copied();
+            r.status = 200;
+            r.outcome = if outcome.failed {
+                "stream_failed"
+            } else if outcome.cancelled {
+                "cancelled"
+            } else {
+                "ok"
+            }
+            .to_owned();
+            core.ledger.record(r);
+        }
     })
+}
+
+impl Target {
+    /// The price of the upstream model this attempt used.
+    fn price_of(&self, upstream_model: &str) -> Option<prices::Price> {
+        self.cost.or_else(|| {
+            prices::PriceTable::builtin()
+                .lookup(self.provider_kind, upstream_model)
+                .copied()
+        })
+    }
+}
+
+impl Attempts<'_> {
+    /// A ledger record for this request with what is known so far.
+    fn ledger_record(
+        &self,
+        served: Option<&str>,
+        provider: Option<&Arc<str>>,
+        upstream_model: Option<&str>,
+        fallback: Option<FallbackReason>,
+    ) -> LedgerRecord {
+        LedgerRecord {
+            time_ms: tollgate_core::time::now_ms(),
+            request_id: self.ctx.request_id().to_owned(),
+            trace_id: self.ctx.trace.trace_id.clone(),
+            conversation_id: self.ctx.conversation_id.clone(),
+            key_id: self.principal.key_id.clone(),
+            principal: self.principal.label(),
+            user: self.principal.user.clone(),
+            team: self.principal.team.clone(),
+            endpoint: self.endpoint.name().to_owned(),
+            model: self.envelope.model.to_string(),
+            served_model: served.map(str::to_owned),
+            provider: provider.map(|p| p.to_string()),
+            upstream_model: upstream_model.map(str::to_owned),
+            attempts: self.count,
+            fallback: fallback.map(|f| f.name().to_owned()),
+            streamed: self.envelope.stream,
+            latency_ms: self.started.elapsed().as_millis() as u64,
+            ..LedgerRecord::default()
+        }
+    }
+}
+
+/// Fills tokens and cost from reported usage. Without usage or a price, the cost is 0 and
+/// marked estimated.
+fn price_usage(r: &mut LedgerRecord, price: Option<prices::Price>, usage: Option<provider::Usage>) {
+    if let Some(u) = usage {
+        r.prompt_tokens = u.prompt;
+        r.completion_tokens = u.completion;
+        r.cached_tokens = u.cached;
+        r.reasoning_tokens = u.reasoning;
+    }
+    match (price, usage) {
+        (Some(p), Some(u)) => {
+            r.cost_usd = p.cost(&u);
+            r.price_version = Some(prices::PriceTable::builtin().version.clone());
+        }
+        _ => r.estimated = true,
+    }
 }
 
 /// What a model call's span needs, captured when the call starts.

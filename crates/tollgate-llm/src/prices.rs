@@ -28,6 +28,27 @@ impl Price {
     pub fn blended(&self) -> f64 {
         self.input + self.output
     }
+
+    /// USD for one request's usage: uncached prompt tokens at the input price, cached ones at
+    /// the cache-read price, reasoning tokens at their own price when the table has one, the
+    /// rest of the output at the output price, plus any per-request fee.
+    pub fn cost(&self, u: &crate::provider::Usage) -> f64 {
+        let cached = u.cached.min(u.prompt);
+        let reasoning = u.reasoning.min(u.completion);
+        let (reasoning_price, plain_output) = match self.reasoning {
+            Some(p) => (p, u.completion - reasoning),
+            None => (0.0, u.completion),
+        };
+        (u.prompt - cached) as f64 * self.input
+            + cached as f64 * self.cache_read.unwrap_or(self.input)
+            + plain_output as f64 * self.output
+            + if self.reasoning.is_some() {
+                reasoning as f64 * reasoning_price
+            } else {
+                0.0
+            }
+            + self.request.unwrap_or(0.0)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,5 +110,29 @@ mod tests {
         assert!(big.blended() > mini.blended());
         assert!(t.lookup("openai", "openai/gpt-4o-mini").is_some());
         assert!(t.lookup("openai", "no-such-model").is_none());
+    }
+
+    #[test]
+    fn cost_prices_each_kind_of_token() {
+        let p = Price {
+            input: 1.0,
+            output: 10.0,
+            cache_read: Some(0.1),
+            request: Some(100.0),
+            ..Price::default()
+        };
+        let u = crate::provider::Usage {
+            prompt: 1000,
+            completion: 50,
+            cached: 400,
+            reasoning: 20,
+        };
+        // 600 uncached + 400 cached x 0.1 + 50 out x 10 + the request fee.
+        assert!((p.cost(&u) - (600.0 + 40.0 + 500.0 + 100.0)).abs() < 1e-9);
+        let with_reasoning = Price {
+            reasoning: Some(20.0),
+            ..p
+        };
+        assert!((with_reasoning.cost(&u) - (600.0 + 40.0 + 300.0 + 400.0 + 100.0)).abs() < 1e-9);
     }
 }

@@ -271,13 +271,24 @@ fn has_usage_object(json: &[u8]) -> bool {
     false
 }
 
-/// Usage as OpenAI reports it (chat: prompt/completion; responses: input/output).
+/// Usage as OpenAI reports it (chat: prompt/completion; responses: input/output), with the
+/// cached and reasoning details.
 #[derive(serde::Deserialize, Default)]
 pub struct RawUsage {
     #[serde(alias = "input_tokens")]
     prompt_tokens: Option<u64>,
     #[serde(alias = "output_tokens")]
     completion_tokens: Option<u64>,
+    #[serde(alias = "input_tokens_details")]
+    prompt_tokens_details: Option<RawDetails>,
+    #[serde(alias = "output_tokens_details")]
+    completion_tokens_details: Option<RawDetails>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct RawDetails {
+    cached_tokens: Option<u64>,
+    reasoning_tokens: Option<u64>,
 }
 
 impl From<RawUsage> for Usage {
@@ -285,6 +296,14 @@ impl From<RawUsage> for Usage {
         Usage {
             prompt: u.prompt_tokens.unwrap_or(0),
             completion: u.completion_tokens.unwrap_or(0),
+            cached: u
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+            reasoning: u
+                .completion_tokens_details
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0),
         }
     }
 }
@@ -312,6 +331,7 @@ mod tests {
         let want = Some(Usage {
             prompt: 5,
             completion: 7,
+            ..Usage::default()
         });
         assert_eq!(scanned(&[chat]), want);
         // Split across reads, mid-line.
@@ -323,7 +343,8 @@ mod tests {
             scanned(&[resp]),
             Some(Usage {
                 prompt: 3,
-                completion: 4
+                completion: 4,
+                ..Usage::default()
             })
         );
         assert_eq!(scanned(&[b"data: {\"usage\":null}\n\n"]), None);

@@ -168,6 +168,8 @@ impl Gateway {
         for server in self.servers {
             server.wait(deadline, &self.kill).await;
         }
+        // Streams cut by the drain deadline have written their ledger records by now.
+        self.core.ledger.flush().await;
         self.core.audit.flush().await;
         for (name, handle) in self.background {
             if let Err(e) = handle.await {

@@ -21,6 +21,7 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct State {
     audit: Vec<AuditRecord>,
+    ledger: Vec<crate::ledger::LedgerRecord>,
     teams: BTreeMap<String, TeamRecord>,
     users: BTreeMap<String, UserRecord>,
     keys: BTreeMap<String, KeyRecord>,
@@ -200,6 +201,34 @@ impl MetaStore for MemoryStore {
 
     async fn ping(&self) -> StoreResult<()> {
         self.with(|_| Ok(()))
+    }
+}
+
+#[async_trait]
+impl super::LedgerStore for MemoryStore {
+    async fn append_ledger(&self, records: &[crate::ledger::LedgerRecord]) -> StoreResult<()> {
+        self.with(|s| {
+            for r in records {
+                let id = s.ledger.last().map_or(1, |l| l.id + 1);
+                s.ledger
+                    .push(crate::ledger::LedgerRecord { id, ..r.clone() });
+            }
+            Ok(())
+        })
+    }
+
+    async fn read_ledger(
+        &self,
+        q: &crate::ledger::LedgerQuery,
+    ) -> StoreResult<Vec<crate::ledger::LedgerRecord>> {
+        self.with(|s| {
+            Ok(s.ledger
+                .iter()
+                .filter(|r| r.id > q.after && r.time_ms >= q.since_ms && r.time_ms < q.until_ms)
+                .take(q.limit.clamp(1, 10_000) as usize)
+                .cloned()
+                .collect())
+        })
     }
 }
 

@@ -175,6 +175,16 @@ pub trait AuditStore: Send + Sync + 'static {
     async fn audit_head(&self) -> StoreResult<Option<(i64, String)>>;
 }
 
+/// The spend ledger's storage: appends in batches, reads in time order.
+#[async_trait]
+pub trait LedgerStore: Send + Sync + 'static {
+    async fn append_ledger(&self, records: &[crate::ledger::LedgerRecord]) -> StoreResult<()>;
+    async fn read_ledger(
+        &self,
+        q: &crate::ledger::LedgerQuery,
+    ) -> StoreResult<Vec<crate::ledger::LedgerRecord>>;
+}
+
 #[async_trait]
 pub trait MetaStore: Send + Sync + 'static {
     async fn get_meta(&self, key: &str) -> StoreResult<Option<String>>;
@@ -192,6 +202,7 @@ pub struct Stores {
     pub meta: Arc<dyn MetaStore>,
     pub audit: Arc<dyn AuditStore>,
     pub directory: Arc<dyn DirectoryStore>,
+    pub ledger: Arc<dyn LedgerStore>,
 }
 
 impl Stores {
@@ -204,7 +215,8 @@ impl Stores {
                     keys: s.clone(),
                     meta: s.clone(),
                     audit: s.clone(),
-                    directory: s,
+                    directory: s.clone(),
+                    ledger: s,
                 })
             }
             DatabaseUrl::Sqlite(path) => {
@@ -213,7 +225,8 @@ impl Stores {
                     keys: s.clone(),
                     meta: s.clone(),
                     audit: s.clone(),
-                    directory: s,
+                    directory: s.clone(),
+                    ledger: s,
                 })
             }
         }

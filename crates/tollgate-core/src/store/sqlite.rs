@@ -13,7 +13,7 @@ use crate::audit::{AuditEvent, AuditRecord, GENESIS};
 
 use super::{
     format_head, parse_head, AuditStore, DirectoryStore, KeyRecord, KeySecret, KeyStore, KeyUpdate,
-    MetaStore, Page, StoreError, StoreResult, TeamRecord, UserRecord, AUDIT_HEAD,
+    LedgerStore, MetaStore, Page, StoreError, StoreResult, TeamRecord, UserRecord, AUDIT_HEAD,
 };
 
 /// Migrations in order. A released migration is never edited; add a new one.
@@ -29,6 +29,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "team_tenant",
         include_str!("migrations/sqlite/0004_team_tenant.sql"),
+    ),
+    (
+        5,
+        "ledger",
+        include_str!("migrations/sqlite/0005_ledger.sql"),
     ),
 ];
 
@@ -876,5 +881,63 @@ impl DirectoryStore for SqliteStore {
         set_roles(&mut tx, "user", id, &[]).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok(done.rows_affected() > 0)
+    }
+}
+
+#[async_trait]
+impl LedgerStore for SqliteStore {
+    async fn append_ledger(&self, records: &[crate::ledger::LedgerRecord]) -> StoreResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
+        for r in records {
+            let json = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO ledger (time_ms, key_id, user_id, team_id, model, provider, cost_usd, record)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(r.time_ms)
+            .bind(&r.key_id)
+            .bind(&r.user)
+            .bind(&r.team)
+            .bind(&r.model)
+            .bind(&r.provider)
+            .bind(r.cost_usd)
+            .bind(json)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn read_ledger(
+        &self,
+        q: &crate::ledger::LedgerQuery,
+    ) -> StoreResult<Vec<crate::ledger::LedgerRecord>> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, record FROM ledger
+             WHERE id > ? AND time_ms >= ? AND time_ms < ? ORDER BY id LIMIT ?",
+        )
+        .bind(q.after)
+        .bind(q.since_ms)
+        .bind(q.until_ms)
+        .bind(i64::from(q.limit.clamp(1, 10_000)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.into_iter()
+            .map(|(id, json)| {
+                let mut r: crate::ledger::LedgerRecord = serde_json::from_str(&json)
+                    .map_err(|e| StoreError::Corrupt(format!("ledger row {id}: {e}")))?;
+                r.id = id;
+                Ok(r)
+            })
+            .collect()
     }
 }

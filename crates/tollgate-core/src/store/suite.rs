@@ -407,3 +407,56 @@ async fn directory_teams_users_roles() {
         assert!(s.directory.list_teams().await.unwrap().is_empty());
     }
 }
+
+#[tokio::test]
+async fn ledger_appends_and_reads_by_time_and_page() {
+    for (name, s, _dir) in engines().await {
+        let rec = |t: i64, model: &str| crate::ledger::LedgerRecord {
+            time_ms: t,
+            request_id: format!("req-{t}"),
+            model: model.into(),
+            provider: Some("p".into()),
+            key_id: Some("k1".into()),
+            cost_usd: 0.25,
+            attempts: 2,
+            fallback: Some("error".into()),
+            ..Default::default()
+        };
+        s.ledger
+            .append_ledger(&[rec(100, "a"), rec(200, "b"), rec(300, "c")])
+            .await
+            .unwrap();
+        let all = s
+            .ledger
+            .read_ledger(&crate::ledger::LedgerQuery::default())
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 3, "{name}");
+        assert_eq!(all[1].model, "b");
+        assert_eq!(all[1].attempts, 2);
+        assert_eq!(all[1].fallback.as_deref(), Some("error"));
+        assert!(all[0].id < all[1].id && all[1].id < all[2].id, "{name}");
+        let window = s
+            .ledger
+            .read_ledger(&crate::ledger::LedgerQuery {
+                since_ms: 150,
+                until_ms: 300,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(window.len(), 1, "{name}");
+        assert_eq!(window[0].model, "b");
+        let page = s
+            .ledger
+            .read_ledger(&crate::ledger::LedgerQuery {
+                after: all[0].id,
+                limit: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].id, all[1].id, "{name}");
+    }
+}

@@ -190,6 +190,7 @@ impl MockProvider {
         let usage = Usage {
             prompt: prompt_tokens,
             completion: count_tokens(&text),
+            ..Usage::default()
         };
         let usage_json = json!({
             "prompt_tokens": usage.prompt,
@@ -357,6 +358,7 @@ impl MockProvider {
             usage: Some(Usage {
                 prompt: tokens,
                 completion: 0,
+                ..Usage::default()
             }),
             streamed: false,
         })
@@ -413,6 +415,7 @@ impl MockProvider {
         let usage = Usage {
             prompt,
             completion: count_tokens(&text),
+            ..Usage::default()
         };
         let id = random_id("resp_");
         let msg_id = random_id("msg_");

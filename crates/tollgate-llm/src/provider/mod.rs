@@ -68,6 +68,10 @@ pub struct Call<'a> {
 pub struct Usage {
     pub prompt: u64,
     pub completion: u64,
+    /// Prompt tokens served from the provider's prompt cache (included in `prompt`).
+    pub cached: u64,
+    /// Reasoning tokens (included in `completion`).
+    pub reasoning: u64,
 }
 
 /// A provider's answer: the response to send, and what it cost in time and tokens so far.

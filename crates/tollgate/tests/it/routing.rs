@@ -589,3 +589,136 @@ async fn exhausted_retries_report_their_attempts() {
     assert_eq!(res.header("x-tollgate-attempts"), Some("3"));
     assert_eq!(up.count(), 3);
 }
+
+/// Reads the whole ledger through the admin API.
+async fn ledger(t: &TestGateway) -> Vec<Value> {
+    let res = t.client.get("/admin/v1/ledger?limit=1000", MASTER).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    res.json()["data"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn the_ledger_records_routing_tokens_and_cost() {
+    let ups = upstreams(2).await;
+    let (a, b) = (&ups[0], &ups[1]);
+    let t = start(&yaml(
+        &[a, b],
+        &format!("  - name: main\n    targets: [{{provider: a, model: gpt-4o-mini}}]\n    fallbacks: [backup]\n    retry: {{attempts: 2, backoff: 1ms}}\n    cooldown: {{failures: 100}}\n  - name: backup\n    targets: [{{provider: b, model: gpt-4o}}]\n    cooldown: {{failures: 100}}\n{FAST_RETRY}"),
+    ))
+    .await;
+    let (key_id, key) = t.key(json!({"name": "spender"})).await;
+
+    // Served first time: priced from the table, cost in the header.
+    let res = ask(&t, &key, "main").await;
+    let cost: f64 = res.header("x-tollgate-cost-usd").unwrap().parse().unwrap();
+    // The upstream reports 3 prompt and 4 completion tokens; gpt-4o-mini costs $0.15/M in and
+    // $0.60/M out.
+    assert!(
+        (cost - (3.0 * 0.15 + 4.0 * 0.60) / 1e6).abs() < 1e-12,
+        "{cost}"
+    );
+
+    // Both attempts on `a` fail; the fallback serves.
+    a.push(error_500());
+    a.push(error_500());
+    let res = ask(&t, &key, "main").await;
+    assert_eq!(res.header("x-tollgate-fallback"), Some("error"));
+
+    // Everything fails: the failure is recorded too.
+    a.push(error_500());
+    a.push(error_500());
+    b.push(error_500());
+    b.push(error_500());
+    b.push(error_500());
+    assert_eq!(ask(&t, &key, "main").await.status, 502);
+
+    // A stream: priced when it ends, from the usage the upstream reported.
+    b.push(Reply::sse(
+        &[
+            chunk("streamed"),
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
+                   "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30,
+                             "prompt_tokens_details": {"cached_tokens": 4}}}),
+        ],
+        Duration::ZERO,
+    ));
+    let mut body = chat_body("backup", "hi");
+    body["stream"] = json!(true);
+    let res = t
+        .client
+        .post_json("/v1/chat/completions", &key, &body)
+        .await;
+    assert_eq!(res.status, 200);
+    assert!(
+        res.header("x-tollgate-cost-usd").is_none(),
+        "known only at the end"
+    );
+
+    let rows = ledger(&t).await;
+    assert_eq!(rows.len(), 4, "{rows:#?}");
+    let first = &rows[0];
+    assert_eq!(first["key_id"], key_id.as_str());
+    assert_eq!(first["model"], "main");
+    assert_eq!(first["served_model"], "main");
+    assert_eq!(first["provider"], "a");
+    assert_eq!(first["upstream_model"], "gpt-4o-mini");
+    assert_eq!(first["prompt_tokens"], 3);
+    assert_eq!(first["completion_tokens"], 4);
+    assert_eq!(first["attempts"], 1);
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["outcome"], "ok");
+    assert_eq!(first["estimated"], false);
+    assert!(first["price_version"]
+        .as_str()
+        .unwrap()
+        .starts_with("litellm-"));
+    assert!((first["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-12);
+    assert!(first["request_id"].as_str().is_some_and(|s| !s.is_empty()));
+
+    let fell_back = &rows[1];
+    assert_eq!(fell_back["model"], "main");
+    assert_eq!(fell_back["served_model"], "backup");
+    assert_eq!(fell_back["provider"], "b");
+    assert_eq!(fell_back["attempts"], 3);
+    assert_eq!(fell_back["fallback"], "error");
+
+    let failed = &rows[2];
+    assert_eq!(failed["status"], 502);
+    assert_eq!(failed["outcome"], "error");
+    assert_eq!(failed["attempts"], 5);
+    assert_eq!(failed["cost_usd"], 0.0);
+
+    let streamed = &rows[3];
+    assert_eq!(streamed["streamed"], true);
+    assert_eq!(streamed["outcome"], "ok");
+    assert_eq!(streamed["prompt_tokens"], 10);
+    assert_eq!(streamed["cached_tokens"], 4);
+    let gpt4o = (6.0 * 2.5 + 4.0 * 1.25 + 20.0 * 10.0) / 1e6;
+    assert!(
+        (streamed["cost_usd"].as_f64().unwrap() - gpt4o).abs() < 1e-12,
+        "{streamed}"
+    );
+    assert!(streamed["ttft_ms"].is_u64());
+
+    let page = t
+        .client
+        .get("/admin/v1/ledger?limit=2", MASTER)
+        .await
+        .json();
+    assert_eq!(page["data"].as_array().unwrap().len(), 2);
+    let after = page["next_after"].as_i64().unwrap();
+    let rest = t
+        .client
+        .get(&format!("/admin/v1/ledger?after={after}"), MASTER)
+        .await
+        .json();
+    assert_eq!(rest["data"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        t.client
+            .get("/admin/v1/ledger?since=soon", MASTER)
+            .await
+            .status,
+        400
+    );
+    assert_eq!(t.client.get("/admin/v1/ledger", &key).await.status, 403);
+}

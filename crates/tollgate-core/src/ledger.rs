@@ -1,0 +1,175 @@
+//! The spend ledger: one record per model request (who, what, where it was served, how many
+//! attempts, tokens, cost, latency, outcome), written in batches off the request path.
+//!
+//! Records leave the request path through a bounded channel; one writer task appends them in
+//! batches. A full channel drops the record and counts it (`dropped`), so a stalled store never
+//! stalls requests. What a crash can lose is what sits in the channel and the batch being
+//! written: at most the channel's capacity, in practice the last few milliseconds of traffic.
+//! Graceful shutdown flushes everything.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::LedgerStore;
+
+const CHANNEL: usize = 16_384;
+const BATCH: usize = 512;
+
+/// One model request as the ledger keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LedgerRecord {
+    /// Assigned by the store; 0 before it is written.
+    #[serde(default)]
+    pub id: i64,
+    pub time_ms: i64,
+    pub request_id: String,
+    pub trace_id: String,
+    pub conversation_id: Option<String>,
+    pub key_id: Option<String>,
+    /// The principal's label (key id, `jwt:sub` or `master`).
+    pub principal: String,
+    pub user: Option<String>,
+    pub team: Option<String>,
+    /// `chat`, `embeddings` or `responses`.
+    pub endpoint: String,
+    /// The model name the client asked for.
+    pub model: String,
+    /// The name that served: the requested one, or a fallback's.
+    pub served_model: Option<String>,
+    pub provider: Option<String>,
+    pub upstream_model: Option<String>,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Prompt tokens read from the provider's prompt cache (part of `prompt_tokens`).
+    pub cached_tokens: u64,
+    /// Reasoning tokens (part of `completion_tokens`).
+    pub reasoning_tokens: u64,
+    pub cost_usd: f64,
+    /// The cost is an estimate: usage was not reported (a stream cut short) or no price is
+    /// known for the model.
+    pub estimated: bool,
+    /// The price table version that priced the record.
+    pub price_version: Option<String>,
+    pub latency_ms: u64,
+    /// Time to the first byte of the answer (streams: the first event).
+    pub ttft_ms: Option<u64>,
+    /// The HTTP status the client got (200 for a stream that started).
+    pub status: u16,
+    /// `ok`, `error`, `stream_failed` or `cancelled`.
+    pub outcome: String,
+    pub streamed: bool,
+    pub cache_hit: bool,
+    /// Upstream calls made for the request, retries and fallbacks included.
+    pub attempts: u32,
+    /// Why a fallback group served: `error`, `context_window` or `content_policy`.
+    pub fallback: Option<String>,
+}
+
+/// Which records to read, oldest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerQuery {
+    pub since_ms: i64,
+    pub until_ms: i64,
+    /// Records with `id > after` (keyset pagination).
+    pub after: i64,
+    pub limit: u32,
+}
+
+impl Default for LedgerQuery {
+    fn default() -> Self {
+        LedgerQuery {
+            since_ms: 0,
+            until_ms: i64::MAX,
+            after: 0,
+            limit: 1000,
+        }
+    }
+}
+
+enum Msg {
+    Record(Box<LedgerRecord>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The handle layers record through. Cheap to clone.
+#[derive(Clone)]
+pub struct Ledger {
+    tx: mpsc::Sender<Msg>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Ledger {
+    /// Starts the writer task on the current runtime.
+    pub fn start(store: Arc<dyn LedgerStore>) -> Ledger {
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        tokio::spawn(writer(store, rx));
+        Ledger {
+            tx,
+            dropped: Arc::default(),
+        }
+    }
+
+    /// Queues a record without waiting. A full queue drops it and counts it.
+    pub fn record(&self, r: LedgerRecord) {
+        if self.tx.try_send(Msg::Record(Box::new(r))).is_err() {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::error!(dropped = n, "ledger queue full: records dropped");
+            }
+        }
+    }
+
+    /// Records that could not be queued.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Waits until everything recorded before this call is committed.
+    pub async fn flush(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Msg::Flush(ack)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+}
+
+async fn writer(store: Arc<dyn LedgerStore>, mut rx: mpsc::Receiver<Msg>) {
+    let mut batch: Vec<LedgerRecord> = Vec::with_capacity(BATCH);
+    let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Record(r) => batch.push(*r),
+                Msg::Flush(ack) => acks.push(ack),
+            }
+            if batch.len() < BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        let mut backoff = Duration::from_millis(50);
+        let mut tries = 0;
+        while !batch.is_empty() {
+            match store.append_ledger(&batch).await {
+                Ok(()) => batch.clear(),
+                Err(e) if tries < 20 => {
+                    tries += 1;
+                    tracing::error!(error = %e, pending = batch.len(), "ledger append failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, lost = batch.len(), "ledger append kept failing; batch dropped");
+                    batch.clear();
+                }
+            }
+        }
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
+        }
+    }
+}
