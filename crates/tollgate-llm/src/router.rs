@@ -382,11 +382,22 @@ impl HealthState {
 /// stream ends).
 pub struct Lease {
     health: Arc<TargetHealth>,
+    /// This attempt holds the half-open probe slot.
+    probe: bool,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         self.health.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.probe {
+            // A probe abandoned without an outcome (the client went away mid-attempt) frees
+            // the slot, or the target would wait for a verdict that never comes. An outcome
+            // recorded first has already moved the circuit on, and this is a no-op.
+            let mut s = lock(&self.health.state);
+            if s.circuit == (Circuit::HalfOpen { probing: true }) {
+                s.circuit = Circuit::HalfOpen { probing: false };
+            }
+        }
     }
 }
 
@@ -450,6 +461,7 @@ pub fn pick(
         if c.health.claim(now) {
             let lease = Lease {
                 health: c.health.clone(),
+                probe,
             };
             return Ok((i, lease, probe));
         }
@@ -674,6 +686,28 @@ mod tests {
         );
         assert_eq!(h.availability(&cfg, again), Availability::Ready);
         assert_eq!(h.cooldowns(), 2);
+    }
+
+    #[test]
+    fn an_abandoned_probe_frees_the_slot() {
+        let h = Arc::new(TargetHealth::default());
+        let cfg = target(1, 0);
+        let t0 = Instant::now();
+        h.record(Outcome::Failure, None, None, &cooldown(), t0);
+        h.record(Outcome::Failure, None, None, &cooldown(), t0);
+        let later = t0 + Duration::from_secs(6);
+        let cands = [Candidate {
+            cfg: &cfg,
+            health: &h,
+            down: false,
+            price: None,
+            id: 1,
+        }];
+        let (_, lease, probe) = pick(Strategy::Weighted, &cands, &[], None, later).expect("probe");
+        assert!(probe);
+        assert!(pick(Strategy::Weighted, &cands, &[], None, later).is_err());
+        drop(lease);
+        assert_eq!(h.availability(&cfg, later), Availability::Probe);
     }
 
     #[test]
