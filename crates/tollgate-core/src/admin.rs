@@ -31,7 +31,8 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/admin/v1/keys/{id}/rotate", post(rotate_key))
         .route("/admin/v1/openapi.json", get(openapi))
         .with_state(core.clone())
-        .merge(crate::directory::router(core))
+        .merge(crate::directory::router(core.clone()))
+        .merge(crate::spend::router(core))
 }
 
 #[derive(OpenApi)]
@@ -41,10 +42,12 @@ pub fn router(core: Arc<Core>) -> Router {
           crate::directory::list_teams, crate::directory::create_team, crate::directory::get_team,
           crate::directory::update_team, crate::directory::delete_team,
           crate::directory::list_users, crate::directory::create_user, crate::directory::get_user,
-          crate::directory::update_user, crate::directory::delete_user),
+          crate::directory::update_user, crate::directory::delete_user,
+          crate::spend::spend, crate::spend::budgets, crate::spend::reset_budget),
     components(schemas(KeyView, KeyStatus, CreateKeyRequest, UpdateKeyRequest, RotateKeyRequest, CreatedKey, KeyList, ErrorBody, ErrorDetail,
           crate::directory::TeamView, crate::directory::UserView, crate::directory::CreateTeamRequest,
-          crate::directory::UpdateTeamRequest, crate::directory::CreateUserRequest, crate::directory::UpdateUserRequest)),
+          crate::directory::UpdateTeamRequest, crate::directory::CreateUserRequest, crate::directory::UpdateUserRequest,
+          crate::spend::SpendReport, crate::spend::SpendRowView, crate::spend::ResetRequest)),
     modifiers(&MasterKeyAuth),
     security(("master_key" = []))
 )]

@@ -31,6 +31,10 @@ pub enum ErrorKind {
     Conflict,
     /// The upstream rate-limited us.
     RateLimited,
+    /// The client went over one of the gateway's own rate limits.
+    LimitExceeded,
+    /// A budget the request counts against is spent.
+    BudgetExceeded,
     /// The upstream failed or answered something unusable.
     Upstream,
     /// The upstream did not answer in time.
@@ -60,7 +64,9 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::Conflict => StatusCode::CONFLICT,
-            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::RateLimited | ErrorKind::LimitExceeded | ErrorKind::BudgetExceeded => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -79,7 +85,8 @@ impl ErrorKind {
             | ErrorKind::PayloadTooLarge => "invalid_request_error",
             ErrorKind::Unauthenticated => "authentication_error",
             ErrorKind::PermissionDenied => "permission_error",
-            ErrorKind::RateLimited => "rate_limit_error",
+            ErrorKind::RateLimited | ErrorKind::LimitExceeded => "rate_limit_error",
+            ErrorKind::BudgetExceeded => "budget_exceeded",
             ErrorKind::Upstream | ErrorKind::UpstreamTimeout => "upstream_error",
             ErrorKind::Unavailable => "service_unavailable",
             ErrorKind::Internal => "server_error",
@@ -101,6 +108,7 @@ impl ErrorKind {
         matches!(
             self,
             ErrorKind::RateLimited
+                | ErrorKind::LimitExceeded
                 | ErrorKind::Upstream
                 | ErrorKind::UpstreamTimeout
                 | ErrorKind::Unavailable
@@ -121,6 +129,8 @@ pub struct ApiError {
     pub status: Option<StatusCode>,
     /// What an upstream contributed, boxed: most errors have none, and `ApiError` stays small.
     pub upstream: Option<Box<UpstreamParts>>,
+    /// Replaces the kind's `type` in the body.
+    pub type_override: Option<&'static str>,
 }
 
 /// Parts of an upstream's answer that travel with the error.
@@ -141,6 +151,7 @@ impl ApiError {
             param: None,
             status: None,
             upstream: None,
+            type_override: None,
         }
     }
 
@@ -176,6 +187,21 @@ impl ApiError {
         if !headers.is_empty() {
             self.upstream.get_or_insert_with(Default::default).headers = headers;
         }
+        self
+    }
+
+    /// Adds headers to send with the error.
+    pub fn with_headers(mut self, headers: Vec<(http::HeaderName, HeaderValue)>) -> Self {
+        self.upstream
+            .get_or_insert_with(Default::default)
+            .headers
+            .extend(headers);
+        self
+    }
+
+    /// Replaces the kind's error `type` (OpenAI's rate limits say `requests` or `tokens`).
+    pub fn error_type(mut self, t: &'static str) -> Self {
+        self.type_override = Some(t);
         self
     }
 
@@ -235,7 +261,7 @@ impl ApiError {
         let body = Body {
             error: Inner {
                 message: &self.message,
-                kind: self.kind.openai_type(),
+                kind: self.type_override.unwrap_or(self.kind.openai_type()),
                 code: self.code,
                 param: self.param.as_deref(),
             },

@@ -34,6 +34,9 @@ pub struct LedgerRecord {
     pub principal: String,
     pub user: Option<String>,
     pub team: Option<String>,
+    /// The principal's agent (JWT principals with an agent claim).
+    #[serde(default)]
+    pub agent: Option<String>,
     /// `chat`, `embeddings` or `responses`.
     pub endpoint: String,
     /// The model name the client asked for.
@@ -88,6 +91,148 @@ impl Default for LedgerQuery {
             limit: 1000,
         }
     }
+}
+
+/// What spend is grouped by (or filtered on) in reports and budget accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dimension {
+    Key,
+    User,
+    Team,
+    /// The model name the client asked for.
+    Model,
+    Provider,
+    Conversation,
+    Agent,
+    /// The UTC calendar day (`2026-11-24`).
+    Day,
+}
+
+impl Dimension {
+    pub fn parse(s: &str) -> Option<Dimension> {
+        Some(match s {
+            "key" => Dimension::Key,
+            "user" => Dimension::User,
+            "team" => Dimension::Team,
+            "model" => Dimension::Model,
+            "provider" => Dimension::Provider,
+            "conversation" => Dimension::Conversation,
+            "agent" => Dimension::Agent,
+            "day" => Dimension::Day,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dimension::Key => "key",
+            Dimension::User => "user",
+            Dimension::Team => "team",
+            Dimension::Model => "model",
+            Dimension::Provider => "provider",
+            Dimension::Conversation => "conversation",
+            Dimension::Agent => "agent",
+            Dimension::Day => "day",
+        }
+    }
+
+    /// The record's value for this dimension.
+    pub fn of(self, r: &LedgerRecord) -> Option<String> {
+        match self {
+            Dimension::Key => r.key_id.clone(),
+            Dimension::User => r.user.clone(),
+            Dimension::Team => r.team.clone(),
+            Dimension::Model => Some(r.model.clone()),
+            Dimension::Provider => r.provider.clone(),
+            Dimension::Conversation => r.conversation_id.clone(),
+            Dimension::Agent => r.agent.clone(),
+            Dimension::Day => Some(utc_day(r.time_ms)),
+        }
+    }
+}
+
+/// `2026-11-24` for a unix-millisecond time.
+pub fn utc_day(time_ms: i64) -> String {
+    crate::time::rfc3339(time_ms.div_euclid(1000))
+        .get(..10)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Spend over a time range, grouped by one dimension, optionally only where another equals a
+/// value. Rows come most expensive first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpendQuery {
+    pub since_ms: i64,
+    pub until_ms: i64,
+    /// `None`: one row with the total.
+    pub group_by: Option<Dimension>,
+    pub filter: Option<(Dimension, String)>,
+    pub limit: u32,
+}
+
+impl Default for SpendQuery {
+    fn default() -> Self {
+        SpendQuery {
+            since_ms: 0,
+            until_ms: i64::MAX,
+            group_by: None,
+            filter: None,
+            limit: 1000,
+        }
+    }
+}
+
+/// One group's spend. `group` is `None` for records without a value (e.g. no team).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SpendRow {
+    pub group: Option<String>,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+}
+
+/// Groups records the way the stores' `spend` does (the memory engine, and tests' reference).
+pub fn aggregate<'a>(
+    records: impl Iterator<Item = &'a LedgerRecord>,
+    q: &SpendQuery,
+) -> Vec<SpendRow> {
+    let mut groups: std::collections::HashMap<Option<String>, SpendRow> =
+        std::collections::HashMap::new();
+    for r in records {
+        if r.time_ms < q.since_ms || r.time_ms >= q.until_ms {
+            continue;
+        }
+        if let Some((dim, value)) = &q.filter {
+            if dim.of(r).as_deref() != Some(value.as_str()) {
+                continue;
+            }
+        }
+        let group = q.group_by.and_then(|d| d.of(r));
+        let row = groups.entry(group.clone()).or_insert_with(|| SpendRow {
+            group,
+            ..SpendRow::default()
+        });
+        row.requests += 1;
+        row.prompt_tokens += r.prompt_tokens;
+        row.completion_tokens += r.completion_tokens;
+        row.cost_usd += r.cost_usd;
+    }
+    let mut rows: Vec<SpendRow> = groups.into_values().collect();
+    sort_rows(&mut rows);
+    rows.truncate(q.limit.clamp(1, 100_000) as usize);
+    rows
+}
+
+/// Most expensive first; ties by group so output is stable.
+pub fn sort_rows(rows: &mut [SpendRow]) {
+    rows.sort_by(|a, b| {
+        b.cost_usd
+            .total_cmp(&a.cost_usd)
+            .then_with(|| a.group.cmp(&b.group))
+    });
 }
 
 enum Msg {

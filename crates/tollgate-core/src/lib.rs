@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod budget;
 pub mod config;
 pub mod context;
 pub mod directory;
@@ -17,9 +18,12 @@ pub mod ledger;
 pub mod metrics;
 pub mod otlp;
 pub mod policy;
+pub mod ratelimit;
+pub mod spend;
 pub mod store;
 pub mod telemetry;
 pub mod time;
+pub mod webhook;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -50,6 +54,10 @@ pub struct Core {
     pub audit: AuditLog,
     /// The spend ledger's writer, batched the same way.
     pub ledger: crate::ledger::Ledger,
+    /// Spend limits, enforced by reservation.
+    pub budgets: Arc<crate::budget::Budgets>,
+    /// Requests and tokens per minute.
+    pub rate_limits: Arc<crate::ratelimit::RateLimits>,
     /// Finished spans go here (a no-op unless `telemetry.otlp` is set).
     pub tracer: crate::otlp::Tracer,
     /// JWT verification, when `auth.jwt` is configured.
@@ -80,7 +88,19 @@ impl Core {
             )),
             None => None,
         };
+        let budgets = crate::budget::Budgets::new(
+            &config.budgets,
+            Arc::new(crate::budget::LocalCounters::default()),
+            stores.ledger.clone(),
+            stores.meta.clone(),
+        );
+        let rate_limits = crate::ratelimit::RateLimits::new(
+            &config.rate_limits,
+            Arc::new(crate::ratelimit::LocalBuckets::default()),
+        );
         let core = Arc::new(Core {
+            budgets,
+            rate_limits,
             config: ArcSwap::from_pointee(config),
             stores,
             keys,
@@ -131,6 +151,13 @@ impl Core {
         }
         if let Some(jwt) = new_jwt {
             self.jwt.store(Arc::new(jwt));
+        }
+        let old = self.config();
+        if old.budgets != config.budgets {
+            self.budgets.reload(&config.budgets);
+        }
+        if old.rate_limits != config.rate_limits {
+            self.rate_limits.reload(&config.rate_limits);
         }
         self.config.store(Arc::new(config));
         Ok(())

@@ -36,8 +36,36 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         .map(|t| t.unix_timestamp())
 }
 
+/// A point in time as operators write it, in unix milliseconds: RFC 3339
+/// (`2026-11-01T00:00:00Z`), a UTC date (`2026-11-01`, its midnight), or a duration back
+/// from now (`24h`, `7d`).
+pub fn parse_instant(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    if let Some(secs) = parse_rfc3339(s) {
+        return Ok(secs.saturating_mul(1000));
+    }
+    if let Some(secs) = parse_rfc3339(&format!("{s}T00:00:00Z")) {
+        return Ok(secs.saturating_mul(1000));
+    }
+    match crate::config::units::parse_duration(s) {
+        Ok(d) => Ok(now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        Err(_) => Err(format!(
+            "{s:?} is not a time: use RFC 3339 (2026-11-01T00:00:00Z), a date (2026-11-01) or a duration back from now (24h)"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn instants() {
+        assert_eq!(super::parse_instant("1970-01-02"), Ok(86_400_000));
+        assert_eq!(super::parse_instant("1970-01-01T00:00:01Z"), Ok(1000));
+        let ago = super::parse_instant("1h").unwrap();
+        assert!((super::now_ms() - ago - 3_600_000).abs() < 5_000);
+        assert!(super::parse_instant("soon").is_err());
+    }
+
     #[test]
     fn round_trip() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");

@@ -162,6 +162,27 @@ impl<'a> Envelope<'a> {
         self.rebuild(model, &[])
     }
 
+    /// Re-emits the object with `model` replaced and `stream_options.include_usage` set, so
+    /// an OpenAI-type upstream reports usage at the end of a stream. Other stream options
+    /// the client sent are kept.
+    pub fn with_usage_requested(&self, model: &str) -> Vec<u8> {
+        let mut opts = self
+            .get("stream_options")
+            .and_then(|v| {
+                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(v.get()).ok()
+            })
+            .unwrap_or_default();
+        opts.insert("include_usage".into(), serde_json::Value::Bool(true));
+        let opts = serde_json::Value::Object(opts).to_string();
+        let mut out = self.rebuild(model, &["stream_options".to_owned()]);
+        // `rebuild` always ends with the closing brace of a non-empty object (`model` is in it).
+        out.pop();
+        out.extend_from_slice(b",\"stream_options\":");
+        out.extend_from_slice(opts.as_bytes());
+        out.push(b'}');
+        out
+    }
+
     /// Re-emits the object with `model` replaced and the `drop` fields removed.
     pub fn rebuild(&self, model: &str, drop: &[String]) -> Vec<u8> {
         let mut out = Vec::with_capacity(
@@ -212,6 +233,26 @@ mod tests {
         let out = e.rebuild("up", &["user".to_owned()]);
         assert_eq!(out, br#"{"model":"up","max_tokens":5,"x":1}"#);
         assert!(Envelope::parse(br#"{"model":"m","max_tokens":1.5}"#).is_err());
+    }
+
+    #[test]
+    fn requests_usage_keeping_other_stream_options() {
+        let e = Envelope::parse(
+            br#"{"model":"m","stream":true,"stream_options":{"include_obfuscation":false},"x":1}"#,
+        )
+        .unwrap();
+        let out = e.with_usage_requested("up");
+        assert_eq!(
+            out,
+            br#"{"model":"up","stream":true,"x":1,"stream_options":{"include_obfuscation":false,"include_usage":true}}"#
+        );
+        let again = Envelope::parse(&out).unwrap();
+        assert!(again.include_usage);
+        let bare = Envelope::parse(br#"{"model":"m","stream":true}"#).unwrap();
+        assert_eq!(
+            bare.with_usage_requested("m"),
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#
+        );
     }
 
     #[test]

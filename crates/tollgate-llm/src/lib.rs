@@ -6,10 +6,12 @@
 //! tag for the shell's metrics. Routing state is an immutable snapshot swapped on reload.
 
 pub mod envelope;
+mod govern;
 pub mod prices;
 pub mod provider;
 pub mod router;
 pub mod stream;
+pub mod tokens;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -64,10 +66,11 @@ pub struct Target {
     pub model: Arc<str>,
     pub cfg: TargetConfig,
     pub health: Arc<TargetHealth>,
-    /// Blended USD per token, when the price table knows the model.
+    /// Blended USD per token, when a price is known for the model.
     price: Option<f64>,
     /// The full price, for costing requests (none for a pattern target: looked up per request).
-    cost: Option<prices::Price>,
+    cost: Option<prices::Priced>,
+    prices: Arc<prices::Prices>,
     provider_kind: &'static str,
     /// Stable across replicas and reloads, for sticky placement.
     id: u64,
@@ -179,6 +182,33 @@ pub struct LlmState {
     order: Vec<Arc<ModelRoute>>,
 }
 
+impl LlmState {
+    /// The dearest price among the targets that may serve `route` for this request, its
+    /// fallbacks included: what a budget reserves against.
+    fn max_price(&self, route: &ModelRoute, capture: Option<&str>) -> Option<prices::Price> {
+        let mut max: Option<prices::Price> = None;
+        let mut add = |r: &ModelRoute, capture: Option<&str>| {
+            for t in &r.targets {
+                if let Some(p) = t.price_of(&t.upstream_model(capture)) {
+                    max = Some(max.map_or(p.price, |m| m.max(&p.price)));
+                }
+            }
+        };
+        add(route, capture);
+        let chains = [
+            &route.fallbacks,
+            &route.context_window_fallbacks,
+            &route.content_policy_fallbacks,
+        ];
+        for name in chains.into_iter().flatten() {
+            if let Some((r, c)) = self.lookup(name) {
+                add(&r, c.as_deref());
+            }
+        }
+        max
+    }
+}
+
 /// The key that carries a target's health across reloads.
 fn health_key(group: &str, t: &TargetConfig) -> String {
     format!("{group}\0{}\0{}", t.provider, t.model)
@@ -228,8 +258,9 @@ impl LlmState {
         let mut models = HashMap::new();
         let mut patterns = Vec::new();
         let mut order = Vec::new();
+        let prices = Arc::new(prices::Prices::new(&config.prices));
         for m in &config.models {
-            let route = Arc::new(build_route(m, &providers, &old_health)?);
+            let route = Arc::new(build_route(m, &providers, &old_health, &prices)?);
             if m.is_pattern() {
                 patterns.push(route.clone());
             } else {
@@ -273,6 +304,7 @@ fn build_route(
     m: &ModelConfig,
     providers: &HashMap<String, (ProviderConfig, Arc<NamedProvider>)>,
     old_health: &HashMap<String, Arc<TargetHealth>>,
+    prices: &Arc<prices::Prices>,
 ) -> Result<ModelRoute, String> {
     let mut targets = Vec::new();
     for t in &m.targets {
@@ -280,13 +312,9 @@ fn build_route(
             .get(&t.provider)
             .ok_or_else(|| format!("model {:?}: unknown provider {:?}", m.name, t.provider))?;
         let cost = (!t.model.contains('*'))
-            .then(|| {
-                prices::PriceTable::builtin()
-                    .lookup(pcfg.kind.name(), &t.model)
-                    .copied()
-            })
+            .then(|| prices.lookup(&t.provider, pcfg.kind.name(), &t.model))
             .flatten();
-        let price = cost.as_ref().map(prices::Price::blended);
+        let price = cost.as_ref().map(|p| p.price.blended());
         targets.push(Target {
             provider: provider.clone(),
             model: Arc::from(t.model.as_str()),
@@ -297,6 +325,7 @@ fn build_route(
                 .unwrap_or_default(),
             price,
             cost,
+            prices: prices.clone(),
             provider_kind: pcfg.kind.name(),
             id: router::hash_pair(&format!("{}\0{}", t.provider, t.model), 0),
         });
@@ -644,6 +673,8 @@ struct Attempts<'a> {
     count: u32,
     /// The span of the latest failed attempt, exported if the request fails.
     failed_span: Option<tollgate_core::otlp::Span>,
+    /// The budget reservation and rate-limit permit, settled by whichever attempt serves.
+    hold: Option<govern::SharedHold>,
 }
 
 /// A group's failure: the error the client would see, and its class.
@@ -675,19 +706,80 @@ async fn call_model(
             .into());
     }
     let overridden = fallback_override(&state, &principal, headers)?;
+    let mut limits = HeaderMap::new();
+    let hold = govern::admit(
+        core,
+        &state,
+        &route,
+        capture.as_deref(),
+        &principal,
+        ctx,
+        &envelope,
+        bytes.len(),
+        endpoint,
+        &mut limits,
+    )
+    .await?;
+    let result = serve_groups(
+        layer, endpoint, headers, ctx, &principal, &state, &bytes, &envelope, start_ns, route,
+        capture, overridden, hold,
+    )
+    .await;
+    // OpenAI's rate-limit headers go on every answer, errors included.
+    match result {
+        Ok(mut res) => {
+            res.headers_mut().extend(limits);
+            Ok(res)
+        }
+        Err(mut f) => {
+            if !limits.is_empty() {
+                f.error = f.error.with_headers(
+                    limits
+                        .into_iter()
+                        .filter_map(|(k, v)| k.map(|k| (k, v)))
+                        .collect(),
+                );
+            }
+            Err(f)
+        }
+    }
+}
+
+/// Serves from the requested group, then walks the fallback chain its failure class picks.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the request path's parts, passed as borrowed pieces"
+)]
+async fn serve_groups(
+    layer: &LlmLayer,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    ctx: &RequestContext,
+    principal: &Principal,
+    state: &LlmState,
+    bytes: &Bytes,
+    envelope: &Envelope<'_>,
+    start_ns: u64,
+    route: Arc<ModelRoute>,
+    capture: Option<String>,
+    overridden: Option<Vec<Arc<str>>>,
+    hold: Option<govern::SharedHold>,
+) -> Result<Response, Failure> {
+    let core = &layer.core;
     let mut run = Attempts {
         layer,
-        state: &state,
-        principal: &principal,
+        state,
+        principal,
         endpoint,
         headers,
         ctx,
-        bytes: &bytes,
-        envelope: &envelope,
+        bytes,
+        envelope,
         start_ns,
         started: Instant::now(),
         count: 0,
         failed_span: None,
+        hold,
     };
     let first = match run_group(&mut run, &route, capture.as_deref(), &envelope.model, None).await {
         Ok(res) => return Ok(res),
@@ -925,9 +1017,11 @@ async fn run_group(
                 Some(&upstream_model),
                 fallback,
             ),
-            price,
+            price: price.clone(),
             started: run.started,
             ttft: ttft.clone(),
+            hold: run.hold.clone(),
+            body: body.clone(),
         });
         let on_end = stream_end(core, route, target, span.clone(), lease, ledger);
         let call = Call {
@@ -991,6 +1085,9 @@ async fn run_group(
                         if let Ok(v) = HeaderValue::from_str(&format!("{:.10}", r.cost_usd)) {
                             res.headers_mut().insert(COST, v);
                         }
+                    }
+                    if let Some(h) = &run.hold {
+                        govern::settle(h, r.cost_usd, r.prompt_tokens + r.completion_tokens);
                     }
                     core.ledger.record(r);
                 }
@@ -1149,10 +1246,14 @@ fn no_target(route: &ModelRoute, u: router::Unavailable) -> GroupFailure {
 /// A streamed request's ledger record, completed when the stream ends.
 struct StreamLedger {
     record: LedgerRecord,
-    price: Option<prices::Price>,
+    price: Option<prices::Priced>,
     started: Instant,
     /// Time to the first event, set once the stream starts.
     ttft: Arc<std::sync::OnceLock<u64>>,
+    /// Settled with the stream's cost when it ends.
+    hold: Option<govern::SharedHold>,
+    /// The request body, to count prompt tokens if the stream reports no usage.
+    body: Bytes,
 }
 
 fn stream_end(
@@ -1204,31 +1305,61 @@ fn stream_end(
             core.metrics.streams_cancelled.get_or_create(&labels).inc();
         }
         if let Some(l) = ledger {
-            let mut r = l.record;
-            price_usage(&mut r, l.price, outcome.usage);
-            r.latency_ms = l.started.elapsed().as_millis() as u64;
-            r.ttft_ms = l.ttft.get().copied();
-            r.status = 200;
-            r.outcome = if outcome.failed {
-                "stream_failed"
-            } else if outcome.cancelled {
-                "cancelled"
-            } else {
-                "ok"
+            let failed = outcome.failed;
+            let cancelled = outcome.cancelled;
+            let finish = move |counted: Option<provider::Usage>| {
+                let mut r = l.record;
+                price_usage(&mut r, l.price, outcome.usage.or(counted));
+                if counted.is_some() {
+                    r.estimated = true;
+                }
+                if let Some(h) = &l.hold {
+                    govern::settle(h, r.cost_usd, r.prompt_tokens + r.completion_tokens);
+                }
+                r.latency_ms = l.started.elapsed().as_millis() as u64;
+                r.ttft_ms = l.ttft.get().copied();
+                r.status = 200;
+                r.outcome = if failed {
+                    "stream_failed"
+                } else if cancelled {
+                    "cancelled"
+                } else {
+                    "ok"
+                }
+                .to_owned();
+                core.ledger.record(r);
+            };
+            match outcome.transcript.clone() {
+                Some(transcript) if outcome.usage.is_none() => {
+                    // No usage reported (the client left, or the upstream broke or sent none):
+                    // count the prompt and what was generated with the tokenizer, off the
+                    // serving thread, and mark the cost estimated.
+                    let body = l.body.clone();
+                    let count = move || {
+                        let generated = crate::tokens::generated_text(&transcript);
+                        finish(Some(provider::Usage {
+                            prompt: crate::tokens::prompt_tokens(&body),
+                            completion: crate::tokens::count(&generated),
+                            ..provider::Usage::default()
+                        }));
+                    };
+                    match tokio::runtime::Handle::try_current() {
+                        Ok(h) => drop(h.spawn_blocking(count)),
+                        Err(_) => count(),
+                    }
+                }
+                _ => finish(None),
             }
-            .to_owned();
-            core.ledger.record(r);
         }
     })
 }
 
 impl Target {
     /// The price of the upstream model this attempt used.
-    fn price_of(&self, upstream_model: &str) -> Option<prices::Price> {
-        self.cost.or_else(|| {
-            prices::PriceTable::builtin()
-                .lookup(self.provider_kind, upstream_model)
-                .copied()
+    fn price_of(&self, upstream_model: &str) -> Option<prices::Priced> {
+        self.cost.clone().or_else(|| {
+            self.prices
+                .lookup(&self.provider.name, self.provider_kind, upstream_model)
         })
     }
 }
@@ -1265,9 +1396,13 @@ impl Attempts<'_> {
     }
 }
 
-/// Fills tokens and cost from reported usage. Without usage or a price, the cost is 0 and
-/// marked estimated.
-fn price_usage(r: &mut LedgerRecord, price: Option<prices::Price>, usage: Option<provider::Usage>) {
+/// Fills tokens and cost from usage. Without usage or a price, the cost is 0 and marked
+/// estimated.
+fn price_usage(
+    r: &mut LedgerRecord,
+    price: Option<prices::Priced>,
+    usage: Option<provider::Usage>,
+) {
     if let Some(u) = usage {
         r.prompt_tokens = u.prompt;
         r.completion_tokens = u.completion;
@@ -1276,8 +1411,8 @@ fn price_usage(r: &mut LedgerRecord, price: Option<prices::Price>, usage: Option
     }
     match (price, usage) {
         (Some(p), Some(u)) => {
-            r.cost_usd = p.cost(&u);
-            r.price_version = Some(prices::PriceTable::builtin().version.clone());
+            r.cost_usd = p.price.cost(&u);
+            r.price_version = Some(p.version.to_string());
         }
         _ => r.estimated = true,
     }

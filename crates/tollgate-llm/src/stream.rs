@@ -27,7 +27,26 @@ pub struct ForwardStream<B> {
     partial: Vec<u8>,
     /// The current line outgrew `MAX_LINE`; skip to the next newline.
     skipping: bool,
+    /// Drop the usage-only chunk the gateway asked the upstream for (the client did not ask).
+    /// Output is then line-aligned: complete lines go out, a partial line waits for its end.
+    strip_usage: bool,
+    /// A usage chunk was dropped; the blank line ending its event goes too.
+    drop_blank: bool,
+    /// Lines to send in strip mode.
+    out: Vec<u8>,
+    /// The `data:` lines seen, kept (up to `MAX_TRANSCRIPT`) to count generated tokens when
+    /// the stream reports no usage.
+    transcript: Vec<u8>,
 }
+
+const USAGE_NULL: &[u8] = b",\"usage\":null";
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The most stream text kept for counting; a longer stream's tail is estimated by size.
+const MAX_TRANSCRIPT: usize = 4 << 20;
 
 /// The longest SSE line inspected for usage. A Responses API `response.completed` event holds
 /// the whole output, so this is generous; longer lines are passed through uninspected.
@@ -45,7 +64,18 @@ impl<B> ForwardStream<B> {
             done: false,
             partial: Vec::new(),
             skipping: false,
+            strip_usage: false,
+            drop_blank: false,
+            out: Vec::new(),
+            transcript: Vec::new(),
         }
+    }
+
+    /// Removes the final usage-only chunk from what the client sees (the gateway requested
+    /// usage for its own accounting; the client did not).
+    pub fn strip_usage(mut self, strip: bool) -> Self {
+        self.strip_usage = strip;
+        self
     }
 
     /// Feeds one frame to the line scanner.
@@ -56,6 +86,13 @@ impl<B> ForwardStream<B> {
             rest = after.get(1..).unwrap_or_default();
             if self.skipping {
                 self.skipping = false;
+                if self.strip_usage {
+                    // Too long to inspect: pass it through untouched.
+                    let whole = std::mem::take(&mut self.partial);
+                    self.out.extend_from_slice(&whole);
+                    self.out.extend_from_slice(line);
+                    self.out.push(b'\n');
+                }
                 self.partial.clear();
                 continue;
             }
@@ -65,32 +102,88 @@ impl<B> ForwardStream<B> {
                 let mut whole = std::mem::take(&mut self.partial);
                 whole.extend_from_slice(line);
                 self.inspect(&whole);
+                whole.clear();
+                self.partial = whole;
             }
         }
         if !self.skipping {
             if self.partial.len() + rest.len() > MAX_LINE {
-                self.partial.clear();
                 self.skipping = true;
+                if self.strip_usage {
+                    let whole = std::mem::take(&mut self.partial);
+                    self.out.extend_from_slice(&whole);
+                    self.out.extend_from_slice(rest);
+                }
+                self.partial.clear();
             } else {
                 self.partial.extend_from_slice(rest);
             }
+        } else if self.strip_usage {
+            self.out.extend_from_slice(rest);
         }
     }
 
-    fn inspect(&mut self, line: &[u8]) {
-        if let Some(u) = usage_in_line(line) {
-            self.usage = Some(u);
+    fn inspect(&mut self, raw: &[u8]) {
+        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if self.drop_blank && line.is_empty() {
+            self.drop_blank = false;
+            return;
+        }
+        self.drop_blank = false;
+        let mut keep = true;
+        if line.starts_with(b"data:") {
+            if let Some((u, usage_only)) = usage_in_line(line) {
+                self.usage = Some(u);
+                if usage_only && self.strip_usage {
+                    keep = false;
+                    self.drop_blank = true;
+                }
+            } else if self.usage.is_none() && self.transcript.len() + line.len() < MAX_TRANSCRIPT {
+                self.transcript.extend_from_slice(line);
+                self.transcript.push(b'\n');
+            }
+        }
+        if keep && self.strip_usage {
+            // Chunks carry `"usage":null` once usage is requested; the client did not ask.
+            match find(raw, USAGE_NULL) {
+                Some(at) if line.starts_with(b"data:") => {
+                    self.out
+                        .extend_from_slice(raw.get(..at).unwrap_or_default());
+                    self.out
+                        .extend_from_slice(raw.get(at + USAGE_NULL.len()..).unwrap_or_default());
+                }
+                _ => self.out.extend_from_slice(raw),
+            }
+            self.out.push(b'\n');
+        }
+    }
+
+    /// What the client gets for a frame: the frame itself, or in strip mode the complete
+    /// lines scanned so far.
+    fn emit(&mut self, frame: Frame<Bytes>) -> Frame<Bytes> {
+        if !self.strip_usage {
+            return frame;
+        }
+        Frame::data(Bytes::from(std::mem::take(&mut self.out)))
+    }
+
+    /// The outcome when the stream ends, with the transcript if usage never came.
+    fn outcome(&mut self, failed: bool, cancelled: bool) -> StreamOutcome {
+        StreamOutcome {
+            usage: self.usage,
+            failed,
+            cancelled,
+            transcript: self
+                .usage
+                .is_none()
+                .then(|| std::mem::take(&mut self.transcript)),
         }
     }
 
     fn finish(&mut self, failed: bool) {
         self.done = true;
         if let Some(f) = self.on_end.take() {
-            f(StreamOutcome {
-                usage: self.usage,
-                failed,
-                cancelled: false,
-            });
+            f(self.outcome(failed, false));
         }
     }
 }
@@ -99,11 +192,8 @@ impl<B> Drop for ForwardStream<B> {
     fn drop(&mut self) {
         // A client that disconnects drops the body: the hook still runs.
         if let Some(f) = self.on_end.take() {
-            f(StreamOutcome {
-                usage: self.usage,
-                failed: false,
-                cancelled: !self.done,
-            });
+            let cancelled = !self.done;
+            f(self.outcome(false, cancelled));
         }
     }
 }
@@ -177,44 +267,63 @@ where
         if this.done {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let deadline = Instant::now() + this.idle;
-                this.timer.as_mut().reset(deadline);
-                if let Some(data) = frame.data_ref() {
-                    this.scan(data);
+        // Loops only in strip mode, past frames that completed no line.
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let deadline = Instant::now() + this.idle;
+                    this.timer.as_mut().reset(deadline);
+                    if let Some(data) = frame.data_ref() {
+                        this.scan(data);
+                        let out = this.emit(frame);
+                        if out.data_ref().is_some_and(Bytes::is_empty) {
+                            continue;
+                        }
+                        return Poll::Ready(Some(Ok(out)));
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                tracing::warn!(error = %e, "upstream stream broke");
-                this.finish(true);
-                Poll::Ready(Some(Ok(Frame::data(error_event(
-                    this.dialect,
-                    &format!("upstream stream broke: {e}"),
-                    "upstream_stream_error",
-                )))))
-            }
-            Poll::Ready(None) => {
-                this.finish(false);
-                Poll::Ready(None)
-            }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    let idle = this.idle;
-                    tracing::warn!(
-                        idle_ms = idle.as_millis() as u64,
-                        "upstream stream went idle"
-                    );
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "upstream stream broke");
                     this.finish(true);
-                    Poll::Ready(Some(Ok(Frame::data(error_event(
+                    return Poll::Ready(Some(Ok(Frame::data(error_event(
                         this.dialect,
-                        &format!("upstream sent nothing for {}ms", idle.as_millis()),
-                        "upstream_idle_timeout",
-                    )))))
+                        &format!("upstream stream broke: {e}"),
+                        "upstream_stream_error",
+                    )))));
                 }
-                Poll::Pending => Poll::Pending,
-            },
+                Poll::Ready(None) => {
+                    // In strip mode a last line without its newline is still owed to the client.
+                    let tail = if this.strip_usage && !this.partial.is_empty() {
+                        Some(std::mem::take(&mut this.partial))
+                    } else {
+                        None
+                    };
+                    this.finish(false);
+                    return match tail {
+                        Some(t) => Poll::Ready(Some(Ok(Frame::data(Bytes::from(t))))),
+                        None => Poll::Ready(None),
+                    };
+                }
+                Poll::Pending => {
+                    return match this.timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            let idle = this.idle;
+                            tracing::warn!(
+                                idle_ms = idle.as_millis() as u64,
+                                "upstream stream went idle"
+                            );
+                            this.finish(true);
+                            Poll::Ready(Some(Ok(Frame::data(error_event(
+                                this.dialect,
+                                &format!("upstream sent nothing for {}ms", idle.as_millis()),
+                                "upstream_idle_timeout",
+                            )))))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+            }
         }
     }
 
@@ -229,8 +338,9 @@ where
 
 /// Reads usage from one SSE line: `data: {..."usage":{...}}` (chat completions) or
 /// `data: {..."response":{..."usage":{...}}}` (Responses API). Lines whose usage is `null` or
-/// absent are skipped without parsing.
-pub fn usage_in_line(line: &[u8]) -> Option<Usage> {
+/// absent are skipped without parsing. The flag says the line is a usage-only chat chunk
+/// (`"choices": []`), the one `stream_options.include_usage` adds.
+pub fn usage_in_line(line: &[u8]) -> Option<(Usage, bool)> {
     let json = line.strip_prefix(b"data:")?.trim_ascii();
     if !has_usage_object(json) {
         return None;
@@ -239,15 +349,17 @@ pub fn usage_in_line(line: &[u8]) -> Option<Usage> {
     struct Event {
         usage: Option<RawUsage>,
         response: Option<Inner>,
+        choices: Option<Vec<serde::de::IgnoredAny>>,
     }
     #[derive(serde::Deserialize)]
     struct Inner {
         usage: Option<RawUsage>,
     }
     let ev: Event = serde_json::from_slice(json).ok()?;
+    let usage_only = ev.usage.is_some() && ev.choices.as_ref().is_some_and(Vec::is_empty);
     ev.usage
         .or(ev.response.and_then(|r| r.usage))
-        .map(Usage::from)
+        .map(|u| (Usage::from(u), usage_only))
 }
 
 /// Whether `"usage"` appears followed by an object (not `null`), whitespace allowed.
@@ -304,6 +416,7 @@ impl From<RawUsage> for Usage {
                 .completion_tokens_details
                 .and_then(|d| d.reasoning_tokens)
                 .unwrap_or(0),
+            cache_write: 0,
         }
     }
 }
@@ -313,6 +426,10 @@ mod tests {
     use super::*;
 
     fn scanned(frames: &[&[u8]]) -> Option<Usage> {
+        scanned_raw(frames)
+    }
+
+    fn scanned_raw(frames: &[&[u8]]) -> Option<Usage> {
         let mut s = ForwardStream::new(
             http_body_util::Empty::<Bytes>::new(),
             Endpoint::Chat,
@@ -323,6 +440,61 @@ mod tests {
             s.scan(f);
         }
         s.usage
+    }
+
+    /// Runs frames through a stream and returns what the client got and the outcome.
+    async fn forwarded(frames: Vec<&'static [u8]>, strip: bool) -> (String, StreamOutcome) {
+        use http_body_util::BodyExt;
+        let outcome = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let seen = outcome.clone();
+        let upstream = http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames
+                .into_iter()
+                .map(|f| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(f)))),
+        ));
+        let s = ForwardStream::new(
+            upstream,
+            Endpoint::Chat,
+            Duration::from_secs(5),
+            Box::new(move |o| *seen.lock().unwrap() = Some(o)),
+        )
+        .strip_usage(strip);
+        let body = s.collect().await.unwrap().to_bytes();
+        let o = outcome.lock().unwrap().take().unwrap();
+        (String::from_utf8(body.to_vec()).unwrap(), o)
+    }
+
+    #[tokio::test]
+    async fn strips_the_usage_chunk_the_client_did_not_ask_for() {
+        let frames: Vec<&'static [u8]> = vec![
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\nda",
+            b"ta: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1}}\r\n\r\n",
+            b"data: [DONE]\n\n",
+        ];
+        let (body, o) = forwarded(frames.clone(), true).await;
+        assert_eq!(
+            body,
+            "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: [DONE]\n\n"
+        );
+        assert_eq!(o.usage.map(|u| u.prompt), Some(5));
+        assert_eq!(o.transcript, None);
+        // Without stripping the bytes pass through untouched.
+        let (body, _) = forwarded(frames.clone(), false).await;
+        assert_eq!(body.as_bytes(), frames.concat());
+    }
+
+    #[tokio::test]
+    async fn a_stream_without_usage_counts_what_it_generated() {
+        let frames: Vec<&'static [u8]> = vec![
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"hello\"}}]}\n\n",
+            b"data: {\"choices\":[{\"delta\":{\"content\":\" world\"}}]}\n\n",
+            b"data: [DONE]",
+        ];
+        let (body, o) = forwarded(frames, true).await;
+        assert!(body.ends_with("data: [DONE]"), "{body}");
+        assert!(o.usage.is_none());
+        let text = crate::tokens::generated_text(&o.transcript.unwrap());
+        assert_eq!(crate::tokens::count(&text), 2);
     }
 
     #[tokio::test]

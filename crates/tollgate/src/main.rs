@@ -63,6 +63,14 @@ enum Command {
         #[command(subcommand)]
         command: DirectoryCommand,
     },
+    /// Report spend from the ledger, grouped by key, user, team, model, provider,
+    /// conversation, agent or day.
+    Spend {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        report: SpendArgs,
+    },
     /// Check or export the tamper-evident audit chain.
     Audit {
         #[command(flatten)]
@@ -102,6 +110,30 @@ enum DirectoryCommand {
     },
     /// Delete a record (refused while keys, or users, belong to it).
     Delete { id: String },
+}
+
+#[derive(Args)]
+struct SpendArgs {
+    /// key, user, team, model, provider, conversation, agent or day (default: one total).
+    #[arg(long = "by")]
+    group_by: Option<String>,
+    /// Start: RFC 3339, a date (2026-11-01) or a duration back from now (7d).
+    #[arg(long)]
+    since: Option<String>,
+    /// End (exclusive), in the same forms.
+    #[arg(long)]
+    until: Option<String>,
+    /// Only records where this dimension equals --filter.
+    #[arg(long)]
+    filter_by: Option<String>,
+    #[arg(long)]
+    filter: Option<String>,
+    /// Rows, most expensive first (top spenders).
+    #[arg(long)]
+    limit: Option<u32>,
+    /// table (default), json or csv.
+    #[arg(long, default_value = "table")]
+    format: String,
 }
 
 #[derive(Subcommand)]
@@ -191,6 +223,7 @@ fn main() -> ExitCode {
             Command::Check(arg) => check(&arg),
             Command::Keys { config, command } => keys(&config, command).await,
             Command::Audit { config, command } => audit(&config, command).await,
+            Command::Spend { config, report } => spend(&config, report).await,
             Command::Teams { config, command } => directory(&config, "team", command).await,
             Command::Users { config, command } => directory(&config, "user", command).await,
         }
@@ -524,6 +557,51 @@ async fn directory(
     audit_log.flush().await;
     result?;
     println!("{kind} {target}: {action}d");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn spend(arg: &ConfigArg, a: SpendArgs) -> anyhow::Result<ExitCode> {
+    use tollgate_core::spend::{build_report, to_csv, SpendParams};
+    let Some((_, stores)) = open_stores(arg).await? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let params = SpendParams {
+        group_by: a.group_by,
+        since: a.since,
+        until: a.until,
+        filter_by: a.filter_by,
+        filter: a.filter,
+        limit: a.limit,
+        format: None,
+    };
+    let q = params.query().map_err(|e| anyhow::anyhow!(e.message))?;
+    let report = build_report(&q, stores.ledger.spend(&q).await?);
+    match a.format.as_str() {
+        "json" => println!("{}", serde_json::to_string_pretty(&report)?),
+        "csv" => print!("{}", to_csv(&report)),
+        "table" => {
+            let name = report.group_by.as_deref().unwrap_or("total");
+            println!(
+                "{name:<32} {:>10} {:>14} {:>14} {:>14}",
+                "requests", "prompt", "completion", "cost_usd"
+            );
+            for r in &report.rows {
+                println!(
+                    "{:<32} {:>10} {:>14} {:>14} {:>14.6}",
+                    r.group.as_deref().unwrap_or("-"),
+                    r.requests,
+                    r.prompt_tokens,
+                    r.completion_tokens,
+                    r.cost_usd
+                );
+            }
+            println!(
+                "{:<32} {:>10} {:>14} {:>14} {:>14.6}",
+                "total", report.total_requests, "", "", report.total_cost_usd
+            );
+        }
+        other => anyhow::bail!("--format must be table, json or csv, not {other:?}"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,6 +5,7 @@
 //! The validated [`Config`] serialises back to YAML as the normalised form that `tollgate check`
 //! prints, with secrets redacted.
 
+mod governance;
 mod interp;
 mod models;
 mod raw;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use governance::{AlertConfig, BudgetConfig, Period, PriceOverride, RateLimitConfig, Scope};
 pub use interp::Lookup;
 pub use models::{
     pattern_capture, resolve as resolve_model, CooldownConfig, ModelConfig, RetryConfig, Strategy,
@@ -117,6 +119,12 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(skip_serializing_if = "TelemetryConfig::is_empty")]
     pub telemetry: TelemetryConfig,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prices: Vec<PriceOverride>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<BudgetConfig>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
@@ -934,6 +942,9 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
     if let Err(policy_errors) = crate::policy::Policy::compile(&policies) {
         errors.extend(policy_errors);
     }
+    let prices = governance::validate_prices(raw.prices.unwrap_or_default(), errors);
+    let budgets = governance::validate_budgets(raw.budgets.unwrap_or_default(), errors);
+    let rate_limits = governance::validate_rate_limits(raw.rate_limits.unwrap_or_default(), errors);
 
     Config {
         listen,
@@ -951,6 +962,9 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
         policies,
         auth,
         telemetry,
+        prices,
+        budgets,
+        rate_limits,
     }
 }
 

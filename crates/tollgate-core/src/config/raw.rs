@@ -28,6 +28,9 @@ pub struct RawConfig {
     pub policies: Option<Vec<RawPolicy>>,
     pub auth: Option<RawAuth>,
     pub telemetry: Option<RawTelemetry>,
+    pub prices: Option<Vec<RawPrice>>,
+    pub budgets: Option<Vec<RawBudget>>,
+    pub rate_limits: Option<Vec<RawRateLimit>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -362,4 +365,72 @@ fn remove_at(tree: &mut Value, path: &serde_path_to_error::Path) -> bool {
         }
         _ => false,
     }
+}
+
+/// An operator's price for upstream models matching `model` (contract prices, self-hosted).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    pub model: String,
+    pub provider: Option<String>,
+    pub input_per_mtok: Option<f64>,
+    pub output_per_mtok: Option<f64>,
+    pub cache_read_per_mtok: Option<f64>,
+    pub cache_write_per_mtok: Option<f64>,
+    pub reasoning_per_mtok: Option<f64>,
+    pub per_request: Option<f64>,
+    pub max_output_tokens: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawScope {
+    Key,
+    User,
+    Team,
+    Model,
+    Conversation,
+    Agent,
+    Global,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawPeriod {
+    Daily,
+    Weekly,
+    Monthly,
+    Total,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub name: String,
+    pub scope: RawScope,
+    #[serde(rename = "match")]
+    pub matches: Option<Vec<String>>,
+    pub models: Option<Vec<String>>,
+    pub period: RawPeriod,
+    pub limit_usd: f64,
+    pub alerts: Option<RawAlerts>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    pub thresholds: Vec<f64>,
+    pub webhook: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub name: String,
+    pub scope: RawScope,
+    #[serde(rename = "match")]
+    pub matches: Option<Vec<String>>,
+    pub models: Option<Vec<String>>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
 }

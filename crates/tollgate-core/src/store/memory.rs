@@ -230,6 +230,13 @@ impl super::LedgerStore for MemoryStore {
                 .collect())
         })
     }
+
+    async fn spend(
+        &self,
+        q: &crate::ledger::SpendQuery,
+    ) -> StoreResult<Vec<crate::ledger::SpendRow>> {
+        self.with(|s| Ok(crate::ledger::aggregate(s.ledger.iter(), q)))
+    }
 }
 
 #[async_trait]

@@ -183,6 +183,11 @@ pub trait LedgerStore: Send + Sync + 'static {
         &self,
         q: &crate::ledger::LedgerQuery,
     ) -> StoreResult<Vec<crate::ledger::LedgerRecord>>;
+    /// Spend grouped by a dimension, most expensive first.
+    async fn spend(
+        &self,
+        q: &crate::ledger::SpendQuery,
+    ) -> StoreResult<Vec<crate::ledger::SpendRow>>;
 }
 
 #[async_trait]

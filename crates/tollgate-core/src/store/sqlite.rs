@@ -35,6 +35,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "ledger",
         include_str!("migrations/sqlite/0005_ledger.sql"),
     ),
+    (
+        6,
+        "ledger_dimensions",
+        include_str!("migrations/sqlite/0006_ledger_dimensions.sql"),
+    ),
 ];
 
 const KEYS_SEQ: &str = "keys_seq";
@@ -898,8 +903,9 @@ impl LedgerStore for SqliteStore {
         for r in records {
             let json = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             sqlx::query(
-                "INSERT INTO ledger (time_ms, key_id, user_id, team_id, model, provider, cost_usd, record)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO ledger (time_ms, key_id, user_id, team_id, model, provider, cost_usd,
+                     conversation_id, agent, prompt_tokens, completion_tokens, record)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(r.time_ms)
             .bind(&r.key_id)
@@ -908,6 +914,10 @@ impl LedgerStore for SqliteStore {
             .bind(&r.model)
             .bind(&r.provider)
             .bind(r.cost_usd)
+            .bind(&r.conversation_id)
+            .bind(&r.agent)
+            .bind(i64::try_from(r.prompt_tokens).unwrap_or(i64::MAX))
+            .bind(i64::try_from(r.completion_tokens).unwrap_or(i64::MAX))
             .bind(json)
             .execute(&mut *tx)
             .await
@@ -939,5 +949,55 @@ impl LedgerStore for SqliteStore {
                 Ok(r)
             })
             .collect()
+    }
+
+    async fn spend(
+        &self,
+        q: &crate::ledger::SpendQuery,
+    ) -> StoreResult<Vec<crate::ledger::SpendRow>> {
+        use crate::ledger::Dimension;
+        // Column names come from this closed match, never from input.
+        let column = |d: Dimension| match d {
+            Dimension::Key => "key_id",
+            Dimension::User => "user_id",
+            Dimension::Team => "team_id",
+            Dimension::Model => "model",
+            Dimension::Provider => "provider",
+            Dimension::Conversation => "conversation_id",
+            Dimension::Agent => "agent",
+            Dimension::Day => "strftime('%Y-%m-%d', time_ms / 1000, 'unixepoch')",
+        };
+        let group = q.group_by.map_or("NULL", column);
+        let mut sql = format!(
+            "SELECT {group} AS g, COUNT(*), COALESCE(SUM(prompt_tokens), 0),
+                    COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cost_usd), 0.0)
+             FROM ledger WHERE time_ms >= ? AND time_ms < ?"
+        );
+        if let Some((dim, _)) = &q.filter {
+            sql.push_str(&format!(" AND {} = ?", column(*dim)));
+        }
+        sql.push_str(" GROUP BY g");
+        let mut query = sqlx::query_as::<_, (Option<String>, i64, i64, i64, f64)>(&sql)
+            .bind(q.since_ms)
+            .bind(q.until_ms);
+        if let Some((_, value)) = &q.filter {
+            query = query.bind(value);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(unavailable)?;
+        let mut rows: Vec<crate::ledger::SpendRow> = rows
+            .into_iter()
+            // An empty table still yields the one total row with zero requests.
+            .filter(|r| r.1 > 0)
+            .map(|(group, n, p, c, cost)| crate::ledger::SpendRow {
+                group,
+                requests: n as u64,
+                prompt_tokens: p as u64,
+                completion_tokens: c as u64,
+                cost_usd: cost,
+            })
+            .collect();
+        crate::ledger::sort_rows(&mut rows);
+        rows.truncate(q.limit.clamp(1, 100_000) as usize);
+        Ok(rows)
     }
 }

@@ -460,3 +460,96 @@ async fn ledger_appends_and_reads_by_time_and_page() {
         assert_eq!(page[0].id, all[1].id, "{name}");
     }
 }
+
+#[tokio::test]
+async fn spend_reports_group_filter_and_agree_with_the_records() {
+    use crate::ledger::{aggregate, Dimension, LedgerRecord, SpendQuery};
+    const DAY: i64 = 86_400_000;
+    for (name, s, _dir) in engines().await {
+        let mut records = Vec::new();
+        for i in 0..40i64 {
+            records.push(LedgerRecord {
+                time_ms: 1_700_000_000_000 + (i % 3) * DAY,
+                model: ["m-a", "m-b"][(i % 2) as usize].into(),
+                provider: Some("p".into()),
+                key_id: Some(format!("k{}", i % 4)),
+                team: (i % 5 != 0).then(|| "ml".to_owned()),
+                conversation_id: Some(format!("c{}", i % 2)),
+                agent: (i % 2 == 0).then(|| "planner".to_owned()),
+                prompt_tokens: 10 + i as u64,
+                completion_tokens: 2 * i as u64,
+                cost_usd: 0.001 * (i + 1) as f64,
+                ..Default::default()
+            });
+        }
+        s.ledger.append_ledger(&records).await.unwrap();
+        let queries = [
+            SpendQuery::default(),
+            SpendQuery {
+                group_by: Some(Dimension::Key),
+                ..Default::default()
+            },
+            SpendQuery {
+                group_by: Some(Dimension::Team),
+                ..Default::default()
+            },
+            SpendQuery {
+                group_by: Some(Dimension::Day),
+                since_ms: 1_700_000_000_000 + DAY,
+                ..Default::default()
+            },
+            SpendQuery {
+                group_by: Some(Dimension::Model),
+                filter: Some((Dimension::Conversation, "c1".into())),
+                ..Default::default()
+            },
+            SpendQuery {
+                group_by: Some(Dimension::Agent),
+                filter: Some((Dimension::Key, "k2".into())),
+                ..Default::default()
+            },
+            SpendQuery {
+                group_by: Some(Dimension::Key),
+                limit: 2,
+                ..Default::default()
+            },
+        ];
+        for q in &queries {
+            let got = s.ledger.spend(q).await.unwrap();
+            let want = aggregate(records.iter(), q);
+            assert_eq!(got.len(), want.len(), "{name}: {q:?}");
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.group, w.group, "{name}: {q:?}");
+                assert_eq!(g.requests, w.requests, "{name}: {q:?}");
+                assert_eq!(g.prompt_tokens, w.prompt_tokens, "{name}: {q:?}");
+                assert_eq!(g.completion_tokens, w.completion_tokens, "{name}: {q:?}");
+                assert!((g.cost_usd - w.cost_usd).abs() < 1e-9, "{name}: {q:?}");
+            }
+        }
+        let total = s.ledger.spend(&SpendQuery::default()).await.unwrap();
+        let sum: f64 = records.iter().map(|r| r.cost_usd).sum();
+        assert!((total[0].cost_usd - sum).abs() < 1e-9);
+        assert_eq!(total[0].requests, 40);
+        let days = s
+            .ledger
+            .spend(&SpendQuery {
+                group_by: Some(Dimension::Day),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut names: Vec<_> = days.iter().filter_map(|r| r.group.clone()).collect();
+        names.sort();
+        assert_eq!(names, ["2023-11-14", "2023-11-15", "2023-11-16"], "{name}");
+        let empty = s
+            .ledger
+            .spend(&SpendQuery {
+                since_ms: 0,
+                until_ms: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(empty.is_empty(), "{name}");
+    }
+}

@@ -218,7 +218,10 @@ impl MockProvider {
             });
         }
 
-        let include_usage = call.envelope.include_usage;
+        // Like an OpenAI upstream the gateway asked for usage: the usage chunk always comes,
+        // and the stream hides it from a client that did not ask.
+        let strip_usage = !call.envelope.include_usage;
+        let include_usage = true;
         let chunk = |delta: Value, finish: Option<&str>| {
             let mut c = json!({
                 "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -242,7 +245,7 @@ impl MockProvider {
             })));
         }
         events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-        self.stream(call.endpoint, events, on_end)
+        self.stream(call.endpoint, events, on_end, strip_usage)
     }
 
     /// Paces pre-built events: `ttft` before the first, then `latency` spread over the rest.
@@ -251,6 +254,7 @@ impl MockProvider {
         dialect: Endpoint,
         events: Vec<Bytes>,
         on_end: StreamEnd,
+        strip_usage: bool,
     ) -> Result<Reply, ProviderError> {
         let ttft = self.settings.ttft;
         let gap = self.settings.latency / (events.len().max(2) as u32 - 1);
@@ -265,7 +269,8 @@ impl MockProvider {
         );
         // The idle bound is the mock's own pacing plus slack: the mock never goes idle.
         let idle = ttft.max(gap) + Duration::from_secs(60);
-        let body = ForwardStream::new(Body::from_stream(paced), dialect, idle, on_end);
+        let body = ForwardStream::new(Body::from_stream(paced), dialect, idle, on_end)
+            .strip_usage(strip_usage);
         let response = Response::builder()
             .header(http::header::CONTENT_TYPE, "text/event-stream")
             .header(http::header::CACHE_CONTROL, "no-cache")
@@ -473,7 +478,7 @@ impl MockProvider {
             &format!("response.{done_status}"),
             json!({"response": response_obj(done_status, &text)}),
         ));
-        self.stream(call.endpoint, events, on_end)
+        self.stream(call.endpoint, events, on_end, false)
     }
 }
 

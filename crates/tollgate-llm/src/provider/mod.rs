@@ -72,6 +72,8 @@ pub struct Usage {
     pub cached: u64,
     /// Reasoning tokens (included in `completion`).
     pub reasoning: u64,
+    /// Prompt tokens written to the provider's prompt cache (included in `prompt`).
+    pub cache_write: u64,
 }
 
 /// A provider's answer: the response to send, and what it cost in time and tokens so far.
@@ -88,13 +90,16 @@ pub struct Reply {
 /// Called once when a streamed reply ends, with whatever usage its tail reported.
 pub type StreamEnd = Box<dyn FnOnce(StreamOutcome) + Send + 'static>;
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct StreamOutcome {
     pub usage: Option<Usage>,
     /// The upstream failed or went idle mid-stream.
     pub failed: bool,
     /// The client went away before the end.
     pub cancelled: bool,
+    /// When the stream reported no usage: its `data:` lines, to count what it generated
+    /// (see [`crate::tokens::generated_text`]).
+    pub transcript: Option<Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error)]

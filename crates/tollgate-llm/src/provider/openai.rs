@@ -146,7 +146,13 @@ impl OpenAiProvider {
     }
 
     pub async fn call(&self, call: Call<'_>, on_end: StreamEnd) -> Result<Reply, ProviderError> {
-        let body = if call.upstream_model == call.public_model {
+        // A stream is priced from the usage the upstream reports at its end: ask for it when
+        // the client did not (and hide it from the client again).
+        let strip_usage =
+            call.envelope.stream && call.endpoint == Endpoint::Chat && !call.envelope.include_usage;
+        let body = if strip_usage {
+            Bytes::from(call.envelope.with_usage_requested(call.upstream_model))
+        } else if call.upstream_model == call.public_model {
             call.body.clone()
         } else {
             Bytes::from(call.envelope.with_model(call.upstream_model))
@@ -255,7 +261,8 @@ impl OpenAiProvider {
                 call.endpoint,
                 self.timeouts.idle,
                 on_end,
-            );
+            )
+            .strip_usage(strip_usage);
             let response = builder
                 .header(http::header::CACHE_CONTROL, "no-cache")
                 .body(Body::new(body))

@@ -14,4 +14,5 @@ mod ops;
 mod passthrough;
 mod policy;
 mod routing;
+mod spend;
 mod tracing;
