@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # tollgate's model-layer benchmark: the same fast mock upstream, the same load, one run,
-# direct-to-mock versus through tollgate (virtual key check, metrics on, SQLite store).
+# direct-to-mock versus through tollgate (virtual key check, metrics on, SQLite store, spend
+# ledger on), and tollgate with governance on (budget reservation + rate limit + ledger)
+# versus off.
 #
 #   bench/run.sh                 # defaults: 10 s per measurement
 #   DURATION=30 bench/run.sh     # longer runs
@@ -49,6 +51,28 @@ models:
     targets:
       - provider: bench
         model: bench
+  # The same upstream under governance: every request takes a rate-limit permit and a budget
+  # reservation, and settles both when it ends.
+  - name: bench-gov
+    targets:
+      - provider: bench
+        model: bench
+prices:
+  - model: bench
+    input_per_mtok: 0.15
+    output_per_mtok: 0.60
+budgets:
+  - name: bench-key-daily
+    scope: key
+    models: [bench-gov]
+    period: daily
+    limit_usd: 1000000000
+rate_limits:
+  - name: bench-key-rate
+    scope: key
+    models: [bench-gov]
+    rpm: 1000000000
+    tpm: 1000000000000
 YAML
 "$BIN/tollgate" serve --config "$WORK/tollgate.yaml" > "$WORK/tollgate.log" 2>&1 &
 GW_PID=$!
@@ -75,6 +99,8 @@ import json, sys
 work = sys.argv[1]
 body = {"model": "bench-model", "messages": [{"role": "system", "content": "x" * 900}, {"role": "user", "content": "Say something short."}]}
 json.dump(body, open(f"{work}/body-1k.json", "w"))
+body["model"] = "bench-gov"
+json.dump(body, open(f"{work}/body-1k-gov.json", "w"))
 PY
 
 run() { # name url key body conns
@@ -91,6 +117,9 @@ for size in 1k 100k; do
     run "direct-$size-c$c" "http://127.0.0.1:$UP_PORT/v1/chat/completions" "" "$WORK/body-$size.json" "$c"
     run "tollgate-$size-c$c" "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$KEY" "$WORK/body-$size.json" "$c"
   done
+done
+for c in 1 32; do
+  run "governed-1k-c$c" "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$KEY" "$WORK/body-1k-gov.json" "$c"
 done
 
 RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$GW_PID/status")
@@ -125,11 +154,20 @@ for size in ("1k", "100k"):
         for sys_name, r in (("direct to mock", d), ("tollgate", t)):
             lines.append(f"| {size} body, c={c} | {sys_name} | {r[0]:.0f} | {r[1]:.0f} | {r[2]:.0f} | {r[3]:.0f} | {r[4]} |")
         ratios.append((size, c, t[1] - d[1], t[0] / d[0] if d[0] else 0))
+gov = []
+for c in (1, 32):
+    t = parse(f"tollgate-1k-c{c}")
+    g = parse(f"governed-1k-c{c}")
+    lines.append(f"| 1k body, c={c} | tollgate, governance on | {g[0]:.0f} | {g[1]:.0f} | {g[2]:.0f} | {g[3]:.0f} | {g[4]} |")
+    gov.append((c, g[1] - t[1], g[0] / t[0] if t[0] else 0))
 lines += ["", f"tollgate peak RSS: {rss_kb / 1024:.1f} MiB; 4xx/5xx answers counted by tollgate: {gw_errors}", ""]
 lines.append("| scenario | added p50 (target ≤ 100 µs at c=1) | throughput vs direct (target ≥ 40% at c=32) |")
 lines.append("|---|---|---|")
 for size, c, added, ratio in ratios:
     lines.append(f"| {size} body, c={c} | {added:+.0f} µs | {ratio:.0%} |")
+lines += ["", "| governance on vs off | added p50 | throughput (target ≥ 80%) |", "|---|---|---|"]
+for c, added, ratio in gov:
+    lines.append(f"| 1k body, c={c} | {added:+.0f} µs | {ratio:.0%} |")
 report = "\n".join(lines)
 print(report)
 open(f"{out}/latest.md", "w").write(report + "\n")

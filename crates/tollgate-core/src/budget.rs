@@ -682,12 +682,7 @@ fn spawn_settlement(
     if keys.is_empty() {
         return;
     }
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) => {
-            h.spawn(async move { budgets.settle_now(&rules, &keys, reserved, actual).await });
-        }
-        Err(_) => tracing::error!("budget settled outside a runtime; reservation left in place"),
-    }
+    crate::run_or_spawn(async move { budgets.settle_now(&rules, &keys, reserved, actual).await });
 }
 
 impl Drop for Reservation {

@@ -22,6 +22,9 @@ impl Glob {
         if self.literal {
             return self.pattern == name;
         }
+        if self.pattern == "*" {
+            return true;
+        }
         let p: Vec<char> = self.pattern.chars().collect();
         let s: Vec<char> = name.chars().collect();
         matches(&p, &s)

@@ -204,6 +204,21 @@ impl Core {
     }
 }
 
+/// Runs bookkeeping that need not delay anyone: inline when it completes at once (the
+/// in-process engines), otherwise on a task (a store round trip). Outside a runtime a future
+/// that would wait is dropped with an error log.
+pub fn run_or_spawn(fut: impl std::future::Future<Output = ()> + Send + 'static) {
+    use futures_util::FutureExt;
+    let mut fut = Box::pin(fut);
+    if (&mut fut).now_or_never().is_some() {
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => drop(h.spawn(fut)),
+        Err(_) => tracing::error!("background bookkeeping dropped: no runtime"),
+    }
+}
+
 /// `/healthz`, `/readyz` and `/metrics`.
 pub fn ops_router(core: Arc<Core>) -> Router {
     Router::new()

@@ -376,17 +376,15 @@ impl Permit {
             return;
         }
         let Permit { limits, checks, .. } = self;
-        if let Ok(h) = tokio::runtime::Handle::try_current() {
-            h.spawn(async move {
-                if let Err(e) = limits
-                    .buckets
-                    .adjust(&checks, delta, crate::time::now_ms())
-                    .await
-                {
-                    tracing::warn!(error = %e, "rate limit token correction failed");
-                }
-            });
-        }
+        crate::run_or_spawn(async move {
+            if let Err(e) = limits
+                .buckets
+                .adjust(&checks, delta, crate::time::now_ms())
+                .await
+            {
+                tracing::warn!(error = %e, "rate limit token correction failed");
+            }
+        });
     }
 }
 
