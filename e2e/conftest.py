@@ -62,6 +62,27 @@ models:
     fallbacks: [mock-echo]
     retry: {{attempts: 2, backoff: 1ms}}
     cooldown: {{failures: 1000000}}
+  # Governed: two requests per minute per key, and a budget of $0.02 per key per day.
+  - name: limited-model
+    targets: [{{provider: demo, model: echo}}]
+  - name: budgeted-model
+    targets: [{{provider: demo, model: echo-priced}}]
+prices:
+  - model: echo-priced
+    input_per_mtok: 1000
+    output_per_mtok: 2000
+rate_limits:
+  - name: limited-per-key
+    scope: key
+    models: [limited-model]
+    rpm: 2
+    tpm: 100000
+budgets:
+  - name: budgeted-per-key
+    scope: key
+    models: [budgeted-model]
+    period: daily
+    limit_usd: 0.02
 """
 
 

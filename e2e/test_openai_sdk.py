@@ -242,7 +242,14 @@ def test_models_list_restricted_key(client: openai.OpenAI):
 
 def test_models_list_unrestricted_key(full_client: openai.OpenAI):
     models = list(full_client.models.list())
-    assert [m.id for m in models] == ["mock-echo", "other-model", "broken-model", "flaky-model"]
+    assert [m.id for m in models] == [
+        "mock-echo",
+        "other-model",
+        "broken-model",
+        "flaky-model",
+        "limited-model",
+        "budgeted-model",
+    ]
     assert all(m.object == "model" for m in models)
 
 
