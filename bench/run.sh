@@ -111,6 +111,8 @@ run() { # name url key body conns
 # Warm up both paths.
 BODY_FILE="$WORK/body-1k.json" API_KEY="$KEY" wrk -t1 -c8 -d2s -s bench/post.lua "http://127.0.0.1:$GW_PORT/v1/chat/completions" >/dev/null
 BODY_FILE="$WORK/body-1k.json" API_KEY="" wrk -t1 -c8 -d2s -s bench/post.lua "http://127.0.0.1:$UP_PORT/v1/chat/completions" >/dev/null
+# The governed path reads the key's spend from the ledger once, on its first request.
+BODY_FILE="$WORK/body-1k-gov.json" API_KEY="$KEY" wrk -t1 -c8 -d2s -s bench/post.lua "http://127.0.0.1:$GW_PORT/v1/chat/completions" >/dev/null
 
 for size in 1k 100k; do
   for c in 1 32; do

@@ -114,8 +114,11 @@ pub fn period_bounds(period: Period, now_ms: i64) -> (i64, Option<i64>) {
         Period::Daily => (ms(today), today.next_day().map(ms)),
         Period::Weekly => {
             let back = i64::from(today.weekday().number_days_from_monday());
-            let start = today - time::Duration::days(back);
-            (ms(start), Some(ms(start + time::Duration::days(7))))
+            let start = today
+                .checked_sub(time::Duration::days(back))
+                .unwrap_or(today);
+            let end = start.checked_add(time::Duration::days(7)).map(ms);
+            (ms(start), end)
         }
         Period::Monthly => {
             let start = Date::from_calendar_date(today.year(), today.month(), 1).unwrap_or(today);
@@ -305,6 +308,8 @@ pub struct Budgets {
     meta: Arc<dyn MetaStore>,
     /// Counters this process already made sure exist.
     seeded: Mutex<HashSet<CounterKey>>,
+    /// One seeding at a time: a burst of first requests reads the ledger once, not once each.
+    seeding: tokio::sync::Mutex<()>,
 }
 
 /// What the request holds until it settles: dropping it unsettled releases the reservation.
@@ -333,6 +338,7 @@ impl Budgets {
             ledger,
             meta,
             seeded: Mutex::new(HashSet::new()),
+            seeding: tokio::sync::Mutex::new(()),
         };
         b.reload(config);
         Arc::new(b)
@@ -413,13 +419,19 @@ impl Budgets {
     }
 
     async fn ensure_seeded(&self, rules: &[Arc<Rule>], applied: &[Applied]) -> StoreResult<()> {
-        let missing: Vec<&Applied> = {
+        let unseeded = || -> Vec<&Applied> {
             let seeded = self.seeded.lock().unwrap_or_else(|p| p.into_inner());
             applied
                 .iter()
                 .filter(|a| !seeded.contains(&a.key))
                 .collect()
         };
+        if unseeded().is_empty() {
+            return Ok(());
+        }
+        let _one_at_a_time = self.seeding.lock().await;
+        // Another request may have seeded these while this one waited.
+        let missing = unseeded();
         if missing.is_empty() {
             return Ok(());
         }
