@@ -1307,9 +1307,11 @@ fn stream_end(
         if let Some(l) = ledger {
             let failed = outcome.failed;
             let cancelled = outcome.cancelled;
+            let usage = outcome.usage;
+            let transcript = outcome.transcript;
             let finish = move |counted: Option<provider::Usage>| {
                 let mut r = l.record;
-                price_usage(&mut r, l.price, outcome.usage.or(counted));
+                price_usage(&mut r, l.price, usage.or(counted));
                 if counted.is_some() {
                     r.estimated = true;
                 }
@@ -1329,8 +1331,8 @@ fn stream_end(
                 .to_owned();
                 core.ledger.record(r);
             };
-            match outcome.transcript.clone() {
-                Some(transcript) if outcome.usage.is_none() => {
+            match transcript {
+                Some(transcript) if usage.is_none() => {
                     // No usage reported (the client left, or the upstream broke or sent none):
                     // count the prompt and what was generated with the tokenizer, off the
                     // serving thread, and mark the cost estimated.
@@ -1382,6 +1384,7 @@ impl Attempts<'_> {
             principal: self.principal.label(),
             user: self.principal.user.clone(),
             team: self.principal.team.clone(),
+            agent: self.principal.agent.clone(),
             endpoint: self.endpoint.name().to_owned(),
             model: self.envelope.model.to_string(),
             served_model: served.map(str::to_owned),

@@ -258,3 +258,53 @@ async fn bad_jwt_config_is_reported_with_paths() {
         ["auth.jwt", "auth.jwt.algorithms[0]", "auth.jwt.audiences"]
     );
 }
+
+#[tokio::test]
+async fn agents_from_tokens_have_their_own_budgets_and_ledger_rows() {
+    let issuer = Issuer::new();
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, issuer.jwks.to_string()).unwrap();
+    let yaml = jwt_yaml(&format!("jwks_file: {}", jwks.display()))
+        + "prices:\n  - model: echo\n    input_per_mtok: 1000\n    output_per_mtok: 1000\nbudgets:\n  - name: per-agent\n    scope: agent\n    period: daily\n    limit_usd: 0.02\n";
+    let t = start(&yaml).await;
+    let chat = |agent: &str| {
+        let token = issuer.token(Algorithm::EdDSA, "ed", claims(json!({"agent": agent})));
+        let client = t.client.clone();
+        async move {
+            client
+                .post_json(
+                    "/v1/chat/completions",
+                    &token,
+                    &chat_body("mock-echo", "hi"),
+                )
+                .await
+        }
+    };
+    let mut served = 0;
+    let refused = loop {
+        let res = chat("planner").await;
+        if res.status != 200 {
+            break res;
+        }
+        served += 1;
+        assert!(served < 100, "the agent's budget never ran out");
+    };
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    let msg = refused.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(msg.contains("agent \"planner\""), "{msg}");
+    // Another agent has its own budget.
+    assert_eq!(chat("writer").await.status, 200);
+    let rows = t.client.get("/admin/v1/ledger", MASTER).await.json();
+    let agents: Vec<&str> = rows["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["agent"].as_str())
+        .collect();
+    assert_eq!(agents.iter().filter(|a| **a == "planner").count(), served);
+    assert!(agents.contains(&"writer"));
+}
