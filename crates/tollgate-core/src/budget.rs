@@ -289,6 +289,7 @@ impl SpendCounters for LocalCounters {
 
 struct Rule {
     cfg: BudgetConfig,
+    /// The counters' name: `name@digest` of what the budget counts.
     name: Arc<str>,
     selector: Selector,
 }
@@ -321,6 +322,16 @@ pub struct Reservation {
     settled: bool,
 }
 
+/// The name a budget's counters go by: its name and a digest of what it counts, the same in
+/// every process that shares the counters.
+fn counter_name(c: &BudgetConfig) -> String {
+    use sha2::{Digest, Sha256};
+    let what = serde_json::json!([c.scope, c.matches, c.models, c.period]).to_string();
+    let digest = Sha256::digest(what.as_bytes());
+    let hex: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    format!("{}@{hex}", c.name)
+}
+
 fn meta_reset_key(budget: &str, id: &str) -> String {
     format!("budget_reset:{budget}:{id}")
 }
@@ -344,13 +355,15 @@ impl Budgets {
         Arc::new(b)
     }
 
-    /// Installs the budgets of a new config. Counters of budgets kept by name stay.
+    /// Installs the budgets of a new config. A budget whose name, scope, match, models and
+    /// period are unchanged keeps its counters (a new limit applies to the spend so far); a
+    /// budget that now counts something else starts new counters, seeded from the ledger.
     pub fn reload(&self, config: &[BudgetConfig]) {
         let rules = config
             .iter()
             .map(|c| {
                 Arc::new(Rule {
-                    name: Arc::from(c.name.as_str()),
+                    name: Arc::from(counter_name(c)),
                     selector: Selector::new(c.scope, &c.matches, &c.models),
                     cfg: c.clone(),
                 })
@@ -392,7 +405,7 @@ impl Budgets {
     async fn ledger_spend(&self, rule: &Rule, key: &CounterKey) -> StoreResult<f64> {
         let reset_at = self
             .meta
-            .get_meta(&meta_reset_key(&key.budget, &key.id))
+            .get_meta(&meta_reset_key(&rule.cfg.name, &key.id))
             .await?
             .and_then(|v| v.parse::<i64>().ok())
             .unwrap_or(0);
@@ -526,7 +539,7 @@ impl Budgets {
     /// restart (which re-reads spend from the ledger) keeps it.
     pub async fn reset(&self, budget: &str, id: &str) -> Result<(), ApiError> {
         let rules = self.rules.load_full();
-        let Some(rule) = rules.iter().find(|r| &*r.name == budget) else {
+        let Some(rule) = rules.iter().find(|r| r.cfg.name == budget) else {
             return Err(
                 ApiError::not_found(format!("no budget named {budget:?}")).code("budget_not_found")
             );
@@ -594,7 +607,7 @@ impl Budgets {
         let (_, end) = period_bounds(rule.cfg.period, key.period_start_ms);
         let body = serde_json::json!({
             "type": "budget.threshold_reached",
-            "budget": &*key.budget,
+            "budget": rule.cfg.name,
             "scope": rule.cfg.scope.name(),
             "id": key.id,
             "period": rule.cfg.period.name(),
@@ -772,6 +785,52 @@ mod tests {
         let state = c.list("b", 0).await.unwrap();
         assert_eq!(state[0].1.spent_usd, 0.0);
         assert!((state[0].1.reserved_usd - 0.1).abs() < 1e-12);
+    }
+
+    fn budget(scope: Scope, limit: f64) -> BudgetConfig {
+        BudgetConfig {
+            name: "b".into(),
+            scope,
+            matches: vec!["*".into()],
+            models: Vec::new(),
+            period: Period::Daily,
+            limit_usd: limit,
+            alerts: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn reloads_keep_spend_unless_the_budget_counts_something_else() {
+        let store = Arc::new(crate::store::MemoryStore::default());
+        let b = Budgets::new(
+            &[budget(Scope::Key, 1.0)],
+            Arc::new(LocalCounters::default()),
+            store.clone(),
+            store,
+        );
+        let s = Subject {
+            key: Some("k1"),
+            team: Some("t1"),
+            model: "m",
+            ..Subject::default()
+        };
+        b.reserve(&s, 0.5).await.unwrap().unwrap().settle(1.2);
+        assert!(b.reserve(&s, 0.1).await.is_err(), "spent 1.2 of 1.0");
+        // A higher limit applies to the spend so far.
+        b.reload(&[budget(Scope::Key, 2.0)]);
+        b.reserve(&s, 0.1).await.unwrap().unwrap().settle(0.9);
+        assert!(b.reserve(&s, 0.1).await.is_err(), "spent 2.1 of 2.0");
+        // Counting teams instead is a new budget, however it is named.
+        b.reload(&[budget(Scope::Team, 2.0)]);
+        let r = b.reserve(&s, 0.1).await.unwrap().unwrap();
+        assert_eq!(r.amount(), 0.1);
+        drop(r);
+        let report = b.report().await.unwrap();
+        assert_eq!(report[0].counters[0].id, "t1");
+        assert_eq!(
+            report[0].counters[0].reserved_usd, 0.0,
+            "a dropped reservation is released"
+        );
     }
 
     #[test]
