@@ -223,12 +223,26 @@ fn validate_matches(
     matches
 }
 
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+/// A rule's name: valid, and unique among its kind.
+fn check_name(
+    name: &str,
+    what: &str,
+    seen: &mut HashSet<String>,
+    at: String,
+    errors: &mut Vec<FieldError>,
+) {
+    if !super::valid_name(name) {
+        errors.push(FieldError::new(
+            at.clone(),
+            "must be 1-64 characters of letters, digits, '-', '_' or '.'",
+        ));
+    }
+    if !seen.insert(name.to_owned()) {
+        errors.push(FieldError::new(
+            at,
+            format!("{what} {name:?} is defined twice"),
+        ));
+    }
 }
 
 pub(super) fn validate_budgets(
@@ -240,18 +254,7 @@ pub(super) fn validate_budgets(
         .enumerate()
         .map(|(i, b)| {
             let at = |f: &str| format!("budgets[{i}].{f}");
-            if !valid_name(&b.name) {
-                errors.push(FieldError::new(
-                    at("name"),
-                    "must be 1-64 characters of letters, digits, '-', '_' or '.'",
-                ));
-            }
-            if !names.insert(b.name.clone()) {
-                errors.push(FieldError::new(
-                    at("name"),
-                    format!("budget {:?} is defined twice", b.name),
-                ));
-            }
+            check_name(&b.name, "budget", &mut names, at("name"), errors);
             if !(b.limit_usd.is_finite() && b.limit_usd > 0.0) {
                 errors.push(FieldError::new(at("limit_usd"), "must be greater than 0"));
             }
@@ -313,18 +316,7 @@ pub(super) fn validate_rate_limits(
         .enumerate()
         .map(|(i, r)| {
             let at = |f: &str| format!("rate_limits[{i}].{f}");
-            if !valid_name(&r.name) {
-                errors.push(FieldError::new(
-                    at("name"),
-                    "must be 1-64 characters of letters, digits, '-', '_' or '.'",
-                ));
-            }
-            if !names.insert(r.name.clone()) {
-                errors.push(FieldError::new(
-                    at("name"),
-                    format!("rate limit {:?} is defined twice", r.name),
-                ));
-            }
+            check_name(&r.name, "rate limit", &mut names, at("name"), errors);
             if r.rpm.is_none() && r.tpm.is_none() {
                 errors.push(FieldError::new(at("rpm"), "set rpm, tpm or both"));
             }

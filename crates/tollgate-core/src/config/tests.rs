@@ -199,3 +199,34 @@ fn fallbacks_may_name_aliases_and_pattern_matches() {
     assert_eq!(c.models[0].strategy, Strategy::Weighted);
     assert_eq!(c.models[0].retry, RetryConfig::default());
 }
+
+#[test]
+fn prices_budgets_and_rate_limits_are_validated() {
+    let err = parse(
+        "prices:\n  - model: m\n  - model: n\n    input_per_mtok: -1\nbudgets:\n  - name: b\n    scope: global\n    match: [x]\n    period: daily\n    limit_usd: 0\n  - name: b\n    scope: key\n    period: total\n    limit_usd: 1\n    alerts: {thresholds: [0, 1.5], webhook: 'ftp://x'}\nrate_limits:\n  - name: 'bad name'\n    scope: team\n    match: []\n  - name: r\n    scope: key\n    rpm: 0\n",
+    )
+    .unwrap_err();
+    let paths = error_paths(&err);
+    for want in [
+        "prices[0].input_per_mtok",
+        "prices[1].input_per_mtok",
+        "budgets[0].match",
+        "budgets[0].limit_usd",
+        "budgets[1].name",
+        "budgets[1].alerts.thresholds[0]",
+        "budgets[1].alerts.thresholds[1]",
+        "budgets[1].alerts.webhook",
+        "rate_limits[0].name",
+        "rate_limits[0].rpm",
+        "rate_limits[0].match",
+        "rate_limits[1].rpm",
+    ] {
+        assert!(paths.contains(&want), "missing {want}: {err}");
+    }
+    let ok = parse("budgets:\n  - name: b\n    scope: team\n    period: weekly\n    limit_usd: 5\n    alerts: {thresholds: [0.9, 0.5, 0.5], webhook: 'https://h'}\n").unwrap();
+    assert_eq!(ok.budgets[0].matches, ["*"]);
+    assert_eq!(
+        ok.budgets[0].alerts.as_ref().unwrap().thresholds,
+        [0.5, 0.9]
+    );
+}
