@@ -7,6 +7,8 @@ pub mod audit;
 pub mod budget;
 pub mod config;
 pub mod context;
+#[cfg(test)]
+mod counters_suite;
 pub mod directory;
 pub mod error;
 pub mod glob;
@@ -19,6 +21,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod policy;
 pub mod ratelimit;
+pub mod redis_store;
 pub mod spend;
 pub mod store;
 pub mod telemetry;
@@ -88,16 +91,31 @@ impl Core {
             )),
             None => None,
         };
+        // Counters every replica shares live in Redis when it is configured.
+        let (counters, buckets): (
+            Arc<dyn crate::budget::SpendCounters>,
+            Arc<dyn crate::ratelimit::RateBuckets>,
+        ) = match &config.storage.redis_url {
+            Some(url) => {
+                let con = crate::redis_store::connect(url.expose()).await?;
+                let prefix = &config.storage.redis_prefix;
+                (
+                    Arc::new(crate::redis_store::RedisCounters::new(con.clone(), prefix)),
+                    Arc::new(crate::redis_store::RedisBuckets::new(con, prefix)),
+                )
+            }
+            None => (
+                Arc::new(crate::budget::LocalCounters::default()),
+                Arc::new(crate::ratelimit::LocalBuckets::default()),
+            ),
+        };
         let budgets = crate::budget::Budgets::new(
             &config.budgets,
-            Arc::new(crate::budget::LocalCounters::default()),
+            counters,
             stores.ledger.clone(),
             stores.meta.clone(),
         );
-        let rate_limits = crate::ratelimit::RateLimits::new(
-            &config.rate_limits,
-            Arc::new(crate::ratelimit::LocalBuckets::default()),
-        );
+        let rate_limits = crate::ratelimit::RateLimits::new(&config.rate_limits, buckets);
         let core = Arc::new(Core {
             budgets,
             rate_limits,

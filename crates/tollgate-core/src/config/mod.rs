@@ -241,6 +241,12 @@ pub struct StorageConfig {
     /// How often the key cache polls the store for changes made by other processes.
     #[serde(with = "units::duration")]
     pub refresh_interval: Duration,
+    /// Redis for counters shared by every replica (budgets, rate limits). Without it they
+    /// live in the process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<Secret>,
+    /// Prefix of every Redis key tollgate writes.
+    pub redis_prefix: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -545,11 +551,24 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
             .unwrap_or(DEFAULT_DATABASE_URL),
         errors,
     );
+    let redis_url = raw_storage.redis_url.map(|u| u.0).filter(|u| !u.is_empty());
+    if let Some(u) = &redis_url {
+        if !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://")) {
+            errors.push(FieldError::new(
+                "storage.redis_url",
+                "must be a redis://, rediss:// or unix:// URL",
+            ));
+        }
+    }
     let storage = StorageConfig {
         database_url,
         refresh_interval: raw_storage
             .refresh_interval
             .unwrap_or(Duration::from_secs(1)),
+        redis_url: redis_url.map(Secret),
+        redis_prefix: raw_storage
+            .redis_prefix
+            .unwrap_or_else(|| "tollgate:".to_owned()),
     };
     if storage.refresh_interval < Duration::from_millis(50) {
         errors.push(FieldError::new(

@@ -106,6 +106,8 @@ pub struct RawStorage {
     pub database_url: Option<String>,
     #[serde(default, with = "units::duration")]
     pub refresh_interval: Option<Duration>,
+    pub redis_url: Option<StringLike>,
+    pub redis_prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

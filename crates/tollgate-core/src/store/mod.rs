@@ -34,6 +34,11 @@ impl From<StoreError> for crate::error::ApiError {
             StoreError::Conflict(m) => {
                 crate::error::ApiError::new(crate::error::ErrorKind::Conflict, m)
             }
+            // A store that cannot be reached is a 503 the client may retry, not a bug.
+            StoreError::Unavailable(_) => {
+                crate::error::ApiError::new(crate::error::ErrorKind::Unavailable, e.to_string())
+                    .code("store_unavailable")
+            }
             other => crate::error::ApiError::internal(other.to_string()),
         }
     }

@@ -1,0 +1,445 @@
+//! Redis engines for the counters every replica must share: budget counters ([`SpendCounters`])
+//! and rate-limit buckets ([`RateBuckets`]). Each operation is one Lua script, so a
+//! check-and-reserve across several counters is atomic however many replicas race, and
+//! buckets refill on Redis's own clock (`TIME`), not the replicas'.
+//!
+//! Keys: `{prefix}budget:{budget}:{period_start}:{id}` (a hash of `spent` and `reserved`,
+//! expiring 40 days after its last change unless the period is `total`) and
+//! `{prefix}rate:{rule}:{id}` (a hash of `requests`, `tokens` and `at`, expiring once idle long
+//! enough to be full again).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::Script;
+
+use crate::budget::{CounterKey, CounterState, Refusal, SpendCounters};
+use crate::ratelimit::{Admission, BucketCheck, BucketView, RateBuckets};
+use crate::store::{StoreError, StoreResult};
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+/// Connects (with automatic reconnection) and checks the server answers.
+pub async fn connect(url: &str) -> StoreResult<ConnectionManager> {
+    let client = redis::Client::open(url).map_err(unavailable)?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(5)));
+    let mut con = ConnectionManager::new_with_config(client, config)
+        .await
+        .map_err(unavailable)?;
+    let _: String = redis::cmd("PING")
+        .query_async(&mut con)
+        .await
+        .map_err(unavailable)?;
+    Ok(con)
+}
+
+/// Budget counters in Redis.
+pub struct RedisCounters {
+    con: ConnectionManager,
+    prefix: String,
+    reserve: Script,
+    settle: Script,
+}
+
+/// Budget counters of periods other than `total` expire this long after their last change.
+const COUNTER_TTL_MS: i64 = 40 * 86_400_000;
+
+const RESERVE: &str = r"
+-- KEYS: counters. ARGV[1]: amount, ARGV[1+i]: limit of KEYS[i].
+for i, k in ipairs(KEYS) do
+  local v = redis.call('HMGET', k, 'spent', 'reserved')
+  local spent = tonumber(v[1]) or 0
+  local reserved = tonumber(v[2]) or 0
+  if spent + reserved >= tonumber(ARGV[1 + i]) then
+    return {i, tostring(spent), tostring(reserved)}
+  end
+end
+for _, k in ipairs(KEYS) do
+  redis.call('HINCRBYFLOAT', k, 'reserved', ARGV[1])
+end
+return {0}
+";
+
+const SETTLE: &str = r"
+-- KEYS: counters. ARGV[1]: reserved, ARGV[2]: actual, ARGV[3]: ttl ms (0: none) per key in ARGV[3+i].
+local out = {}
+for i, k in ipairs(KEYS) do
+  local r = tonumber(redis.call('HINCRBYFLOAT', k, 'reserved', -tonumber(ARGV[1])))
+  if r < 1e-12 then redis.call('HSET', k, 'reserved', 0) end
+  local before = tonumber(redis.call('HGET', k, 'spent')) or 0
+  local after = redis.call('HINCRBYFLOAT', k, 'spent', ARGV[2])
+  local ttl = tonumber(ARGV[2 + i])
+  if ttl > 0 then redis.call('PEXPIRE', k, ttl) end
+  out[#out + 1] = tostring(before)
+  out[#out + 1] = after
+end
+return out
+";
+
+impl RedisCounters {
+    pub fn new(con: ConnectionManager, prefix: &str) -> RedisCounters {
+        RedisCounters {
+            con,
+            prefix: prefix.to_owned(),
+            reserve: Script::new(RESERVE),
+            settle: Script::new(SETTLE),
+        }
+    }
+
+    fn key(&self, k: &CounterKey) -> String {
+        format!(
+            "{}budget:{}:{}:{}",
+            self.prefix, k.budget, k.period_start_ms, k.id
+        )
+    }
+
+    fn ttl(k: &CounterKey) -> i64 {
+        if k.period_start_ms == 0 {
+            0
+        } else {
+            COUNTER_TTL_MS
+        }
+    }
+}
+
+fn float(s: &str) -> f64 {
+    s.parse().unwrap_or(0.0)
+}
+
+#[async_trait]
+impl SpendCounters for RedisCounters {
+    async fn known(&self, keys: &[&CounterKey]) -> StoreResult<Vec<bool>> {
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.exists(self.key(k));
+        }
+        let mut con = self.con.clone();
+        pipe.query_async(&mut con).await.map_err(unavailable)
+    }
+
+    async fn seed(&self, key: &CounterKey, spent: f64) -> StoreResult<()> {
+        let k = self.key(key);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_nx(&k, "spent", spent)
+            .ignore()
+            .hset_nx(&k, "reserved", 0)
+            .ignore();
+        let ttl = Self::ttl(key);
+        if ttl > 0 {
+            pipe.pexpire(&k, ttl).ignore();
+        }
+        let mut con = self.con.clone();
+        pipe.query_async::<()>(&mut con).await.map_err(unavailable)
+    }
+
+    async fn reserve(
+        &self,
+        checks: &[(&CounterKey, f64)],
+        amount: f64,
+    ) -> StoreResult<Result<(), Refusal>> {
+        let mut inv = self.reserve.prepare_invoke();
+        inv.arg(amount);
+        for (k, limit) in checks {
+            inv.key(self.key(k));
+            inv.arg(*limit);
+        }
+        let mut con = self.con.clone();
+        let out: Vec<redis::Value> = inv.invoke_async(&mut con).await.map_err(unavailable)?;
+        let index = match out.first() {
+            Some(redis::Value::Int(i)) => *i,
+            _ => return Err(StoreError::Corrupt("redis: bad reserve answer".into())),
+        };
+        if index == 0 {
+            return Ok(Ok(()));
+        }
+        let text = |v: Option<&redis::Value>| match v {
+            Some(redis::Value::BulkString(b)) => float(&String::from_utf8_lossy(b)),
+            _ => 0.0,
+        };
+        Ok(Err(Refusal {
+            index: (index - 1) as usize,
+            state: CounterState {
+                spent_usd: text(out.get(1)),
+                reserved_usd: text(out.get(2)),
+            },
+        }))
+    }
+
+    async fn settle(
+        &self,
+        keys: &[CounterKey],
+        reserved: f64,
+        actual: f64,
+    ) -> StoreResult<Vec<(f64, f64)>> {
+        let mut inv = self.settle.prepare_invoke();
+        inv.arg(reserved).arg(actual);
+        for k in keys {
+            inv.key(self.key(k));
+            inv.arg(Self::ttl(k));
+        }
+        let mut con = self.con.clone();
+        let out: Vec<String> = inv.invoke_async(&mut con).await.map_err(unavailable)?;
+        Ok(out
+            .chunks(2)
+            .map(|p| {
+                (
+                    p.first().map_or(0.0, |s| float(s)),
+                    p.get(1).map_or(0.0, |s| float(s)),
+                )
+            })
+            .collect())
+    }
+
+    async fn reset(&self, key: &CounterKey) -> StoreResult<()> {
+        let mut con = self.con.clone();
+        redis::cmd("HSET")
+            .arg(self.key(key))
+            .arg("spent")
+            .arg(0)
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn list(
+        &self,
+        budget: &str,
+        period_start_ms: i64,
+    ) -> StoreResult<Vec<(CounterKey, CounterState)>> {
+        let head = format!("{}budget:{budget}:{period_start_ms}:", self.prefix);
+        let mut con = self.con.clone();
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}*", escape_glob(&head)))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut con)
+                .await
+                .map_err(unavailable)?;
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 || keys.len() > 100_000 {
+                break;
+            }
+        }
+        keys.sort();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let (spent, reserved): (Option<String>, Option<String>) = redis::cmd("HMGET")
+                .arg(&k)
+                .arg("spent")
+                .arg("reserved")
+                .query_async(&mut con)
+                .await
+                .map_err(unavailable)?;
+            let id = k.strip_prefix(&head).unwrap_or_default().to_owned();
+            out.push((
+                CounterKey {
+                    budget: std::sync::Arc::from(budget),
+                    id,
+                    period_start_ms,
+                },
+                CounterState {
+                    spent_usd: spent.as_deref().map_or(0.0, float),
+                    reserved_usd: reserved.as_deref().map_or(0.0, float),
+                },
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// Escapes Redis glob metacharacters so a key prefix matches literally.
+fn escape_glob(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Rate-limit buckets in Redis: the same token-bucket arithmetic as the in-process engine.
+pub struct RedisBuckets {
+    con: ConnectionManager,
+    prefix: String,
+    acquire: Script,
+    adjust: Script,
+}
+
+/// Shared by both scripts: Redis's clock, and a bucket refilled to now.
+const BUCKET_LIB: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function refill(level, cap, at)
+  if cap <= 0 then return 0 end
+  local v = level + cap * math.max(now - at, 0) / 60000
+  if v > cap then v = cap end
+  return v
+end
+local function load(k, rpm, tpm)
+  local v = redis.call('HMGET', k, 'requests', 'tokens', 'at')
+  if not v[3] then return rpm, tpm end
+  local at = tonumber(v[3])
+  return refill(tonumber(v[1]), rpm, at), refill(tonumber(v[2]), tpm, at)
+end
+";
+
+const ACQUIRE: &str = r"
+-- KEYS: buckets. ARGV[1]: tokens; ARGV[2i], ARGV[2i+1]: rpm and tpm of KEYS[i] (0: none).
+local tokens = tonumber(ARGV[1])
+local levels = {}
+for i, k in ipairs(KEYS) do
+  local rpm, tpm = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local r, tk = load(k, rpm, tpm)
+  if rpm > 0 and r < 1 then
+    return {i, 0, tostring(r), tostring(tk)}
+  end
+  if tpm > 0 then
+    local need = math.max(1, math.min(tokens, tpm))
+    if tk < need then return {i, 1, tostring(r), tostring(tk)} end
+  end
+  levels[i] = {r, tk}
+end
+local out = {0}
+for i, k in ipairs(KEYS) do
+  local rpm, tpm = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local r, tk = levels[i][1], levels[i][2]
+  if rpm > 0 then r = r - 1 end
+  if tpm > 0 then tk = tk - tokens end
+  redis.call('HSET', k, 'requests', tostring(r), 'tokens', tostring(tk), 'at', now)
+  redis.call('PEXPIRE', k, 180000)
+  out[#out + 1] = tostring(r)
+  out[#out + 1] = tostring(tk)
+end
+return out
+";
+
+const ADJUST: &str = r"
+-- KEYS: buckets. ARGV[1]: token delta; ARGV[2i], ARGV[2i+1]: rpm and tpm of KEYS[i].
+for i, k in ipairs(KEYS) do
+  local rpm, tpm = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  if tpm > 0 and redis.call('EXISTS', k) == 1 then
+    local r, tk = load(k, rpm, tpm)
+    tk = math.min(tk - tonumber(ARGV[1]), tpm)
+    redis.call('HSET', k, 'requests', tostring(r), 'tokens', tostring(tk), 'at', now)
+    redis.call('PEXPIRE', k, 180000)
+  end
+end
+return 0
+";
+
+impl RedisBuckets {
+    pub fn new(con: ConnectionManager, prefix: &str) -> RedisBuckets {
+        RedisBuckets {
+            con,
+            prefix: prefix.to_owned(),
+            acquire: Script::new(&format!("{BUCKET_LIB}{ACQUIRE}")),
+            adjust: Script::new(&format!("{BUCKET_LIB}{ADJUST}")),
+        }
+    }
+
+    fn invocation<'a>(
+        &self,
+        script: &'a Script,
+        checks: &[BucketCheck],
+        first: i64,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        inv.arg(first);
+        for c in checks {
+            inv.key(format!("{}rate:{}", self.prefix, c.key));
+            inv.arg(c.rpm.unwrap_or(0)).arg(c.tpm.unwrap_or(0));
+        }
+        inv
+    }
+}
+
+/// A bucket's state as the headers show it, from its levels.
+fn view(c: &BucketCheck, requests: f64, tokens: f64) -> BucketView {
+    let until_full = |level: f64, cap: u64| {
+        if level >= cap as f64 || cap == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((cap as f64 - level) * 60.0 / cap as f64)
+        }
+    };
+    BucketView {
+        rpm: c.rpm,
+        remaining_requests: requests.max(0.0) as u64,
+        reset_requests: c.rpm.map_or(Duration::ZERO, |r| until_full(requests, r)),
+        tpm: c.tpm,
+        remaining_tokens: tokens.max(0.0) as u64,
+        reset_tokens: c.tpm.map_or(Duration::ZERO, |t| until_full(tokens, t)),
+    }
+}
+
+#[async_trait]
+impl RateBuckets for RedisBuckets {
+    async fn acquire(
+        &self,
+        checks: &[BucketCheck],
+        tokens: u64,
+        _now_ms: i64,
+    ) -> StoreResult<Admission> {
+        let inv = self.invocation(&self.acquire, checks, tokens as i64);
+        let mut con = self.con.clone();
+        let out: Vec<redis::Value> = inv.invoke_async(&mut con).await.map_err(unavailable)?;
+        let num = |v: Option<&redis::Value>| match v {
+            Some(redis::Value::BulkString(b)) => float(&String::from_utf8_lossy(b)),
+            Some(redis::Value::Int(i)) => *i as f64,
+            _ => 0.0,
+        };
+        let index = match out.first() {
+            Some(redis::Value::Int(i)) => *i,
+            _ => return Err(StoreError::Corrupt("redis: bad acquire answer".into())),
+        };
+        if index == 0 {
+            let views = checks
+                .iter()
+                .enumerate()
+                .map(|(i, c)| view(c, num(out.get(1 + 2 * i)), num(out.get(2 + 2 * i))))
+                .collect();
+            return Ok(Admission::Admitted(views));
+        }
+        let i = (index - 1) as usize;
+        let Some(c) = checks.get(i) else {
+            return Err(StoreError::Corrupt("redis: bad acquire index".into()));
+        };
+        let on_tokens = num(out.get(1)) == 1.0;
+        let (r, tk) = (num(out.get(2)), num(out.get(3)));
+        let retry_after = if on_tokens {
+            let tpm = c.tpm.unwrap_or(1).max(1);
+            let need = tokens.clamp(1, tpm) as f64;
+            Duration::from_secs_f64(((need - tk).max(0.0)) * 60.0 / tpm as f64)
+        } else {
+            let rpm = c.rpm.unwrap_or(1).max(1);
+            Duration::from_secs_f64(((1.0 - r).max(0.0)) * 60.0 / rpm as f64)
+        };
+        Ok(Admission::Refused {
+            index: i,
+            tokens: on_tokens,
+            view: view(c, r, tk),
+            retry_after,
+        })
+    }
+
+    async fn adjust(&self, checks: &[BucketCheck], delta: i64, _now_ms: i64) -> StoreResult<()> {
+        let inv = self.invocation(&self.adjust, checks, delta);
+        let mut con = self.con.clone();
+        let _: i64 = inv.invoke_async(&mut con).await.map_err(unavailable)?;
+        Ok(())
+    }
+}
