@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::Method;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use tollgate_testkit::{chunk, MockUpstream, Reply, TestResponse};
+use tollgate_testkit::{chunk, MockUpstream, Reply, TestClient, TestResponse};
 
 use crate::harness::{
     base_yaml, chat_body, eventually, sse_data, start, start_yaml, TestGateway, MASTER,
@@ -20,7 +20,11 @@ const IN: f64 = 0.001;
 const OUT: f64 = 0.002;
 
 async fn chat(t: &TestGateway, key: &str, body: &Value) -> TestResponse {
-    t.client
+    post_chat(&t.client, key, body).await
+}
+
+async fn post_chat(client: &TestClient, key: &str, body: &Value) -> TestResponse {
+    client
         .send(
             Method::POST,
             "/v1/chat/completions",
@@ -80,14 +84,7 @@ async fn two_hundred_concurrent_requests_never_overspend_a_budget() {
     for _ in 0..200 {
         let (client, key, body) = (t.client.clone(), key.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
-            client
-                .send(
-                    Method::POST,
-                    "/v1/chat/completions",
-                    &[("authorization", &format!("Bearer {key}"))],
-                    body.to_string(),
-                )
-                .await
+            post_chat(&client, &key, &body).await
         }));
     }
     let (mut ok, mut refused) = (0, 0);
@@ -554,16 +551,7 @@ async fn replicas_share_one_budget_and_one_rate_limit_through_redis() {
         };
         let (key, body) = (key.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
-            client
-                .send(
-                    Method::POST,
-                    "/v1/chat/completions",
-                    &[("authorization", &format!("Bearer {key}"))],
-                    body.to_string(),
-                )
-                .await
-                .status
-                .as_u16()
+            post_chat(&client, &key, &body).await.status.as_u16()
         }));
     }
     for t in tasks {
