@@ -311,6 +311,8 @@ pub struct Budgets {
     seeded: Mutex<HashSet<CounterKey>>,
     /// One seeding at a time: a burst of first requests reads the ledger once, not once each.
     seeding: tokio::sync::Mutex<()>,
+    /// Counts alerts sent (a shared Prometheus counter).
+    alerts_sent: prometheus_client::metrics::counter::Counter<u64, std::sync::atomic::AtomicU64>,
 }
 
 /// What the request holds until it settles: dropping it unsettled releases the reservation.
@@ -342,6 +344,10 @@ impl Budgets {
         counters: Arc<dyn SpendCounters>,
         ledger: Arc<dyn LedgerStore>,
         meta: Arc<dyn MetaStore>,
+        alerts_sent: prometheus_client::metrics::counter::Counter<
+            u64,
+            std::sync::atomic::AtomicU64,
+        >,
     ) -> Arc<Budgets> {
         let b = Budgets {
             rules: ArcSwap::from_pointee(Vec::new()),
@@ -350,6 +356,7 @@ impl Budgets {
             meta,
             seeded: Mutex::new(HashSet::new()),
             seeding: tokio::sync::Mutex::new(()),
+            alerts_sent,
         };
         b.reload(config);
         Arc::new(b)
@@ -618,6 +625,7 @@ impl Budgets {
             "spent_usd": spent,
         });
         let url = alerts.webhook.clone();
+        self.alerts_sent.inc();
         tokio::spawn(async move {
             if let Err(e) = crate::webhook::post_json(&url, &body, Duration::from_secs(10)).await {
                 tracing::warn!(error = %e, webhook = %url, "budget alert webhook failed");
@@ -807,6 +815,7 @@ mod tests {
             Arc::new(LocalCounters::default()),
             store.clone(),
             store,
+            Default::default(),
         );
         let s = Subject {
             key: Some("k1"),

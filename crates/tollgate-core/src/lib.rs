@@ -109,11 +109,13 @@ impl Core {
                 Arc::new(crate::ratelimit::LocalBuckets::default()),
             ),
         };
+        let metrics = Metrics::new();
         let budgets = crate::budget::Budgets::new(
             &config.budgets,
             counters,
             stores.ledger.clone(),
             stores.meta.clone(),
+            metrics.budget_alerts.clone(),
         );
         let rate_limits = crate::ratelimit::RateLimits::new(&config.rate_limits, buckets);
         let core = Arc::new(Core {
@@ -122,7 +124,7 @@ impl Core {
             config: ArcSwap::from_pointee(config),
             stores,
             keys,
-            metrics: Metrics::new(),
+            metrics,
             audit,
             ledger,
             tracer,

@@ -97,6 +97,8 @@ pub struct Metrics {
     pub streams_cancelled: Family<UpstreamLabels, Counter<u64, AtomicU64>>,
     pub upstream_attempts: Family<AttemptLabels, Counter<u64, AtomicU64>>,
     pub fallbacks: Family<FallbackLabels, Counter<u64, AtomicU64>>,
+    /// Budget threshold alerts sent (one per threshold, id and period).
+    pub budget_alerts: Counter<u64, AtomicU64>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -182,7 +184,14 @@ impl Metrics {
             "Streams the client abandoned before the end",
             streams_cancelled.clone(),
         );
+        let budget_alerts = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "budget_alerts",
+            "Budget threshold alerts sent to webhooks",
+            budget_alerts.clone(),
+        );
         Metrics {
+            budget_alerts,
             registry: std::sync::Mutex::new(registry),
             upstream_attempts,
             fallbacks,

@@ -174,9 +174,16 @@ async fn alerts_fire_once_per_threshold_and_a_reset_restarts_spend() {
     // The team's budget does not touch another team.
     assert_eq!(chat(&t, &ops, &body).await.status, 200);
 
+    // Alerts are decided when a request settles, before its answer: by now every one that
+    // will be sent has been counted, so exactly two means no duplicate is on its way.
+    let metrics = t.client.get("/metrics", MASTER).await.text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "tollgate_budget_alerts_total 2"),
+        "{metrics}"
+    );
     hook.wait_for_requests(2).await;
-    // Give a stray duplicate the chance to show up before counting.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let calls: Vec<Value> = hook.requests().iter().map(|r| r.json()).collect();
     assert_eq!(calls.len(), 2, "{calls:#?}");
     assert_eq!(calls[0]["type"], "budget.threshold_reached");
