@@ -93,6 +93,25 @@ impl ErrorKind {
         }
     }
 
+    /// The error `type` Anthropic's API uses for this kind.
+    pub fn anthropic_type(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidRequest
+            | ErrorKind::MethodNotAllowed
+            | ErrorKind::RequestTimeout
+            | ErrorKind::Conflict => "invalid_request_error",
+            ErrorKind::NotFound => "not_found_error",
+            ErrorKind::PayloadTooLarge => "request_too_large",
+            ErrorKind::Unauthenticated => "authentication_error",
+            ErrorKind::PermissionDenied => "permission_error",
+            ErrorKind::RateLimited | ErrorKind::LimitExceeded | ErrorKind::BudgetExceeded => {
+                "rate_limit_error"
+            }
+            ErrorKind::Unavailable => "overloaded_error",
+            ErrorKind::Upstream | ErrorKind::UpstreamTimeout | ErrorKind::Internal => "api_error",
+        }
+    }
+
     pub fn fault(self) -> Fault {
         match self {
             ErrorKind::Upstream | ErrorKind::UpstreamTimeout | ErrorKind::RateLimited => {
@@ -273,21 +292,32 @@ impl ApiError {
     }
 }
 
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.message, self.status())
+impl ApiError {
+    /// The body in Anthropic's shape: `{"type":"error","error":{"type","message"}}`, with the
+    /// gateway's machine-readable `code` beside them when there is one.
+    pub fn anthropic_body(&self) -> Bytes {
+        let mut inner = serde_json::json!({
+            "type": self.kind.anthropic_type(),
+            "message": self.message,
+        });
+        if let Some(code) = self.code {
+            inner["code"] = serde_json::json!(code);
+        }
+        Bytes::from(serde_json::json!({"type": "error", "error": inner}).to_string())
     }
-}
 
-impl std::error::Error for ApiError {}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status();
+    /// The response for a client of Anthropic's API. A relayed upstream body is already in
+    /// the client's shape.
+    pub fn into_anthropic_response(self) -> Response {
         let body = match self.relay_body() {
             Some(b) => b.clone(),
-            None => self.openai_body(),
+            None => self.anthropic_body(),
         };
+        self.render(body)
+    }
+
+    fn render(self, body: Bytes) -> Response {
+        let status = self.status();
         let mut res = (status, body).into_response();
         res.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -306,6 +336,24 @@ impl IntoResponse for ApiError {
         }
         res.extensions_mut().insert(ErrorMark(self.kind));
         res
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.status())
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = match self.relay_body() {
+            Some(b) => b.clone(),
+            None => self.openai_body(),
+        };
+        self.render(body)
     }
 }
 

@@ -37,7 +37,7 @@ pub struct LedgerRecord {
     /// The principal's agent (JWT principals with an agent claim).
     #[serde(default)]
     pub agent: Option<String>,
-    /// `chat`, `embeddings` or `responses`.
+    /// `chat`, `embeddings`, `responses` or `messages`.
     pub endpoint: String,
     /// The model name the client asked for.
     pub model: String,
@@ -51,6 +51,9 @@ pub struct LedgerRecord {
     pub cached_tokens: u64,
     /// Reasoning tokens (part of `completion_tokens`).
     pub reasoning_tokens: u64,
+    /// Prompt tokens written to the provider's prompt cache (part of `prompt_tokens`).
+    #[serde(default)]
+    pub cache_write_tokens: u64,
     pub cost_usd: f64,
     /// The cost is an estimate: usage was not reported (a stream cut short) or no price is
     /// known for the model.
@@ -70,6 +73,10 @@ pub struct LedgerRecord {
     pub attempts: u32,
     /// Why a fallback group served: `error`, `context_window` or `content_policy`.
     pub fallback: Option<String>,
+    /// What translating between the client's API and the provider's could not carry: request
+    /// fields by their JSON path, response fields prefixed `response.`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub translation_loss: Vec<String>,
 }
 
 /// Which records to read, oldest first.

@@ -81,7 +81,7 @@ pub async fn admit(
         let estimate = state.max_price(route, capture).map_or(0.0, |p| {
             let output = match endpoint {
                 Endpoint::Embeddings => 0,
-                Endpoint::Chat | Endpoint::Responses => {
+                Endpoint::Chat | Endpoint::Responses | Endpoint::Messages => {
                     max_tokens.or(p.max_output).unwrap_or(DEFAULT_MAX_OUTPUT)
                 }
             };

@@ -12,6 +12,7 @@ pub mod provider;
 pub mod router;
 pub mod stream;
 pub mod tokens;
+pub mod translate;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -55,6 +56,7 @@ pub struct ModelRoute {
     fallbacks: Vec<Arc<str>>,
     context_window_fallbacks: Vec<Arc<str>>,
     content_policy_fallbacks: Vec<Arc<str>>,
+    strict_translation: bool,
     retry: RetryConfig,
     cooldown: CooldownConfig,
     budget: RetryBudget,
@@ -343,6 +345,7 @@ fn build_route(
         fallbacks: names(&m.fallbacks),
         context_window_fallbacks: names(&m.context_window_fallbacks),
         content_policy_fallbacks: names(&m.content_policy_fallbacks),
+        strict_translation: m.strict_translation,
         retry: m.retry.clone(),
         cooldown: m.cooldown.clone(),
         budget: RetryBudget::new(m.retry.budget),
@@ -407,6 +410,8 @@ impl LlmLayer {
             .route("/v1/chat/completions", post(chat))
             .route("/v1/embeddings", post(embeddings))
             .route("/v1/responses", post(responses))
+            .route("/v1/messages", post(messages))
+            .route("/v1/messages/count_tokens", post(count_tokens))
             .route("/v1/models", get(list_models))
             .route("/v1/models/{*model}", get(get_model))
             .with_state(self.clone())
@@ -605,6 +610,33 @@ async fn responses(State(layer): State<Arc<LlmLayer>>, req: Request) -> Response
     serve(&layer, Endpoint::Responses, req).await
 }
 
+async fn messages(State(layer): State<Arc<LlmLayer>>, req: Request) -> Response {
+    serve(&layer, Endpoint::Messages, req).await
+}
+
+/// Anthropic's token counter: the request's prompt tokens, counted locally with the
+/// gateway's tokenizer (an estimate for non-OpenAI models), for any model the key may use.
+async fn count_tokens(State(layer): State<Arc<LlmLayer>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let result = async {
+        let principal = layer.core.authenticate(&parts.headers).await?;
+        let config = layer.core.config();
+        let bytes = read_body(&parts.headers, body, &config.limits).await?;
+        let envelope = Envelope::parse(&bytes)?;
+        let state = layer.state.load_full();
+        authorize(&state, &principal, &envelope.model)?;
+        // Validates the request the way /v1/messages would read it.
+        translate::decode_request(translate::Dialect::Messages, &bytes)?;
+        let tokens = tokens::prompt_tokens(&bytes);
+        Ok::<_, ApiError>(axum::Json(serde_json::json!({ "input_tokens": tokens })).into_response())
+    }
+    .await;
+    match result {
+        Ok(res) => res,
+        Err(e) => e.into_anthropic_response(),
+    }
+}
+
 async fn serve(layer: &LlmLayer, endpoint: Endpoint, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     // The shell always provides the context; a bare router (in tests) gets a fresh one.
@@ -620,7 +652,11 @@ async fn serve(layer: &LlmLayer, endpoint: Endpoint, req: Request) -> Response {
     match call_model(layer, endpoint, &parts.headers, body, &ctx).await {
         Ok(res) => res,
         Err(f) => {
-            let mut res = f.error.into_response();
+            let mut res = if endpoint == Endpoint::Messages {
+                f.error.into_anthropic_response()
+            } else {
+                f.error.into_response()
+            };
             if let Some(tag) = f.tag {
                 res.extensions_mut().insert(tag);
             }
@@ -637,6 +673,9 @@ const ATTEMPTS: HeaderName = HeaderName::from_static("x-tollgate-attempts");
 const SERVED_MODEL: HeaderName = HeaderName::from_static("x-tollgate-model");
 const SERVED_PROVIDER: HeaderName = HeaderName::from_static("x-tollgate-provider");
 const FALLBACK: HeaderName = HeaderName::from_static("x-tollgate-fallback");
+/// Fields a translation could not carry (comma-separated JSON paths).
+const TRANSLATION_LOSS: HeaderName = HeaderName::from_static("x-tollgate-translation-loss");
+const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 const COST: HeaderName = HeaderName::from_static("x-tollgate-cost-usd");
 /// Replaces a group's fallbacks for one request: comma-separated model names.
 const FALLBACKS_OVERRIDE: HeaderName = HeaderName::from_static("x-tollgate-fallbacks");
@@ -1010,6 +1049,7 @@ async fn run_group(
         });
         let price = target.price_of(&upstream_model);
         let ttft = Arc::new(std::sync::OnceLock::new());
+        let request_loss: Arc<std::sync::OnceLock<Vec<String>>> = Arc::default();
         let ledger = envelope.stream.then(|| StreamLedger {
             record: run.ledger_record(
                 Some(requested),
@@ -1020,6 +1060,7 @@ async fn run_group(
             price: price.clone(),
             started: run.started,
             ttft: ttft.clone(),
+            loss: request_loss.clone(),
             hold: run.hold.clone(),
             body: body.clone(),
         });
@@ -1032,6 +1073,8 @@ async fn run_group(
             body,
             ctx: run.ctx,
             first_token: target.cfg.ttft_timeout,
+            strict: route.strict_translation,
+            anthropic_beta: run.headers.get(&ANTHROPIC_BETA),
         };
         let result = target.provider.provider.call(call, on_end).await;
         let now = Instant::now();
@@ -1056,10 +1099,19 @@ async fn run_group(
                 core.metrics
                     .record_upstream(&target.provider.name, &route.name, reply.upstream);
                 let mut res = reply.response;
-                if let (Some(span), false) = (&span, reply.streamed) {
-                    core.tracer
-                        .record(span.finish(reply.usage, res.status().as_u16(), None));
+                let loss = reply.loss.paths().to_vec();
+                if !loss.is_empty() {
+                    tracing::info!(request_id = run.ctx.request_id(), model = %route.name, provider = %target.provider.name, loss = %reply.loss.header(), "translation lost fields");
+                    if let Ok(v) = HeaderValue::from_str(&reply.loss.header()) {
+                        res.headers_mut().insert(TRANSLATION_LOSS, v);
+                    }
                 }
+                if let (Some(span), false) = (&span, reply.streamed) {
+                    let mut s = span.finish(reply.usage, res.status().as_u16(), None);
+                    add_loss_attribute(&mut s, &loss);
+                    core.tracer.record(s);
+                }
+                let _ = request_loss.set(loss.clone());
                 if let Some(u) = reply.usage {
                     core.metrics.record_tokens(
                         &route.name,
@@ -1078,6 +1130,7 @@ async fn run_group(
                         fallback,
                     );
                     price_usage(&mut r, price, reply.usage);
+                    r.translation_loss = loss;
                     r.status = res.status().as_u16();
                     r.outcome = "ok".to_owned();
                     r.ttft_ms = Some(r.latency_ms);
@@ -1250,6 +1303,8 @@ struct StreamLedger {
     started: Instant,
     /// Time to the first event, set once the stream starts.
     ttft: Arc<std::sync::OnceLock<u64>>,
+    /// What translating the request lost, set once the stream starts.
+    loss: Arc<std::sync::OnceLock<Vec<String>>>,
     /// Settled with the stream's cost when it ends.
     hold: Option<govern::SharedHold>,
     /// The request body, to count prompt tokens if the stream reports no usage.
@@ -1280,7 +1335,14 @@ fn stream_end(
                 }
                 .to_owned()
             });
-            core.tracer.record(span.finish(outcome.usage, 200, error));
+            let mut s = span.finish(outcome.usage, 200, error);
+            let mut lost = ledger
+                .as_ref()
+                .and_then(|l| l.loss.get().cloned())
+                .unwrap_or_default();
+            lost.extend(outcome.loss.paths().iter().map(|p| format!("response.{p}")));
+            add_loss_attribute(&mut s, &lost);
+            core.tracer.record(s);
         }
         if let Some(u) = outcome.usage {
             core.metrics
@@ -1309,8 +1371,12 @@ fn stream_end(
             let cancelled = outcome.cancelled;
             let usage = outcome.usage;
             let transcript = outcome.transcript;
+            let generated = outcome.generated;
+            let mut lost = l.loss.get().cloned().unwrap_or_default();
+            lost.extend(outcome.loss.paths().iter().map(|p| format!("response.{p}")));
             let finish = move |counted: Option<provider::Usage>| {
                 let mut r = l.record;
+                r.translation_loss = lost;
                 price_usage(&mut r, l.price, usage.or(counted));
                 if counted.is_some() {
                     r.estimated = true;
@@ -1331,14 +1397,22 @@ fn stream_end(
                 .to_owned();
                 core.ledger.record(r);
             };
-            match transcript {
-                Some(transcript) if usage.is_none() => {
+            let text = match (transcript, generated) {
+                (Some(t), _) => Some(Generated::Transcript(t)),
+                (None, Some(g)) => Some(Generated::Text(g)),
+                (None, None) => None,
+            };
+            match text {
+                Some(text) if usage.is_none() => {
                     // No usage reported (the client left, or the upstream broke or sent none):
                     // count the prompt and what was generated with the tokenizer, off the
                     // serving thread, and mark the cost estimated.
                     let body = l.body.clone();
                     let count = move || {
-                        let generated = crate::tokens::generated_text(&transcript);
+                        let generated = match text {
+                            Generated::Transcript(t) => crate::tokens::generated_text(&t),
+                            Generated::Text(g) => g,
+                        };
                         finish(Some(provider::Usage {
                             prompt: crate::tokens::prompt_tokens(&body),
                             completion: crate::tokens::count(&generated),
@@ -1354,6 +1428,23 @@ fn stream_end(
             }
         }
     })
+}
+
+/// What a stream generated, when it reported no usage.
+enum Generated {
+    /// SSE `data:` lines to read the text from.
+    Transcript(Vec<u8>),
+    Text(String),
+}
+
+/// Records translation loss on a span.
+fn add_loss_attribute(span: &mut tollgate_core::otlp::Span, loss: &[String]) {
+    if !loss.is_empty() {
+        span.attributes.push(tollgate_core::otlp::KeyValue::string(
+            "tollgate.translation_loss",
+            loss.join(","),
+        ));
+    }
 }
 
 impl Target {
@@ -1411,6 +1502,7 @@ fn price_usage(
         r.completion_tokens = u.completion;
         r.cached_tokens = u.cached;
         r.reasoning_tokens = u.reasoning;
+        r.cache_write_tokens = u.cache_write;
     }
     match (price, usage) {
         (Some(p), Some(u)) => {
@@ -1449,7 +1541,7 @@ impl SpanStart {
         use tollgate_core::otlp::KeyValue as Kv;
         let operation = match self.endpoint {
             Endpoint::Embeddings => "embeddings",
-            Endpoint::Chat | Endpoint::Responses => "chat",
+            Endpoint::Chat | Endpoint::Responses | Endpoint::Messages => "chat",
         };
         let mut attrs = vec![
             Kv::string("gen_ai.operation.name", operation),

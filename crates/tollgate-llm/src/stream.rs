@@ -13,6 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use crate::provider::{Endpoint, StreamEnd, StreamOutcome, Usage};
+use crate::translate::Translator;
 
 pub struct ForwardStream<B> {
     inner: B,
@@ -37,6 +38,9 @@ pub struct ForwardStream<B> {
     /// The `data:` lines seen, kept (up to `MAX_TRANSCRIPT`) to count generated tokens when
     /// the stream reports no usage.
     transcript: Vec<u8>,
+    /// Reads the stream through its dialect's decoder instead of the line scanner: rewriting
+    /// it into the client's dialect, or only tapping it for usage.
+    translator: Option<Box<Translator>>,
 }
 
 const USAGE_NULL: &[u8] = b",\"usage\":null";
@@ -68,7 +72,14 @@ impl<B> ForwardStream<B> {
             drop_blank: false,
             out: Vec::new(),
             transcript: Vec::new(),
+            translator: None,
         }
+    }
+
+    /// Reads the stream with a translator (see [`Translator`]).
+    pub fn translate(mut self, translator: Translator) -> Self {
+        self.translator = Some(Box::new(translator));
+        self
     }
 
     /// Removes the final usage-only chunk from what the client sees (the gateway requested
@@ -169,6 +180,17 @@ impl<B> ForwardStream<B> {
 
     /// The outcome when the stream ends, with the transcript if usage never came.
     fn outcome(&mut self, failed: bool, cancelled: bool) -> StreamOutcome {
+        if let Some(t) = &mut self.translator {
+            let usage = t.usage;
+            return StreamOutcome {
+                usage,
+                failed,
+                cancelled,
+                transcript: None,
+                generated: usage.is_none().then(|| std::mem::take(&mut t.generated)),
+                loss: t.loss().cloned().unwrap_or_default(),
+            };
+        }
         StreamOutcome {
             usage: self.usage,
             failed,
@@ -177,6 +199,8 @@ impl<B> ForwardStream<B> {
                 .usage
                 .is_none()
                 .then(|| std::mem::take(&mut self.transcript)),
+            generated: None,
+            loss: Default::default(),
         }
     }
 
@@ -204,6 +228,10 @@ pub fn error_event(dialect: Endpoint, message: &str, code: &str) -> Bytes {
     match dialect {
         Endpoint::Responses => {
             let body = serde_json::json!({"type": "error", "code": code, "message": message, "param": null});
+            Bytes::from(format!("event: error\ndata: {body}\n\n"))
+        }
+        Endpoint::Messages => {
+            let body = serde_json::json!({"type": "error", "error": {"type": "api_error", "message": message}});
             Bytes::from(format!("event: error\ndata: {body}\n\n"))
         }
         Endpoint::Chat | Endpoint::Embeddings => {
@@ -273,6 +301,16 @@ where
                 Poll::Ready(Some(Ok(frame))) => {
                     let deadline = Instant::now() + this.idle;
                     this.timer.as_mut().reset(deadline);
+                    if let (Some(t), Some(data)) = (&mut this.translator, frame.data_ref()) {
+                        let out = t.feed(data);
+                        if !t.rewrites() {
+                            return Poll::Ready(Some(Ok(frame)));
+                        }
+                        if out.is_empty() {
+                            continue;
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                    }
                     if let Some(data) = frame.data_ref() {
                         this.scan(data);
                         let out = this.emit(frame);

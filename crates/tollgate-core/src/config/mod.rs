@@ -350,21 +350,21 @@ impl Serialize for ProviderConfig {
             name: &'a str,
             kind: &'static str,
             #[serde(flatten, skip_serializing_if = "Option::is_none")]
-            openai: Option<&'a OpenAiSettings>,
+            http: Option<&'a HttpSettings>,
             #[serde(skip_serializing_if = "Option::is_none")]
             mock: Option<&'a MockSettings>,
             timeouts: &'a Timeouts,
             #[serde(skip_serializing_if = "Option::is_none")]
             health_check: Option<&'a HealthCheckConfig>,
         }
-        let (openai, mock) = match &self.kind {
-            ProviderKind::OpenAi(o) => (Some(o), None),
+        let (http, mock) = match &self.kind {
+            ProviderKind::OpenAi(o) | ProviderKind::Anthropic(o) => (Some(o), None),
             ProviderKind::Mock(m) => (None, Some(m)),
         };
         View {
             name: &self.name,
             kind: self.kind.name(),
-            openai,
+            http,
             mock,
             timeouts: &self.timeouts,
             health_check: self.health_check.as_ref(),
@@ -375,7 +375,9 @@ impl Serialize for ProviderConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProviderKind {
-    OpenAi(OpenAiSettings),
+    OpenAi(HttpSettings),
+    /// Anthropic's Messages API; `api_version` is the `anthropic-version` header.
+    Anthropic(HttpSettings),
     Mock(MockSettings),
 }
 
@@ -383,19 +385,25 @@ impl ProviderKind {
     pub fn name(&self) -> &'static str {
         match self {
             ProviderKind::OpenAi(_) => "openai",
+            ProviderKind::Anthropic(_) => "anthropic",
             ProviderKind::Mock(_) => "mock",
         }
     }
 }
 
+/// The anthropic-version sent when the config names none.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// An HTTP upstream: where it is and how to authenticate to it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct OpenAiSettings {
+pub struct HttpSettings {
     /// Base URL without a trailing slash, e.g. `https://api.openai.com/v1`.
     pub base_url: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<Secret>,
-    /// Azure OpenAI: when set, requests go to `{base_url}/openai/deployments/{model}/...
-    /// ?api-version=...` with an `api-key` header.
+    /// `openai`: Azure OpenAI; when set, requests go to
+    /// `{base_url}/openai/deployments/{model}/...?api-version=...` with an `api-key` header.
+    /// `anthropic`: the `anthropic-version` header (default `2023-06-01`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
     /// Extra headers sent upstream on every request. Values are treated as secrets (they often
@@ -667,11 +675,13 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
             ));
         }
         let kind = match p.kind {
-            raw::RawProviderKind::OpenAi => {
+            kind @ (raw::RawProviderKind::OpenAi | raw::RawProviderKind::Anthropic) => {
                 if p.mock.is_some() {
                     errors.push(FieldError::new(at("mock"), "only valid for kind: mock"));
                 }
+                let anthropic = matches!(kind, raw::RawProviderKind::Anthropic);
                 let base_url = match p.base_url.as_deref() {
+                    None if anthropic => "https://api.anthropic.com/v1".to_owned(),
                     None => {
                         errors.push(FieldError::new(at("base_url"), "required for kind: openai"));
                         String::new()
@@ -705,12 +715,25 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
                     }
                     headers.insert(k.to_ascii_lowercase(), Secret(v));
                 }
-                ProviderKind::OpenAi(OpenAiSettings {
+                let settings = HttpSettings {
                     base_url,
                     api_key: p.api_key.map(|k| k.0).filter(|k| !k.is_empty()).map(Secret),
                     api_version: p.api_version.map(|v| v.0),
                     headers,
-                })
+                };
+                if anthropic {
+                    ProviderKind::Anthropic(HttpSettings {
+                        api_version: Some(
+                            settings
+                                .api_version
+                                .clone()
+                                .unwrap_or_else(|| ANTHROPIC_VERSION.to_owned()),
+                        ),
+                        ..settings
+                    })
+                } else {
+                    ProviderKind::OpenAi(settings)
+                }
             }
             raw::RawProviderKind::Mock => {
                 for (field, set) in [

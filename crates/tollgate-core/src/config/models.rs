@@ -30,6 +30,10 @@ pub struct ModelConfig {
     /// Tried instead when the upstream refuses the content on policy grounds.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub content_policy_fallbacks: Vec<String>,
+    /// Refuse (400) a request that would lose a field in translation to a target's dialect,
+    /// instead of serving it and reporting the loss in `x-tollgate-translation-loss`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub strict_translation: bool,
     pub retry: RetryConfig,
     pub cooldown: CooldownConfig,
 }
@@ -321,6 +325,7 @@ pub(super) fn validate_models(
             fallbacks: m.fallbacks.unwrap_or_default(),
             context_window_fallbacks: m.context_window_fallbacks.unwrap_or_default(),
             content_policy_fallbacks: m.content_policy_fallbacks.unwrap_or_default(),
+            strict_translation: m.strict_translation.unwrap_or(false),
             retry,
             cooldown,
         });

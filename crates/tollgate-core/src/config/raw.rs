@@ -168,6 +168,8 @@ pub struct RawReload {
 pub enum RawProviderKind {
     #[serde(rename = "openai")]
     OpenAi,
+    #[serde(rename = "anthropic")]
+    Anthropic,
     #[serde(rename = "mock")]
     Mock,
 }
@@ -223,6 +225,7 @@ pub struct RawModel {
     pub fallbacks: Option<Vec<String>>,
     pub context_window_fallbacks: Option<Vec<String>>,
     pub content_policy_fallbacks: Option<Vec<String>>,
+    pub strict_translation: Option<bool>,
     pub retry: Option<RawRetry>,
     pub cooldown: Option<RawCooldown>,
 }

@@ -160,7 +160,111 @@ impl MockProvider {
             Endpoint::Chat => self.chat(&call, on_end).await,
             Endpoint::Embeddings => self.embeddings(&call).await,
             Endpoint::Responses => self.responses(&call, on_end).await,
+            Endpoint::Messages => self.messages(&call, on_end).await,
         }
+    }
+
+    /// Anthropic Messages: the same echo, written through the Messages codec.
+    async fn messages(&self, call: &Call<'_>, on_end: StreamEnd) -> Result<Reply, ProviderError> {
+        use crate::translate::{self, Block, BlockKind, Dialect, Event, Role, StartKind, Stop};
+        let (req, _) = translate::decode_request(Dialect::Messages, call.body)
+            .map_err(ProviderError::Invalid)?;
+        if req.messages.is_empty() {
+            return Err(invalid(
+                "`messages` must contain at least one message",
+                "messages",
+            ));
+        }
+        let text_of = |blocks: &[Block]| {
+            blocks
+                .iter()
+                .filter_map(|b| match &b.kind {
+                    BlockKind::Text(t) => Some(t.as_str()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join("")
+        };
+        let prompt_tokens = req
+            .messages
+            .iter()
+            .map(|m| 3 + count_tokens(&text_of(&m.content)))
+            .sum::<u64>()
+            + count_tokens(&text_of(&req.system))
+            + 3;
+        let echo = req
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map(|m| text_of(&m.content))
+            .unwrap_or_default();
+        let (text, cut) = truncate(&echo, req.max_tokens);
+        let stop = if cut { Stop::MaxTokens } else { Stop::End };
+        let usage = Usage {
+            prompt: prompt_tokens,
+            completion: count_tokens(&text),
+            ..Usage::default()
+        };
+        let id = random_id("msg_");
+        let model = call.public_model.to_owned();
+        if !call.envelope.stream {
+            tokio::time::sleep(self.settings.latency).await;
+            let res = translate::Response {
+                id,
+                model,
+                content: vec![Block::text(text, "content[0]")],
+                stop,
+                usage,
+                created: None,
+            };
+            let body = translate::encode_response(Dialect::Messages, &res, &mut Default::default());
+            let response = Response::builder()
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body))
+                .map_err(|e| ProviderError::Protocol(e.to_string()))?;
+            return Ok(Reply {
+                response,
+                upstream: Duration::ZERO,
+                usage: Some(usage),
+                streamed: false,
+                loss: Default::default(),
+            });
+        }
+        // Like Anthropic: input tokens at the start, output tokens at the end.
+        let mut encoder = translate::stream_encoder(Dialect::Messages, true);
+        let mut events = Vec::new();
+        let mut emit = |evs: &[Event]| {
+            let mut out = Vec::new();
+            for ev in evs {
+                encoder.encode(ev, &mut out);
+            }
+            events.push(Bytes::from(out));
+        };
+        emit(&[
+            Event::Start { id, model },
+            Event::Usage(Usage {
+                prompt: usage.prompt,
+                ..Usage::default()
+            }),
+            Event::BlockStart {
+                index: 0,
+                kind: StartKind::Text,
+            },
+        ]);
+        for piece in split_chunks(&text, self.settings.chunks) {
+            emit(&[Event::Delta {
+                index: 0,
+                delta: translate::Delta::Text(piece),
+            }]);
+        }
+        emit(&[
+            Event::BlockStop { index: 0 },
+            Event::Usage(usage),
+            Event::Finish(stop),
+            Event::Done,
+        ]);
+        self.stream(call.endpoint, events, on_end, false)
     }
 
     async fn chat(&self, call: &Call<'_>, on_end: StreamEnd) -> Result<Reply, ProviderError> {
@@ -215,6 +319,7 @@ impl MockProvider {
                 upstream: Duration::ZERO,
                 usage: Some(usage),
                 streamed: false,
+                loss: Default::default(),
             });
         }
 
@@ -269,8 +374,13 @@ impl MockProvider {
         );
         // The idle bound is the mock's own pacing plus slack: the mock never goes idle.
         let idle = ttft.max(gap) + Duration::from_secs(60);
-        let body = ForwardStream::new(Body::from_stream(paced), dialect, idle, on_end)
+        let mut body = ForwardStream::new(Body::from_stream(paced), dialect, idle, on_end)
             .strip_usage(strip_usage);
+        if dialect == Endpoint::Messages {
+            body = body.translate(crate::translate::Translator::tap(
+                crate::translate::Dialect::Messages,
+            ));
+        }
         let response = Response::builder()
             .header(http::header::CONTENT_TYPE, "text/event-stream")
             .header(http::header::CACHE_CONTROL, "no-cache")
@@ -281,6 +391,7 @@ impl MockProvider {
             upstream: Duration::ZERO,
             usage: None,
             streamed: true,
+            loss: Default::default(),
         })
     }
 
@@ -366,6 +477,7 @@ impl MockProvider {
                 ..Usage::default()
             }),
             streamed: false,
+            loss: Default::default(),
         })
     }
 
@@ -451,6 +563,7 @@ impl MockProvider {
                 upstream: Duration::ZERO,
                 usage: Some(usage),
                 streamed: false,
+                loss: Default::default(),
             });
         }
         let mut seq = 0u64;

@@ -3,7 +3,7 @@
 //! [`ApiError`].
 
 mod mock;
-mod openai;
+mod remote;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,16 +15,19 @@ use tollgate_core::config::{ProviderConfig, ProviderKind};
 use tollgate_core::error::{ApiError, ErrorKind};
 
 use crate::envelope::Envelope;
+use crate::translate::{Dialect, Loss};
 
 pub use mock::MockProvider;
-pub use openai::OpenAiProvider;
+pub use remote::{Flavor, HttpProvider};
 
-/// The OpenAI API endpoints the model layer serves.
+/// The API endpoints the model layer serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     Chat,
     Embeddings,
     Responses,
+    /// Anthropic's `/v1/messages`.
+    Messages,
 }
 
 impl Endpoint {
@@ -34,6 +37,7 @@ impl Endpoint {
             Endpoint::Chat => "chat",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Responses => "responses",
+            Endpoint::Messages => "messages",
         }
     }
 
@@ -42,6 +46,17 @@ impl Endpoint {
             Endpoint::Chat => "chat/completions",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Responses => "responses",
+            Endpoint::Messages => "messages",
+        }
+    }
+
+    /// The wire dialect of a generation endpoint (`None` for embeddings).
+    pub fn dialect(self) -> Option<Dialect> {
+        match self {
+            Endpoint::Chat => Some(Dialect::Chat),
+            Endpoint::Responses => Some(Dialect::Responses),
+            Endpoint::Messages => Some(Dialect::Messages),
+            Endpoint::Embeddings => None,
         }
     }
 }
@@ -61,6 +76,10 @@ pub struct Call<'a> {
     /// The target's time-to-first-token bound: to the first streamed chunk, or to the response
     /// head when not streaming. Tighter than the provider's `first_byte` timeout.
     pub first_token: Option<Duration>,
+    /// Refuse a request that would lose fields in translation instead of reporting the loss.
+    pub strict: bool,
+    /// The client's `anthropic-beta` header, passed to Anthropic upstreams.
+    pub anthropic_beta: Option<&'a http::HeaderValue>,
 }
 
 /// Token usage reported by a provider.
@@ -85,6 +104,9 @@ pub struct Reply {
     pub usage: Option<Usage>,
     /// The body is a stream whose end hook runs when it finishes.
     pub streamed: bool,
+    /// What translation could not carry: request fields by their path in the client's
+    /// request, response fields prefixed `response.`.
+    pub loss: Loss,
 }
 
 /// Called once when a streamed reply ends, with whatever usage its tail reported.
@@ -100,6 +122,10 @@ pub struct StreamOutcome {
     /// When the stream reported no usage: its `data:` lines, to count what it generated
     /// (see [`crate::tokens::generated_text`]).
     pub transcript: Option<Vec<u8>>,
+    /// When the stream reported no usage and was read by a translator: the text it generated.
+    pub generated: Option<String>,
+    /// Stream fields the client's dialect could not carry.
+    pub loss: Loss,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -280,7 +306,7 @@ pub fn error_message(body: &[u8]) -> String {
 }
 
 pub enum Provider {
-    OpenAi(Box<OpenAiProvider>),
+    Http(Box<HttpProvider>),
     Mock(MockProvider),
 }
 
@@ -288,16 +314,26 @@ impl Provider {
     /// The `gen_ai.provider.name` of this provider's spans.
     pub fn otel_name(&self) -> &'static str {
         match self {
-            Provider::OpenAi(_) => "openai",
+            Provider::Http(p) => match p.flavor() {
+                Flavor::OpenAi => "openai",
+                Flavor::Anthropic => "anthropic",
+            },
             Provider::Mock(_) => "tollgate.mock",
         }
     }
 
     pub fn build(cfg: &ProviderConfig) -> Result<Provider, String> {
         Ok(match &cfg.kind {
-            ProviderKind::OpenAi(s) => {
-                Provider::OpenAi(Box::new(OpenAiProvider::new(s, &cfg.timeouts)?))
-            }
+            ProviderKind::OpenAi(s) => Provider::Http(Box::new(HttpProvider::new(
+                Flavor::OpenAi,
+                s,
+                &cfg.timeouts,
+            )?)),
+            ProviderKind::Anthropic(s) => Provider::Http(Box::new(HttpProvider::new(
+                Flavor::Anthropic,
+                s,
+                &cfg.timeouts,
+            )?)),
             ProviderKind::Mock(s) => Provider::Mock(MockProvider::new(s.clone())),
         })
     }
@@ -305,14 +341,14 @@ impl Provider {
     /// An active health check; the mock is always up.
     pub async fn health_check(&self, path: &str, timeout: Duration) -> Result<(), String> {
         match self {
-            Provider::OpenAi(p) => p.health_check(path, timeout).await,
+            Provider::Http(p) => p.health_check(path, timeout).await,
             Provider::Mock(_) => Ok(()),
         }
     }
 
     pub async fn call(&self, call: Call<'_>, on_end: StreamEnd) -> Result<Reply, ProviderError> {
         match self {
-            Provider::OpenAi(p) => p.call(call, on_end).await,
+            Provider::Http(p) => p.call(call, on_end).await,
             Provider::Mock(p) => p.call(call, on_end).await,
         }
     }

@@ -1,6 +1,8 @@
-//! The `openai` provider: any OpenAI-compatible HTTP API (OpenAI, Azure OpenAI, vLLM, Ollama,
-//! Groq, Together, ...). Requests and responses pass through untouched except for the `model`
-//! field; the client's credentials never reach the upstream.
+//! HTTP providers: `openai` (any OpenAI-compatible API: OpenAI, Azure OpenAI, vLLM, Ollama,
+//! Groq, Together, ...) and `anthropic` (the Messages API). A request in the provider's own
+//! dialect passes through untouched except for the `model` field; one in another dialect is
+//! translated (see [`crate::translate`]) and its response translated back. The client's
+//! credentials never reach the upstream.
 
 use std::time::{Duration, Instant};
 
@@ -14,10 +16,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use thread_local::ThreadLocal;
-use tollgate_core::config::{OpenAiSettings, Timeouts};
+use tollgate_core::config::{HttpSettings, Timeouts};
+use tollgate_core::error::ApiError;
 
 use super::{error_message, Call, Endpoint, ProviderError, Reply, StreamEnd, Usage};
 use crate::stream::{ForwardStream, Prepended, RawUsage};
+use crate::translate::{self, Dialect, Loss, Translator};
 
 /// The largest non-streaming upstream body accepted.
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
@@ -29,9 +33,18 @@ fn relay_header(name: &HeaderName) -> bool {
         || n == "retry-after"
         || n.starts_with("openai-")
         || n.starts_with("x-ratelimit-")
+        || n.starts_with("anthropic-ratelimit-")
 }
 
-pub struct OpenAiProvider {
+/// Which API an HTTP provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    OpenAi,
+    Anthropic,
+}
+
+pub struct HttpProvider {
+    flavor: Flavor,
     base_url: String,
     api_version: Option<String>,
     headers: HeaderMap,
@@ -39,8 +52,9 @@ pub struct OpenAiProvider {
     /// uses share an event loop.
     clients: ThreadLocal<HttpClient>,
     timeouts: Timeouts,
-    /// Pre-built URIs per endpoint for the non-Azure scheme.
-    uris: Option<[Uri; 3]>,
+    /// Pre-built URIs per endpoint (chat, embeddings, responses, messages) for the non-Azure
+    /// scheme.
+    uris: Option<[Uri; 4]>,
 }
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -63,8 +77,12 @@ fn build_client(connect_timeout: Duration) -> HttpClient {
         .build(https)
 }
 
-impl OpenAiProvider {
-    pub fn new(s: &OpenAiSettings, timeouts: &Timeouts) -> Result<OpenAiProvider, String> {
+impl HttpProvider {
+    pub fn new(
+        flavor: Flavor,
+        s: &HttpSettings,
+        timeouts: &Timeouts,
+    ) -> Result<HttpProvider, String> {
         let mut headers = HeaderMap::new();
         headers.insert(
             http::header::CONTENT_TYPE,
@@ -78,8 +96,24 @@ impl OpenAiProvider {
             value.set_sensitive(true);
             headers.insert(name, value);
         }
+        if flavor == Flavor::Anthropic {
+            let version = s
+                .api_version
+                .as_deref()
+                .unwrap_or(tollgate_core::config::ANTHROPIC_VERSION);
+            headers.insert(
+                HeaderName::from_static("anthropic-version"),
+                HeaderValue::from_str(version)
+                    .map_err(|_| "api_version contains invalid characters".to_owned())?,
+            );
+        }
         if let Some(key) = &s.api_key {
-            let (name, value) = if s.api_version.is_some() {
+            let (name, value) = if flavor == Flavor::Anthropic {
+                (
+                    HeaderName::from_static("x-api-key"),
+                    key.expose().to_owned(),
+                )
+            } else if s.api_version.is_some() {
                 (HeaderName::from_static("api-key"), key.expose().to_owned())
             } else {
                 (
@@ -92,7 +126,8 @@ impl OpenAiProvider {
             value.set_sensitive(true);
             headers.insert(name, value);
         }
-        let uris = if s.api_version.is_none() {
+        let azure = flavor == Flavor::OpenAi && s.api_version.is_some();
+        let uris = if !azure {
             let make = |e: Endpoint| {
                 format!("{}/{}", s.base_url, e.path())
                     .parse::<Uri>()
@@ -102,13 +137,15 @@ impl OpenAiProvider {
                 make(Endpoint::Chat)?,
                 make(Endpoint::Embeddings)?,
                 make(Endpoint::Responses)?,
+                make(Endpoint::Messages)?,
             ])
         } else {
             None
         };
-        Ok(OpenAiProvider {
+        Ok(HttpProvider {
+            flavor,
             base_url: s.base_url.clone(),
-            api_version: s.api_version.clone(),
+            api_version: azure.then(|| s.api_version.clone()).flatten(),
             headers,
             clients: ThreadLocal::new(),
             timeouts: timeouts.clone(),
@@ -122,6 +159,7 @@ impl OpenAiProvider {
                 Endpoint::Chat => 0,
                 Endpoint::Embeddings => 1,
                 Endpoint::Responses => 2,
+                Endpoint::Messages => 3,
             };
             return uris
                 .get(i)
@@ -145,12 +183,57 @@ impl OpenAiProvider {
         })
     }
 
+    /// The dialect this provider speaks natively for a client endpoint, and the upstream
+    /// endpoint it calls.
+    fn route(&self, endpoint: Endpoint) -> Result<Endpoint, ProviderError> {
+        match (self.flavor, endpoint) {
+            (Flavor::OpenAi, e) => Ok(match e {
+                Endpoint::Messages => Endpoint::Chat,
+                e => e,
+            }),
+            (Flavor::Anthropic, Endpoint::Embeddings) => Err(ProviderError::Invalid(
+                ApiError::invalid("this model's provider (anthropic) serves no embeddings")
+                    .code("unsupported_endpoint"),
+            )),
+            (Flavor::Anthropic, _) => Ok(Endpoint::Messages),
+        }
+    }
+
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
+    }
+
+    fn dialect(&self) -> Dialect {
+        match self.flavor {
+            Flavor::OpenAi => Dialect::Chat,
+            Flavor::Anthropic => Dialect::Messages,
+        }
+    }
+
     pub async fn call(&self, call: Call<'_>, on_end: StreamEnd) -> Result<Reply, ProviderError> {
+        let upstream_endpoint = self.route(call.endpoint)?;
+        // The client's dialect differs from the upstream's: translate both ways.
+        let translate = match (call.endpoint.dialect(), upstream_endpoint.dialect()) {
+            (Some(from), Some(to)) if from != to => Some((from, to)),
+            _ => None,
+        };
+        let mut loss = Loss::default();
         // A stream is priced from the usage the upstream reports at its end: ask for it when
         // the client did not (and hide it from the client again).
-        let strip_usage =
-            call.envelope.stream && call.endpoint == Endpoint::Chat && !call.envelope.include_usage;
-        let body = if strip_usage {
+        let strip_usage = translate.is_none()
+            && call.envelope.stream
+            && call.endpoint == Endpoint::Chat
+            && !call.envelope.include_usage;
+        let body = if let Some((from, to)) = translate {
+            let (req, mut l) =
+                translate::decode_request(from, call.body).map_err(ProviderError::Invalid)?;
+            let body = translate::encode_request(to, &req, call.upstream_model, &mut l);
+            if call.strict && !l.is_empty() {
+                return Err(ProviderError::Invalid(strict_refusal(&l, to)));
+            }
+            loss = l;
+            Bytes::from(body)
+        } else if strip_usage {
             Bytes::from(call.envelope.with_usage_requested(call.upstream_model))
         } else if call.upstream_model == call.public_model {
             call.body.clone()
@@ -159,7 +242,7 @@ impl OpenAiProvider {
         };
         let mut req = Request::builder()
             .method(Method::POST)
-            .uri(self.uri(call.endpoint, call.upstream_model)?)
+            .uri(self.uri(upstream_endpoint, call.upstream_model)?)
             .body(Full::new(body))
             .map_err(|e| ProviderError::Protocol(e.to_string()))?;
         let headers = req.headers_mut();
@@ -172,6 +255,11 @@ impl OpenAiProvider {
                 "application/json"
             }),
         );
+        if self.flavor == Flavor::Anthropic {
+            if let Some(beta) = call.anthropic_beta {
+                headers.insert("anthropic-beta", beta.clone());
+            }
+        }
         headers.insert("x-request-id", call.ctx.request_id.clone());
         if let Ok(v) = HeaderValue::from_str(&call.ctx.trace.traceparent()) {
             headers.insert(tollgate_core::context::TRACEPARENT, v);
@@ -200,9 +288,14 @@ impl OpenAiProvider {
 
         if !parts.status.is_success() {
             let remaining = self.timeouts.request.saturating_sub(started.elapsed());
-            let body = read_limited(incoming, remaining, 1024 * 1024)
+            let mut body = read_limited(incoming, remaining, 1024 * 1024)
                 .await
                 .unwrap_or_default();
+            let message = error_message(&body);
+            if let Some((from, _)) = translate {
+                // Relayed in the client's dialect, not the upstream's.
+                body = translate::error_body(from, parts.status, &body);
+            }
             let headers = parts
                 .headers
                 .iter()
@@ -211,7 +304,7 @@ impl OpenAiProvider {
                 .collect();
             return Err(ProviderError::Status {
                 status: parts.status,
-                message: error_message(&body),
+                message,
                 body,
                 headers,
             });
@@ -219,7 +312,7 @@ impl OpenAiProvider {
 
         let mut builder = Response::builder().status(parts.status);
         for (name, value) in &parts.headers {
-            if relay_header(name) {
+            if relay_header(name) && !(translate.is_some() && name == http::header::CONTENT_TYPE) {
                 builder = builder.header(name, value);
             }
         }
@@ -256,13 +349,19 @@ impl OpenAiProvider {
                     Ok(Some(Ok(frame))) => frame,
                 };
             let upstream = started.elapsed();
-            let body = ForwardStream::new(
+            let mut body = ForwardStream::new(
                 Prepended::new(first, incoming),
                 call.endpoint,
                 self.timeouts.idle,
                 on_end,
             )
             .strip_usage(strip_usage);
+            if let Some((from, to)) = translate {
+                body = body.translate(Translator::new(to, from, call.envelope.include_usage));
+                builder = builder.header(http::header::CONTENT_TYPE, "text/event-stream");
+            } else if self.dialect() == Dialect::Messages {
+                body = body.translate(Translator::tap(Dialect::Messages));
+            }
             let response = builder
                 .header(http::header::CACHE_CONTROL, "no-cache")
                 .body(Body::new(body))
@@ -272,21 +371,45 @@ impl OpenAiProvider {
                 upstream,
                 usage: None,
                 streamed: true,
+                loss,
             });
         }
 
         let remaining = self.timeouts.request.saturating_sub(started.elapsed());
         let body = read_limited(incoming, remaining, MAX_UPSTREAM_BODY).await?;
         let upstream = started.elapsed();
-        #[derive(serde::Deserialize)]
-        struct WithUsage {
-            usage: Option<RawUsage>,
-        }
-        let usage = serde_json::from_slice::<WithUsage>(&body)
-            .ok()
-            .and_then(|w| w.usage)
-            .map(Usage::from);
         drop(on_end);
+        let (body, usage) = match translate {
+            Some((from, to)) => {
+                let mut rloss = Loss::default();
+                let res = translate::decode_response(to, &body, &mut rloss)
+                    .map_err(ProviderError::Protocol)?;
+                let out = translate::encode_response(from, &res, &mut rloss);
+                for p in rloss.paths() {
+                    loss.add(format!("response.{p}"));
+                }
+                builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+                (Bytes::from(out), Some(res.usage))
+            }
+            None => {
+                let usage = match self.dialect() {
+                    Dialect::Messages => serde_json::from_slice::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v.get("usage").map(translate::messages::usage_from)),
+                    _ => {
+                        #[derive(serde::Deserialize)]
+                        struct WithUsage {
+                            usage: Option<RawUsage>,
+                        }
+                        serde_json::from_slice::<WithUsage>(&body)
+                            .ok()
+                            .and_then(|w| w.usage)
+                            .map(Usage::from)
+                    }
+                };
+                (body, usage)
+            }
+        };
         let response = builder
             .body(Body::from(body))
             .map_err(|e| ProviderError::Protocol(e.to_string()))?;
@@ -295,11 +418,23 @@ impl OpenAiProvider {
             upstream,
             usage,
             streamed: false,
+            loss,
         })
     }
 }
 
-impl OpenAiProvider {
+/// The 400 a strict route answers when translation would lose fields.
+pub fn strict_refusal(loss: &Loss, target: Dialect) -> ApiError {
+    ApiError::invalid(format!(
+        "this model's route is strict and its provider ({}) cannot express: {}",
+        target.name(),
+        loss.header()
+    ))
+    .code("translation_loss")
+    .param(loss.paths().first().cloned().unwrap_or_default())
+}
+
+impl HttpProvider {
     /// One active health check: `GET {base_url}{path}` with the provider's credentials. Any
     /// 2xx within `timeout` passes.
     pub async fn health_check(&self, path: &str, timeout: Duration) -> Result<(), String> {
