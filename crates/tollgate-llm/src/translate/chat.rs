@@ -11,11 +11,11 @@ use std::collections::HashMap;
 use serde_json::{json, Map, Value};
 use tollgate_core::error::ApiError;
 
-use super::sse::{write_event, SseEvent, SseParser};
+use super::sse::{write_event, SseEvent, SseHandler};
 use super::{
     array, boolean, index, is_empty_value, number, object, path, string, uint, Block, BlockKind,
     Delta, Event, Image, Loss, Message, OutputFormat, Reasoning, Request, Response, Role,
-    StartKind, Stop, StreamDecoder, StreamEncoder, Tool, ToolChoice,
+    StartKind, Stop, StreamEncoder, Tool, ToolChoice,
 };
 use crate::provider::Usage;
 
@@ -839,7 +839,6 @@ fn chat_id(id: &str) -> String {
 /// Reads `chat.completion.chunk` SSE into events.
 #[derive(Default)]
 pub struct Decoder {
-    sse: SseParser,
     started: bool,
     /// The open block: its index and what it is.
     open: Option<(usize, Open)>,
@@ -848,7 +847,6 @@ pub struct Decoder {
     tools: HashMap<u64, usize>,
     finished: bool,
     done: bool,
-    scratch: Vec<SseEvent>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1022,22 +1020,12 @@ impl Decoder {
     }
 }
 
-impl StreamDecoder for Decoder {
-    fn feed(&mut self, bytes: &[u8], out: &mut Vec<Event>) {
-        let mut events = std::mem::take(&mut self.scratch);
-        self.sse.feed(bytes, &mut events);
-        for ev in events.drain(..) {
-            self.event(&ev, out);
-        }
-        self.scratch = events;
+impl SseHandler for Decoder {
+    fn event(&mut self, ev: &SseEvent, out: &mut Vec<Event>) {
+        self.on_event(ev, out);
     }
 
-    fn finish(&mut self, out: &mut Vec<Event>) {
-        let mut events = Vec::new();
-        self.sse.finish(&mut events);
-        for ev in &events {
-            self.event(ev, out);
-        }
+    fn close(&mut self, out: &mut Vec<Event>) {
         if !self.done && self.finished {
             // Some servers end without `[DONE]` after the finish reason: that is complete.
             self.done = true;
@@ -1047,7 +1035,7 @@ impl StreamDecoder for Decoder {
 }
 
 impl Decoder {
-    fn event(&mut self, ev: &SseEvent, out: &mut Vec<Event>) {
+    fn on_event(&mut self, ev: &SseEvent, out: &mut Vec<Event>) {
         let data = ev.data.trim();
         if data == "[DONE]" {
             self.close(out);

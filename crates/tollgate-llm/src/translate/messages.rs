@@ -6,11 +6,11 @@
 use serde_json::{json, Map, Value};
 use tollgate_core::error::ApiError;
 
-use super::sse::{write_event, SseEvent, SseParser};
+use super::sse::{write_event, SseEvent, SseHandler};
 use super::{
     arguments_value, array, boolean, index, is_empty_value, number, object, path, string, uint,
     Block, BlockKind, Delta, Event, Image, Loss, Message, OutputFormat, Reasoning, Request,
-    Response, Role, StartKind, Stop, StreamDecoder, StreamEncoder, Tool, ToolChoice,
+    Response, Role, StartKind, Stop, StreamEncoder, Tool, ToolChoice,
 };
 use crate::provider::Usage;
 
@@ -647,14 +647,12 @@ fn message_id(id: &str) -> String {
 /// Reads Anthropic's event stream into events.
 #[derive(Default)]
 pub struct Decoder {
-    sse: SseParser,
-    scratch: Vec<SseEvent>,
     finished: bool,
     done: bool,
 }
 
 impl Decoder {
-    fn event(&mut self, ev: &SseEvent, out: &mut Vec<Event>) {
+    fn on_event(&mut self, ev: &SseEvent, out: &mut Vec<Event>) {
         let Ok(v) = serde_json::from_str::<Value>(&ev.data) else {
             return;
         };
@@ -743,22 +741,12 @@ impl Decoder {
     }
 }
 
-impl StreamDecoder for Decoder {
-    fn feed(&mut self, bytes: &[u8], out: &mut Vec<Event>) {
-        let mut events = std::mem::take(&mut self.scratch);
-        self.sse.feed(bytes, &mut events);
-        for ev in events.drain(..) {
-            self.event(&ev, out);
-        }
-        self.scratch = events;
+impl SseHandler for Decoder {
+    fn event(&mut self, ev: &SseEvent, out: &mut Vec<Event>) {
+        self.on_event(ev, out);
     }
 
-    fn finish(&mut self, out: &mut Vec<Event>) {
-        let mut events = Vec::new();
-        self.sse.finish(&mut events);
-        for ev in &events {
-            self.event(ev, out);
-        }
+    fn close(&mut self, out: &mut Vec<Event>) {
         if !self.done && self.finished {
             self.done = true;
             out.push(Event::Done);

@@ -472,8 +472,10 @@ pub fn error_body(to: Dialect, status: http::StatusCode, upstream: &[u8]) -> byt
 
 pub fn stream_decoder(dialect: Dialect) -> Box<dyn StreamDecoder> {
     match dialect {
-        Dialect::Messages => Box::new(messages::Decoder::default()),
-        Dialect::Chat | Dialect::Responses => Box::new(chat::Decoder::default()),
+        Dialect::Messages => Box::new(sse::SseDecoder::new(messages::Decoder::default())),
+        Dialect::Chat | Dialect::Responses => {
+            Box::new(sse::SseDecoder::new(chat::Decoder::default()))
+        }
     }
 }
 

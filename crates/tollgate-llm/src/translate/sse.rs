@@ -107,6 +107,50 @@ impl SseParser {
     }
 }
 
+/// A dialect whose stream is SSE, read one event at a time.
+pub trait SseHandler: Send {
+    fn event(&mut self, ev: &SseEvent, out: &mut Vec<super::Event>);
+    /// The upstream closed: a stream whose answer finished without its end marker is complete.
+    fn close(&mut self, out: &mut Vec<super::Event>);
+}
+
+/// A [`super::StreamDecoder`] for an SSE dialect: the parser in front of its handler.
+pub struct SseDecoder<H> {
+    parser: SseParser,
+    scratch: Vec<SseEvent>,
+    handler: H,
+}
+
+impl<H> SseDecoder<H> {
+    pub fn new(handler: H) -> Self {
+        SseDecoder {
+            parser: SseParser::default(),
+            scratch: Vec::new(),
+            handler,
+        }
+    }
+}
+
+impl<H: SseHandler> super::StreamDecoder for SseDecoder<H> {
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<super::Event>) {
+        let mut events = std::mem::take(&mut self.scratch);
+        self.parser.feed(bytes, &mut events);
+        for ev in events.drain(..) {
+            self.handler.event(&ev, out);
+        }
+        self.scratch = events;
+    }
+
+    fn finish(&mut self, out: &mut Vec<super::Event>) {
+        let mut events = std::mem::take(&mut self.scratch);
+        self.parser.finish(&mut events);
+        for ev in events.drain(..) {
+            self.handler.event(&ev, out);
+        }
+        self.handler.close(out);
+    }
+}
+
 /// Writes one SSE event.
 pub fn write_event(out: &mut Vec<u8>, event: Option<&str>, data: &str) {
     if let Some(e) = event {
