@@ -16,3 +16,4 @@ mod policy;
 mod routing;
 mod spend;
 mod tracing;
+mod translation;

@@ -1,0 +1,450 @@
+//! Any dialect to any provider: `/v1/messages` served by an OpenAI upstream, chat served by an
+//! Anthropic upstream, Anthropic pass-through, translation loss reported or refused, errors in
+//! the client's shape. The upstreams are the testkit's provider mocks, in each vendor's wire
+//! format.
+
+use http::Method;
+use serde_json::{json, Value};
+use tollgate_testkit::providers::ProviderMock;
+
+use crate::harness::*;
+
+async fn gateway(up: &ProviderMock) -> TestGateway {
+    start(&format!(
+        "providers:
+  - name: oai
+    kind: openai
+    base_url: {}
+    api_key: sk-openai-upstream
+  - name: ant
+    kind: anthropic
+    base_url: {}
+    api_key: sk-ant-upstream
+  - name: demo
+    kind: mock
+models:
+  - name: claude-on-openai
+    targets: [{{provider: oai, model: gpt-upstream}}]
+  - name: gpt-on-anthropic
+    targets: [{{provider: ant, model: claude-upstream}}]
+  - name: strict-on-openai
+    strict_translation: true
+    targets: [{{provider: oai, model: gpt-upstream}}]
+  - name: echo
+    targets: [{{provider: demo, model: echo}}]
+prices:
+  - model: gpt-upstream
+    input_per_mtok: 1000
+    output_per_mtok: 2000
+  - model: claude-upstream
+    input_per_mtok: 3000
+    output_per_mtok: 15000
+    cache_read_per_mtok: 300
+",
+        up.openai_url(),
+        up.anthropic_url()
+    ))
+    .await
+}
+
+async fn messages(t: &TestGateway, key: &str, body: &Value) -> tollgate_testkit::TestResponse {
+    t.client
+        .send(
+            Method::POST,
+            "/v1/messages",
+            &[("x-api-key", key), ("anthropic-version", "2023-06-01")],
+            body.to_string(),
+        )
+        .await
+}
+
+fn events(body: &str) -> Vec<(String, Value)> {
+    body.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            let name = e
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .unwrap_or_default()
+                .to_owned();
+            let data = e
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .unwrap_or_default();
+            (name, serde_json::from_str(data).unwrap_or(Value::Null))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn anthropic_client_served_by_an_openai_upstream() {
+    let up = ProviderMock::start().await;
+    let t = gateway(&up).await;
+    let key = t.any_key().await;
+    let res = messages(
+        &t,
+        &key,
+        &json!({"model": "claude-on-openai", "max_tokens": 100, "system": "Be brief.",
+                "messages": [{"role": "user", "content": "hello there"}]}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let v = res.json();
+    assert_eq!(v["type"], "message");
+    assert_eq!(
+        v["content"][0],
+        json!({"type": "text", "text": "You said: hello there"})
+    );
+    assert_eq!(v["stop_reason"], "end_turn");
+    assert!(v["usage"]["input_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(res.header("x-tollgate-provider"), Some("oai"));
+    assert!(res.header("x-tollgate-cost-usd").is_some());
+    assert!(res.header("x-tollgate-translation-loss").is_none());
+
+    // The upstream got an OpenAI request with the gateway's credentials, not the client's.
+    let sent = &up.requests()[0];
+    assert_eq!(sent["path"], "/openai/v1/chat/completions");
+    assert_eq!(
+        sent["headers"]["authorization"],
+        "Bearer sk-openai-upstream"
+    );
+    assert!(sent["headers"].get("x-api-key").is_none());
+    assert_eq!(sent["body"]["model"], "gpt-upstream");
+    assert_eq!(
+        sent["body"]["messages"][0],
+        json!({"role": "system", "content": "Be brief."})
+    );
+    assert_eq!(sent["body"]["max_completion_tokens"], 100);
+}
+
+#[tokio::test]
+async fn anthropic_stream_from_an_openai_upstream_is_priced() {
+    let up = ProviderMock::start().await;
+    let t = gateway(&up).await;
+    let key = t.any_key().await;
+    let res = messages(
+        &t,
+        &key,
+        &json!({"model": "claude-on-openai", "max_tokens": 100, "stream": true,
+                "messages": [{"role": "user", "content": "stream this please"}]}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.header("content-type"), Some("text/event-stream"));
+    let evs = events(&res.text());
+    let names: Vec<&str> = evs.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.first(), Some(&"message_start"));
+    assert_eq!(names.last(), Some(&"message_stop"));
+    let text: String = evs
+        .iter()
+        .filter_map(|(_, d)| d["delta"]["text"].as_str())
+        .collect();
+    assert_eq!(text, "You said: stream this please");
+    let delta = evs.iter().find(|(n, _)| n == "message_delta").unwrap();
+    assert_eq!(delta.1["delta"]["stop_reason"], "end_turn");
+    assert!(delta.1["usage"]["output_tokens"].as_u64().unwrap() > 0);
+    // The gateway asked the OpenAI upstream for usage, and priced the stream with it.
+    assert_eq!(
+        up.requests()[0]["body"]["stream_options"],
+        json!({"include_usage": true})
+    );
+    let ledger = wait_for_ledger(&t, 1).await;
+    assert_eq!(ledger[0]["endpoint"], "messages");
+    assert_eq!(ledger[0]["estimated"], false);
+    assert!(ledger[0]["cost_usd"].as_f64().unwrap() > 0.0);
+}
+
+async fn wait_for_ledger(t: &TestGateway, n: usize) -> Vec<Value> {
+    let rows = std::sync::Mutex::new(Vec::new());
+    eventually("ledger rows", || async {
+        let res = t.client.get("/admin/v1/ledger", MASTER).await;
+        let got = res.json()["data"].as_array().cloned().unwrap_or_default();
+        let enough = got.len() >= n;
+        *rows.lock().unwrap() = got;
+        enough
+    })
+    .await;
+    rows.into_inner().unwrap()
+}
+
+#[tokio::test]
+async fn chat_client_calls_tools_through_an_anthropic_upstream() {
+    let up = ProviderMock::start().await;
+    let t = gateway(&up).await;
+    let key = t.any_key().await;
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let mut body = json!({"model": "gpt-on-anthropic", "tools": tools,
+        "messages": [{"role": "user", "content": "weather in Paris and Rome?"}]});
+    let res = t
+        .client
+        .post_json("/v1/chat/completions", &key, &body)
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let v = res.json();
+    let msg = &v["choices"][0]["message"];
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    let calls = msg["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    assert_eq!(calls[0]["function"]["arguments"], r#"{"city":"Paris"}"#);
+
+    let sent = &up.requests()[0];
+    assert_eq!(sent["path"], "/anthropic/v1/messages");
+    assert_eq!(sent["headers"]["x-api-key"], "sk-ant-upstream");
+    assert_eq!(sent["headers"]["anthropic-version"], "2023-06-01");
+    assert_eq!(
+        sent["body"]["tools"][0]["input_schema"]["properties"]["city"]["type"],
+        "string"
+    );
+
+    // The results go back; the answer uses them.
+    let mut history = body["messages"].as_array().unwrap().clone();
+    history.push(msg.clone());
+    for c in calls {
+        history.push(json!({"role": "tool", "tool_call_id": c["id"], "content": "sunny"}));
+    }
+    body["messages"] = Value::Array(history);
+    let res = t
+        .client
+        .post_json("/v1/chat/completions", &key, &body)
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.json()["choices"][0]["message"]["content"],
+        "The tool said: sunny"
+    );
+    let sent = &up.requests()[1]["body"]["messages"];
+    let results = sent[2]["content"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "both results in one user turn: {sent}");
+    assert_eq!(results[0]["type"], "tool_result");
+}
+
+#[tokio::test]
+async fn thinking_signatures_round_trip_for_a_chat_client() {
+    let up = ProviderMock::start().await;
+    let t = gateway(&up).await;
+    let key = t.any_key().await;
+    let mut body = json!({"model": "gpt-on-anthropic", "reasoning_effort": "low", "max_tokens": 2000,
+        "messages": [{"role": "user", "content": "what is 2+2"}]});
+    let res = t
+        .client
+        .post_json("/v1/chat/completions", &key, &body)
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let msg = res.json()["choices"][0]["message"].clone();
+    assert!(msg["reasoning_content"].as_str().unwrap().contains("think"));
+    assert!(msg["thinking_blocks"][0]["signature"]
+        .as_str()
+        .unwrap()
+        .starts_with("sig-"));
+    assert_eq!(
+        up.requests()[0]["body"]["thinking"],
+        json!({"type": "enabled", "budget_tokens": 1024})
+    );
+    // The upstream refuses a thinking block whose signature does not match: this passes only
+    // if the signature came back unchanged.
+    let mut history = body["messages"].as_array().unwrap().clone();
+    history.push(msg);
+    history.push(json!({"role": "user", "content": "are you sure"}));
+    body["messages"] = Value::Array(history);
+    let res = t
+        .client
+        .post_json("/v1/chat/completions", &key, &body)
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+}
+
+#[tokio::test]
+async fn lost_fields_are_reported_and_strict_routes_refuse_them() {
+    let up = ProviderMock::start().await;
+    let t = gateway(&up).await;
+    let key = t.any_key().await;
+    let body = |model: &str| {
+        json!({"model": model, "max_tokens": 50, "top_k": 5,
+            "system": [{"type": "text", "text": "a long document", "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": "hi"}]})
+    };
+    let res = messages(&t, &key, &body("claude-on-openai")).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        res.header("x-tollgate-translation-loss"),
+        Some("system[0].cache_control,top_k")
+    );
+    let ledger = wait_for_ledger(&t, 1).await;
+    assert_eq!(
+        ledger[0]["translation_loss"],
+        json!(["system[0].cache_control", "top_k"])
+    );
+
+    let before = up.requests().len();
+    let res = messages(&t, &key, &body("strict-on-openai")).await;
+    assert_eq!(res.status, 400, "{}", res.text());
+    let v = res.json();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert_eq!(v["error"]["code"], "translation_loss");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("system[0].cache_control"), "{message}");
+    assert_eq!(up.requests().len(), before, "nothing reached the upstream");
+}
+
+#[tokio::test]
+async fn anthropic_passes_through_untouched_and_its_usage_is_priced() {
+    let up = ProviderMock::start().await;
+    let t = start(&format!(
+        "providers:
+  - name: ant
+    kind: anthropic
+    base_url: {}
+    api_key: sk-ant-upstream
+models:
+  - name: claude
+    targets: [{{provider: ant, model: claude-upstream}}]
+prices:
+  - model: claude-upstream
+    input_per_mtok: 3000
+    output_per_mtok: 15000
+    cache_read_per_mtok: 300
+",
+        up.anthropic_url()
+    ))
+    .await;
+    let key = t.any_key().await;
+    let sent = r#"{"model":"claude","max_tokens":64,"system":[{"type":"text","text":"doc","cache_control":{"type":"ephemeral","ttl":"1h"}}],"messages":[{"role":"user","content":"hi"}],"vendor_extension":{"kept":true}}"#;
+    let res = t
+        .client
+        .send(
+            Method::POST,
+            "/v1/messages",
+            &[
+                ("x-api-key", &key),
+                ("anthropic-version", "2023-06-01"),
+                ("anthropic-beta", "context-1m-2025-08-07"),
+            ],
+            sent,
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert!(res.header("x-tollgate-translation-loss").is_none());
+    let got = &up.requests()[0];
+    assert_eq!(got["headers"]["anthropic-beta"], "context-1m-2025-08-07");
+    assert_eq!(got["body"]["vendor_extension"], json!({"kept": true}));
+    assert_eq!(got["body"]["model"], "claude-upstream");
+    assert_eq!(
+        got["body"]["system"][0]["cache_control"],
+        json!({"type": "ephemeral", "ttl": "1h"})
+    );
+    let usage = &res.json()["usage"];
+    let ledger = wait_for_ledger(&t, 1).await;
+    let cached = usage["cache_read_input_tokens"].as_u64().unwrap();
+    assert!(cached > 0);
+    assert_eq!(ledger[0]["cached_tokens"], cached);
+    assert_eq!(
+        ledger[0]["prompt_tokens"],
+        usage["input_tokens"].as_u64().unwrap() + cached
+    );
+
+    // A pass-through stream is forwarded as is and priced from its usage events.
+    let mut stream_body: Value = serde_json::from_str(sent).unwrap();
+    stream_body["stream"] = json!(true);
+    let res = messages(&t, &key, &stream_body).await;
+    assert_eq!(res.status, 200);
+    assert!(res.text().contains("event: message_start"));
+    let ledger = wait_for_ledger(&t, 2).await;
+    assert_eq!(ledger[1]["streamed"], true);
+    assert_eq!(ledger[1]["estimated"], false);
+    assert!(ledger[1]["cached_tokens"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn errors_reach_each_client_in_its_own_shape() {
+    let up = ProviderMock::start().await;
+    let t = gateway(&up).await;
+    let key = t.any_key().await;
+    // An Anthropic upstream's 400, for a chat client.
+    let res = t
+        .client
+        .post_json(
+            "/v1/chat/completions",
+            &key,
+            &chat_body("gpt-on-anthropic", "please fail with 400"),
+        )
+        .await;
+    assert_eq!(res.status, 400, "{}", res.text());
+    let v = res.json();
+    assert_eq!(v["error"]["message"], "mock failure 400");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    // An OpenAI upstream's 400, for an Anthropic client.
+    let res = messages(
+        &t,
+        &key,
+        &json!({"model": "claude-on-openai", "max_tokens": 10,
+                "messages": [{"role": "user", "content": "please fail with 400"}]}),
+    )
+    .await;
+    assert_eq!(res.status, 400, "{}", res.text());
+    let v = res.json();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["message"], "mock failure 400");
+    // The gateway's own errors too: no key, unknown model, bad body.
+    let res = t
+        .client
+        .send(Method::POST, "/v1/messages", &[], "{}".to_owned())
+        .await;
+    assert_eq!(res.status, 401);
+    assert_eq!(res.json()["error"]["type"], "authentication_error");
+    let res = messages(
+        &t,
+        &key,
+        &json!({"model": "nope", "max_tokens": 1, "messages": []}),
+    )
+    .await;
+    assert_eq!(res.status, 404, "{}", res.text());
+    assert_eq!(res.json()["error"]["type"], "not_found_error");
+    let res = messages(
+        &t,
+        &key,
+        &json!({"model": "claude-on-openai", "max_tokens": 1, "messages": [{"role": "robot", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(res.status, 400);
+    assert_eq!(res.json()["type"], "error");
+    assert!(res.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("messages[0].role"));
+}
+
+#[tokio::test]
+async fn the_builtin_mock_speaks_messages_and_tokens_are_counted() {
+    let up = ProviderMock::start().await;
+    let t = gateway(&up).await;
+    let key = t.any_key().await;
+    let body = json!({"model": "echo", "max_tokens": 100, "messages": [{"role": "user", "content": "hi there"}]});
+    let res = messages(&t, &key, &body).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.json()["content"][0]["text"], "hi there");
+    let mut stream = body.clone();
+    stream["stream"] = json!(true);
+    let res = messages(&t, &key, &stream).await;
+    let evs = events(&res.text());
+    assert_eq!(evs.last().map(|e| e.0.as_str()), Some("message_stop"));
+    // Usage read from the stream's own events (the echo model has no price).
+    let ledger = wait_for_ledger(&t, 2).await;
+    assert_eq!(ledger[1]["completion_tokens"], 3);
+    assert_eq!(ledger[1]["outcome"], "ok");
+
+    let res = t
+        .client
+        .send(
+            Method::POST,
+            "/v1/messages/count_tokens",
+            &[("x-api-key", &key)],
+            json!({"model": "echo", "messages": [{"role": "user", "content": "hello world"}]})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert!(res.json()["input_tokens"].as_u64().unwrap() >= 2);
+}
