@@ -28,6 +28,7 @@ MASTER_KEY = "e2e-master-key-0123456789"
 STARTUP_TIMEOUT = 30.0
 SHUTDOWN_TIMEOUT = 10.0
 LISTEN_RE = re.compile(r"^tollgate listening on (http://127\.0\.0\.1:(\d+))\s*$")
+PROVIDER_MOCK_RE = re.compile(r"^provider mock listening on (http://127\.0\.0\.1:\d+)\s*$")
 
 CONFIG_TEMPLATE = """\
 listen: 127.0.0.1:0
@@ -46,7 +47,24 @@ providers:
     mock:
       error_rate: 1.0
       error_status: 503
+  # The provider mocks (tollgate-provider-mock), in OpenAI's and Anthropic's wire formats.
+  - name: oai-up
+    kind: openai
+    base_url: {providers}/openai/v1
+    api_key: sk-openai-upstream
+  - name: ant-up
+    kind: anthropic
+    base_url: {providers}/anthropic/v1
+    api_key: sk-ant-upstream
 models:
+  # Anthropic clients served by an OpenAI upstream, and by an Anthropic one (pass-through).
+  - name: claude-via-openai
+    targets: [{{provider: oai-up, model: gpt-upstream}}]
+  - name: claude-direct
+    targets: [{{provider: ant-up, model: claude-upstream}}]
+  # OpenAI clients served by an Anthropic upstream.
+  - name: gpt-via-anthropic
+    targets: [{{provider: ant-up, model: claude-upstream}}]
   - name: mock-echo
     targets: [{{provider: demo, model: echo}}]
   - name: other-model
@@ -142,10 +160,42 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def gateway(tmp_path_factory: pytest.TempPathFactory):
+def provider_mock():
+    """The testkit's provider mocks (OpenAI and Anthropic wire formats); yields its origin."""
+    path = Path(
+        os.environ.get("TOLLGATE_PROVIDER_MOCK_BIN") or _binary().parent / "tollgate-provider-mock"
+    )
+    if not path.is_file():
+        pytest.exit(f"provider mock not found at {path}; run cargo build --workspace --bins", 2)
+    proc = subprocess.Popen(
+        [str(path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        bufsize=1,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = PROVIDER_MOCK_RE.match(line.strip())
+    if match is None:
+        _stop(proc)
+        pytest.fail(f"provider mock did not start: {line!r}", pytrace=False)
+    try:
+        yield match.group(1)
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory, provider_mock: str):
     workdir = tmp_path_factory.mktemp("tollgate")
     config = workdir / "tollgate.yaml"
-    config.write_text(CONFIG_TEMPLATE.format(master=MASTER_KEY, db=workdir / "tollgate.db"))
+    config.write_text(
+        CONFIG_TEMPLATE.format(
+            master=MASTER_KEY, db=workdir / "tollgate.db", providers=provider_mock
+        )
+    )
     stderr_path = workdir / "stderr.log"
 
     env = dict(os.environ)

@@ -243,6 +243,9 @@ def test_models_list_restricted_key(client: openai.OpenAI):
 def test_models_list_unrestricted_key(full_client: openai.OpenAI):
     models = list(full_client.models.list())
     assert [m.id for m in models] == [
+        "claude-via-openai",
+        "claude-direct",
+        "gpt-via-anthropic",
         "mock-echo",
         "other-model",
         "broken-model",
