@@ -230,3 +230,28 @@ fn prices_budgets_and_rate_limits_are_validated() {
         [0.5, 0.9]
     );
 }
+
+#[test]
+fn anthropic_providers_default_their_url_and_version() {
+    let c = Config::parse(
+        "providers:\n  - name: a\n    kind: anthropic\n    api_key: sk-ant\nmodels:\n  - name: claude\n    strict_translation: true\n    targets: [{provider: a, model: claude-x}]\n",
+        "t",
+        &|_| None,
+    )
+    .unwrap();
+    let ProviderKind::Anthropic(a) = &c.providers[0].kind else {
+        panic!("wrong kind");
+    };
+    assert_eq!(a.base_url, "https://api.anthropic.com/v1");
+    assert_eq!(a.api_version.as_deref(), Some(ANTHROPIC_VERSION));
+    assert!(c.models[0].strict_translation);
+    let err = Config::parse(
+        "providers:\n  - name: a\n    kind: anthropic\n    base_url: ftp://x\n    mock: {chunks: 2}\n",
+        "t",
+        &|_| None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("providers[0].base_url"), "{err}");
+    assert!(err.contains("providers[0].mock"), "{err}");
+}
