@@ -276,3 +276,71 @@ def test_chat_reasoning_round_trips_via_anthropic(full_client):
         model="gpt-via-anthropic", messages=messages, reasoning_effort="low", max_tokens=3000
     )
     assert res.choices[0].message.content == "You said: again"
+
+
+# ---- the openai SDK's Responses API against an Anthropic upstream ----
+
+RESPONSES_WEATHER_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Current weather for a city",
+    "parameters": WEATHER_TOOL["input_schema"],
+}
+
+
+def test_responses_text_via_anthropic(full_client):
+    res = full_client.responses.create(
+        model="gpt-via-anthropic", instructions="Be brief.", input="hello responses"
+    )
+    assert res.status == "completed"
+    assert res.output_text == "You said: hello responses"
+    assert res.usage.input_tokens > 0 and res.usage.output_tokens > 0
+
+
+def test_responses_stream_via_anthropic(full_client):
+    deltas = []
+    with full_client.responses.stream(model="gpt-via-anthropic", input="stream responses") as s:
+        for event in s:
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+        final = s.get_final_response()
+    assert "".join(deltas) == "You said: stream responses"
+    assert final.output_text == "You said: stream responses"
+    assert final.usage.output_tokens > 0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_responses_tool_calls_via_anthropic(full_client, stream):
+    items = [{"role": "user", "content": "weather in Paris and Rome?"}]
+    request = dict(model="gpt-via-anthropic", tools=[RESPONSES_WEATHER_TOOL])
+    if stream:
+        with full_client.responses.stream(input=items, **request) as s:
+            first = s.get_final_response()
+    else:
+        first = full_client.responses.create(input=items, **request)
+    calls = [o for o in first.output if o.type == "function_call"]
+    assert [c.name for c in calls] == ["get_weather", "get_weather"]
+    assert [json.loads(c.arguments) for c in calls] == [{"city": "Paris"}, {"city": "Rome"}]
+    items += [o.model_dump(exclude_none=True) for o in first.output]
+    items += [{"type": "function_call_output", "call_id": c.call_id, "output": "windy"} for c in calls]
+    second = full_client.responses.create(input=items, **request)
+    assert second.output_text == "The tool said: windy"
+
+
+def test_responses_reasoning_round_trips_via_anthropic(full_client):
+    items = [{"role": "user", "content": "think it over"}]
+    request = dict(
+        model="gpt-via-anthropic",
+        reasoning={"effort": "low"},
+        store=False,
+        include=["reasoning.encrypted_content"],
+        max_output_tokens=3000,
+    )
+    first = full_client.responses.create(input=items, **request)
+    reasoning = [o for o in first.output if o.type == "reasoning"]
+    assert reasoning and reasoning[0].encrypted_content.startswith("sig-")
+    items += [o.model_dump(exclude_none=True) for o in first.output]
+    items.append({"role": "user", "content": "again"})
+    # The upstream refuses thinking whose signature changed.
+    second = full_client.responses.create(input=items, **request)
+    assert second.output_text == "You said: again"

@@ -12,6 +12,7 @@
 
 pub mod chat;
 pub mod messages;
+pub mod responses;
 mod sse;
 
 use serde_json::{Map, Value};
@@ -394,22 +395,19 @@ pub fn decode_request(dialect: Dialect, body: &[u8]) -> Result<(Request, Loss), 
     let req = match dialect {
         Dialect::Chat => chat::decode_request(&value, &mut loss)?,
         Dialect::Messages => messages::decode_request(&value, &mut loss)?,
-        Dialect::Responses => {
-            return Err(ApiError::invalid(
-                "the Responses API can only be served by an OpenAI-type provider",
-            )
-            .code("unsupported_translation"))
-        }
+        Dialect::Responses => responses::decode_request(&value, &mut loss)?,
     };
     Ok((req, loss))
 }
 
 /// Writes a request for `dialect`, naming the model the upstream expects.
+///
+/// No provider is sent Responses requests by translation: OpenAI-type providers take them as
+/// they come, and requests in other dialects reach them as Chat Completions.
 pub fn encode_request(dialect: Dialect, req: &Request, model: &str, loss: &mut Loss) -> Vec<u8> {
     let value = match dialect {
-        Dialect::Chat => chat::encode_request(req, model, loss),
         Dialect::Messages => messages::encode_request(req, model, loss),
-        Dialect::Responses => Value::Null,
+        Dialect::Chat | Dialect::Responses => chat::encode_request(req, model, loss),
     };
     serde_json::to_vec(&value).unwrap_or_default()
 }
@@ -430,7 +428,7 @@ pub fn encode_response(dialect: Dialect, res: &Response, loss: &mut Loss) -> Vec
     let value = match dialect {
         Dialect::Chat => chat::encode_response(res, loss),
         Dialect::Messages => messages::encode_response(res, loss),
-        Dialect::Responses => Value::Null,
+        Dialect::Responses => responses::encode_response(res, loss),
     };
     serde_json::to_vec(&value).unwrap_or_default()
 }
@@ -484,7 +482,8 @@ pub fn stream_decoder(dialect: Dialect) -> Box<dyn StreamDecoder> {
 pub fn stream_encoder(dialect: Dialect, include_usage: bool) -> Box<dyn StreamEncoder> {
     match dialect {
         Dialect::Messages => Box::new(messages::Encoder::default()),
-        Dialect::Chat | Dialect::Responses => Box::new(chat::Encoder::new(include_usage)),
+        Dialect::Responses => Box::new(responses::Encoder::default()),
+        Dialect::Chat => Box::new(chat::Encoder::new(include_usage)),
     }
 }
 

@@ -10,7 +10,10 @@ use serde_json::{json, Value};
 
 use super::*;
 
-const DIALECTS: [Dialect; 2] = [Dialect::Chat, Dialect::Messages];
+/// The dialects providers are sent by translation.
+const UPSTREAMS: [Dialect; 2] = [Dialect::Chat, Dialect::Messages];
+/// The dialects clients speak.
+const CLIENTS: [Dialect; 3] = [Dialect::Chat, Dialect::Messages, Dialect::Responses];
 
 fn dialect(name: &str) -> Dialect {
     match name {
@@ -32,9 +35,13 @@ fn stabilise(v: &mut Value) {
             for (k, val) in map.iter_mut() {
                 match k.as_str() {
                     "created" if val.is_number() => *val = json!(0),
-                    "id" if val
-                        .as_str()
-                        .is_some_and(|s| s.starts_with("chatcmpl-") || s.starts_with("msg_")) =>
+                    "created_at" if val.is_number() => *val = json!(0),
+                    "id" | "item_id"
+                        if val.as_str().is_some_and(|s| {
+                            ["chatcmpl-", "msg_", "resp_", "rs_", "fc_"]
+                                .iter()
+                                .any(|p| s.starts_with(p))
+                        }) =>
                     {
                         *val = json!("<id>")
                     }
@@ -71,7 +78,7 @@ fn run_case(case: &Value) -> Value {
     if let Some(req) = case.get("request") {
         let from = dialect(req["dialect"].as_str().unwrap_or_default());
         let body = serde_json::to_vec(&req["body"]).unwrap_or_default();
-        for to in DIALECTS.into_iter().filter(|d| *d != from) {
+        for to in UPSTREAMS.into_iter().filter(|d| *d != from) {
             let out = match decode_request(from, &body) {
                 Ok((ir, mut loss)) => {
                     let encoded = encode_request(to, &ir, "upstream-model", &mut loss);
@@ -87,7 +94,7 @@ fn run_case(case: &Value) -> Value {
     } else if let Some(res) = case.get("response") {
         let from = dialect(res["dialect"].as_str().unwrap_or_default());
         let body = serde_json::to_vec(&res["body"]).unwrap_or_default();
-        for to in DIALECTS.into_iter().filter(|d| *d != from) {
+        for to in CLIENTS.into_iter().filter(|d| *d != from) {
             let mut loss = Loss::default();
             let out = match decode_response(from, &body, &mut loss) {
                 Ok(ir) => {
@@ -104,7 +111,7 @@ fn run_case(case: &Value) -> Value {
         let from = dialect(stream["dialect"].as_str().unwrap_or_default());
         let raw = stream["sse"].as_str().unwrap_or_default().as_bytes();
         let include_usage = stream["include_usage"].as_bool().unwrap_or(false);
-        for to in DIALECTS.into_iter().filter(|d| *d != from) {
+        for to in CLIENTS.into_iter().filter(|d| *d != from) {
             // Fed in small pieces: events split across reads must not matter.
             let mut t = Translator::new(from, to, include_usage);
             let mut out = Vec::new();

@@ -448,3 +448,35 @@ async fn the_builtin_mock_speaks_messages_and_tokens_are_counted() {
     assert_eq!(res.status, 200, "{}", res.text());
     assert!(res.json()["input_tokens"].as_u64().unwrap() >= 2);
 }
+
+#[tokio::test]
+async fn responses_client_served_by_an_anthropic_upstream() {
+    let up = ProviderMock::start().await;
+    let t = gateway(&up).await;
+    let key = t.any_key().await;
+    let res = t
+        .client
+        .post_json(
+            "/v1/responses",
+            &key,
+            &json!({"model": "gpt-on-anthropic", "instructions": "Be brief.", "input": "hi there",
+                    "previous_response_id": "resp_earlier"}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let v = res.json();
+    assert_eq!(v["object"], "response");
+    assert_eq!(v["status"], "completed");
+    assert_eq!(v["output"][0]["content"][0]["text"], "You said: hi there");
+    // The gateway keeps no conversation state: the client is told.
+    assert_eq!(
+        res.header("x-tollgate-translation-loss"),
+        Some("previous_response_id")
+    );
+    let sent = &up.requests()[0]["body"];
+    assert_eq!(sent["system"], "Be brief.");
+    assert_eq!(
+        sent["messages"][0],
+        json!({"role": "user", "content": "hi there"})
+    );
+}
