@@ -358,7 +358,9 @@ impl Serialize for ProviderConfig {
             health_check: Option<&'a HealthCheckConfig>,
         }
         let (http, mock) = match &self.kind {
-            ProviderKind::OpenAi(o) | ProviderKind::Anthropic(o) => (Some(o), None),
+            ProviderKind::OpenAi(o) | ProviderKind::Anthropic(o) | ProviderKind::Azure(o) => {
+                (Some(o), None)
+            }
             ProviderKind::Mock(m) => (None, Some(m)),
         };
         View {
@@ -378,6 +380,9 @@ pub enum ProviderKind {
     OpenAi(HttpSettings),
     /// Anthropic's Messages API; `api_version` is the `anthropic-version` header.
     Anthropic(HttpSettings),
+    /// Azure OpenAI: deployments in the path, `api-version` in the query, `api-key` or an
+    /// Entra ID bearer token.
+    Azure(HttpSettings),
     Mock(MockSettings),
 }
 
@@ -386,10 +391,14 @@ impl ProviderKind {
         match self {
             ProviderKind::OpenAi(_) => "openai",
             ProviderKind::Anthropic(_) => "anthropic",
+            ProviderKind::Azure(_) => "azure",
             ProviderKind::Mock(_) => "mock",
         }
     }
 }
+
+/// The Azure OpenAI `api-version` sent when the config names none.
+pub const AZURE_API_VERSION: &str = "2024-10-21";
 
 /// The anthropic-version sent when the config names none.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -675,15 +684,30 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
             ));
         }
         let kind = match p.kind {
-            kind @ (raw::RawProviderKind::OpenAi | raw::RawProviderKind::Anthropic) => {
+            kind @ (raw::RawProviderKind::OpenAi
+            | raw::RawProviderKind::Anthropic
+            | raw::RawProviderKind::Azure) => {
                 if p.mock.is_some() {
                     errors.push(FieldError::new(at("mock"), "only valid for kind: mock"));
                 }
                 let anthropic = matches!(kind, raw::RawProviderKind::Anthropic);
+                let azure = matches!(kind, raw::RawProviderKind::Azure);
+                if p.bearer_token.is_some() && !azure {
+                    errors.push(FieldError::new(
+                        at("bearer_token"),
+                        "only valid for kind: azure",
+                    ));
+                }
                 let base_url = match p.base_url.as_deref() {
                     None if anthropic => "https://api.anthropic.com/v1".to_owned(),
                     None => {
-                        errors.push(FieldError::new(at("base_url"), "required for kind: openai"));
+                        errors.push(FieldError::new(
+                            at("base_url"),
+                            format!(
+                                "required for kind: {}",
+                                if azure { "azure" } else { "openai" }
+                            ),
+                        ));
                         String::new()
                     }
                     Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
@@ -721,7 +745,37 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
                     api_version: p.api_version.map(|v| v.0),
                     headers,
                 };
-                if anthropic {
+                if azure {
+                    let bearer = p.bearer_token.map(|t| t.0).filter(|t| !t.is_empty());
+                    let mut settings = HttpSettings {
+                        api_version: Some(
+                            settings
+                                .api_version
+                                .clone()
+                                .unwrap_or_else(|| AZURE_API_VERSION.to_owned()),
+                        ),
+                        ..settings
+                    };
+                    match bearer {
+                        Some(_) if settings.api_key.is_some() => errors.push(FieldError::new(
+                            at("bearer_token"),
+                            "set api_key or bearer_token, not both",
+                        )),
+                        Some(token) => {
+                            if http::HeaderValue::from_str(&token).is_err() {
+                                errors.push(FieldError::new(
+                                    at("bearer_token"),
+                                    "contains invalid characters",
+                                ));
+                            }
+                            settings
+                                .headers
+                                .insert("authorization".into(), Secret(format!("Bearer {token}")));
+                        }
+                        None => {}
+                    }
+                    ProviderKind::Azure(settings)
+                } else if anthropic {
                     ProviderKind::Anthropic(HttpSettings {
                         api_version: Some(
                             settings
@@ -739,6 +793,7 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
                 for (field, set) in [
                     ("base_url", p.base_url.is_some()),
                     ("api_key", p.api_key.is_some()),
+                    ("bearer_token", p.bearer_token.is_some()),
                     ("api_version", p.api_version.is_some()),
                     ("headers", p.headers.is_some()),
                 ] {

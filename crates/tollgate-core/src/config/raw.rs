@@ -170,6 +170,8 @@ pub enum RawProviderKind {
     OpenAi,
     #[serde(rename = "anthropic")]
     Anthropic,
+    #[serde(rename = "azure")]
+    Azure,
     #[serde(rename = "mock")]
     Mock,
 }
@@ -182,6 +184,7 @@ pub struct RawProvider {
     pub base_url: Option<String>,
     pub api_key: Option<StringLike>,
     pub api_version: Option<StringLike>,
+    pub bearer_token: Option<StringLike>,
     pub headers: Option<BTreeMap<String, StringLike>>,
     pub timeouts: Option<RawTimeouts>,
     pub health_check: Option<RawHealthCheck>,

@@ -255,3 +255,25 @@ fn anthropic_providers_default_their_url_and_version() {
     assert!(err.contains("providers[0].base_url"), "{err}");
     assert!(err.contains("providers[0].mock"), "{err}");
 }
+
+#[test]
+fn azure_providers_take_a_key_or_a_bearer_token() {
+    let c = parse("providers:\n  - name: az\n    kind: azure\n    base_url: https://r.openai.azure.com\n    bearer_token: tok\n").unwrap();
+    let ProviderKind::Azure(a) = &c.providers[0].kind else {
+        panic!("wrong kind");
+    };
+    assert_eq!(a.api_version.as_deref(), Some(AZURE_API_VERSION));
+    assert_eq!(
+        a.headers.get("authorization").map(Secret::expose),
+        Some("Bearer tok")
+    );
+    let err = parse("providers:\n  - name: az\n    kind: azure\n    api_key: k\n    bearer_token: t\n  - name: o\n    kind: openai\n    base_url: http://x\n    bearer_token: t\n").unwrap_err();
+    assert_eq!(
+        error_paths(&err),
+        [
+            "providers[0].base_url",
+            "providers[0].bearer_token",
+            "providers[1].bearer_token"
+        ]
+    );
+}

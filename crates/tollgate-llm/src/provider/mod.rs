@@ -315,6 +315,7 @@ impl Provider {
     pub fn otel_name(&self) -> &'static str {
         match self {
             Provider::Http(p) => match p.flavor() {
+                Flavor::OpenAi if p.is_azure() => "azure.ai.openai",
                 Flavor::OpenAi => "openai",
                 Flavor::Anthropic => "anthropic",
             },
@@ -324,11 +325,9 @@ impl Provider {
 
     pub fn build(cfg: &ProviderConfig) -> Result<Provider, String> {
         Ok(match &cfg.kind {
-            ProviderKind::OpenAi(s) => Provider::Http(Box::new(HttpProvider::new(
-                Flavor::OpenAi,
-                s,
-                &cfg.timeouts,
-            )?)),
+            ProviderKind::OpenAi(s) | ProviderKind::Azure(s) => Provider::Http(Box::new(
+                HttpProvider::new(Flavor::OpenAi, s, &cfg.timeouts)?,
+            )),
             ProviderKind::Anthropic(s) => Provider::Http(Box::new(HttpProvider::new(
                 Flavor::Anthropic,
                 s,

@@ -203,6 +203,11 @@ impl HttpProvider {
         self.flavor
     }
 
+    /// Azure OpenAI's deployment scheme.
+    pub fn is_azure(&self) -> bool {
+        self.api_version.is_some()
+    }
+
     fn dialect(&self) -> Dialect {
         match self.flavor {
             Flavor::OpenAi => Dialect::Chat,

@@ -122,6 +122,37 @@ async fn azure_deployment_scheme() {
 }
 
 #[tokio::test]
+async fn azure_kind_with_an_entra_id_token_serves_anthropic_clients() {
+    let up = MockUpstream::start().await;
+    let yaml = format!(
+        "providers:\n  - name: az\n    kind: azure\n    base_url: http://{}\n    bearer_token: entra-token\nmodels:\n  - name: gpt\n    targets: [{{provider: az, model: my-deployment}}]\n",
+        up.addr
+    );
+    let t = start(&yaml).await;
+    let key = t.any_key().await;
+    up.push(Reply::json(
+        200,
+        chat_completion("gpt-4o", "from azure", 7, 3),
+    ));
+    let res = t
+        .client
+        .send(
+            Method::POST,
+            "/v1/messages",
+            &[("x-api-key", &key)],
+            json!({"model": "gpt", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}).to_string(),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.json()["content"][0]["text"], "from azure");
+    let r = &up.wait_for_requests(1).await[0];
+    assert_eq!(r.path, "/openai/deployments/my-deployment/chat/completions");
+    assert_eq!(r.query.as_deref(), Some("api-version=2024-10-21"));
+    assert_eq!(r.headers["authorization"], "Bearer entra-token");
+    assert!(r.headers.get("api-key").is_none());
+}
+
+#[tokio::test]
 async fn stream_is_forwarded_chunk_by_chunk() {
     let up = MockUpstream::start().await;
     let t = start(&openai_yaml(&up, "")).await;
