@@ -56,15 +56,23 @@ providers:
     kind: anthropic
     base_url: {providers}/anthropic/v1
     api_key: sk-ant-upstream
+  - name: gem-up
+    kind: gemini
+    base_url: {providers}/gemini/v1beta
+    api_key: gemini-upstream-key
 models:
   # Anthropic clients served by an OpenAI upstream, and by an Anthropic one (pass-through).
   - name: claude-via-openai
     targets: [{{provider: oai-up, model: gpt-upstream}}]
   - name: claude-direct
     targets: [{{provider: ant-up, model: claude-upstream}}]
-  # OpenAI clients served by an Anthropic upstream.
+  # OpenAI clients served by an Anthropic upstream, and both kinds of client by Gemini.
   - name: gpt-via-anthropic
     targets: [{{provider: ant-up, model: claude-upstream}}]
+  - name: gpt-via-gemini
+    targets: [{{provider: gem-up, model: gemini-upstream}}]
+  - name: claude-via-gemini
+    targets: [{{provider: gem-up, model: gemini-upstream}}]
   - name: mock-echo
     targets: [{{provider: demo, model: echo}}]
   - name: other-model

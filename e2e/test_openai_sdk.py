@@ -246,6 +246,8 @@ def test_models_list_unrestricted_key(full_client: openai.OpenAI):
         "claude-via-openai",
         "claude-direct",
         "gpt-via-anthropic",
+        "gpt-via-gemini",
+        "claude-via-gemini",
         "mock-echo",
         "other-model",
         "broken-model",

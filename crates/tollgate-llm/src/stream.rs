@@ -331,6 +331,26 @@ where
                     )))));
                 }
                 Poll::Ready(None) => {
+                    if let Some(t) = &mut this.translator {
+                        let out = t.finish();
+                        let complete = t.done;
+                        let rewrites = t.rewrites();
+                        let mut tail = if rewrites { out } else { Vec::new() };
+                        if !complete && rewrites {
+                            // The upstream closed mid-answer: say so in the client's dialect.
+                            tail.extend_from_slice(&error_event(
+                                this.dialect,
+                                "upstream stream ended before the response was complete",
+                                "upstream_stream_error",
+                            ));
+                        }
+                        this.finish(!complete);
+                        return if tail.is_empty() {
+                            Poll::Ready(None)
+                        } else {
+                            Poll::Ready(Some(Ok(Frame::data(Bytes::from(tail)))))
+                        };
+                    }
                     // In strip mode a last line without its newline is still owed to the client.
                     let tail = if this.strip_usage && !this.partial.is_empty() {
                         Some(std::mem::take(&mut this.partial))

@@ -1,6 +1,7 @@
 //! Provider mocks that speak each vendor's real wire format, for translation tests: OpenAI
-//! Chat Completions at `/openai/v1/chat/completions` and Anthropic Messages at
-//! `/anthropic/v1/messages`, JSON and streamed (SSE as each vendor frames it).
+//! Chat Completions at `/openai/v1/chat/completions`, Anthropic Messages at
+//! `/anthropic/v1/messages` and Gemini at `/gemini/v1beta/models/{model}:generateContent`
+//! (and `:streamGenerateContent?alt=sse`), JSON and streamed (SSE as each vendor frames it).
 //!
 //! The mock "model" is deterministic, and written apart from tollgate's translator so a
 //! translation bug cannot cancel itself out:
@@ -12,6 +13,9 @@
 //!   block sent back whose signature does not match is refused with a 400, so a signature
 //!   that did not round-trip fails loudly;
 //! - Anthropic requests carrying `cache_control` report cache reads in their usage;
+//! - Gemini with thoughts included thinks first and puts a `thoughtSignature` on its answer's
+//!   first part; a signature sent back that is not the one it gave is refused with a 400, and
+//!   so is a `functionResponse` naming no offered function;
 //! - a message saying `fail with 400` (or `529`) gets that error in the vendor's shape.
 //!
 //! Every request is recorded; `GET /requests` returns them (path and JSON body), newest last.
@@ -70,6 +74,11 @@ impl ProviderMock {
         format!("http://{}/anthropic/v1", self.addr)
     }
 
+    /// `http://127.0.0.1:port/gemini/v1beta`
+    pub fn gemini_url(&self) -> String {
+        format!("http://{}/gemini/v1beta", self.addr)
+    }
+
     /// Requests received: `{"path", "headers", "body"}`.
     pub fn requests(&self) -> Vec<Value> {
         self.recorded.lock().map(|r| r.clone()).unwrap_or_default()
@@ -97,6 +106,7 @@ async fn handle(
     recorded: Arc<Mutex<Vec<Value>>>,
 ) -> Result<Response<BoxBody>, Infallible> {
     let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or_default().to_owned();
     let headers: serde_json::Map<String, Value> = req
         .headers()
         .iter()
@@ -114,7 +124,19 @@ async fn handle(
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if let Ok(mut r) = recorded.lock() {
-        r.push(json!({"path": path, "headers": headers, "body": body}));
+        r.push(json!({"path": path, "query": query, "headers": headers, "body": body}));
+    }
+    if let Some(rest) = path.strip_prefix("/gemini/v1beta/models/") {
+        return Ok(match rest.rsplit_once(':') {
+            Some((model, "generateContent")) => gemini(model, &body, &headers, false),
+            Some((model, "streamGenerateContent")) if query == "alt=sse" => {
+                gemini(model, &body, &headers, true)
+            }
+            _ => json_reply(
+                404,
+                &json!({"error": {"code": 404, "message": "no such method", "status": "NOT_FOUND"}}),
+            ),
+        });
     }
     Ok(match path.as_str() {
         "/openai/v1/chat/completions" => openai_chat(&body),
@@ -499,5 +521,155 @@ fn anthropic_messages(req: &Value, headers: &serde_json::Map<String, Value>) -> 
         json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": output}}),
     ));
     out.push(ev("message_stop", json!({"type": "message_stop"})));
+    sse_reply(out)
+}
+
+// ---- Gemini ----
+
+fn gemini_error(status: u16, code: &str, message: &str) -> Response<BoxBody> {
+    json_reply(
+        status,
+        &json!({"error": {"code": status, "message": message, "status": code}}),
+    )
+}
+
+/// The signature the Gemini mock gives its thoughts.
+fn gemini_signature() -> String {
+    sign("gemini-thought")
+}
+
+fn gemini(
+    model: &str,
+    req: &Value,
+    headers: &serde_json::Map<String, Value>,
+    stream: bool,
+) -> Response<BoxBody> {
+    if headers.get("x-goog-api-key").is_none() {
+        return gemini_error(403, "PERMISSION_DENIED", "x-goog-api-key is required");
+    }
+    let contents = req["contents"].as_array().cloned().unwrap_or_default();
+    let tools: Vec<String> = req["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|t| {
+            t["functionDeclarations"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|d| d["name"].as_str().map(str::to_owned))
+        .collect();
+    for c in &contents {
+        for p in c["parts"].as_array().into_iter().flatten() {
+            if let Some(sig) = p["thoughtSignature"].as_str() {
+                if sig != gemini_signature() {
+                    return gemini_error(400, "INVALID_ARGUMENT", "invalid thought signature");
+                }
+            }
+            if let Some(name) = p["functionResponse"]["name"].as_str() {
+                if !tools.iter().any(|t| t == name) {
+                    return gemini_error(
+                        400,
+                        "INVALID_ARGUMENT",
+                        &format!("function response for unknown function {name:?}"),
+                    );
+                }
+            }
+        }
+    }
+    let last = match contents.last() {
+        Some(c) if c["role"] == "user" => {
+            let parts = c["parts"].as_array().cloned().unwrap_or_default();
+            match parts.iter().rev().find_map(|p| p.get("functionResponse")) {
+                Some(r) => Turn::ToolResult(
+                    r["response"]["output"]
+                        .as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| r["response"].to_string()),
+                ),
+                None => Turn::Text(
+                    parts
+                        .iter()
+                        .filter_map(|p| p["text"].as_str())
+                        .collect::<Vec<_>>()
+                        .join(""),
+                ),
+            }
+        }
+        _ => {
+            return gemini_error(
+                400,
+                "INVALID_ARGUMENT",
+                "the last content must be from the user",
+            )
+        }
+    };
+    if let Turn::Text(t) = &last {
+        if let Some(status) = error_for(t) {
+            return gemini_error(
+                status,
+                "INVALID_ARGUMENT",
+                &format!("mock failure {status}"),
+            );
+        }
+    }
+    let thinking = req["generationConfig"]["thinkingConfig"]["includeThoughts"] == json!(true);
+    let prompt_tokens = (req.to_string().len() as u64).div_ceil(4);
+    let a = decide(&last, &tools, thinking, prompt_tokens);
+    let mut parts = Vec::new();
+    if let Some(t) = &a.thinking {
+        parts.push(json!({"text": t, "thought": true}));
+    }
+    if !a.text.is_empty() {
+        parts.push(json!({"text": a.text}));
+    }
+    for (_, name, args) in &a.calls {
+        // Gemini gives no call ids.
+        let args: Value = serde_json::from_str(args).unwrap_or_default();
+        parts.push(json!({"functionCall": {"name": name, "args": args}}));
+    }
+    if thinking {
+        if let Some(first) = parts.iter_mut().find(|p| p["thought"] != json!(true)) {
+            first["thoughtSignature"] = json!(gemini_signature());
+        }
+    }
+    let thoughts = a.thinking.as_deref().map_or(0, words);
+    let usage = json!({
+        "promptTokenCount": prompt_tokens,
+        "candidatesTokenCount": words(&a.text) + 10 * a.calls.len() as u64,
+        "thoughtsTokenCount": thoughts,
+        "totalTokenCount": prompt_tokens + words(&a.text) + thoughts,
+    });
+    let chunk = |parts: Vec<Value>, last: bool| {
+        let mut c = json!({"candidates": [{"content": {"role": "model", "parts": parts}, "index": 0}],
+            "modelVersion": model, "responseId": "gem-mock"});
+        if last {
+            c["candidates"][0]["finishReason"] = json!("STOP");
+            c["usageMetadata"] = usage.clone();
+        }
+        c
+    };
+    if !stream {
+        return json_reply(200, &chunk(parts, true));
+    }
+    // Text streams word by word; other parts come whole, as Gemini sends them.
+    let mut out = Vec::new();
+    for p in parts {
+        match p["text"]
+            .as_str()
+            .filter(|_| p.get("thoughtSignature").is_none())
+        {
+            Some(text) => {
+                for w in text.split_inclusive(' ') {
+                    let mut piece = p.clone();
+                    piece["text"] = json!(w);
+                    out.push(format!("data: {}\n\n", chunk(vec![piece], false)));
+                }
+            }
+            None => out.push(format!("data: {}\n\n", chunk(vec![p], false))),
+        }
+    }
+    out.push(format!("data: {}\n\n", chunk(Vec::new(), true)));
     sse_reply(out)
 }

@@ -358,9 +358,10 @@ impl Serialize for ProviderConfig {
             health_check: Option<&'a HealthCheckConfig>,
         }
         let (http, mock) = match &self.kind {
-            ProviderKind::OpenAi(o) | ProviderKind::Anthropic(o) | ProviderKind::Azure(o) => {
-                (Some(o), None)
-            }
+            ProviderKind::OpenAi(o)
+            | ProviderKind::Anthropic(o)
+            | ProviderKind::Azure(o)
+            | ProviderKind::Gemini(o) => (Some(o), None),
             ProviderKind::Mock(m) => (None, Some(m)),
         };
         View {
@@ -383,6 +384,8 @@ pub enum ProviderKind {
     /// Azure OpenAI: deployments in the path, `api-version` in the query, `api-key` or an
     /// Entra ID bearer token.
     Azure(HttpSettings),
+    /// Google's Gemini API; `api_key` is sent as `x-goog-api-key`.
+    Gemini(HttpSettings),
     Mock(MockSettings),
 }
 
@@ -392,6 +395,7 @@ impl ProviderKind {
             ProviderKind::OpenAi(_) => "openai",
             ProviderKind::Anthropic(_) => "anthropic",
             ProviderKind::Azure(_) => "azure",
+            ProviderKind::Gemini(_) => "gemini",
             ProviderKind::Mock(_) => "mock",
         }
     }
@@ -686,12 +690,20 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
         let kind = match p.kind {
             kind @ (raw::RawProviderKind::OpenAi
             | raw::RawProviderKind::Anthropic
+            | raw::RawProviderKind::Gemini
             | raw::RawProviderKind::Azure) => {
                 if p.mock.is_some() {
                     errors.push(FieldError::new(at("mock"), "only valid for kind: mock"));
                 }
                 let anthropic = matches!(kind, raw::RawProviderKind::Anthropic);
                 let azure = matches!(kind, raw::RawProviderKind::Azure);
+                let gemini = matches!(kind, raw::RawProviderKind::Gemini);
+                if gemini && p.api_version.is_some() {
+                    errors.push(FieldError::new(
+                        at("api_version"),
+                        "not valid for kind: gemini (the version is in base_url)",
+                    ));
+                }
                 if p.bearer_token.is_some() && !azure {
                     errors.push(FieldError::new(
                         at("bearer_token"),
@@ -700,6 +712,7 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
                 }
                 let base_url = match p.base_url.as_deref() {
                     None if anthropic => "https://api.anthropic.com/v1".to_owned(),
+                    None if gemini => "https://generativelanguage.googleapis.com/v1beta".to_owned(),
                     None => {
                         errors.push(FieldError::new(
                             at("base_url"),
@@ -775,6 +788,8 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
                         None => {}
                     }
                     ProviderKind::Azure(settings)
+                } else if gemini {
+                    ProviderKind::Gemini(settings)
                 } else if anthropic {
                     ProviderKind::Anthropic(HttpSettings {
                         api_version: Some(

@@ -172,6 +172,8 @@ pub enum RawProviderKind {
     Anthropic,
     #[serde(rename = "azure")]
     Azure,
+    #[serde(rename = "gemini")]
+    Gemini,
     #[serde(rename = "mock")]
     Mock,
 }

@@ -318,6 +318,7 @@ impl Provider {
                 Flavor::OpenAi if p.is_azure() => "azure.ai.openai",
                 Flavor::OpenAi => "openai",
                 Flavor::Anthropic => "anthropic",
+                Flavor::Gemini => "gcp.gemini",
             },
             Provider::Mock(_) => "tollgate.mock",
         }
@@ -328,6 +329,11 @@ impl Provider {
             ProviderKind::OpenAi(s) | ProviderKind::Azure(s) => Provider::Http(Box::new(
                 HttpProvider::new(Flavor::OpenAi, s, &cfg.timeouts)?,
             )),
+            ProviderKind::Gemini(s) => Provider::Http(Box::new(HttpProvider::new(
+                Flavor::Gemini,
+                s,
+                &cfg.timeouts,
+            )?)),
             ProviderKind::Anthropic(s) => Provider::Http(Box::new(HttpProvider::new(
                 Flavor::Anthropic,
                 s,

@@ -41,6 +41,8 @@ fn relay_header(name: &HeaderName) -> bool {
 pub enum Flavor {
     OpenAi,
     Anthropic,
+    /// Google's Gemini API (`generateContent`).
+    Gemini,
 }
 
 pub struct HttpProvider {
@@ -96,6 +98,14 @@ impl HttpProvider {
             value.set_sensitive(true);
             headers.insert(name, value);
         }
+        if flavor == Flavor::Gemini {
+            if let Some(key) = &s.api_key {
+                let mut value = HeaderValue::from_str(key.expose())
+                    .map_err(|_| "api_key contains invalid characters".to_owned())?;
+                value.set_sensitive(true);
+                headers.insert(HeaderName::from_static("x-goog-api-key"), value);
+            }
+        }
         if flavor == Flavor::Anthropic {
             let version = s
                 .api_version
@@ -107,7 +117,7 @@ impl HttpProvider {
                     .map_err(|_| "api_version contains invalid characters".to_owned())?,
             );
         }
-        if let Some(key) = &s.api_key {
+        if let Some(key) = s.api_key.as_ref().filter(|_| flavor != Flavor::Gemini) {
             let (name, value) = if flavor == Flavor::Anthropic {
                 (
                     HeaderName::from_static("x-api-key"),
@@ -153,7 +163,21 @@ impl HttpProvider {
         })
     }
 
-    fn uri(&self, endpoint: Endpoint, model: &str) -> Result<Uri, ProviderError> {
+    fn uri(&self, endpoint: Endpoint, model: &str, stream: bool) -> Result<Uri, ProviderError> {
+        let invalid = |e: http::uri::InvalidUri| {
+            ProviderError::Invalid(ApiError::invalid(format!("cannot build upstream URL: {e}")))
+        };
+        if self.flavor == Flavor::Gemini {
+            let model = percent_encode_segment(model.trim_start_matches("models/"));
+            let method = if stream {
+                "streamGenerateContent?alt=sse"
+            } else {
+                "generateContent"
+            };
+            return format!("{}/models/{model}:{method}", self.base_url)
+                .parse()
+                .map_err(invalid);
+        }
         if let Some(uris) = &self.uris {
             let i = match endpoint {
                 Endpoint::Chat => 0,
@@ -176,26 +200,28 @@ impl HttpProvider {
             percent_encode_segment(version)
         )
         .parse()
-        .map_err(|e| {
-            ProviderError::Invalid(tollgate_core::error::ApiError::invalid(format!(
-                "cannot build upstream URL: {e}"
-            )))
-        })
+        .map_err(invalid)
     }
 
-    /// The dialect this provider speaks natively for a client endpoint, and the upstream
-    /// endpoint it calls.
-    fn route(&self, endpoint: Endpoint) -> Result<Endpoint, ProviderError> {
+    /// The upstream endpoint a client endpoint is served from, and its dialect (none for
+    /// embeddings).
+    fn route(&self, endpoint: Endpoint) -> Result<(Endpoint, Option<Dialect>), ProviderError> {
         match (self.flavor, endpoint) {
             (Flavor::OpenAi, e) => Ok(match e {
-                Endpoint::Messages => Endpoint::Chat,
-                e => e,
+                Endpoint::Messages => (Endpoint::Chat, Some(Dialect::Chat)),
+                e => (e, e.dialect()),
             }),
-            (Flavor::Anthropic, Endpoint::Embeddings) => Err(ProviderError::Invalid(
-                ApiError::invalid("this model's provider (anthropic) serves no embeddings")
+            (Flavor::Anthropic | Flavor::Gemini, Endpoint::Embeddings) => {
+                Err(ProviderError::Invalid(
+                    ApiError::invalid(format!(
+                        "this model's provider ({}) serves no embeddings here",
+                        self.dialect().name()
+                    ))
                     .code("unsupported_endpoint"),
-            )),
-            (Flavor::Anthropic, _) => Ok(Endpoint::Messages),
+                ))
+            }
+            (Flavor::Anthropic, _) => Ok((Endpoint::Messages, Some(Dialect::Messages))),
+            (Flavor::Gemini, e) => Ok((e, Some(Dialect::Gemini))),
         }
     }
 
@@ -212,13 +238,14 @@ impl HttpProvider {
         match self.flavor {
             Flavor::OpenAi => Dialect::Chat,
             Flavor::Anthropic => Dialect::Messages,
+            Flavor::Gemini => Dialect::Gemini,
         }
     }
 
     pub async fn call(&self, call: Call<'_>, on_end: StreamEnd) -> Result<Reply, ProviderError> {
-        let upstream_endpoint = self.route(call.endpoint)?;
+        let (upstream_endpoint, upstream_dialect) = self.route(call.endpoint)?;
         // The client's dialect differs from the upstream's: translate both ways.
-        let translate = match (call.endpoint.dialect(), upstream_endpoint.dialect()) {
+        let translate = match (call.endpoint.dialect(), upstream_dialect) {
             (Some(from), Some(to)) if from != to => Some((from, to)),
             _ => None,
         };
@@ -247,7 +274,7 @@ impl HttpProvider {
         };
         let mut req = Request::builder()
             .method(Method::POST)
-            .uri(self.uri(upstream_endpoint, call.upstream_model)?)
+            .uri(self.uri(upstream_endpoint, call.upstream_model, call.envelope.stream)?)
             .body(Full::new(body))
             .map_err(|e| ProviderError::Protocol(e.to_string()))?;
         let headers = req.headers_mut();

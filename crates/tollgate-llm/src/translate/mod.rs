@@ -11,6 +11,7 @@
 //! request when the route is strict.
 
 pub mod chat;
+pub mod gemini;
 pub mod messages;
 pub mod responses;
 mod sse;
@@ -31,6 +32,8 @@ pub enum Dialect {
     Responses,
     /// Anthropic Messages.
     Messages,
+    /// Google Gemini `generateContent` (providers only).
+    Gemini,
 }
 
 impl Dialect {
@@ -39,6 +42,7 @@ impl Dialect {
             Dialect::Chat => "chat",
             Dialect::Responses => "responses",
             Dialect::Messages => "messages",
+            Dialect::Gemini => "gemini",
         }
     }
 }
@@ -396,6 +400,10 @@ pub fn decode_request(dialect: Dialect, body: &[u8]) -> Result<(Request, Loss), 
         Dialect::Chat => chat::decode_request(&value, &mut loss)?,
         Dialect::Messages => messages::decode_request(&value, &mut loss)?,
         Dialect::Responses => responses::decode_request(&value, &mut loss)?,
+        Dialect::Gemini => {
+            return Err(ApiError::invalid("the Gemini API is not served to clients")
+                .code("unsupported_dialect"))
+        }
     };
     Ok((req, loss))
 }
@@ -407,6 +415,7 @@ pub fn decode_request(dialect: Dialect, body: &[u8]) -> Result<(Request, Loss), 
 pub fn encode_request(dialect: Dialect, req: &Request, model: &str, loss: &mut Loss) -> Vec<u8> {
     let value = match dialect {
         Dialect::Messages => messages::encode_request(req, model, loss),
+        Dialect::Gemini => gemini::encode_request(req, loss),
         Dialect::Chat | Dialect::Responses => chat::encode_request(req, model, loss),
     };
     serde_json::to_vec(&value).unwrap_or_default()
@@ -419,6 +428,7 @@ pub fn decode_response(dialect: Dialect, body: &[u8], loss: &mut Loss) -> Result
     match dialect {
         Dialect::Chat => chat::decode_response(&value, loss),
         Dialect::Messages => messages::decode_response(&value, loss),
+        Dialect::Gemini => gemini::decode_response(&value, loss),
         Dialect::Responses => Err("Responses API responses are not translated".into()),
     }
 }
@@ -429,6 +439,8 @@ pub fn encode_response(dialect: Dialect, res: &Response, loss: &mut Loss) -> Vec
         Dialect::Chat => chat::encode_response(res, loss),
         Dialect::Messages => messages::encode_response(res, loss),
         Dialect::Responses => responses::encode_response(res, loss),
+        // Not a client dialect: no client is ever answered in it.
+        Dialect::Gemini => Value::Null,
     };
     serde_json::to_vec(&value).unwrap_or_default()
 }
@@ -460,7 +472,7 @@ pub fn error_body(to: Dialect, status: http::StatusCode, upstream: &[u8]) -> byt
             "type": "error",
             "error": {"type": messages::anthropic_error_type(kind), "message": message},
         }),
-        Dialect::Chat | Dialect::Responses => {
+        Dialect::Chat | Dialect::Responses | Dialect::Gemini => {
             let code = v.pointer("/error/code").cloned().unwrap_or(Value::Null);
             serde_json::json!({"error": {"message": message, "type": kind, "code": code, "param": null}})
         }
@@ -471,6 +483,7 @@ pub fn error_body(to: Dialect, status: http::StatusCode, upstream: &[u8]) -> byt
 pub fn stream_decoder(dialect: Dialect) -> Box<dyn StreamDecoder> {
     match dialect {
         Dialect::Messages => Box::new(sse::SseDecoder::new(messages::Decoder::default())),
+        Dialect::Gemini => Box::new(sse::SseDecoder::new(gemini::Decoder::default())),
         Dialect::Chat | Dialect::Responses => {
             Box::new(sse::SseDecoder::new(chat::Decoder::default()))
         }
@@ -483,7 +496,8 @@ pub fn stream_encoder(dialect: Dialect, include_usage: bool) -> Box<dyn StreamEn
     match dialect {
         Dialect::Messages => Box::new(messages::Encoder::default()),
         Dialect::Responses => Box::new(responses::Encoder::default()),
-        Dialect::Chat => Box::new(chat::Encoder::new(include_usage)),
+        // Gemini is not a client dialect; Chat stands in.
+        Dialect::Chat | Dialect::Gemini => Box::new(chat::Encoder::new(include_usage)),
     }
 }
 

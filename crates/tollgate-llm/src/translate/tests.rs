@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::*;
 
 /// The dialects providers are sent by translation.
-const UPSTREAMS: [Dialect; 2] = [Dialect::Chat, Dialect::Messages];
+const UPSTREAMS: [Dialect; 3] = [Dialect::Chat, Dialect::Messages, Dialect::Gemini];
 /// The dialects clients speak.
 const CLIENTS: [Dialect; 3] = [Dialect::Chat, Dialect::Messages, Dialect::Responses];
 
@@ -20,6 +20,7 @@ fn dialect(name: &str) -> Dialect {
         "chat" => Dialect::Chat,
         "messages" => Dialect::Messages,
         "responses" => Dialect::Responses,
+        "gemini" => Dialect::Gemini,
         other => unreachable!("unknown dialect {other}"),
     }
 }

@@ -480,3 +480,107 @@ async fn responses_client_served_by_an_anthropic_upstream() {
         json!({"role": "user", "content": "hi there"})
     );
 }
+
+#[tokio::test]
+async fn a_translated_stream_cut_short_ends_with_an_error_event_and_is_charged() {
+    use std::time::Duration;
+    use tollgate_testkit::{chunk, MockUpstream, Reply};
+    let up = MockUpstream::start().await;
+    let t = start(&format!(
+        "providers:\n  - name: oai\n    kind: openai\n    base_url: {}\nmodels:\n  - name: m\n    targets: [{{provider: oai, model: gpt-upstream}}]\nprices:\n  - model: gpt-upstream\n    input_per_mtok: 1000\n    output_per_mtok: 2000\n",
+        up.base_url()
+    ))
+    .await;
+    let key = t.any_key().await;
+    // Two chunks, then the upstream closes without a finish reason or [DONE].
+    up.push(Reply::Sse {
+        chunks: vec![
+            (Duration::ZERO, format!("data: {}\n\n", chunk("Hel")).into()),
+            (Duration::ZERO, format!("data: {}\n\n", chunk("lo")).into()),
+        ],
+        drop_after: None,
+    });
+    let res = messages(
+        &t,
+        &key,
+        &json!({"model": "m", "max_tokens": 10, "stream": true, "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    let evs = events(&res.text());
+    let last = evs.last().unwrap();
+    assert_eq!(last.0, "error", "{evs:?}");
+    assert_eq!(last.1["type"], "error");
+    assert!(evs.iter().all(|(n, _)| n != "message_stop"));
+    let ledger = wait_for_ledger(&t, 1).await;
+    assert_eq!(ledger[0]["outcome"], "stream_failed");
+    // Charged for what it generated, counted, and marked estimated.
+    assert_eq!(ledger[0]["estimated"], true);
+    assert!(ledger[0]["completion_tokens"].as_u64().unwrap() >= 1);
+    assert!(ledger[0]["cost_usd"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn gemini_serves_chat_clients_with_tools_and_streams() {
+    let up = ProviderMock::start().await;
+    let t = start(&format!(
+        "providers:\n  - name: gem\n    kind: gemini\n    base_url: {}\n    api_key: gemini-key\nmodels:\n  - name: g\n    targets: [{{provider: gem, model: gemini-upstream}}]\n",
+        up.gemini_url()
+    ))
+    .await;
+    let key = t.any_key().await;
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let mut body = json!({"model": "g", "tools": tools, "messages": [{"role": "user", "content": "weather in Paris?"}]});
+    let res = t
+        .client
+        .post_json("/v1/chat/completions", &key, &body)
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let msg = res.json()["choices"][0]["message"].clone();
+    let call = &msg["tool_calls"][0];
+    assert_eq!(call["function"]["arguments"], r#"{"city":"Paris"}"#);
+    let sent = &up.requests()[0];
+    assert_eq!(
+        sent["path"],
+        "/gemini/v1beta/models/gemini-upstream:generateContent"
+    );
+    assert_eq!(sent["headers"]["x-goog-api-key"], "gemini-key");
+    assert!(sent["headers"].get("authorization").is_none());
+    assert_eq!(
+        sent["body"]["tools"][0]["functionDeclarations"][0]["name"],
+        "get_weather"
+    );
+    // Gemini gives calls no ids: the gateway made one, and answers the function by name.
+    let mut history = body["messages"].as_array().unwrap().clone();
+    history.push(msg.clone());
+    history.push(json!({"role": "tool", "tool_call_id": call["id"], "content": "rain"}));
+    body["messages"] = Value::Array(history);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let res = t
+        .client
+        .post_json("/v1/chat/completions", &key, &body)
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let sent = &up.requests()[1];
+    assert_eq!(sent["query"], "alt=sse");
+    assert_eq!(
+        sent["body"]["contents"][2]["parts"][0]["functionResponse"]["name"],
+        "get_weather"
+    );
+    let chunks = sse_data(&res.text());
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| serde_json::from_str::<Value>(c).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(text, "The tool said: rain");
+    assert_eq!(chunks.last().map(String::as_str), Some("[DONE]"));
+    let usage: Value = serde_json::from_str(&chunks[chunks.len() - 2]).unwrap();
+    assert!(usage["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+}
