@@ -60,6 +60,12 @@ providers:
     kind: gemini
     base_url: {providers}/gemini/v1beta
     api_key: gemini-upstream-key
+  - name: bedrock-up
+    kind: bedrock
+    base_url: {providers}/bedrock
+    region: us-east-1
+    access_key_id: AKIDMOCK
+    secret_access_key: mock-secret-access-key
 models:
   # Anthropic clients served by an OpenAI upstream, and by an Anthropic one (pass-through).
   - name: claude-via-openai
@@ -73,6 +79,10 @@ models:
     targets: [{{provider: gem-up, model: gemini-upstream}}]
   - name: claude-via-gemini
     targets: [{{provider: gem-up, model: gemini-upstream}}]
+  - name: gpt-via-bedrock
+    targets: [{{provider: bedrock-up, model: "anthropic.claude-upstream-v1:0"}}]
+  - name: claude-via-bedrock
+    targets: [{{provider: bedrock-up, model: "anthropic.claude-upstream-v1:0"}}]
   - name: mock-echo
     targets: [{{provider: demo, model: echo}}]
   - name: other-model

@@ -248,6 +248,8 @@ def test_models_list_unrestricted_key(full_client: openai.OpenAI):
         "gpt-via-anthropic",
         "gpt-via-gemini",
         "claude-via-gemini",
+        "gpt-via-bedrock",
+        "claude-via-bedrock",
         "mock-echo",
         "other-model",
         "broken-model",

@@ -1,9 +1,9 @@
 """Any dialect to any provider, through the official SDKs.
 
-The `anthropic` SDK talks to `/v1/messages` served by an OpenAI-type upstream (translated) and
-by an Anthropic upstream (passed through); the `openai` SDK talks to chat completions served by
-an Anthropic upstream. The upstreams are tollgate-provider-mock, which speaks each vendor's
-real wire format: it echoes `You said: <text>`, calls the first tool for a message about the
+The `anthropic` SDK talks to `/v1/messages` served by OpenAI-type, Gemini and Bedrock upstreams
+(translated) and by an Anthropic upstream (passed through); the `openai` SDK talks to chat
+completions and the Responses API served by Anthropic, Gemini and Bedrock upstreams. The
+upstreams are tollgate-provider-mock, which speaks each vendor's real wire format: it echoes `You said: <text>`, calls the first tool for a message about the
 weather (Paris, and Rome when named), answers a tool result with `The tool said: <result>`,
 signs its thinking and refuses thinking whose signature came back changed.
 """
@@ -15,9 +15,9 @@ import json
 import anthropic
 import pytest
 
-ANTHROPIC_MODELS = ["claude-via-openai", "claude-direct", "claude-via-gemini"]
+ANTHROPIC_MODELS = ["claude-via-openai", "claude-direct", "claude-via-gemini", "claude-via-bedrock"]
 # OpenAI clients served by other vendors.
-OPENAI_MODELS = ["gpt-via-anthropic", "gpt-via-gemini"]
+OPENAI_MODELS = ["gpt-via-anthropic", "gpt-via-gemini", "gpt-via-bedrock"]
 
 WEATHER_TOOL = {
     "name": "get_weather",

@@ -1,7 +1,8 @@
 //! Provider mocks that speak each vendor's real wire format, for translation tests: OpenAI
 //! Chat Completions at `/openai/v1/chat/completions`, Anthropic Messages at
 //! `/anthropic/v1/messages` and Gemini at `/gemini/v1beta/models/{model}:generateContent`
-//! (and `:streamGenerateContent?alt=sse`), JSON and streamed (SSE as each vendor frames it).
+//! (and `:streamGenerateContent?alt=sse`), Bedrock Converse at `/bedrock/model/{id}/converse`
+//! (and `/converse-stream`, in AWS's binary event-stream framing), JSON and streamed.
 //!
 //! The mock "model" is deterministic, and written apart from tollgate's translator so a
 //! translation bug cannot cancel itself out:
@@ -16,6 +17,9 @@
 //! - Gemini with thoughts included thinks first and puts a `thoughtSignature` on its answer's
 //!   first part; a signature sent back that is not the one it gave is refused with a 400, and
 //!   so is a `functionResponse` naming no offered function;
+//! - Bedrock refuses a request without a SigV4 `Authorization` for region `us-east-1` and
+//!   service `bedrock`, signs its reasoning like Anthropic, and reports cache reads when the
+//!   request carries a `cachePoint`;
 //! - a message saying `fail with 400` (or `529`) gets that error in the vendor's shape.
 //!
 //! Every request is recorded; `GET /requests` returns them (path and JSON body), newest last.
@@ -79,6 +83,11 @@ impl ProviderMock {
         format!("http://{}/gemini/v1beta", self.addr)
     }
 
+    /// `http://127.0.0.1:port/bedrock`
+    pub fn bedrock_url(&self) -> String {
+        format!("http://{}/bedrock", self.addr)
+    }
+
     /// Requests received: `{"path", "headers", "body"}`.
     pub fn requests(&self) -> Vec<Value> {
         self.recorded.lock().map(|r| r.clone()).unwrap_or_default()
@@ -125,6 +134,13 @@ async fn handle(
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if let Ok(mut r) = recorded.lock() {
         r.push(json!({"path": path, "query": query, "headers": headers, "body": body}));
+    }
+    if let Some(rest) = path.strip_prefix("/bedrock/model/") {
+        return Ok(match rest.rsplit_once('/') {
+            Some((_, "converse")) => bedrock(&body, &headers, false),
+            Some((_, "converse-stream")) => bedrock(&body, &headers, true),
+            _ => json_reply(404, &json!({"message": "no such operation"})),
+        });
     }
     if let Some(rest) = path.strip_prefix("/gemini/v1beta/models/") {
         return Ok(match rest.rsplit_once(':') {
@@ -672,4 +688,218 @@ fn gemini(
     }
     out.push(format!("data: {}\n\n", chunk(Vec::new(), true)));
     sse_reply(out)
+}
+
+// ---- Bedrock ----
+
+/// One AWS event-stream message with string headers: prelude (total length, headers length,
+/// CRC32 of those 8 bytes), headers, payload, CRC32 of everything before it.
+fn event_stream_message(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
+    let mut h = Vec::new();
+    for (name, value) in headers {
+        h.push(name.len() as u8);
+        h.extend_from_slice(name.as_bytes());
+        h.push(7); // string
+        h.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        h.extend_from_slice(value.as_bytes());
+    }
+    let total = (16 + h.len() + payload.len()) as u32;
+    let mut m = Vec::new();
+    m.extend_from_slice(&total.to_be_bytes());
+    m.extend_from_slice(&(h.len() as u32).to_be_bytes());
+    let prelude = crc32fast::hash(&m);
+    m.extend_from_slice(&prelude.to_be_bytes());
+    m.extend_from_slice(&h);
+    m.extend_from_slice(payload);
+    let crc = crc32fast::hash(&m);
+    m.extend_from_slice(&crc.to_be_bytes());
+    m
+}
+
+fn bedrock_event(kind: &str, payload: &Value) -> Bytes {
+    Bytes::from(event_stream_message(
+        &[
+            (":event-type", kind),
+            (":content-type", "application/json"),
+            (":message-type", "event"),
+        ],
+        payload.to_string().as_bytes(),
+    ))
+}
+
+fn bedrock_error(status: u16, kind: &str, message: &str) -> Response<BoxBody> {
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST))
+        .header("content-type", "application/json")
+        .header("x-amzn-errortype", kind)
+        .body(Full::new(Bytes::from(json!({"message": message}).to_string())).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+}
+
+fn bedrock(
+    req: &Value,
+    headers: &serde_json::Map<String, Value>,
+    stream: bool,
+) -> Response<BoxBody> {
+    let auth = headers
+        .get("authorization")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let signed = auth.starts_with("AWS4-HMAC-SHA256 Credential=")
+        && auth.contains("/us-east-1/bedrock/aws4_request")
+        && auth.contains("SignedHeaders=")
+        && auth.contains("host")
+        && headers.contains_key("x-amz-date");
+    if !signed {
+        return bedrock_error(
+            403,
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid.",
+        );
+    }
+    let messages = req["messages"].as_array().cloned().unwrap_or_default();
+    for m in &messages {
+        for b in m["content"].as_array().into_iter().flatten() {
+            if let Some(r) = b.pointer("/reasoningContent/reasoningText") {
+                let text = r["text"].as_str().unwrap_or_default();
+                if r["signature"].as_str() != Some(sign(text).as_str()) {
+                    return bedrock_error(
+                        400,
+                        "ValidationException",
+                        "invalid signature in reasoning content",
+                    );
+                }
+            }
+        }
+    }
+    let last = match messages.last() {
+        Some(m) if m["role"] == "user" => {
+            let blocks = m["content"].as_array().cloned().unwrap_or_default();
+            match blocks.iter().rev().find_map(|b| b.get("toolResult")) {
+                Some(r) => Turn::ToolResult(
+                    r["content"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|c| c["text"].as_str())
+                        .collect::<Vec<_>>()
+                        .join(""),
+                ),
+                None => Turn::Text(
+                    blocks
+                        .iter()
+                        .filter_map(|b| b["text"].as_str())
+                        .collect::<Vec<_>>()
+                        .join(""),
+                ),
+            }
+        }
+        _ => {
+            return bedrock_error(
+                400,
+                "ValidationException",
+                "the last message must be from the user",
+            )
+        }
+    };
+    if let Turn::Text(t) = &last {
+        if let Some(status) = error_for(t) {
+            return bedrock_error(
+                status,
+                "ValidationException",
+                &format!("mock failure {status}"),
+            );
+        }
+    }
+    let tools: Vec<String> = req["toolConfig"]["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["toolSpec"]["name"].as_str().map(str::to_owned))
+        .collect();
+    let thinking = req["additionalModelRequestFields"]["thinking"]["type"] == "enabled";
+    let raw = req.to_string();
+    let prompt = (raw.len() as u64).div_ceil(4);
+    let cached = if raw.contains("\"cachePoint\"") {
+        prompt / 2
+    } else {
+        0
+    };
+    let a = decide(&last, &tools, thinking, prompt);
+    let mut content = Vec::new();
+    if let Some(t) = &a.thinking {
+        content.push(
+            json!({"reasoningContent": {"reasoningText": {"text": t, "signature": sign(t)}}}),
+        );
+    }
+    if !a.text.is_empty() {
+        content.push(json!({"text": a.text}));
+    }
+    for (id, name, args) in &a.calls {
+        let input: Value = serde_json::from_str(args).unwrap_or_default();
+        content.push(json!({"toolUse": {"toolUseId": format!("tooluse_{id}"), "name": name, "input": input}}));
+    }
+    let output =
+        words(&a.text) + 10 * a.calls.len() as u64 + a.thinking.as_deref().map_or(0, words);
+    let usage = json!({"inputTokens": prompt - cached, "outputTokens": output,
+        "totalTokens": prompt + output, "cacheReadInputTokens": cached, "cacheWriteInputTokens": 0});
+    let stop = if a.calls.is_empty() {
+        "end_turn"
+    } else {
+        "tool_use"
+    };
+    if !stream {
+        return json_reply(
+            200,
+            &json!({"output": {"message": {"role": "assistant", "content": content}},
+                    "stopReason": stop, "usage": usage, "metrics": {"latencyMs": 1}}),
+        );
+    }
+    let mut out = vec![bedrock_event("messageStart", &json!({"role": "assistant"}))];
+    for (i, block) in content.iter().enumerate() {
+        let delta = |d: Value| {
+            bedrock_event(
+                "contentBlockDelta",
+                &json!({"contentBlockIndex": i, "delta": d}),
+            )
+        };
+        if let Some(r) = block.pointer("/reasoningContent/reasoningText") {
+            for w in r["text"].as_str().unwrap_or_default().split_inclusive(' ') {
+                out.push(delta(json!({"reasoningContent": {"text": w}})));
+            }
+            out.push(delta(
+                json!({"reasoningContent": {"signature": r["signature"]}}),
+            ));
+        } else if let Some(t) = block["text"].as_str() {
+            for w in t.split_inclusive(' ') {
+                out.push(delta(json!({"text": w})));
+            }
+        } else {
+            let u = &block["toolUse"];
+            out.push(bedrock_event(
+                "contentBlockStart",
+                &json!({"contentBlockIndex": i, "start": {"toolUse": {"toolUseId": u["toolUseId"], "name": u["name"]}}}),
+            ));
+            let args = u["input"].to_string();
+            let (x, y) = args.split_at(args.len() / 2);
+            for part in [x, y] {
+                out.push(delta(json!({"toolUse": {"input": part}})));
+            }
+        }
+        out.push(bedrock_event(
+            "contentBlockStop",
+            &json!({"contentBlockIndex": i}),
+        ));
+    }
+    out.push(bedrock_event("messageStop", &json!({"stopReason": stop})));
+    out.push(bedrock_event(
+        "metadata",
+        &json!({"usage": usage, "metrics": {"latencyMs": 1}}),
+    ));
+    let frames =
+        futures_util::stream::iter(out.into_iter().map(|b| Ok::<_, Infallible>(Frame::data(b))));
+    Response::builder()
+        .header("content-type", "application/vnd.amazon.eventstream")
+        .body(BodyExt::boxed(StreamBody::new(frames)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
 }

@@ -361,7 +361,8 @@ impl Serialize for ProviderConfig {
             ProviderKind::OpenAi(o)
             | ProviderKind::Anthropic(o)
             | ProviderKind::Azure(o)
-            | ProviderKind::Gemini(o) => (Some(o), None),
+            | ProviderKind::Gemini(o)
+            | ProviderKind::Bedrock(o) => (Some(o), None),
             ProviderKind::Mock(m) => (None, Some(m)),
         };
         View {
@@ -386,6 +387,8 @@ pub enum ProviderKind {
     Azure(HttpSettings),
     /// Google's Gemini API; `api_key` is sent as `x-goog-api-key`.
     Gemini(HttpSettings),
+    /// Amazon Bedrock's Converse API, SigV4-signed.
+    Bedrock(HttpSettings),
     Mock(MockSettings),
 }
 
@@ -396,6 +399,7 @@ impl ProviderKind {
             ProviderKind::Anthropic(_) => "anthropic",
             ProviderKind::Azure(_) => "azure",
             ProviderKind::Gemini(_) => "gemini",
+            ProviderKind::Bedrock(_) => "bedrock",
             ProviderKind::Mock(_) => "mock",
         }
     }
@@ -423,6 +427,18 @@ pub struct HttpSettings {
     /// carry credentials) and never printed.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, Secret>,
+    /// `bedrock`: the region and the credentials requests are signed with (SigV4).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AwsSettings {
+    pub region: String,
+    pub access_key_id: Secret,
+    pub secret_access_key: Secret,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -691,6 +707,7 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
             kind @ (raw::RawProviderKind::OpenAi
             | raw::RawProviderKind::Anthropic
             | raw::RawProviderKind::Gemini
+            | raw::RawProviderKind::Bedrock
             | raw::RawProviderKind::Azure) => {
                 if p.mock.is_some() {
                     errors.push(FieldError::new(at("mock"), "only valid for kind: mock"));
@@ -698,6 +715,68 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
                 let anthropic = matches!(kind, raw::RawProviderKind::Anthropic);
                 let azure = matches!(kind, raw::RawProviderKind::Azure);
                 let gemini = matches!(kind, raw::RawProviderKind::Gemini);
+                let bedrock = matches!(kind, raw::RawProviderKind::Bedrock);
+                let region = p
+                    .region
+                    .as_ref()
+                    .map(|r| r.0.clone())
+                    .or_else(|| env("AWS_REGION"))
+                    .or_else(|| env("AWS_DEFAULT_REGION"))
+                    .filter(|r| !r.is_empty());
+                let aws = if bedrock {
+                    let from = |v: &Option<raw::StringLike>, var: &str| {
+                        v.as_ref()
+                            .map(|k| k.0.clone())
+                            .or_else(|| env(var))
+                            .filter(|k| !k.is_empty())
+                    };
+                    let key = from(&p.access_key_id, "AWS_ACCESS_KEY_ID");
+                    let secret = from(&p.secret_access_key, "AWS_SECRET_ACCESS_KEY");
+                    let token = from(&p.session_token, "AWS_SESSION_TOKEN");
+                    if region.is_none() {
+                        errors.push(FieldError::new(
+                            at("region"),
+                            "required for kind: bedrock (or set AWS_REGION)",
+                        ));
+                    }
+                    match (key, secret) {
+                        (Some(k), Some(s)) => Some(AwsSettings {
+                            region: region.clone().unwrap_or_default(),
+                            access_key_id: Secret(k),
+                            secret_access_key: Secret(s),
+                            session_token: token.map(Secret),
+                        }),
+                        _ => {
+                            errors.push(FieldError::new(
+                                at("access_key_id"),
+                                "kind: bedrock needs access_key_id and secret_access_key (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+                            ));
+                            None
+                        }
+                    }
+                } else {
+                    for (field, set) in [
+                        ("region", p.region.is_some()),
+                        ("access_key_id", p.access_key_id.is_some()),
+                        ("secret_access_key", p.secret_access_key.is_some()),
+                        ("session_token", p.session_token.is_some()),
+                    ] {
+                        if set {
+                            errors.push(FieldError::new(at(field), "only valid for kind: bedrock"));
+                        }
+                    }
+                    None
+                };
+                if bedrock && (p.api_key.is_some() || p.api_version.is_some()) {
+                    errors.push(FieldError::new(
+                        at(if p.api_key.is_some() {
+                            "api_key"
+                        } else {
+                            "api_version"
+                        }),
+                        "not valid for kind: bedrock (requests are signed with AWS credentials)",
+                    ));
+                }
                 if gemini && p.api_version.is_some() {
                     errors.push(FieldError::new(
                         at("api_version"),
@@ -713,6 +792,10 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
                 let base_url = match p.base_url.as_deref() {
                     None if anthropic => "https://api.anthropic.com/v1".to_owned(),
                     None if gemini => "https://generativelanguage.googleapis.com/v1beta".to_owned(),
+                    None if bedrock => format!(
+                        "https://bedrock-runtime.{}.amazonaws.com",
+                        region.as_deref().unwrap_or("us-east-1")
+                    ),
                     None => {
                         errors.push(FieldError::new(
                             at("base_url"),
@@ -757,6 +840,7 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
                     api_key: p.api_key.map(|k| k.0).filter(|k| !k.is_empty()).map(Secret),
                     api_version: p.api_version.map(|v| v.0),
                     headers,
+                    aws,
                 };
                 if azure {
                     let bearer = p.bearer_token.map(|t| t.0).filter(|t| !t.is_empty());
@@ -790,6 +874,8 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
                     ProviderKind::Azure(settings)
                 } else if gemini {
                     ProviderKind::Gemini(settings)
+                } else if bedrock {
+                    ProviderKind::Bedrock(settings)
                 } else if anthropic {
                     ProviderKind::Anthropic(HttpSettings {
                         api_version: Some(
@@ -809,6 +895,10 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
                     ("base_url", p.base_url.is_some()),
                     ("api_key", p.api_key.is_some()),
                     ("bearer_token", p.bearer_token.is_some()),
+                    ("region", p.region.is_some()),
+                    ("access_key_id", p.access_key_id.is_some()),
+                    ("secret_access_key", p.secret_access_key.is_some()),
+                    ("session_token", p.session_token.is_some()),
                     ("api_version", p.api_version.is_some()),
                     ("headers", p.headers.is_some()),
                 ] {

@@ -174,6 +174,8 @@ pub enum RawProviderKind {
     Azure,
     #[serde(rename = "gemini")]
     Gemini,
+    #[serde(rename = "bedrock")]
+    Bedrock,
     #[serde(rename = "mock")]
     Mock,
 }
@@ -187,6 +189,10 @@ pub struct RawProvider {
     pub api_key: Option<StringLike>,
     pub api_version: Option<StringLike>,
     pub bearer_token: Option<StringLike>,
+    pub region: Option<StringLike>,
+    pub access_key_id: Option<StringLike>,
+    pub secret_access_key: Option<StringLike>,
+    pub session_token: Option<StringLike>,
     pub headers: Option<BTreeMap<String, StringLike>>,
     pub timeouts: Option<RawTimeouts>,
     pub health_check: Option<RawHealthCheck>,

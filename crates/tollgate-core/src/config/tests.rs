@@ -277,3 +277,36 @@ fn azure_providers_take_a_key_or_a_bearer_token() {
         ]
     );
 }
+
+#[test]
+fn bedrock_credentials_come_from_config_or_the_environment() {
+    let env = |k: &str| match k {
+        "AWS_REGION" => Some("eu-west-1".to_owned()),
+        "AWS_ACCESS_KEY_ID" => Some("AKIDENV".to_owned()),
+        "AWS_SECRET_ACCESS_KEY" => Some("env-secret".to_owned()),
+        _ => None,
+    };
+    let c = Config::parse("providers:\n  - name: b\n    kind: bedrock\n", "t", &env).unwrap();
+    let ProviderKind::Bedrock(b) = &c.providers[0].kind else {
+        panic!("wrong kind");
+    };
+    assert_eq!(
+        b.base_url,
+        "https://bedrock-runtime.eu-west-1.amazonaws.com"
+    );
+    let aws = b.aws.as_ref().unwrap();
+    assert_eq!(aws.region, "eu-west-1");
+    assert_eq!(aws.access_key_id.expose(), "AKIDENV");
+    assert!(!c.to_yaml().contains("env-secret"), "secrets never printed");
+
+    let err = parse("providers:\n  - name: b\n    kind: bedrock\n    api_key: k\n  - name: o\n    kind: openai\n    base_url: http://x\n    region: us-east-1\n").unwrap_err();
+    assert_eq!(
+        error_paths(&err),
+        [
+            "providers[0].region",
+            "providers[0].access_key_id",
+            "providers[0].api_key",
+            "providers[1].region"
+        ]
+    );
+}

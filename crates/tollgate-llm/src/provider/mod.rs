@@ -4,6 +4,7 @@
 
 mod mock;
 mod remote;
+pub mod sigv4;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -290,6 +291,15 @@ pub fn error_message(body: &[u8]) -> String {
         Obj { message: String },
         Str(String),
     }
+    /// AWS services answer `{"message": ...}` (or `Message`).
+    #[derive(serde::Deserialize)]
+    struct Aws {
+        #[serde(alias = "Message")]
+        message: String,
+    }
+    if let Ok(Aws { message }) = serde_json::from_slice::<Aws>(body) {
+        return message;
+    }
     match serde_json::from_slice::<Outer>(body) {
         Ok(Outer {
             error: Inner::Obj { message } | Inner::Str(message),
@@ -319,6 +329,7 @@ impl Provider {
                 Flavor::OpenAi => "openai",
                 Flavor::Anthropic => "anthropic",
                 Flavor::Gemini => "gcp.gemini",
+                Flavor::Bedrock => "aws.bedrock",
             },
             Provider::Mock(_) => "tollgate.mock",
         }
@@ -329,6 +340,11 @@ impl Provider {
             ProviderKind::OpenAi(s) | ProviderKind::Azure(s) => Provider::Http(Box::new(
                 HttpProvider::new(Flavor::OpenAi, s, &cfg.timeouts)?,
             )),
+            ProviderKind::Bedrock(s) => Provider::Http(Box::new(HttpProvider::new(
+                Flavor::Bedrock,
+                s,
+                &cfg.timeouts,
+            )?)),
             ProviderKind::Gemini(s) => Provider::Http(Box::new(HttpProvider::new(
                 Flavor::Gemini,
                 s,

@@ -43,6 +43,8 @@ pub enum Flavor {
     Anthropic,
     /// Google's Gemini API (`generateContent`).
     Gemini,
+    /// Amazon Bedrock's Converse API, SigV4-signed.
+    Bedrock,
 }
 
 pub struct HttpProvider {
@@ -57,6 +59,8 @@ pub struct HttpProvider {
     /// Pre-built URIs per endpoint (chat, embeddings, responses, messages) for the non-Azure
     /// scheme.
     uris: Option<[Uri; 4]>,
+    /// Bedrock: the credentials and region every request is signed with.
+    aws: Option<(super::sigv4::Credentials, String)>,
 }
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -98,6 +102,9 @@ impl HttpProvider {
             value.set_sensitive(true);
             headers.insert(name, value);
         }
+        if flavor == Flavor::Bedrock && s.aws.is_none() {
+            return Err("kind: bedrock needs AWS credentials".into());
+        }
         if flavor == Flavor::Gemini {
             if let Some(key) = &s.api_key {
                 let mut value = HeaderValue::from_str(key.expose())
@@ -117,7 +124,11 @@ impl HttpProvider {
                     .map_err(|_| "api_version contains invalid characters".to_owned())?,
             );
         }
-        if let Some(key) = s.api_key.as_ref().filter(|_| flavor != Flavor::Gemini) {
+        if let Some(key) = s
+            .api_key
+            .as_ref()
+            .filter(|_| !matches!(flavor, Flavor::Gemini | Flavor::Bedrock))
+        {
             let (name, value) = if flavor == Flavor::Anthropic {
                 (
                     HeaderName::from_static("x-api-key"),
@@ -160,6 +171,16 @@ impl HttpProvider {
             clients: ThreadLocal::new(),
             timeouts: timeouts.clone(),
             uris,
+            aws: s.aws.as_ref().map(|a| {
+                (
+                    super::sigv4::Credentials {
+                        access_key_id: a.access_key_id.expose().to_owned(),
+                        secret_access_key: a.secret_access_key.expose().to_owned(),
+                        session_token: a.session_token.as_ref().map(|t| t.expose().to_owned()),
+                    },
+                    a.region.clone(),
+                )
+            }),
         })
     }
 
@@ -167,6 +188,17 @@ impl HttpProvider {
         let invalid = |e: http::uri::InvalidUri| {
             ProviderError::Invalid(ApiError::invalid(format!("cannot build upstream URL: {e}")))
         };
+        if self.flavor == Flavor::Bedrock {
+            let model = percent_encode_segment(model);
+            let method = if stream {
+                "converse-stream"
+            } else {
+                "converse"
+            };
+            return format!("{}/model/{model}/{method}", self.base_url)
+                .parse()
+                .map_err(invalid);
+        }
         if self.flavor == Flavor::Gemini {
             let model = percent_encode_segment(model.trim_start_matches("models/"));
             let method = if stream {
@@ -211,7 +243,7 @@ impl HttpProvider {
                 Endpoint::Messages => (Endpoint::Chat, Some(Dialect::Chat)),
                 e => (e, e.dialect()),
             }),
-            (Flavor::Anthropic | Flavor::Gemini, Endpoint::Embeddings) => {
+            (Flavor::Anthropic | Flavor::Gemini | Flavor::Bedrock, Endpoint::Embeddings) => {
                 Err(ProviderError::Invalid(
                     ApiError::invalid(format!(
                         "this model's provider ({}) serves no embeddings here",
@@ -222,6 +254,7 @@ impl HttpProvider {
             }
             (Flavor::Anthropic, _) => Ok((Endpoint::Messages, Some(Dialect::Messages))),
             (Flavor::Gemini, e) => Ok((e, Some(Dialect::Gemini))),
+            (Flavor::Bedrock, e) => Ok((e, Some(Dialect::Bedrock))),
         }
     }
 
@@ -239,6 +272,7 @@ impl HttpProvider {
             Flavor::OpenAi => Dialect::Chat,
             Flavor::Anthropic => Dialect::Messages,
             Flavor::Gemini => Dialect::Gemini,
+            Flavor::Bedrock => Dialect::Bedrock,
         }
     }
 
@@ -272,21 +306,41 @@ impl HttpProvider {
         } else {
             Bytes::from(call.envelope.with_model(call.upstream_model))
         };
+        let uri = self.uri(upstream_endpoint, call.upstream_model, call.envelope.stream)?;
+        let signed_body = self.aws.as_ref().map(|_| body.clone());
         let mut req = Request::builder()
             .method(Method::POST)
-            .uri(self.uri(upstream_endpoint, call.upstream_model, call.envelope.stream)?)
+            .uri(uri.clone())
             .body(Full::new(body))
             .map_err(|e| ProviderError::Protocol(e.to_string()))?;
         let headers = req.headers_mut();
         headers.clone_from(&self.headers);
         headers.insert(
             http::header::ACCEPT,
-            HeaderValue::from_static(if call.envelope.stream {
-                "text/event-stream"
-            } else {
-                "application/json"
+            HeaderValue::from_static(match (call.envelope.stream, self.flavor) {
+                (true, Flavor::Bedrock) => "application/vnd.amazon.eventstream",
+                (true, _) => "text/event-stream",
+                (false, _) => "application/json",
             }),
         );
+        if let (Some((creds, region)), Some(body)) = (&self.aws, &signed_body) {
+            if let Some(host) = uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                headers.insert(http::header::HOST, host);
+            }
+            super::sigv4::sign(
+                &Method::POST,
+                &uri,
+                headers,
+                body,
+                creds,
+                region,
+                "bedrock",
+                &super::sigv4::amz_now(),
+            );
+        }
         if self.flavor == Flavor::Anthropic {
             if let Some(beta) = call.anthropic_beta {
                 headers.insert("anthropic-beta", beta.clone());
@@ -353,7 +407,10 @@ impl HttpProvider {
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
+            .is_some_and(|v| {
+                v.starts_with("text/event-stream")
+                    || v.starts_with("application/vnd.amazon.eventstream")
+            });
         if call.envelope.stream && is_sse {
             // Hold the response until the first chunk arrives: a stream that breaks or stalls
             // before its first byte reaches the client can still be retried elsewhere.
@@ -389,7 +446,10 @@ impl HttpProvider {
             )
             .strip_usage(strip_usage);
             if let Some((from, to)) = translate {
-                body = body.translate(Translator::new(to, from, call.envelope.include_usage));
+                body = body.translate(
+                    Translator::new(to, from, call.envelope.include_usage)
+                        .model(call.upstream_model),
+                );
                 builder = builder.header(http::header::CONTENT_TYPE, "text/event-stream");
             } else if self.dialect() == Dialect::Messages {
                 body = body.translate(Translator::tap(Dialect::Messages));
@@ -414,8 +474,11 @@ impl HttpProvider {
         let (body, usage) = match translate {
             Some((from, to)) => {
                 let mut rloss = Loss::default();
-                let res = translate::decode_response(to, &body, &mut rloss)
+                let mut res = translate::decode_response(to, &body, &mut rloss)
                     .map_err(ProviderError::Protocol)?;
+                if res.model.is_empty() {
+                    res.model = call.upstream_model.to_owned();
+                }
                 let out = translate::encode_response(from, &res, &mut rloss);
                 for p in rloss.paths() {
                     loss.add(format!("response.{p}"));

@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 use tollgate_core::error::ApiError;
 
 use super::sse::{write_event, SseEvent, SseHandler};
+use super::Blocks;
 use super::{
     array, boolean, index, is_empty_value, number, object, path, string, uint, Block, BlockKind,
     Delta, Event, Image, Loss, Message, OutputFormat, Reasoning, Request, Response, Role,
@@ -840,9 +841,7 @@ fn chat_id(id: &str) -> String {
 #[derive(Default)]
 pub struct Decoder {
     started: bool,
-    /// The open block: its index and what it is.
-    open: Option<(usize, Open)>,
-    next: usize,
+    blocks: Blocks<Open>,
     /// Chat tool-call index to block index.
     tools: HashMap<u64, usize>,
     finished: bool,
@@ -858,27 +857,12 @@ enum Open {
 
 impl Decoder {
     fn close(&mut self, out: &mut Vec<Event>) {
-        if let Some((i, _)) = self.open.take() {
-            out.push(Event::BlockStop { index: i });
-        }
+        self.blocks.close(out);
     }
 
     /// The block for `want`, opened (and the previous closed) if needed.
     fn block(&mut self, want: Open, start: StartKind, out: &mut Vec<Event>) -> usize {
-        if let Some((i, o)) = self.open {
-            if o == want {
-                return i;
-            }
-        }
-        self.close(out);
-        let i = self.next;
-        self.next += 1;
-        self.open = Some((i, want));
-        out.push(Event::BlockStart {
-            index: i,
-            kind: start,
-        });
-        i
+        self.blocks.open(want, start, out)
     }
 
     fn chunk(&mut self, v: &Value, out: &mut Vec<Event>) {
@@ -921,8 +905,7 @@ impl Decoder {
                 for b in blocks {
                     if b.get("type").and_then(Value::as_str) == Some("redacted_thinking") {
                         self.close(out);
-                        let i = self.next;
-                        self.next += 1;
+                        let i = self.blocks.fresh(out);
                         let data = b
                             .get("data")
                             .and_then(Value::as_str)
@@ -973,7 +956,6 @@ impl Decoder {
                     let k = c.get("index").and_then(Value::as_u64).unwrap_or(0);
                     let f = c.get("function");
                     let i = match self.tools.get(&k) {
-                        Some(&i) if self.open == Some((i, Open::Tool(k))) => i,
                         Some(&i) => i,
                         None => {
                             let start = StartKind::ToolCall {

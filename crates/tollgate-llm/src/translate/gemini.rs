@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use serde_json::{json, Map, Value};
 
 use super::sse::{SseEvent, SseHandler};
+use super::Blocks;
 use super::{
     arguments_value, index, path, Block, BlockKind, Delta, Event, Image, Loss, OutputFormat,
     Request, Response, Role, StartKind, Stop, ToolChoice,
@@ -383,9 +384,7 @@ pub fn decode_response(v: &Value, loss: &mut Loss) -> Result<Response, String> {
 #[derive(Default)]
 pub struct Decoder {
     started: bool,
-    /// The open block: index and kind.
-    open: Option<(usize, Open)>,
-    next: usize,
+    blocks: Blocks<Open>,
     called: bool,
     finished: bool,
     done: bool,
@@ -399,27 +398,15 @@ enum Open {
 
 impl Decoder {
     fn close(&mut self, out: &mut Vec<Event>) {
-        if let Some((i, _)) = self.open.take() {
-            out.push(Event::BlockStop { index: i });
-        }
+        self.blocks.close(out);
     }
 
     fn block(&mut self, want: Open, out: &mut Vec<Event>) -> usize {
-        if let Some((i, o)) = self.open {
-            if o == want {
-                return i;
-            }
-        }
-        self.close(out);
-        let i = self.next;
-        self.next += 1;
-        self.open = Some((i, want));
         let kind = match want {
             Open::Text => StartKind::Text,
             Open::Thinking => StartKind::Thinking,
         };
-        out.push(Event::BlockStart { index: i, kind });
-        i
+        self.blocks.open(want, kind, out)
     }
 
     fn chunk(&mut self, v: &Value, out: &mut Vec<Event>) {
@@ -485,10 +472,8 @@ impl Decoder {
                 };
                 out.push(Event::Delta { index: i, delta });
             } else if let Some(f) = p.get("functionCall") {
-                self.close(out);
                 self.called = true;
-                let i = self.next;
-                self.next += 1;
+                let i = self.blocks.fresh(out);
                 let name = f
                     .get("name")
                     .and_then(Value::as_str)

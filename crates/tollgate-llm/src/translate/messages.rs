@@ -558,16 +558,15 @@ fn stop_reason(stop: &Stop) -> (&str, Option<&str>) {
 }
 
 pub fn usage_from(u: &Value) -> Usage {
-    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let cached = n("cache_read_input_tokens");
-    let written = n("cache_creation_input_tokens");
-    Usage {
-        prompt: n("input_tokens") + cached + written,
-        completion: n("output_tokens"),
-        cached,
-        reasoning: 0,
-        cache_write: written,
-    }
+    super::uncached_usage(
+        u,
+        [
+            "input_tokens",
+            "output_tokens",
+            "cache_read_input_tokens",
+            "cache_creation_input_tokens",
+        ],
+    )
 }
 
 fn usage_json(u: &Usage) -> Value {

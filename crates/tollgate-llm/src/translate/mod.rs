@@ -10,6 +10,7 @@
 //! caller puts them in `x-tollgate-translation-loss`, the span and the ledger, or refuses the
 //! request when the route is strict.
 
+pub mod bedrock;
 pub mod chat;
 pub mod gemini;
 pub mod messages;
@@ -34,6 +35,8 @@ pub enum Dialect {
     Messages,
     /// Google Gemini `generateContent` (providers only).
     Gemini,
+    /// Amazon Bedrock Converse (providers only).
+    Bedrock,
 }
 
 impl Dialect {
@@ -43,6 +46,7 @@ impl Dialect {
             Dialect::Responses => "responses",
             Dialect::Messages => "messages",
             Dialect::Gemini => "gemini",
+            Dialect::Bedrock => "bedrock",
         }
     }
 }
@@ -368,6 +372,21 @@ pub enum Delta {
     ToolArguments(String),
 }
 
+/// Usage reported Anthropic's way (also Bedrock's): uncached input apart from cache reads and
+/// writes, under the given field names. The intermediate usage counts the whole prompt.
+pub(crate) fn uncached_usage(u: &Value, names: [&str; 4]) -> Usage {
+    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let [input, output, read, write] = names;
+    let (cached, written) = (n(read), n(write));
+    Usage {
+        prompt: n(input) + cached + written,
+        completion: n(output),
+        cached,
+        reasoning: 0,
+        cache_write: written,
+    }
+}
+
 /// Merges a usage report into what is known: reported fields win, zero fields keep the old.
 pub fn merge_usage(into: &mut Usage, u: Usage) {
     let keep = |old: u64, new: u64| if new > 0 { new } else { old };
@@ -376,6 +395,58 @@ pub fn merge_usage(into: &mut Usage, u: Usage) {
     into.cached = keep(into.cached, u.cached);
     into.reasoning = keep(into.reasoning, u.reasoning);
     into.cache_write = keep(into.cache_write, u.cache_write);
+}
+
+/// The block a stream decoder has open, and the numbering of blocks: for upstream streams that
+/// do not frame their blocks themselves (chat deltas, Gemini parts, Bedrock text), a block opens
+/// on its first delta and closes when another kind of content starts.
+#[derive(Debug)]
+pub(crate) struct Blocks<K> {
+    open: Option<(K, usize)>,
+    next: usize,
+}
+
+impl<K> Default for Blocks<K> {
+    fn default() -> Self {
+        Blocks {
+            open: None,
+            next: 0,
+        }
+    }
+}
+
+impl<K: PartialEq + Copy> Blocks<K> {
+    pub fn close(&mut self, out: &mut Vec<Event>) {
+        if let Some((_, i)) = self.open.take() {
+            out.push(Event::BlockStop { index: i });
+        }
+    }
+
+    /// The open block's index if it is `key`'s; else the previous block closes and a new one
+    /// opens as `kind`.
+    pub fn open(&mut self, key: K, kind: StartKind, out: &mut Vec<Event>) -> usize {
+        if let Some((k, i)) = self.open {
+            if k == key {
+                return i;
+            }
+        }
+        let i = self.fresh(out);
+        self.open = Some((key, i));
+        out.push(Event::BlockStart { index: i, kind });
+        i
+    }
+
+    /// The next index, for a block the caller opens and closes itself; the open one closes.
+    pub fn fresh(&mut self, out: &mut Vec<Event>) -> usize {
+        self.close(out);
+        let i = self.next;
+        self.next += 1;
+        i
+    }
+
+    pub fn is_open(&self, key: K) -> bool {
+        self.open.is_some_and(|(k, _)| k == key)
+    }
 }
 
 /// Decodes a stream's wire framing into events.
@@ -400,9 +471,12 @@ pub fn decode_request(dialect: Dialect, body: &[u8]) -> Result<(Request, Loss), 
         Dialect::Chat => chat::decode_request(&value, &mut loss)?,
         Dialect::Messages => messages::decode_request(&value, &mut loss)?,
         Dialect::Responses => responses::decode_request(&value, &mut loss)?,
-        Dialect::Gemini => {
-            return Err(ApiError::invalid("the Gemini API is not served to clients")
-                .code("unsupported_dialect"))
+        Dialect::Gemini | Dialect::Bedrock => {
+            return Err(ApiError::invalid(format!(
+                "the {} API is not served to clients",
+                dialect.name()
+            ))
+            .code("unsupported_dialect"))
         }
     };
     Ok((req, loss))
@@ -416,6 +490,7 @@ pub fn encode_request(dialect: Dialect, req: &Request, model: &str, loss: &mut L
     let value = match dialect {
         Dialect::Messages => messages::encode_request(req, model, loss),
         Dialect::Gemini => gemini::encode_request(req, loss),
+        Dialect::Bedrock => bedrock::encode_request(req, loss),
         Dialect::Chat | Dialect::Responses => chat::encode_request(req, model, loss),
     };
     serde_json::to_vec(&value).unwrap_or_default()
@@ -429,6 +504,7 @@ pub fn decode_response(dialect: Dialect, body: &[u8], loss: &mut Loss) -> Result
         Dialect::Chat => chat::decode_response(&value, loss),
         Dialect::Messages => messages::decode_response(&value, loss),
         Dialect::Gemini => gemini::decode_response(&value, loss),
+        Dialect::Bedrock => bedrock::decode_response(&value, loss),
         Dialect::Responses => Err("Responses API responses are not translated".into()),
     }
 }
@@ -439,8 +515,8 @@ pub fn encode_response(dialect: Dialect, res: &Response, loss: &mut Loss) -> Vec
         Dialect::Chat => chat::encode_response(res, loss),
         Dialect::Messages => messages::encode_response(res, loss),
         Dialect::Responses => responses::encode_response(res, loss),
-        // Not a client dialect: no client is ever answered in it.
-        Dialect::Gemini => Value::Null,
+        // Not client dialects: no client is ever answered in them.
+        Dialect::Gemini | Dialect::Bedrock => Value::Null,
     };
     serde_json::to_vec(&value).unwrap_or_default()
 }
@@ -472,7 +548,7 @@ pub fn error_body(to: Dialect, status: http::StatusCode, upstream: &[u8]) -> byt
             "type": "error",
             "error": {"type": messages::anthropic_error_type(kind), "message": message},
         }),
-        Dialect::Chat | Dialect::Responses | Dialect::Gemini => {
+        Dialect::Chat | Dialect::Responses | Dialect::Gemini | Dialect::Bedrock => {
             let code = v.pointer("/error/code").cloned().unwrap_or(Value::Null);
             serde_json::json!({"error": {"message": message, "type": kind, "code": code, "param": null}})
         }
@@ -484,6 +560,7 @@ pub fn stream_decoder(dialect: Dialect) -> Box<dyn StreamDecoder> {
     match dialect {
         Dialect::Messages => Box::new(sse::SseDecoder::new(messages::Decoder::default())),
         Dialect::Gemini => Box::new(sse::SseDecoder::new(gemini::Decoder::default())),
+        Dialect::Bedrock => Box::new(bedrock::Decoder::default()),
         Dialect::Chat | Dialect::Responses => {
             Box::new(sse::SseDecoder::new(chat::Decoder::default()))
         }
@@ -496,8 +573,10 @@ pub fn stream_encoder(dialect: Dialect, include_usage: bool) -> Box<dyn StreamEn
     match dialect {
         Dialect::Messages => Box::new(messages::Encoder::default()),
         Dialect::Responses => Box::new(responses::Encoder::default()),
-        // Gemini is not a client dialect; Chat stands in.
-        Dialect::Chat | Dialect::Gemini => Box::new(chat::Encoder::new(include_usage)),
+        // Gemini and Bedrock are not client dialects; Chat stands in.
+        Dialect::Chat | Dialect::Gemini | Dialect::Bedrock => {
+            Box::new(chat::Encoder::new(include_usage))
+        }
     }
 }
 
@@ -512,6 +591,8 @@ pub struct Translator {
     /// Generated text (text, thinking, tool arguments), for counting when usage never comes.
     pub generated: String,
     pub done: bool,
+    /// The model named when the upstream's stream names none (Bedrock).
+    model: String,
 }
 
 /// The most generated text kept for counting.
@@ -526,7 +607,14 @@ impl Translator {
             usage: None,
             generated: String::new(),
             done: false,
+            model: String::new(),
         }
+    }
+
+    /// The model to name when the upstream's stream does not.
+    pub fn model(mut self, model: &str) -> Translator {
+        self.model = model.to_owned();
+        self
     }
 
     /// Reads a stream without changing it: usage and generated text only.
@@ -538,6 +626,7 @@ impl Translator {
             usage: None,
             generated: String::new(),
             done: false,
+            model: String::new(),
         }
     }
 
@@ -580,7 +669,16 @@ impl Translator {
                 _ => {}
             }
             if let Some(enc) = &mut self.encoder {
-                enc.encode(ev, &mut out);
+                match ev {
+                    Event::Start { id, model } if model.is_empty() => enc.encode(
+                        &Event::Start {
+                            id: id.clone(),
+                            model: self.model.clone(),
+                        },
+                        &mut out,
+                    ),
+                    _ => enc.encode(ev, &mut out),
+                }
             }
         }
         out
@@ -630,6 +728,14 @@ pub(crate) fn uint(v: &Value, at: &str) -> Result<u64, ApiError> {
 pub(crate) fn boolean(v: &Value, at: &str) -> Result<bool, ApiError> {
     v.as_bool()
         .ok_or_else(|| ApiError::invalid(format!("`{at}` must be a boolean")).param(at))
+}
+
+/// A string member, or empty.
+pub(crate) fn str_field(v: &Value, key: &str) -> String {
+    v.get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// A value that says nothing: `null`, `false`, `0`, `""`, `[]` or `{}`. Dropping such a field

@@ -11,7 +11,12 @@ use serde_json::{json, Value};
 use super::*;
 
 /// The dialects providers are sent by translation.
-const UPSTREAMS: [Dialect; 3] = [Dialect::Chat, Dialect::Messages, Dialect::Gemini];
+const UPSTREAMS: [Dialect; 4] = [
+    Dialect::Chat,
+    Dialect::Messages,
+    Dialect::Gemini,
+    Dialect::Bedrock,
+];
 /// The dialects clients speak.
 const CLIENTS: [Dialect; 3] = [Dialect::Chat, Dialect::Messages, Dialect::Responses];
 
@@ -21,6 +26,7 @@ fn dialect(name: &str) -> Dialect {
         "messages" => Dialect::Messages,
         "responses" => Dialect::Responses,
         "gemini" => Dialect::Gemini,
+        "bedrock" => Dialect::Bedrock,
         other => unreachable!("unknown dialect {other}"),
     }
 }
@@ -110,7 +116,28 @@ fn run_case(case: &Value) -> Value {
         }
     } else if let Some(stream) = case.get("stream") {
         let from = dialect(stream["dialect"].as_str().unwrap_or_default());
-        let raw = stream["sse"].as_str().unwrap_or_default().as_bytes();
+        // Bedrock's stream is binary: the case lists its messages, framed here.
+        let framed: Vec<u8> = stream["eventstream"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|m| {
+                let payload = m["payload"].to_string();
+                let headers: Vec<(&str, &str)> = match m["exception"].as_str() {
+                    Some(e) => vec![(":message-type", "exception"), (":exception-type", e)],
+                    None => vec![
+                        (":message-type", "event"),
+                        (":event-type", m["event"].as_str().unwrap_or_default()),
+                        (":content-type", "application/json"),
+                    ],
+                };
+                bedrock::encode_message(&headers, payload.as_bytes())
+            })
+            .collect();
+        let raw = match stream["sse"].as_str() {
+            Some(sse) => sse.as_bytes(),
+            None => framed.as_slice(),
+        };
         let include_usage = stream["include_usage"].as_bool().unwrap_or(false);
         for to in CLIENTS.into_iter().filter(|d| *d != from) {
             // Fed in small pieces: events split across reads must not matter.

@@ -584,3 +584,76 @@ async fn gemini_serves_chat_clients_with_tools_and_streams() {
     let usage: Value = serde_json::from_str(&chunks[chunks.len() - 2]).unwrap();
     assert!(usage["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
 }
+
+#[tokio::test]
+async fn bedrock_requests_are_signed_and_keep_their_cache_points() {
+    let up = ProviderMock::start().await;
+    let t = start(&format!(
+        "providers:\n  - name: br\n    kind: bedrock\n    base_url: {}\n    region: us-east-1\n    access_key_id: AKIDTEST\n    secret_access_key: test-secret\n    session_token: test-session\nmodels:\n  - name: claude\n    targets: [{{provider: br, model: \"anthropic.claude-v2:1\"}}]\n",
+        up.bedrock_url()
+    ))
+    .await;
+    let key = t.any_key().await;
+    let body = json!({"model": "claude", "max_tokens": 100,
+        "system": [{"type": "text", "text": "a long document", "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": "hello bedrock"}]});
+    let res = messages(&t, &key, &body).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let v = res.json();
+    assert_eq!(v["content"][0]["text"], "You said: hello bedrock");
+    assert!(v["usage"]["cache_read_input_tokens"].as_u64().unwrap() > 0);
+    assert!(res.header("x-tollgate-translation-loss").is_none());
+    let sent = &up.requests()[0];
+    assert_eq!(
+        sent["path"],
+        "/bedrock/model/anthropic.claude-v2%3A1/converse"
+    );
+    let auth = sent["headers"]["authorization"].as_str().unwrap();
+    assert!(
+        auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDTEST/"),
+        "{auth}"
+    );
+    assert!(auth.contains("/us-east-1/bedrock/aws4_request"), "{auth}");
+    assert!(
+        auth.contains("SignedHeaders=content-type;host;x-amz-date;x-amz-security-token"),
+        "{auth}"
+    );
+    assert_eq!(sent["headers"]["x-amz-security-token"], "test-session");
+    // The cache breakpoint is not dropped: it becomes a cachePoint after the block it marks.
+    assert_eq!(
+        sent["body"]["system"],
+        json!([{"text": "a long document"}, {"cachePoint": {"type": "default"}}])
+    );
+
+    // Streamed: the binary event stream becomes Anthropic's SSE, priced from its metadata.
+    let mut stream = body.clone();
+    stream["stream"] = json!(true);
+    let res = messages(&t, &key, &stream).await;
+    assert_eq!(res.status, 200);
+    let evs = events(&res.text());
+    let text: String = evs
+        .iter()
+        .filter_map(|(_, d)| d["delta"]["text"].as_str())
+        .collect();
+    assert_eq!(text, "You said: hello bedrock");
+    assert_eq!(evs.last().map(|e| e.0.as_str()), Some("message_stop"));
+    assert_eq!(
+        up.requests()[1]["path"],
+        "/bedrock/model/anthropic.claude-v2%3A1/converse-stream"
+    );
+    let ledger = wait_for_ledger(&t, 2).await;
+    assert!(ledger[1]["cached_tokens"].as_u64().unwrap() > 0);
+    assert!(ledger[1]["completion_tokens"].as_u64().unwrap() > 0);
+
+    // A Bedrock error reaches an OpenAI client in OpenAI's shape.
+    let res = t
+        .client
+        .post_json(
+            "/v1/chat/completions",
+            &key,
+            &chat_body("claude", "please fail with 400"),
+        )
+        .await;
+    assert_eq!(res.status, 400, "{}", res.text());
+    assert_eq!(res.json()["error"]["message"], "mock failure 400");
+}
