@@ -1377,7 +1377,7 @@ fn stream_end(
             let finish = move |counted: Option<provider::Usage>| {
                 let mut r = l.record;
                 r.translation_loss = lost;
-                price_usage(&mut r, l.price, usage.or(counted));
+                price_usage(&mut r, l.price, counted.or(usage));
                 if counted.is_some() {
                     r.estimated = true;
                 }
@@ -1403,20 +1403,28 @@ fn stream_end(
                 (None, None) => None,
             };
             match text {
-                Some(text) if usage.is_none() => {
-                    // No usage reported (the client left, or the upstream broke or sent none):
-                    // count the prompt and what was generated with the tokenizer, off the
-                    // serving thread, and mark the cost estimated.
+                Some(text) if usage.is_none() || failed || cancelled => {
+                    // No usage reported, or only the start's (the client left, or the upstream
+                    // broke or sent none): count what was generated (and the prompt, when it
+                    // was not reported) with the tokenizer, off the serving thread, and mark
+                    // the cost estimated.
                     let body = l.body.clone();
                     let count = move || {
                         let generated = match text {
                             Generated::Transcript(t) => crate::tokens::generated_text(&t),
                             Generated::Text(g) => g,
                         };
-                        finish(Some(provider::Usage {
-                            prompt: crate::tokens::prompt_tokens(&body),
-                            completion: crate::tokens::count(&generated),
-                            ..provider::Usage::default()
+                        let completion = crate::tokens::count(&generated);
+                        finish(Some(match usage {
+                            Some(u) => provider::Usage {
+                                completion: u.completion.max(completion),
+                                ..u
+                            },
+                            None => provider::Usage {
+                                prompt: crate::tokens::prompt_tokens(&body),
+                                completion,
+                                ..provider::Usage::default()
+                            },
                         }));
                     };
                     match tokio::runtime::Handle::try_current() {

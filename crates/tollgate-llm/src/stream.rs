@@ -187,7 +187,8 @@ impl<B> ForwardStream<B> {
                 failed,
                 cancelled,
                 transcript: None,
-                generated: usage.is_none().then(|| std::mem::take(&mut t.generated)),
+                // An unfinished stream's usage (Anthropic's start event) lags what it generated.
+                generated: (usage.is_none() || !t.done).then(|| std::mem::take(&mut t.generated)),
                 loss: t.loss().cloned().unwrap_or_default(),
             };
         }

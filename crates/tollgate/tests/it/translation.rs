@@ -657,3 +657,68 @@ async fn bedrock_requests_are_signed_and_keep_their_cache_points() {
     assert_eq!(res.status, 400, "{}", res.text());
     assert_eq!(res.json()["error"]["message"], "mock failure 400");
 }
+
+#[tokio::test]
+async fn a_cancelled_anthropic_stream_is_charged_for_what_it_generated() {
+    use http_body_util::BodyExt;
+    use std::sync::Arc;
+    use tollgate_testkit::{MockUpstream, Reply};
+    let up = MockUpstream::start().await;
+    let t = start(&format!(
+        "providers:\n  - name: ant\n    kind: anthropic\n    base_url: {}\n    api_key: k\nmodels:\n  - name: claude\n    targets: [{{provider: ant, model: claude-x}}]\nprices:\n  - model: claude-x\n    input_per_mtok: 1000\n    output_per_mtok: 2000\n",
+        up.base_url()
+    ))
+    .await;
+    let key = t.any_key().await;
+    // Anthropic reports input tokens (and 1 output token) at the start; the rest only at the
+    // end, which this stream never reaches.
+    let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut first = ev(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x", "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 50, "output_tokens": 1}}}),
+    );
+    first += &ev(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    );
+    for w in [
+        "alpha ", "bravo ", "charlie ", "delta ", "echo ", "foxtrot ", "golf ", "hotel ",
+    ] {
+        first += &ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}),
+        );
+    }
+    up.push(Reply::SseGated {
+        first: first.into(),
+        gate: Arc::new(tokio::sync::Notify::new()),
+        rest: vec![],
+    });
+    let body = json!({"model": "claude", "max_tokens": 100, "stream": true, "messages": [{"role": "user", "content": "spell"}]});
+    let mut res = t
+        .client
+        .open(
+            Method::POST,
+            "/v1/messages",
+            &[("x-api-key", &key)],
+            body.to_string(),
+        )
+        .await;
+    let mut got = String::new();
+    while !got.contains("hotel") {
+        let frame = res.body_mut().frame().await.unwrap().unwrap();
+        if let Some(d) = frame.data_ref() {
+            got.push_str(&String::from_utf8_lossy(d));
+        }
+    }
+    drop(res);
+    let ledger = wait_for_ledger(&t, 1).await;
+    let r = &ledger[0];
+    assert_eq!(r["outcome"], "cancelled");
+    assert_eq!(r["estimated"], true);
+    assert_eq!(r["prompt_tokens"], 50, "the reported prompt is kept");
+    assert!(
+        r["completion_tokens"].as_u64().unwrap() >= 8,
+        "what was generated is counted, not the start's single token: {r}"
+    );
+}
