@@ -524,7 +524,7 @@ async fn a_translated_stream_cut_short_ends_with_an_error_event_and_is_charged()
 async fn gemini_serves_chat_clients_with_tools_and_streams() {
     let up = ProviderMock::start().await;
     let t = start(&format!(
-        "providers:\n  - name: gem\n    kind: gemini\n    base_url: {}\n    api_key: gemini-key\nmodels:\n  - name: g\n    targets: [{{provider: gem, model: gemini-upstream}}]\n",
+        "providers:\n  - name: gem\n    kind: gemini\n    base_url: {}\n    api_key: gemini-key\nmodels:\n  - name: g\n    targets: [{{provider: gem, model: gemini-upstream}}]\nprices:\n  - model: gemini-upstream\n    input_per_mtok: 100\n    output_per_mtok: 400\n",
         up.gemini_url()
     ))
     .await;
@@ -582,7 +582,14 @@ async fn gemini_serves_chat_clients_with_tools_and_streams() {
     assert_eq!(text, "The tool said: rain");
     assert_eq!(chunks.last().map(String::as_str), Some("[DONE]"));
     let usage: Value = serde_json::from_str(&chunks[chunks.len() - 2]).unwrap();
-    assert!(usage["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    let prompt = usage["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt > 0);
+    // Priced from Gemini's own usage metadata, not estimated.
+    let ledger = wait_for_ledger(&t, 2).await;
+    assert_eq!(ledger[1]["streamed"], true);
+    assert_eq!(ledger[1]["estimated"], false);
+    assert_eq!(ledger[1]["prompt_tokens"], prompt);
+    assert!(ledger[1]["cost_usd"].as_f64().unwrap() > 0.0);
 }
 
 #[tokio::test]
