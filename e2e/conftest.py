@@ -85,6 +85,10 @@ models:
     targets: [{{provider: bedrock-up, model: "anthropic.claude-upstream-v1:0"}}]
   - name: mock-echo
     targets: [{{provider: demo, model: echo}}]
+  # The exact response cache, per team (the default scope).
+  - name: cached-echo
+    targets: [{{provider: demo, model: echo}}]
+    cache: {{ttl: 10m}}
   - name: other-model
     targets: [{{provider: demo, model: echo}}]
   # One attempt and no cooldown: the error-mapping tests see every failure as it is.

@@ -251,6 +251,7 @@ def test_models_list_unrestricted_key(full_client: openai.OpenAI):
         "gpt-via-bedrock",
         "claude-via-bedrock",
         "mock-echo",
+        "cached-echo",
         "other-model",
         "broken-model",
         "flaky-model",

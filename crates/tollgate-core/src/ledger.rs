@@ -55,6 +55,9 @@ pub struct LedgerRecord {
     #[serde(default)]
     pub cache_write_tokens: u64,
     pub cost_usd: f64,
+    /// What the answer cost when it was first bought: a cache hit's cost not spent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cost_saved_usd: f64,
     /// The cost is an estimate: usage was not reported (a stream cut short) or no price is
     /// known for the model.
     pub estimated: bool,
@@ -324,4 +327,8 @@ async fn writer(store: Arc<dyn LedgerStore>, mut rx: mpsc::Receiver<Msg>) {
             let _ = ack.send(());
         }
     }
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }

@@ -79,6 +79,13 @@ pub struct FallbackLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub model: Label,
+    /// `hit` or `miss`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -99,6 +106,10 @@ pub struct Metrics {
     pub fallbacks: Family<FallbackLabels, Counter<u64, AtomicU64>>,
     /// Budget threshold alerts sent (one per threshold, id and period).
     pub budget_alerts: Counter<u64, AtomicU64>,
+    /// Response cache lookups by model group and result.
+    pub cache_lookups: Family<CacheLabels, Counter<u64, AtomicU64>>,
+    /// USD not spent because the cache answered.
+    pub cache_saved_usd: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -190,7 +201,21 @@ impl Metrics {
             "Budget threshold alerts sent to webhooks",
             budget_alerts.clone(),
         );
+        let cache_lookups = Family::<CacheLabels, Counter<u64, AtomicU64>>::default();
+        registry.register(
+            "cache_lookups",
+            "Response cache lookups by model group and result (hit or miss)",
+            cache_lookups.clone(),
+        );
+        let cache_saved_usd = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "cache_saved_usd",
+            "USD not spent upstream because the response cache answered",
+            cache_saved_usd.clone(),
+        );
         Metrics {
+            cache_lookups,
+            cache_saved_usd,
             budget_alerts,
             registry: std::sync::Mutex::new(registry),
             upstream_attempts,

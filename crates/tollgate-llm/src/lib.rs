@@ -5,6 +5,7 @@
 //! authorize the model, route to a target, call the provider, and hand the response back with a
 //! tag for the shell's metrics. Routing state is an immutable snapshot swapped on reload.
 
+pub mod cache;
 pub mod envelope;
 mod govern;
 pub mod prices;
@@ -57,6 +58,7 @@ pub struct ModelRoute {
     context_window_fallbacks: Vec<Arc<str>>,
     content_policy_fallbacks: Vec<Arc<str>>,
     strict_translation: bool,
+    cache: Option<tollgate_core::config::RouteCache>,
     retry: RetryConfig,
     cooldown: CooldownConfig,
     budget: RetryBudget,
@@ -346,6 +348,7 @@ fn build_route(
         context_window_fallbacks: names(&m.context_window_fallbacks),
         content_policy_fallbacks: names(&m.content_policy_fallbacks),
         strict_translation: m.strict_translation,
+        cache: m.cache.clone(),
         retry: m.retry.clone(),
         cooldown: m.cooldown.clone(),
         budget: RetryBudget::new(m.retry.budget),
@@ -383,6 +386,8 @@ fn spawn_health_checks(provider: &Arc<NamedProvider>, check: HealthCheckConfig) 
 pub struct LlmLayer {
     core: Arc<Core>,
     state: ArcSwap<LlmState>,
+    /// The response cache; rebuilt (emptied) when a reload changes its size.
+    cache: ArcSwap<cache::ResponseCache>,
 }
 
 impl LlmLayer {
@@ -390,6 +395,7 @@ impl LlmLayer {
         let layer = Arc::new(LlmLayer {
             core,
             state: ArcSwap::from_pointee(LlmState::build(config, None)?),
+            cache: ArcSwap::from_pointee(cache::ResponseCache::new(config.cache.max_size)),
         });
         layer
             .core
@@ -402,6 +408,10 @@ impl LlmLayer {
     pub fn reload(&self, config: &Config) -> Result<(), String> {
         let state = LlmState::build(config, Some(&self.state.load()))?;
         self.state.store(Arc::new(state));
+        if self.cache.load().max_size() != config.cache.max_size {
+            self.cache
+                .store(Arc::new(cache::ResponseCache::new(config.cache.max_size)));
+        }
         Ok(())
     }
 
@@ -745,6 +755,44 @@ async fn call_model(
             .into());
     }
     let overridden = fallback_override(&state, &principal, headers)?;
+    let plan = route
+        .cache
+        .as_ref()
+        .and_then(|c| cache::plan(c, &route.name, endpoint, headers, &bytes, &principal));
+    if let Some(p) = plan.as_ref().filter(|p| p.read) {
+        let hit = layer.cache.load().get(&p.key);
+        core.metrics
+            .cache_lookups
+            .get_or_create(&tollgate_core::metrics::CacheLabels {
+                model: (&route.name).into(),
+                result: if hit.is_some() { "hit" } else { "miss" },
+            })
+            .inc();
+        if let Some(entry) = hit {
+            // The policy still decides: a cached answer is not a way around it. A rule that
+            // would rewrite the request makes it a different request: ask upstream.
+            let provider = route
+                .targets
+                .first()
+                .map(|t| t.provider.name.clone())
+                .unwrap_or_else(|| Arc::from("cache"));
+            let redact = decide(
+                core,
+                &state.policy,
+                &principal,
+                endpoint,
+                &route,
+                &provider,
+                &envelope,
+                bytes.len(),
+                ctx,
+            )?;
+            if redact.is_none() {
+                return serve_hit(layer, endpoint, &principal, ctx, &route, &envelope, &entry)
+                    .map_err(Failure::from);
+            }
+        }
+    }
     let mut limits = HeaderMap::new();
     let hold = govern::admit(
         core,
@@ -768,6 +816,9 @@ async fn call_model(
     match result {
         Ok(mut res) => {
             res.headers_mut().extend(limits);
+            if let Some(p) = plan {
+                res = fill_cache(layer, endpoint, p, res).await;
+            }
             Ok(res)
         }
         Err(mut f) => {
@@ -783,6 +834,122 @@ async fn call_model(
         }
     }
 }
+
+/// Answers from the cache: nothing is spent; the ledger records what the answer cost when it
+/// was bought.
+#[allow(clippy::too_many_arguments)]
+fn serve_hit(
+    layer: &LlmLayer,
+    endpoint: Endpoint,
+    principal: &Principal,
+    ctx: &RequestContext,
+    route: &ModelRoute,
+    envelope: &Envelope<'_>,
+    entry: &cache::Entry,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let dialect = cache::dialect(endpoint)
+        .ok_or_else(|| ApiError::internal("cached answer for an uncached endpoint"))?;
+    let mut res = cache::respond(entry, dialect, envelope.stream, envelope.include_usage)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let h = res.headers_mut();
+    cache::mark(h, true);
+    if let Ok(v) = HeaderValue::from_str(&route.name) {
+        h.insert(SERVED_MODEL, v);
+    }
+    if !envelope.stream {
+        h.insert(COST, HeaderValue::from_static("0.0000000000"));
+    }
+    res.extensions_mut().insert(ResponseTag {
+        model: Some(route.name.clone()),
+        provider: None,
+        upstream: Duration::ZERO,
+    });
+    let core = &layer.core;
+    core.metrics.cache_saved_usd.inc_by(entry.cost_usd);
+    core.ledger.record(LedgerRecord {
+        time_ms: tollgate_core::time::now_ms(),
+        request_id: ctx.request_id().to_owned(),
+        trace_id: ctx.trace.trace_id.clone(),
+        conversation_id: ctx.conversation_id.clone(),
+        key_id: principal.key_id.clone(),
+        principal: principal.label(),
+        user: principal.user.clone(),
+        team: principal.team.clone(),
+        agent: principal.agent.clone(),
+        endpoint: endpoint.name().to_owned(),
+        model: envelope.model.to_string(),
+        served_model: Some(route.name.to_string()),
+        cost_saved_usd: entry.cost_usd,
+        cache_hit: true,
+        streamed: envelope.stream,
+        latency_ms: started.elapsed().as_millis() as u64,
+        ttft_ms: Some(0),
+        status: 200,
+        outcome: "ok".to_owned(),
+        ..LedgerRecord::default()
+    });
+    Ok(res)
+}
+
+/// Marks a served answer a miss and, when the plan says so, keeps it: a JSON answer now, a
+/// stream once it completes.
+async fn fill_cache(
+    layer: &LlmLayer,
+    endpoint: Endpoint,
+    plan: cache::Plan,
+    mut res: Response,
+) -> Response {
+    cache::mark(res.headers_mut(), false);
+    let (Some(dialect), true, true) = (
+        cache::dialect(endpoint),
+        plan.write,
+        res.status() == StatusCode::OK,
+    ) else {
+        return res;
+    };
+    let price = res
+        .extensions()
+        .get::<CostBasis>()
+        .and_then(|c| c.0.clone());
+    let cache = layer.cache.load_full();
+    let cost =
+        move |r: &translate::Response| price.as_ref().map_or(0.0, |p| p.price.cost(&r.usage));
+    let streamed = res
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if streamed {
+        let reported = res.extensions().get::<StreamUsage>().cloned();
+        let fill: cache::Fill = Box::new(move |mut r| {
+            if let Some(u) = reported.as_ref().and_then(|s| s.0.get()) {
+                r.usage = *u;
+            }
+            let c = cost(&r);
+            cache.insert(plan.key, r, c, plan.ttl);
+        });
+        return res.map(|body| Body::new(cache::StreamFill::new(body, dialect, fill)));
+    }
+    let (parts, body) = res.into_parts();
+    let Ok(collected) = http_body_util::BodyExt::collect(body).await else {
+        return Response::from_parts(parts, Body::empty());
+    };
+    let bytes = collected.to_bytes();
+    if let Ok(r) = translate::decode_response(dialect, &bytes, &mut Default::default()) {
+        let c = cost(&r);
+        cache.insert(plan.key, r, c, plan.ttl);
+    }
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+/// The price of the target that served an answer, for the cache's record of its cost.
+#[derive(Clone)]
+struct CostBasis(Option<prices::Priced>);
+
+/// The usage a completed stream reported (the client may not have seen it), for the cache.
+#[derive(Clone)]
+struct StreamUsage(Arc<std::sync::OnceLock<provider::Usage>>);
 
 /// Serves from the requested group, then walks the fallback chain its failure class picks.
 #[expect(
@@ -1064,7 +1231,16 @@ async fn run_group(
             hold: run.hold.clone(),
             body: body.clone(),
         });
-        let on_end = stream_end(core, route, target, span.clone(), lease, ledger);
+        let stream_usage: StreamUsage = StreamUsage(Arc::default());
+        let on_end = stream_end(
+            core,
+            route,
+            target,
+            span.clone(),
+            lease,
+            ledger,
+            stream_usage.clone(),
+        );
         let call = Call {
             endpoint: run.endpoint,
             public_model: &envelope.model,
@@ -1129,7 +1305,7 @@ async fn run_group(
                         Some(&upstream_model),
                         fallback,
                     );
-                    price_usage(&mut r, price, reply.usage);
+                    price_usage(&mut r, price.clone(), reply.usage);
                     r.translation_loss = loss;
                     r.status = res.status().as_u16();
                     r.outcome = "ok".to_owned();
@@ -1155,6 +1331,8 @@ async fn run_group(
                 if let Some(reason) = fallback {
                     h.insert(FALLBACK, HeaderValue::from_static(reason.name()));
                 }
+                res.extensions_mut().insert(CostBasis(price.clone()));
+                res.extensions_mut().insert(stream_usage);
                 res.extensions_mut().insert(ResponseTag {
                     // Time the gateway waited on upstreams, backoffs included, so the
                     // overhead metric stays the gateway's own work.
@@ -1318,6 +1496,7 @@ fn stream_end(
     span: Option<SpanStart>,
     lease: router::Lease,
     ledger: Option<StreamLedger>,
+    reported: StreamUsage,
 ) -> provider::StreamEnd {
     let core = core.clone();
     let route = route.clone();
@@ -1325,6 +1504,12 @@ fn stream_end(
     let health = target.health.clone();
     Box::new(move |outcome: StreamOutcome| {
         let _lease = lease;
+        if let Some(u) = outcome
+            .usage
+            .filter(|_| !outcome.failed && !outcome.cancelled)
+        {
+            let _ = reported.0.set(u);
+        }
         let now = Instant::now();
         if let Some(span) = span {
             let error = (outcome.failed || outcome.cancelled).then(|| {

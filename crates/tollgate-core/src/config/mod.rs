@@ -21,8 +21,8 @@ use serde::Serialize;
 pub use governance::{AlertConfig, BudgetConfig, Period, PriceOverride, RateLimitConfig, Scope};
 pub use interp::Lookup;
 pub use models::{
-    pattern_capture, resolve as resolve_model, CooldownConfig, ModelConfig, RetryConfig, Strategy,
-    TargetConfig,
+    pattern_capture, resolve as resolve_model, CacheScope, CacheWhen, CooldownConfig, ModelConfig,
+    RetryConfig, RouteCache, Strategy, TargetConfig,
 };
 
 /// One configuration problem, located by its field path (`providers[1].base_url`).
@@ -125,6 +125,15 @@ pub struct Config {
     pub budgets: Vec<BudgetConfig>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<RateLimitConfig>,
+    pub cache: CacheConfig,
+}
+
+/// The response cache shared by every model group that enables it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CacheConfig {
+    /// The most memory cached answers may use; the least valuable are evicted (TinyLFU).
+    #[serde(with = "units::size")]
+    pub max_size: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
@@ -1148,6 +1157,15 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
     let budgets = governance::validate_budgets(raw.budgets.unwrap_or_default(), errors);
     let rate_limits = governance::validate_rate_limits(raw.rate_limits.unwrap_or_default(), errors);
 
+    let cache = CacheConfig {
+        max_size: raw
+            .cache
+            .and_then(|c| c.max_size)
+            .unwrap_or(256 * 1024 * 1024),
+    };
+    if cache.max_size > 64 * 1024 * 1024 * 1024 {
+        errors.push(FieldError::new("cache.max_size", "must be at most 64GiB"));
+    }
     Config {
         listen,
         workers,
@@ -1167,6 +1185,7 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
         prices,
         budgets,
         rate_limits,
+        cache,
     }
 }
 

@@ -34,6 +34,9 @@ pub struct ModelConfig {
     /// instead of serving it and reporting the loss in `x-tollgate-translation-loss`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub strict_translation: bool,
+    /// The exact response cache for this group; off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<RouteCache>,
     pub retry: RetryConfig,
     pub cooldown: CooldownConfig,
 }
@@ -326,6 +329,7 @@ pub(super) fn validate_models(
             context_window_fallbacks: m.context_window_fallbacks.unwrap_or_default(),
             content_policy_fallbacks: m.content_policy_fallbacks.unwrap_or_default(),
             strict_translation: m.strict_translation.unwrap_or(false),
+            cache: route_cache(m.cache, &at("cache"), errors),
             retry,
             cooldown,
         });
@@ -385,4 +389,78 @@ mod tests {
         assert_eq!(pattern_capture("a*a", "a"), None);
         assert_eq!(pattern_capture("x/*", "y/z"), None);
     }
+}
+
+/// Who shares cached answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheScope {
+    /// Callers of one team (a caller without a team: its key alone).
+    Team,
+    /// One key (or JWT subject).
+    Key,
+    /// One user (a caller without a user: its key alone).
+    User,
+    /// Everyone: answers are shared across tenants.
+    Global,
+}
+
+/// Which requests the cache answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheWhen {
+    Always,
+    /// Only requests with `temperature: 0` (the answers that are meant to repeat).
+    TemperatureZero,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteCache {
+    #[serde(with = "units::duration")]
+    pub ttl: Duration,
+    pub scope: CacheScope,
+    pub when: CacheWhen,
+}
+
+fn route_cache(
+    raw: Option<super::raw::RawRouteCache>,
+    at: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<RouteCache> {
+    let raw = raw?;
+    if raw.enabled == Some(false) {
+        return None;
+    }
+    let scope = match raw.scope.as_deref().unwrap_or("team") {
+        "team" => CacheScope::Team,
+        "key" => CacheScope::Key,
+        "user" => CacheScope::User,
+        "global" => CacheScope::Global,
+        other => {
+            errors.push(FieldError::new(
+                format!("{at}.scope"),
+                format!("must be team, key, user or global, got {other:?}"),
+            ));
+            CacheScope::Team
+        }
+    };
+    let when = match raw.when.as_deref().unwrap_or("always") {
+        "always" => CacheWhen::Always,
+        "temperature_zero" => CacheWhen::TemperatureZero,
+        other => {
+            errors.push(FieldError::new(
+                format!("{at}.when"),
+                format!("must be always or temperature_zero, got {other:?}"),
+            ));
+            CacheWhen::Always
+        }
+    };
+    let ttl = raw.ttl.unwrap_or(Duration::from_secs(300));
+    if ttl.is_zero() {
+        errors.push(FieldError::new(
+            format!("{at}.ttl"),
+            "must be greater than 0",
+        ));
+    }
+    Some(RouteCache { ttl, scope, when })
 }

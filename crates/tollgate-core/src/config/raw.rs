@@ -31,6 +31,24 @@ pub struct RawConfig {
     pub prices: Option<Vec<RawPrice>>,
     pub budgets: Option<Vec<RawBudget>>,
     pub rate_limits: Option<Vec<RawRateLimit>>,
+    pub cache: Option<RawCache>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    #[serde(default, with = "units::size")]
+    pub max_size: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteCache {
+    pub enabled: Option<bool>,
+    #[serde(default, with = "units::duration")]
+    pub ttl: Option<Duration>,
+    pub scope: Option<String>,
+    pub when: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -237,6 +255,7 @@ pub struct RawModel {
     pub context_window_fallbacks: Option<Vec<String>>,
     pub content_policy_fallbacks: Option<Vec<String>>,
     pub strict_translation: Option<bool>,
+    pub cache: Option<RawRouteCache>,
     pub retry: Option<RawRetry>,
     pub cooldown: Option<RawCooldown>,
 }

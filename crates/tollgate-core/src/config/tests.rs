@@ -310,3 +310,28 @@ fn bedrock_credentials_come_from_config_or_the_environment() {
         ]
     );
 }
+
+#[test]
+fn route_caches_are_validated() {
+    let c = parse("models:\n  - name: a\n    targets: [{provider: p}]\n    cache: {}\n  - name: b\n    targets: [{provider: p}]\n    cache: {enabled: false}\nproviders:\n  - name: p\n    kind: mock\n").unwrap();
+    let a = c.models[0].cache.as_ref().unwrap();
+    assert_eq!(
+        (a.scope, a.when, a.ttl),
+        (
+            CacheScope::Team,
+            CacheWhen::Always,
+            std::time::Duration::from_secs(300)
+        )
+    );
+    assert!(c.models[1].cache.is_none());
+    assert_eq!(c.cache.max_size, 256 * 1024 * 1024);
+    let err = parse("models:\n  - name: a\n    targets: [{provider: p}]\n    cache: {scope: planet, when: sometimes, ttl: 0s}\nproviders:\n  - name: p\n    kind: mock\n").unwrap_err();
+    assert_eq!(
+        error_paths(&err),
+        [
+            "models[0].cache.scope",
+            "models[0].cache.when",
+            "models[0].cache.ttl"
+        ]
+    );
+}

@@ -14,6 +14,7 @@ pub mod bedrock;
 pub mod chat;
 pub mod gemini;
 pub mod messages;
+pub mod replay;
 pub mod responses;
 mod sse;
 

@@ -138,3 +138,19 @@ pub fn sse_data(body: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// The ledger's rows once there are at least `n` (records are written off the request path).
+pub async fn ledger_rows(t: &TestGateway, n: usize) -> Vec<Value> {
+    let rows = std::sync::Mutex::new(Vec::new());
+    eventually("ledger rows", || async {
+        let got = t.client.get("/admin/v1/ledger", MASTER).await.json()["data"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let enough = got.len() >= n;
+        *rows.lock().unwrap() = got;
+        enough
+    })
+    .await;
+    rows.into_inner().unwrap()
+}

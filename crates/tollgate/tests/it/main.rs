@@ -5,6 +5,7 @@
 
 mod admin;
 mod audit;
+mod cache;
 mod chat;
 mod cli;
 mod directory;

@@ -148,23 +148,10 @@ async fn anthropic_stream_from_an_openai_upstream_is_priced() {
         up.requests()[0]["body"]["stream_options"],
         json!({"include_usage": true})
     );
-    let ledger = wait_for_ledger(&t, 1).await;
+    let ledger = ledger_rows(&t, 1).await;
     assert_eq!(ledger[0]["endpoint"], "messages");
     assert_eq!(ledger[0]["estimated"], false);
     assert!(ledger[0]["cost_usd"].as_f64().unwrap() > 0.0);
-}
-
-async fn wait_for_ledger(t: &TestGateway, n: usize) -> Vec<Value> {
-    let rows = std::sync::Mutex::new(Vec::new());
-    eventually("ledger rows", || async {
-        let res = t.client.get("/admin/v1/ledger", MASTER).await;
-        let got = res.json()["data"].as_array().cloned().unwrap_or_default();
-        let enough = got.len() >= n;
-        *rows.lock().unwrap() = got;
-        enough
-    })
-    .await;
-    rows.into_inner().unwrap()
 }
 
 #[tokio::test]
@@ -271,7 +258,7 @@ async fn lost_fields_are_reported_and_strict_routes_refuse_them() {
         res.header("x-tollgate-translation-loss"),
         Some("system[0].cache_control,top_k")
     );
-    let ledger = wait_for_ledger(&t, 1).await;
+    let ledger = ledger_rows(&t, 1).await;
     assert_eq!(
         ledger[0]["translation_loss"],
         json!(["system[0].cache_control", "top_k"])
@@ -336,7 +323,7 @@ prices:
         json!({"type": "ephemeral", "ttl": "1h"})
     );
     let usage = &res.json()["usage"];
-    let ledger = wait_for_ledger(&t, 1).await;
+    let ledger = ledger_rows(&t, 1).await;
     let cached = usage["cache_read_input_tokens"].as_u64().unwrap();
     assert!(cached > 0);
     assert_eq!(ledger[0]["cached_tokens"], cached);
@@ -351,7 +338,7 @@ prices:
     let res = messages(&t, &key, &stream_body).await;
     assert_eq!(res.status, 200);
     assert!(res.text().contains("event: message_start"));
-    let ledger = wait_for_ledger(&t, 2).await;
+    let ledger = ledger_rows(&t, 2).await;
     assert_eq!(ledger[1]["streamed"], true);
     assert_eq!(ledger[1]["estimated"], false);
     assert!(ledger[1]["cached_tokens"].as_u64().unwrap() > 0);
@@ -431,7 +418,7 @@ async fn the_builtin_mock_speaks_messages_and_tokens_are_counted() {
     let evs = events(&res.text());
     assert_eq!(evs.last().map(|e| e.0.as_str()), Some("message_stop"));
     // Usage read from the stream's own events (the echo model has no price).
-    let ledger = wait_for_ledger(&t, 2).await;
+    let ledger = ledger_rows(&t, 2).await;
     assert_eq!(ledger[1]["completion_tokens"], 3);
     assert_eq!(ledger[1]["outcome"], "ok");
 
@@ -512,7 +499,7 @@ async fn a_translated_stream_cut_short_ends_with_an_error_event_and_is_charged()
     assert_eq!(last.0, "error", "{evs:?}");
     assert_eq!(last.1["type"], "error");
     assert!(evs.iter().all(|(n, _)| n != "message_stop"));
-    let ledger = wait_for_ledger(&t, 1).await;
+    let ledger = ledger_rows(&t, 1).await;
     assert_eq!(ledger[0]["outcome"], "stream_failed");
     // Charged for what it generated, counted, and marked estimated.
     assert_eq!(ledger[0]["estimated"], true);
@@ -585,7 +572,7 @@ async fn gemini_serves_chat_clients_with_tools_and_streams() {
     let prompt = usage["usage"]["prompt_tokens"].as_u64().unwrap();
     assert!(prompt > 0);
     // Priced from Gemini's own usage metadata, not estimated.
-    let ledger = wait_for_ledger(&t, 2).await;
+    let ledger = ledger_rows(&t, 2).await;
     assert_eq!(ledger[1]["streamed"], true);
     assert_eq!(ledger[1]["estimated"], false);
     assert_eq!(ledger[1]["prompt_tokens"], prompt);
@@ -648,7 +635,7 @@ async fn bedrock_requests_are_signed_and_keep_their_cache_points() {
         up.requests()[1]["path"],
         "/bedrock/model/anthropic.claude-v2%3A1/converse-stream"
     );
-    let ledger = wait_for_ledger(&t, 2).await;
+    let ledger = ledger_rows(&t, 2).await;
     assert!(ledger[1]["cached_tokens"].as_u64().unwrap() > 0);
     assert!(ledger[1]["completion_tokens"].as_u64().unwrap() > 0);
 
@@ -719,7 +706,7 @@ async fn a_cancelled_anthropic_stream_is_charged_for_what_it_generated() {
         }
     }
     drop(res);
-    let ledger = wait_for_ledger(&t, 1).await;
+    let ledger = ledger_rows(&t, 1).await;
     let r = &ledger[0];
     assert_eq!(r["outcome"], "cancelled");
     assert_eq!(r["estimated"], true);

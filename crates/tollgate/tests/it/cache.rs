@@ -1,0 +1,293 @@
+//! The exact response cache: hits per tenant, request controls, TTL, streams replayed in any
+//! client API, the ledger's saved cost, and the policy still deciding on a hit.
+
+use std::time::Duration;
+
+use http::Method;
+use serde_json::{json, Value};
+use tollgate_testkit::{chat_completion, chunk, MockUpstream, Reply};
+
+use crate::harness::*;
+
+fn yaml(up: &MockUpstream, cache: &str) -> String {
+    format!(
+        "providers:\n  - name: up\n    kind: openai\n    base_url: {}\nmodels:\n  - name: cached\n    targets: [{{provider: up, model: gpt-upstream}}]\n    cache: {cache}\n  - name: uncached\n    targets: [{{provider: up, model: gpt-upstream}}]\nprices:\n  - model: gpt-upstream\n    input_per_mtok: 1000\n    output_per_mtok: 2000\n",
+        up.base_url()
+    )
+}
+
+async fn ask(
+    t: &TestGateway,
+    key: &str,
+    body: &Value,
+    extra: &[(&str, &str)],
+) -> tollgate_testkit::TestResponse {
+    let auth = format!("Bearer {key}");
+    let mut headers = vec![("authorization", auth.as_str())];
+    headers.extend_from_slice(extra);
+    t.client
+        .send(
+            Method::POST,
+            "/v1/chat/completions",
+            &headers,
+            body.to_string(),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn a_repeated_request_is_answered_from_the_cache_and_costs_nothing() {
+    let up = MockUpstream::start().await;
+    let t = start(&yaml(&up, "{ttl: 10m}")).await;
+    let key = t.any_key().await;
+    up.push(Reply::json(
+        200,
+        chat_completion("gpt-upstream", "Paris.", 20, 2),
+    ));
+    let body = json!({"model": "cached", "messages": [{"role": "user", "content": "capital of France?"}], "user": "alice"});
+    let first = ask(&t, &key, &body, &[]).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.header("x-tollgate-cache"), Some("miss"));
+    // Who asks (`user`) is not part of the question.
+    let mut again = body.clone();
+    again["user"] = json!("bob");
+    let second = ask(&t, &key, &again, &[]).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("x-tollgate-cache"), Some("hit"));
+    assert_eq!(second.json()["choices"][0]["message"]["content"], "Paris.");
+    assert_eq!(second.json()["usage"]["prompt_tokens"], 20);
+    assert_eq!(up.count(), 1, "the upstream was asked once");
+
+    let rows = ledger_rows(&t, 2).await;
+    assert_eq!(rows[0]["cache_hit"], false);
+    let paid = rows[0]["cost_usd"].as_f64().unwrap();
+    assert!(paid > 0.0);
+    assert_eq!(rows[1]["cache_hit"], true);
+    assert_eq!(rows[1]["cost_usd"], 0.0);
+    assert_eq!(rows[1]["cost_saved_usd"].as_f64().unwrap(), paid);
+
+    // A different question, or a group without a cache, goes upstream.
+    up.push(Reply::json(
+        200,
+        chat_completion("gpt-upstream", "Rome.", 20, 2),
+    ));
+    let other =
+        json!({"model": "cached", "messages": [{"role": "user", "content": "capital of Italy?"}]});
+    assert_eq!(
+        ask(&t, &key, &other, &[]).await.header("x-tollgate-cache"),
+        Some("miss")
+    );
+    up.push(Reply::json(
+        200,
+        chat_completion("gpt-upstream", "Paris.", 20, 2),
+    ));
+    let mut plain = body.clone();
+    plain["model"] = json!("uncached");
+    assert_eq!(
+        ask(&t, &key, &plain, &[]).await.header("x-tollgate-cache"),
+        None
+    );
+    assert_eq!(up.count(), 3);
+
+    let metrics = t.client.get("/metrics", MASTER).await.text();
+    assert!(
+        metrics.contains(r#"tollgate_cache_lookups_total{model="cached",result="hit"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn tenants_never_share_answers_unless_configured() {
+    let up = MockUpstream::start().await;
+    let t = start(&yaml(&up, "{}")).await;
+    t.team("red", &[]).await;
+    t.team("blue", &[]).await;
+    let red1 = t.key(json!({"name": "r1", "team": "red"})).await.1;
+    let red2 = t.key(json!({"name": "r2", "team": "red"})).await.1;
+    let blue = t.key(json!({"name": "b", "team": "blue"})).await.1;
+    let body =
+        json!({"model": "cached", "messages": [{"role": "user", "content": "secret plans"}]});
+    for _ in 0..3 {
+        up.push(Reply::json(
+            200,
+            chat_completion("gpt-upstream", "ok", 5, 1),
+        ));
+    }
+    assert_eq!(
+        ask(&t, &red1, &body, &[]).await.header("x-tollgate-cache"),
+        Some("miss")
+    );
+    assert_eq!(
+        ask(&t, &red2, &body, &[]).await.header("x-tollgate-cache"),
+        Some("hit"),
+        "same team"
+    );
+    assert_eq!(
+        ask(&t, &blue, &body, &[]).await.header("x-tollgate-cache"),
+        Some("miss"),
+        "another team"
+    );
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn clients_control_the_cache_per_request() {
+    let up = MockUpstream::start().await;
+    let t = start(&yaml(&up, "{}")).await;
+    let key = t.any_key().await;
+    let body = json!({"model": "cached", "messages": [{"role": "user", "content": "hello"}]});
+    for text in ["one", "two", "three"] {
+        up.push(Reply::json(
+            200,
+            chat_completion("gpt-upstream", text, 5, 1),
+        ));
+    }
+    // no-store: neither read nor kept.
+    let res = ask(&t, &key, &body, &[("cache-control", "no-store")]).await;
+    assert_eq!(res.header("x-tollgate-cache"), None);
+    let res = ask(&t, &key, &body, &[]).await;
+    assert_eq!(res.header("x-tollgate-cache"), Some("miss"));
+    assert_eq!(res.json()["choices"][0]["message"]["content"], "two");
+    // refresh (or no-cache): ask upstream, and keep the new answer.
+    let res = ask(&t, &key, &body, &[("x-tollgate-cache", "refresh")]).await;
+    assert_eq!(res.header("x-tollgate-cache"), Some("miss"));
+    let res = ask(&t, &key, &body, &[]).await;
+    assert_eq!(res.header("x-tollgate-cache"), Some("hit"));
+    assert_eq!(res.json()["choices"][0]["message"]["content"], "three");
+    assert_eq!(up.count(), 3);
+}
+
+#[tokio::test]
+async fn only_qualifying_requests_are_cached_and_entries_expire() {
+    let up = MockUpstream::start().await;
+    let t = start(&yaml(&up, "{ttl: 1s, when: temperature_zero}")).await;
+    let key = t.any_key().await;
+    let warm = json!({"model": "cached", "temperature": 0.7, "messages": [{"role": "user", "content": "poem"}]});
+    up.push(Reply::json(
+        200,
+        chat_completion("gpt-upstream", "roses", 5, 1),
+    ));
+    assert_eq!(
+        ask(&t, &key, &warm, &[]).await.header("x-tollgate-cache"),
+        None
+    );
+    let cold = json!({"model": "cached", "temperature": 0, "messages": [{"role": "user", "content": "2+2"}]});
+    up.push(Reply::json(200, chat_completion("gpt-upstream", "4", 5, 1)));
+    assert_eq!(
+        ask(&t, &key, &cold, &[]).await.header("x-tollgate-cache"),
+        Some("miss")
+    );
+    assert_eq!(
+        ask(&t, &key, &cold, &[]).await.header("x-tollgate-cache"),
+        Some("hit")
+    );
+    // After the TTL the answer is gone.
+    for _ in 0..100 {
+        up.push(Reply::json(200, chat_completion("gpt-upstream", "4", 5, 1)));
+    }
+    eventually("the entry expires", || async {
+        ask(&t, &key, &cold, &[("cache-control", "max-age=0")])
+            .await
+            .header("x-tollgate-cache")
+            == Some("miss")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_streamed_answer_is_replayed_as_a_stream_or_as_json_in_any_api() {
+    let up = MockUpstream::start().await;
+    let t = start(&yaml(&up, "{}")).await;
+    let key = t.any_key().await;
+    let usage = json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}});
+    let mut finish = chunk("");
+    finish["choices"][0]["delta"] = json!({});
+    finish["choices"][0]["finish_reason"] = json!("stop");
+    up.push(Reply::sse(
+        &[chunk("Hel"), chunk("lo "), chunk("there"), finish, usage],
+        Duration::ZERO,
+    ));
+    let body = json!({"model": "cached", "stream": true, "messages": [{"role": "user", "content": "greet me"}]});
+    let text_of = |raw: &str| -> String {
+        sse_data(raw)
+            .iter()
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect()
+    };
+    let first = ask(&t, &key, &body, &[]).await;
+    assert_eq!(first.header("x-tollgate-cache"), Some("miss"));
+    assert_eq!(text_of(&first.text()), "Hello there");
+    // The stream was kept once it completed.
+    let second = ask(&t, &key, &body, &[]).await;
+    assert_eq!(second.header("x-tollgate-cache"), Some("hit"));
+    assert_eq!(second.header("content-type"), Some("text/event-stream"));
+    let replay = second.text();
+    assert_eq!(text_of(&replay), "Hello there");
+    assert_eq!(sse_data(&replay).last().map(String::as_str), Some("[DONE]"));
+    assert!(replay.contains(r#""finish_reason":"stop""#));
+    // The same question without streaming gets the same answer as JSON.
+    let mut json_body = body.clone();
+    json_body["stream"] = json!(false);
+    let res = ask(&t, &key, &json_body, &[]).await;
+    assert_eq!(res.header("x-tollgate-cache"), Some("hit"));
+    assert_eq!(
+        res.json()["choices"][0]["message"]["content"],
+        "Hello there"
+    );
+    assert_eq!(res.json()["usage"]["completion_tokens"], 3);
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn anthropic_clients_hit_too_and_the_policy_still_decides() {
+    let up = MockUpstream::start().await;
+    let yaml = format!(
+        "{}policies:\n  - name: interns\n    applies_to: \"principal.team == 'interns'\"\n    rules:\n      - name: no-cached\n        when: \"request.model == 'cached'\"\n        action: deny\n        reason: interns may not use cached\n      - name: rest\n        when: \"true\"\n        action: allow\n",
+        yaml(&up, "{scope: global}")
+    );
+    let t = start(&yaml).await;
+    t.team("interns", &[]).await;
+    let key = t.any_key().await;
+    let intern = t.key(json!({"name": "i", "team": "interns"})).await.1;
+    up.push(Reply::json(
+        200,
+        chat_completion("gpt-upstream", "Bonjour", 5, 1),
+    ));
+    let body = json!({"model": "cached", "max_tokens": 20, "messages": [{"role": "user", "content": "say hi in French"}]});
+    let send = |k: String| {
+        let t = &t;
+        let body = body.clone();
+        async move {
+            t.client
+                .send(
+                    Method::POST,
+                    "/v1/messages",
+                    &[("x-api-key", &k)],
+                    body.to_string(),
+                )
+                .await
+        }
+    };
+    let res = send(key.clone()).await;
+    assert_eq!(
+        res.header("x-tollgate-cache"),
+        Some("miss"),
+        "{}",
+        res.text()
+    );
+    let res = send(key.clone()).await;
+    assert_eq!(res.header("x-tollgate-cache"), Some("hit"));
+    assert_eq!(res.json()["content"][0]["text"], "Bonjour");
+    assert_eq!(res.json()["type"], "message");
+    // Scope global shares the answer, but a denied caller is still denied.
+    let res = send(intern).await;
+    assert_eq!(res.status, 403, "{}", res.text());
+    assert_eq!(res.json()["error"]["type"], "permission_error");
+    assert_eq!(up.count(), 1);
+}
