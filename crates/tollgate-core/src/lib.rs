@@ -63,6 +63,8 @@ pub struct Core {
     pub rate_limits: Arc<crate::ratelimit::RateLimits>,
     /// Finished spans go here (a no-op unless `telemetry.otlp` is set).
     pub tracer: crate::otlp::Tracer,
+    /// Values replicas share (the response cache), when `storage.redis_url` is configured.
+    pub shared: Option<Arc<dyn crate::redis_store::SharedBlobs>>,
     /// JWT verification, when `auth.jwt` is configured.
     jwt: ArcSwap<Option<Arc<JwtVerifier>>>,
     draining: AtomicBool,
@@ -92,21 +94,25 @@ impl Core {
             None => None,
         };
         // Counters every replica shares live in Redis when it is configured.
-        let (counters, buckets): (
+        type Shared = Option<Arc<dyn crate::redis_store::SharedBlobs>>;
+        let (counters, buckets, shared): (
             Arc<dyn crate::budget::SpendCounters>,
             Arc<dyn crate::ratelimit::RateBuckets>,
+            Shared,
         ) = match &config.storage.redis_url {
             Some(url) => {
                 let con = crate::redis_store::connect(url.expose()).await?;
                 let prefix = &config.storage.redis_prefix;
                 (
                     Arc::new(crate::redis_store::RedisCounters::new(con.clone(), prefix)),
-                    Arc::new(crate::redis_store::RedisBuckets::new(con, prefix)),
+                    Arc::new(crate::redis_store::RedisBuckets::new(con.clone(), prefix)),
+                    Some(Arc::new(crate::redis_store::RedisBlobs::new(con, prefix))),
                 )
             }
             None => (
                 Arc::new(crate::budget::LocalCounters::default()),
                 Arc::new(crate::ratelimit::LocalBuckets::default()),
+                None,
             ),
         };
         let metrics = Metrics::new();
@@ -128,6 +134,7 @@ impl Core {
             audit,
             ledger,
             tracer,
+            shared,
             jwt: ArcSwap::from_pointee(jwt),
             draining: AtomicBool::new(false),
         });

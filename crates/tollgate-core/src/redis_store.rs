@@ -443,3 +443,58 @@ impl RateBuckets for RedisBuckets {
         Ok(())
     }
 }
+
+/// Values every replica shares for a while (the response cache's entries): bytes with a TTL.
+#[async_trait::async_trait]
+pub trait SharedBlobs: Send + Sync {
+    /// The value and how long it has left to live.
+    async fn get(&self, key: &str) -> StoreResult<Option<(Vec<u8>, Duration)>>;
+    async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> StoreResult<()>;
+}
+
+/// [`SharedBlobs`] in Redis, under the configured key prefix.
+pub struct RedisBlobs {
+    con: ConnectionManager,
+    prefix: String,
+}
+
+impl RedisBlobs {
+    pub fn new(con: ConnectionManager, prefix: &str) -> RedisBlobs {
+        RedisBlobs {
+            con,
+            prefix: prefix.to_owned(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SharedBlobs for RedisBlobs {
+    async fn get(&self, key: &str) -> StoreResult<Option<(Vec<u8>, Duration)>> {
+        let mut con = self.con.clone();
+        let k = format!("{}{key}", self.prefix);
+        let (value, pttl): (Option<Vec<u8>>, i64) = redis::pipe()
+            .cmd("GET")
+            .arg(&k)
+            .cmd("PTTL")
+            .arg(&k)
+            .query_async(&mut con)
+            .await
+            .map_err(unavailable)?;
+        Ok(value
+            .filter(|_| pttl > 0)
+            .map(|v| (v, Duration::from_millis(pttl.unsigned_abs()))))
+    }
+
+    async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> StoreResult<()> {
+        let mut con = self.con.clone();
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        redis::cmd("SET")
+            .arg(format!("{}{key}", self.prefix))
+            .arg(value)
+            .arg("PX")
+            .arg(ms)
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(unavailable)
+    }
+}

@@ -4,7 +4,9 @@
 //!
 //! Answers are stored in the intermediate form ([`crate::translate::Response`]), so a streamed
 //! answer can answer a JSON request and the other way round. Bounded by memory (TinyLFU
-//! admission, `moka`), each entry living its route's TTL.
+//! admission, `moka`), each entry living its route's TTL. With Redis configured, entries are
+//! also shared by every replica (the local cache in front, filled for what an entry has left to
+//! live); Redis failing makes lookups miss, never fail.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tollgate_core::config::{CacheScope, CacheWhen, RouteCache};
 use tollgate_core::identity::Principal;
+use tollgate_core::redis_store::SharedBlobs;
 
 use crate::provider::Endpoint;
 use crate::translate::{self, replay::Assembler, Dialect, Event, StreamDecoder};
@@ -66,10 +69,27 @@ impl moka::Expiry<[u8; 32], Arc<Entry>> for Ttl {
 pub struct ResponseCache {
     entries: moka::sync::Cache<[u8; 32], Arc<Entry>>,
     max_size: u64,
+    shared: Option<Arc<dyn SharedBlobs>>,
+}
+
+/// An entry as replicas share it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored {
+    response: translate::Response,
+    cost_usd: f64,
+}
+
+fn shared_key(key: &[u8; 32]) -> String {
+    let mut s = String::with_capacity(6 + 64);
+    s.push_str("cache:");
+    for b in key {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
 }
 
 impl ResponseCache {
-    pub fn new(max_size: u64) -> ResponseCache {
+    pub fn new(max_size: u64, shared: Option<Arc<dyn SharedBlobs>>) -> ResponseCache {
         ResponseCache {
             entries: moka::sync::Cache::builder()
                 .max_capacity(max_size)
@@ -77,6 +97,7 @@ impl ResponseCache {
                 .expire_after(Ttl)
                 .build(),
             max_size,
+            shared,
         }
     }
 
@@ -84,10 +105,42 @@ impl ResponseCache {
         self.max_size
     }
 
-    pub fn get(&self, key: &[u8; 32]) -> Option<Arc<Entry>> {
-        self.entries.get(key)
+    /// This replica's entry, else the shared one (kept here for what it has left to live).
+    pub async fn get(&self, key: &[u8; 32]) -> Option<Arc<Entry>> {
+        if let Some(e) = self.entries.get(key) {
+            return Some(e);
+        }
+        let shared = self.shared.as_ref()?;
+        let (bytes, left) = match shared.get(&shared_key(key)).await {
+            Ok(found) => found?,
+            Err(e) => {
+                tracing::warn!(error = %e, "shared response cache unavailable: answering from upstream");
+                return None;
+            }
+        };
+        let stored: Stored = serde_json::from_slice(&bytes).ok()?;
+        Some(self.keep(*key, stored.response, stored.cost_usd, left))
     }
 
+    fn keep(
+        &self,
+        key: [u8; 32],
+        response: translate::Response,
+        cost_usd: f64,
+        ttl: Duration,
+    ) -> Arc<Entry> {
+        let size = approximate_size(&response);
+        let entry = Arc::new(Entry {
+            response,
+            cost_usd,
+            ttl,
+            size,
+        });
+        self.entries.insert(key, entry.clone());
+        entry
+    }
+
+    /// Keeps an answer here and, off the request path, for every replica.
     pub fn insert(
         &self,
         key: [u8; 32],
@@ -95,16 +148,24 @@ impl ResponseCache {
         cost_usd: f64,
         ttl: Duration,
     ) {
-        let size = approximate_size(&response);
-        self.entries.insert(
-            key,
-            Arc::new(Entry {
-                response,
-                cost_usd,
-                ttl,
-                size,
-            }),
-        );
+        let entry = self.keep(key, response, cost_usd, ttl);
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let Ok(bytes) = serde_json::to_vec(&Stored {
+            response: entry.response.clone(),
+            cost_usd,
+        }) else {
+            return;
+        };
+        let put = async move {
+            if let Err(e) = shared.put(&shared_key(&key), &bytes, ttl).await {
+                tracing::warn!(error = %e, "could not share a cached response");
+            }
+        };
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            h.spawn(put);
+        }
     }
 }
 

@@ -392,10 +392,11 @@ pub struct LlmLayer {
 
 impl LlmLayer {
     pub fn new(core: Arc<Core>, config: &Config) -> Result<Arc<LlmLayer>, String> {
+        let cache = cache::ResponseCache::new(config.cache.max_size, core.shared.clone());
         let layer = Arc::new(LlmLayer {
             core,
             state: ArcSwap::from_pointee(LlmState::build(config, None)?),
-            cache: ArcSwap::from_pointee(cache::ResponseCache::new(config.cache.max_size)),
+            cache: ArcSwap::from_pointee(cache),
         });
         layer
             .core
@@ -409,8 +410,10 @@ impl LlmLayer {
         let state = LlmState::build(config, Some(&self.state.load()))?;
         self.state.store(Arc::new(state));
         if self.cache.load().max_size() != config.cache.max_size {
-            self.cache
-                .store(Arc::new(cache::ResponseCache::new(config.cache.max_size)));
+            self.cache.store(Arc::new(cache::ResponseCache::new(
+                config.cache.max_size,
+                self.core.shared.clone(),
+            )));
         }
         Ok(())
     }
@@ -760,7 +763,7 @@ async fn call_model(
         .as_ref()
         .and_then(|c| cache::plan(c, &route.name, endpoint, headers, &bytes, &principal));
     if let Some(p) = plan.as_ref().filter(|p| p.read) {
-        let hit = layer.cache.load().get(&p.key);
+        let hit = layer.cache.load_full().get(&p.key).await;
         core.metrics
             .cache_lookups
             .get_or_create(&tollgate_core::metrics::CacheLabels {

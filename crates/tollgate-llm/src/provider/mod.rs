@@ -84,7 +84,7 @@ pub struct Call<'a> {
 }
 
 /// Token usage reported by a provider.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     pub prompt: u64,
     pub completion: u64,

@@ -157,7 +157,7 @@ pub struct Message {
     pub at: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Block {
     pub kind: BlockKind,
     /// The prompt-cache breakpoint on this block, as Anthropic spells it
@@ -181,7 +181,7 @@ impl Block {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum BlockKind {
     Text(String),
     Image(Image),
@@ -206,7 +206,7 @@ pub enum BlockKind {
     },
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Image {
     Url(String),
     Base64 { media_type: String, data: String },
@@ -303,7 +303,7 @@ impl Reasoning {
 }
 
 /// Why the model stopped.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Stop {
     End,
     MaxTokens,
@@ -315,7 +315,7 @@ pub enum Stop {
 }
 
 /// One non-streamed response in the intermediate form.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Response {
     pub id: String,
     pub model: String,

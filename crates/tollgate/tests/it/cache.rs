@@ -291,3 +291,72 @@ async fn anthropic_clients_hit_too_and_the_policy_still_decides() {
     assert_eq!(res.json()["error"]["type"], "permission_error");
     assert_eq!(up.count(), 1);
 }
+
+#[tokio::test]
+async fn replicas_share_answers_through_redis() {
+    let url = "redis://127.0.0.1:6379/";
+    if tollgate_core::redis_store::connect(url).await.is_err() {
+        assert!(
+            std::env::var("TOLLGATE_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "Redis at {url} is required (TOLLGATE_REQUIRE_SERVICES=1) but unreachable"
+        );
+        eprintln!("!!! SKIPPING the shared cache test: Redis at {url} is unreachable");
+        return;
+    }
+    let prefix = format!("tollgate-it:{:016x}:", fastrand::u64(..));
+    let up = MockUpstream::start().await;
+    let config = base_yaml().replace(
+        "  database_url: memory://\n",
+        &format!("  database_url: memory://\n  redis_url: {url}\n  redis_prefix: \"{prefix}\"\n"),
+    ) + &yaml(&up, "{ttl: 1m}");
+    let a = start_yaml(&config).await;
+    let b = start_yaml(&config).await;
+    up.push(Reply::json(
+        200,
+        chat_completion("gpt-upstream", "shared answer", 7, 2),
+    ));
+    let body =
+        json!({"model": "cached", "messages": [{"role": "user", "content": "one question"}]});
+    let first = ask(&a, MASTER, &body, &[]).await;
+    assert_eq!(
+        first.header("x-tollgate-cache"),
+        Some("miss"),
+        "{}",
+        first.text()
+    );
+    // The entry is shared off the request path: wait until Redis holds it.
+    let mut con = tollgate_core::redis_store::connect(url).await.unwrap();
+    let keys = std::sync::Mutex::new(Vec::<String>::new());
+    eventually("the entry reaches Redis", || async {
+        let mut con = con.clone();
+        let found: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}cache:*"))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let any = !found.is_empty();
+        *keys.lock().unwrap() = found;
+        any
+    })
+    .await;
+    let keys = keys.into_inner().unwrap();
+    // The other replica answers from it.
+    let res = ask(&b, MASTER, &body, &[]).await;
+    assert_eq!(res.header("x-tollgate-cache"), Some("hit"));
+    assert_eq!(
+        res.json()["choices"][0]["message"]["content"],
+        "shared answer"
+    );
+    assert_eq!(up.count(), 1, "one upstream call for both replicas");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
+    let _: () = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+}
