@@ -257,8 +257,8 @@ pub fn plan(
         },
         CacheScope::Key => format!("key:{}", principal.label()),
     };
-    // serde_json's map is ordered by key: the serialisation is canonical.
-    let canonical = serde_json::to_vec(&Value::Object(req)).ok()?;
+    let mut canonical = Vec::with_capacity(body.len());
+    write_canonical(&Value::Object(req), &mut canonical);
     let mut h = Sha256::new();
     for part in [
         namespace.as_bytes(),
@@ -275,6 +275,44 @@ pub fn plan(
         write,
         ttl: cfg.ttl,
     })
+}
+
+/// JSON with every object's keys sorted, whatever order the client sent them in (and whatever
+/// map order serde_json was built with).
+fn write_canonical(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(&Value::String(k.clone()), out);
+                out.push(b':');
+                if let Some(child) = map.get(k) {
+                    write_canonical(child, out);
+                }
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => {
+            if serde_json::to_writer(&mut *out, scalar).is_err() {
+                out.extend_from_slice(b"null");
+            }
+        }
+    }
 }
 
 /// The client's dialect for a cached endpoint.
@@ -405,4 +443,70 @@ pub fn mark(headers: &mut HeaderMap, hit: bool) {
         HEADER,
         HeaderValue::from_static(if hit { "hit" } else { "miss" }),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(team: Option<&str>) -> Principal {
+        let mut p = Principal::master();
+        p.team = team.map(str::to_owned);
+        p
+    }
+
+    fn key(body: &str, team: Option<&str>, headers: &HeaderMap) -> Option<[u8; 32]> {
+        let cfg = RouteCache {
+            ttl: Duration::from_secs(60),
+            scope: CacheScope::Team,
+            when: CacheWhen::Always,
+        };
+        plan(
+            &cfg,
+            "g",
+            Endpoint::Chat,
+            headers,
+            body.as_bytes(),
+            &principal(team),
+        )
+        .map(|p| p.key)
+    }
+
+    #[test]
+    fn the_key_ignores_order_and_delivery_but_not_content_or_tenant() {
+        let h = HeaderMap::new();
+        let a = key(
+            r#"{"model":"x","temperature":0,"messages":[{"role":"user","content":"hi"}]}"#,
+            Some("t"),
+            &h,
+        );
+        let b = key(
+            r#"{"messages":[{"content":"hi","role":"user"}],"temperature":0,"stream":true,"user":"u","model":"alias"}"#,
+            Some("t"),
+            &h,
+        );
+        assert!(a.is_some());
+        assert_eq!(
+            a, b,
+            "field order, stream, user and model name do not matter"
+        );
+        let c = key(
+            r#"{"model":"x","temperature":0.5,"messages":[{"role":"user","content":"hi"}]}"#,
+            Some("t"),
+            &h,
+        );
+        assert_ne!(a, c, "sampling matters");
+        let d = key(
+            r#"{"model":"x","temperature":0,"messages":[{"role":"user","content":"hi"}]}"#,
+            Some("other"),
+            &h,
+        );
+        assert_ne!(a, d, "another team never shares");
+        let mut no_store = HeaderMap::new();
+        no_store.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("private, no-store"),
+        );
+        assert!(key(r#"{"messages":[]}"#, None, &no_store).is_none());
+    }
 }
