@@ -258,11 +258,7 @@ fn decode_blocks(items: &[Value], at: &str, loss: &mut Loss) -> Vec<Block> {
                 r.get("redactedContent").and_then(Value::as_str),
             ) {
                 (Some(t), _) => BlockKind::Thinking {
-                    text: t
-                        .get("text")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned(),
+                    text: super::str_field(t, "text"),
                     signature: t
                         .get("signature")
                         .and_then(Value::as_str)

@@ -294,18 +294,10 @@ fn decode_assistant(
                 let o = object(b, &pat)?;
                 let kind = match o.get("type").and_then(Value::as_str) {
                     Some("redacted_thinking") => BlockKind::RedactedThinking {
-                        data: o
-                            .get("data")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_owned(),
+                        data: super::str_field(o, "data"),
                     },
                     _ => BlockKind::Thinking {
-                        text: o
-                            .get("thinking")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_owned(),
+                        text: super::str_field(o, "thinking"),
                         signature: o
                             .get("signature")
                             .and_then(Value::as_str)
@@ -348,11 +340,7 @@ fn decode_assistant(
             )?;
             out.push(Block::new(
                 BlockKind::ToolCall {
-                    id: o
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned(),
+                    id: super::str_field(o, "id"),
                     name: string(
                         f.get("name").unwrap_or(&Value::Null),
                         &path(&pat, "function.name"),
@@ -742,16 +730,8 @@ pub fn decode_response(v: &Value, loss: &mut Loss) -> Result<Response, String> {
     let mut dummy = Loss::default();
     let content = decode_assistant(msg, "choices[0].message", &mut dummy).map_err(|e| e.message)?;
     Ok(Response {
-        id: v
-            .get("id")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
-        model: v
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
+        id: super::str_field(v, "id"),
+        model: super::str_field(v, "model"),
         content,
         stop: stop_from(choice.get("finish_reason").and_then(Value::as_str)),
         usage: v.get("usage").map(usage_from).unwrap_or_default(),
@@ -867,33 +847,14 @@ impl Decoder {
 
     fn chunk(&mut self, v: &Value, out: &mut Vec<Event>) {
         if let Some(err) = v.get("error") {
-            out.push(Event::Error {
-                kind: err
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .unwrap_or("api_error")
-                    .to_owned(),
-                message: err
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("upstream error")
-                    .to_owned(),
-            });
+            out.push(super::upstream_error(err, "type"));
             return;
         }
         if !self.started {
             self.started = true;
             out.push(Event::Start {
-                id: v
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                model: v
-                    .get("model")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
+                id: super::str_field(v, "id"),
+                model: super::str_field(v, "model"),
             });
         }
         let choice = v
@@ -906,11 +867,7 @@ impl Decoder {
                     if b.get("type").and_then(Value::as_str) == Some("redacted_thinking") {
                         self.close(out);
                         let i = self.blocks.fresh(out);
-                        let data = b
-                            .get("data")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_owned();
+                        let data = super::str_field(b, "data");
                         out.push(Event::BlockStart {
                             index: i,
                             kind: StartKind::RedactedThinking { data },
@@ -959,11 +916,7 @@ impl Decoder {
                         Some(&i) => i,
                         None => {
                             let start = StartKind::ToolCall {
-                                id: c
-                                    .get("id")
-                                    .and_then(Value::as_str)
-                                    .unwrap_or_default()
-                                    .to_owned(),
+                                id: super::str_field(c, "id"),
                                 name: f
                                     .and_then(|f| f.get("name"))
                                     .and_then(Value::as_str)

@@ -324,16 +324,8 @@ pub fn decode_response(v: &Value, loss: &mut Loss) -> Result<Response, String> {
             .and_then(Value::as_str);
         return match blocked {
             Some(reason) => Ok(Response {
-                id: v
-                    .get("responseId")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                model: v
-                    .get("modelVersion")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
+                id: super::str_field(v, "responseId"),
+                model: super::str_field(v, "modelVersion"),
                 content: Vec::new(),
                 stop: Stop::ContentFilter,
                 usage: v.get("usageMetadata").map(usage_from).unwrap_or_default(),
@@ -356,16 +348,8 @@ pub fn decode_response(v: &Value, loss: &mut Loss) -> Result<Response, String> {
         .iter()
         .any(|b| matches!(b.kind, BlockKind::ToolCall { .. }));
     Ok(Response {
-        id: v
-            .get("responseId")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
-        model: v
-            .get("modelVersion")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
+        id: super::str_field(v, "responseId"),
+        model: super::str_field(v, "modelVersion"),
         content,
         stop: stop_from(
             c.get("finishReason")
@@ -411,33 +395,14 @@ impl Decoder {
 
     fn chunk(&mut self, v: &Value, out: &mut Vec<Event>) {
         if let Some(err) = v.get("error") {
-            out.push(Event::Error {
-                kind: err
-                    .get("status")
-                    .and_then(Value::as_str)
-                    .unwrap_or("api_error")
-                    .to_owned(),
-                message: err
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("upstream error")
-                    .to_owned(),
-            });
+            out.push(super::upstream_error(err, "status"));
             return;
         }
         if !self.started {
             self.started = true;
             out.push(Event::Start {
-                id: v
-                    .get("responseId")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                model: v
-                    .get("modelVersion")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
+                id: super::str_field(v, "responseId"),
+                model: super::str_field(v, "modelVersion"),
             });
         }
         let c = v
@@ -474,11 +439,7 @@ impl Decoder {
             } else if let Some(f) = p.get("functionCall") {
                 self.called = true;
                 let i = self.blocks.fresh(out);
-                let name = f
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
+                let name = super::str_field(f, "name");
                 let id = f
                     .get("id")
                     .and_then(Value::as_str)

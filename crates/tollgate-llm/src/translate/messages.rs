@@ -593,16 +593,8 @@ pub fn decode_response(v: &Value, loss: &mut Loss) -> Result<Response, String> {
         }
     }
     Ok(Response {
-        id: v
-            .get("id")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
-        model: v
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
+        id: super::str_field(v, "id"),
+        model: super::str_field(v, "model"),
         content,
         stop: stop_from(
             v.get("stop_reason").and_then(Value::as_str),

@@ -731,9 +731,41 @@ pub(crate) fn boolean(v: &Value, at: &str) -> Result<bool, ApiError> {
         .ok_or_else(|| ApiError::invalid(format!("`{at}` must be a boolean")).param(at))
 }
 
+/// An error object from an upstream stream, as an event: its kind under `kind_field`
+/// (`type`, or Gemini's `status`) and its message.
+pub(crate) fn upstream_error(err: &Value, kind_field: &str) -> Event {
+    let field = |k: &str, default: &str| {
+        err.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or(default)
+            .to_owned()
+    };
+    Event::Error {
+        kind: field(kind_field, "api_error"),
+        message: field("message", "upstream error"),
+    }
+}
+
+/// Something with named members: a JSON value or object.
+pub(crate) trait Members {
+    fn member(&self, key: &str) -> Option<&Value>;
+}
+
+impl Members for Value {
+    fn member(&self, key: &str) -> Option<&Value> {
+        self.get(key)
+    }
+}
+
+impl Members for Map<String, Value> {
+    fn member(&self, key: &str) -> Option<&Value> {
+        self.get(key)
+    }
+}
+
 /// A string member, or empty.
-pub(crate) fn str_field(v: &Value, key: &str) -> String {
-    v.get(key)
+pub(crate) fn str_field(v: &impl Members, key: &str) -> String {
+    v.member(key)
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned()

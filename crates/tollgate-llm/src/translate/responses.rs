@@ -511,11 +511,7 @@ impl Default for Encoder {
 
 impl Encoder {
     fn emit(&mut self, mut data: Value, out: &mut Vec<u8>) {
-        let kind = data
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
+        let kind = super::str_field(&data, "type");
         data["sequence_number"] = json!(self.seq);
         self.seq += 1;
         write_event(out, Some(&kind), &data.to_string());
