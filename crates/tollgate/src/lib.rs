@@ -171,6 +171,7 @@ impl Gateway {
         // Streams cut by the drain deadline have written their ledger records by now.
         self.core.ledger.flush().await;
         self.core.audit.flush().await;
+        self.llm.semantic_cache().flush().await;
         for (name, handle) in self.background {
             if let Err(e) = handle.await {
                 tracing::warn!(task = name, error = %e, "background task ended abnormally");

@@ -21,8 +21,8 @@ use serde::Serialize;
 pub use governance::{AlertConfig, BudgetConfig, Period, PriceOverride, RateLimitConfig, Scope};
 pub use interp::Lookup;
 pub use models::{
-    pattern_capture, resolve as resolve_model, CacheScope, CacheWhen, CooldownConfig, ModelConfig,
-    RetryConfig, RouteCache, Strategy, TargetConfig,
+    pattern_capture, resolve as resolve_model, CacheScope, CacheWhen, CooldownConfig, Embedder,
+    ModelConfig, RetryConfig, RouteCache, SemanticCache, Strategy, TargetConfig,
 };
 
 /// One configuration problem, located by its field path (`providers[1].base_url`).
@@ -134,6 +134,12 @@ pub struct CacheConfig {
     /// The most memory cached answers may use; the least valuable are evicted (TinyLFU).
     #[serde(with = "units::size")]
     pub max_size: u64,
+    /// The most answers the semantic cache keeps (the oldest go first).
+    pub max_semantic_entries: u64,
+    /// The directory holding the built-in embedding model (all-MiniLM-L6-v2:
+    /// `model.safetensors`, `tokenizer.json`, optionally `config.json`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding_model: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
@@ -1157,15 +1163,25 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
     let budgets = governance::validate_budgets(raw.budgets.unwrap_or_default(), errors);
     let rate_limits = governance::validate_rate_limits(raw.rate_limits.unwrap_or_default(), errors);
 
+    let raw_cache = raw.cache.unwrap_or_default();
     let cache = CacheConfig {
-        max_size: raw
-            .cache
-            .and_then(|c| c.max_size)
-            .unwrap_or(256 * 1024 * 1024),
+        max_size: raw_cache.max_size.unwrap_or(256 * 1024 * 1024),
+        max_semantic_entries: raw_cache.max_semantic_entries.unwrap_or(1_000_000),
+        embedding_model: raw_cache
+            .embedding_model
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from),
     };
     if cache.max_size > 64 * 1024 * 1024 * 1024 {
         errors.push(FieldError::new("cache.max_size", "must be at most 64GiB"));
     }
+    if !(1..=100_000_000).contains(&cache.max_semantic_entries) {
+        errors.push(FieldError::new(
+            "cache.max_semantic_entries",
+            "must be 1-100000000",
+        ));
+    }
+    models::validate_semantic(&models, &cache, errors);
     Config {
         listen,
         workers,

@@ -414,12 +414,123 @@ pub enum CacheWhen {
     TemperatureZero,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RouteCache {
     #[serde(with = "units::duration")]
     pub ttl: Duration,
     pub scope: CacheScope,
     pub when: CacheWhen,
+    /// Near-repeats answered too; off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub semantic: Option<SemanticCache>,
+}
+
+/// The semantic cache of a group: a request whose last user turn means nearly the same as a
+/// cached one (and whose everything else is identical) gets its answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SemanticCache {
+    /// The least cosine similarity served, in (0, 1].
+    pub threshold: f64,
+    pub embedder: Embedder,
+    /// Also serve requests that offer tools or carry tool calls and results.
+    pub tools: bool,
+}
+
+/// Where the semantic cache's embeddings come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Embedder {
+    /// The in-process model from `cache.embedding_model`.
+    Builtin,
+    /// A model group of this gateway that serves `/v1/embeddings`.
+    Group(String),
+}
+
+impl Embedder {
+    /// A stable name, part of what keeps vectors of different models apart.
+    pub fn id(&self) -> String {
+        match self {
+            Embedder::Builtin => "builtin".to_owned(),
+            Embedder::Group(g) => format!("group:{g}"),
+        }
+    }
+}
+
+impl Serialize for Embedder {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Embedder::Builtin => s.serialize_str("builtin"),
+            Embedder::Group(g) => s.serialize_str(g),
+        }
+    }
+}
+
+/// Cross-checks semantic caches against the groups and the built-in model they name.
+pub(super) fn validate_semantic(
+    models: &[ModelConfig],
+    cache: &super::CacheConfig,
+    errors: &mut Vec<FieldError>,
+) {
+    for (i, m) in models.iter().enumerate() {
+        let Some(s) = m.cache.as_ref().and_then(|c| c.semantic.as_ref()) else {
+            continue;
+        };
+        let at = format!("models[{i}].cache.semantic.embedder");
+        match &s.embedder {
+            Embedder::Builtin => match &cache.embedding_model {
+                None => errors.push(FieldError::new(
+                    at,
+                    "the builtin embedder needs cache.embedding_model (the model's directory)",
+                )),
+                Some(dir) => {
+                    for file in ["model.safetensors", "tokenizer.json"] {
+                        if !dir.join(file).is_file() {
+                            errors.push(FieldError::new(
+                                "cache.embedding_model",
+                                format!("{} has no {file}", dir.display()),
+                            ));
+                        }
+                    }
+                }
+            },
+            Embedder::Group(g) => {
+                if g == &m.name {
+                    errors.push(FieldError::new(at, "a group cannot embed through itself"));
+                } else if !models.iter().any(|o| &o.name == g) {
+                    errors.push(FieldError::new(
+                        at,
+                        format!("must be builtin or a model group, got {g:?}"),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn semantic_cache(
+    raw: Option<super::raw::RawSemanticCache>,
+    at: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<SemanticCache> {
+    let raw = raw?;
+    if raw.enabled == Some(false) {
+        return None;
+    }
+    let threshold = raw.threshold.unwrap_or(0.9);
+    if !(threshold > 0.0 && threshold <= 1.0) {
+        errors.push(FieldError::new(
+            format!("{at}.threshold"),
+            "must be greater than 0 and at most 1",
+        ));
+    }
+    let embedder = match raw.embedder.as_deref().unwrap_or("builtin") {
+        "builtin" => Embedder::Builtin,
+        group => Embedder::Group(group.to_owned()),
+    };
+    Some(SemanticCache {
+        threshold,
+        embedder,
+        tools: raw.tools.unwrap_or(false),
+    })
 }
 
 fn route_cache(
@@ -462,5 +573,10 @@ fn route_cache(
             "must be greater than 0",
         ));
     }
-    Some(RouteCache { ttl, scope, when })
+    Some(RouteCache {
+        ttl,
+        scope,
+        when,
+        semantic: semantic_cache(raw.semantic, &format!("{at}.semantic"), errors),
+    })
 }

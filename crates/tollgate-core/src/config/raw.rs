@@ -39,6 +39,8 @@ pub struct RawConfig {
 pub struct RawCache {
     #[serde(default, with = "units::size")]
     pub max_size: Option<u64>,
+    pub max_semantic_entries: Option<u64>,
+    pub embedding_model: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -49,6 +51,16 @@ pub struct RawRouteCache {
     pub ttl: Option<Duration>,
     pub scope: Option<String>,
     pub when: Option<String>,
+    pub semantic: Option<RawSemanticCache>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSemanticCache {
+    pub enabled: Option<bool>,
+    pub threshold: Option<f64>,
+    pub embedder: Option<String>,
+    pub tools: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -335,3 +335,55 @@ fn route_caches_are_validated() {
         ]
     );
 }
+
+#[test]
+fn semantic_caches_are_cross_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::write(dir.path().join(f), b"x").unwrap();
+    }
+    let ok = format!("cache:\n  embedding_model: {}\nmodels:\n  - name: a\n    targets: [{{provider: p}}]\n    cache: {{semantic: {{}}}}\n  - name: b\n    targets: [{{provider: p}}]\n    cache: {{semantic: {{embedder: e, threshold: 0.8, tools: true}}}}\n  - name: e\n    targets: [{{provider: p}}]\nproviders:\n  - name: p\n    kind: mock\n", dir.path().display());
+    let c = parse(&ok).unwrap();
+    let a = c.models[0]
+        .cache
+        .as_ref()
+        .unwrap()
+        .semantic
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (a.threshold, a.embedder, a.tools),
+        (0.9, crate::config::Embedder::Builtin, false)
+    );
+    let b = c.models[1]
+        .cache
+        .as_ref()
+        .unwrap()
+        .semantic
+        .clone()
+        .unwrap();
+    assert_eq!(b.embedder, crate::config::Embedder::Group("e".into()));
+    assert_eq!(c.cache.max_semantic_entries, 1_000_000);
+
+    let err = parse("cache:\n  max_semantic_entries: 0\nmodels:\n  - name: a\n    targets: [{provider: p}]\n    cache: {semantic: {threshold: 1.5}}\n  - name: b\n    targets: [{provider: p}]\n    cache: {semantic: {embedder: nowhere}}\n  - name: c\n    targets: [{provider: p}]\n    cache: {semantic: {embedder: c}}\nproviders:\n  - name: p\n    kind: mock\n").unwrap_err();
+    assert_eq!(
+        error_paths(&err),
+        [
+            "models[0].cache.semantic.threshold",
+            "cache.max_semantic_entries",
+            "models[0].cache.semantic.embedder",
+            "models[1].cache.semantic.embedder",
+            "models[2].cache.semantic.embedder",
+        ]
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let err = parse(&ok.replace(
+        &dir.path().display().to_string(),
+        &empty.path().display().to_string(),
+    ))
+    .unwrap_err();
+    assert_eq!(
+        error_paths(&err),
+        ["cache.embedding_model", "cache.embedding_model"]
+    );
+}

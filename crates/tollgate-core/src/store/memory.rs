@@ -27,6 +27,7 @@ struct State {
     keys: BTreeMap<String, KeyRecord>,
     secrets: HashMap<SecretHash, (String, Option<i64>)>,
     meta: HashMap<String, String>,
+    semantic: BTreeMap<String, super::SemanticRow>,
     seq: i64,
 }
 
@@ -415,6 +416,46 @@ impl DirectoryStore for MemoryStore {
             }
             s.seq += 1;
             Ok(s.users.remove(id).is_some())
+        })
+    }
+}
+
+#[async_trait]
+impl super::SemanticStore for MemoryStore {
+    async fn put_semantic(&self, row: &super::SemanticRow) -> StoreResult<()> {
+        self.with(|s| {
+            s.semantic.insert(row.id.clone(), row.clone());
+            Ok(())
+        })
+    }
+
+    async fn load_semantic(&self, now_ms: i64) -> StoreResult<Vec<super::SemanticRow>> {
+        self.with(|s| {
+            let mut rows: Vec<super::SemanticRow> = s
+                .semantic
+                .values()
+                .filter(|r| r.expires_ms > now_ms)
+                .cloned()
+                .collect();
+            rows.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+            Ok(rows)
+        })
+    }
+
+    async fn delete_semantic(&self, ids: &[String]) -> StoreResult<()> {
+        self.with(|s| {
+            for id in ids {
+                s.semantic.remove(id);
+            }
+            Ok(())
+        })
+    }
+
+    async fn purge_semantic(&self, now_ms: i64) -> StoreResult<u64> {
+        self.with(|s| {
+            let before = s.semantic.len();
+            s.semantic.retain(|_, r| r.expires_ms > now_ms);
+            Ok((before - s.semantic.len()) as u64)
         })
     }
 }

@@ -195,6 +195,33 @@ pub trait LedgerStore: Send + Sync + 'static {
     ) -> StoreResult<Vec<crate::ledger::SpendRow>>;
 }
 
+/// One semantic-cache entry as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SemanticRow {
+    pub id: String,
+    /// The hex digest of what must match exactly (tenant, group, embedder, everything in the
+    /// request but its last user turn).
+    pub partition: String,
+    pub route: String,
+    /// The unit embedding of the last user turn.
+    pub vector: Vec<f32>,
+    /// The cached answer and what it cost, as JSON.
+    pub entry: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+}
+
+/// The semantic cache's persistence: entries survive restarts (the index is rebuilt from them).
+#[async_trait]
+pub trait SemanticStore: Send + Sync + 'static {
+    async fn put_semantic(&self, row: &SemanticRow) -> StoreResult<()>;
+    /// Entries alive at `now_ms`, oldest first.
+    async fn load_semantic(&self, now_ms: i64) -> StoreResult<Vec<SemanticRow>>;
+    async fn delete_semantic(&self, ids: &[String]) -> StoreResult<()>;
+    /// Drops entries expired at `now_ms`; returns how many.
+    async fn purge_semantic(&self, now_ms: i64) -> StoreResult<u64>;
+}
+
 #[async_trait]
 pub trait MetaStore: Send + Sync + 'static {
     async fn get_meta(&self, key: &str) -> StoreResult<Option<String>>;
@@ -213,6 +240,7 @@ pub struct Stores {
     pub audit: Arc<dyn AuditStore>,
     pub directory: Arc<dyn DirectoryStore>,
     pub ledger: Arc<dyn LedgerStore>,
+    pub semantic: Arc<dyn SemanticStore>,
 }
 
 impl Stores {
@@ -226,7 +254,8 @@ impl Stores {
                     meta: s.clone(),
                     audit: s.clone(),
                     directory: s.clone(),
-                    ledger: s,
+                    ledger: s.clone(),
+                    semantic: s,
                 })
             }
             DatabaseUrl::Sqlite(path) => {
@@ -236,7 +265,8 @@ impl Stores {
                     meta: s.clone(),
                     audit: s.clone(),
                     directory: s.clone(),
-                    ledger: s,
+                    ledger: s.clone(),
+                    semantic: s,
                 })
             }
         }

@@ -13,7 +13,8 @@ use crate::audit::{AuditEvent, AuditRecord, GENESIS};
 
 use super::{
     format_head, parse_head, AuditStore, DirectoryStore, KeyRecord, KeySecret, KeyStore, KeyUpdate,
-    LedgerStore, MetaStore, Page, StoreError, StoreResult, TeamRecord, UserRecord, AUDIT_HEAD,
+    LedgerStore, MetaStore, Page, SemanticRow, SemanticStore, StoreError, StoreResult, TeamRecord,
+    UserRecord, AUDIT_HEAD,
 };
 
 /// Migrations in order. A released migration is never edited; add a new one.
@@ -39,6 +40,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "ledger_dimensions",
         include_str!("migrations/sqlite/0006_ledger_dimensions.sql"),
+    ),
+    (
+        7,
+        "semantic_cache",
+        include_str!("migrations/sqlite/0007_semantic_cache.sql"),
     ),
 ];
 
@@ -999,5 +1005,89 @@ impl LedgerStore for SqliteStore {
         crate::ledger::sort_rows(&mut rows);
         rows.truncate(q.limit.clamp(1, 100_000) as usize);
         Ok(rows)
+    }
+}
+
+fn vector_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn vector_from(bytes: &[u8]) -> StoreResult<Vec<f32>> {
+    if bytes.len() % 4 != 0 {
+        return Err(StoreError::Corrupt(
+            "semantic cache vector of odd length".into(),
+        ));
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+#[async_trait]
+impl SemanticStore for SqliteStore {
+    async fn put_semantic(&self, row: &SemanticRow) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO semantic_cache (id, partition, route, vector, entry, created_ms, expires_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET entry = excluded.entry, expires_ms = excluded.expires_ms",
+        )
+        .bind(&row.id)
+        .bind(&row.partition)
+        .bind(&row.route)
+        .bind(vector_bytes(&row.vector))
+        .bind(&row.entry)
+        .bind(row.created_ms)
+        .bind(row.expires_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn load_semantic(&self, now_ms: i64) -> StoreResult<Vec<SemanticRow>> {
+        let rows = sqlx::query(
+            "SELECT id, partition, route, vector, entry, created_ms, expires_ms
+             FROM semantic_cache WHERE expires_ms > ? ORDER BY created_ms, id",
+        )
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                let vector: Vec<u8> = r.try_get("vector").map_err(unavailable)?;
+                Ok(SemanticRow {
+                    id: r.try_get("id").map_err(unavailable)?,
+                    partition: r.try_get("partition").map_err(unavailable)?,
+                    route: r.try_get("route").map_err(unavailable)?,
+                    vector: vector_from(&vector)?,
+                    entry: r.try_get("entry").map_err(unavailable)?,
+                    created_ms: r.try_get("created_ms").map_err(unavailable)?,
+                    expires_ms: r.try_get("expires_ms").map_err(unavailable)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_semantic(&self, ids: &[String]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        for id in ids {
+            sqlx::query("DELETE FROM semantic_cache WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn purge_semantic(&self, now_ms: i64) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM semantic_cache WHERE expires_ms <= ?")
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected())
     }
 }

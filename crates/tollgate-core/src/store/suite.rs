@@ -553,3 +553,36 @@ async fn spend_reports_group_filter_and_agree_with_the_records() {
         assert!(empty.is_empty(), "{name}");
     }
 }
+
+#[tokio::test]
+async fn semantic_entries_round_trip_expire_and_delete() {
+    for (engine, s, _dir) in engines().await {
+        let row = |id: &str, created_ms: i64, expires_ms: i64| SemanticRow {
+            id: id.to_owned(),
+            partition: "ab".repeat(32),
+            route: "gpt".into(),
+            vector: vec![0.5, -0.25, 1.0e-3, f32::MIN_POSITIVE],
+            entry: format!("{{\"id\":\"{id}\"}}"),
+            created_ms,
+            expires_ms,
+        };
+        s.semantic.put_semantic(&row("b", 20, 1_000)).await.unwrap();
+        s.semantic.put_semantic(&row("a", 10, 1_000)).await.unwrap();
+        s.semantic.put_semantic(&row("old", 5, 100)).await.unwrap();
+        let live = s.semantic.load_semantic(500).await.unwrap();
+        assert_eq!(
+            live,
+            vec![row("a", 10, 1_000), row("b", 20, 1_000)],
+            "{engine}"
+        );
+        assert_eq!(
+            s.semantic.load_semantic(50).await.unwrap().len(),
+            3,
+            "{engine}"
+        );
+        assert_eq!(s.semantic.purge_semantic(500).await.unwrap(), 1, "{engine}");
+        s.semantic.delete_semantic(&["a".into()]).await.unwrap();
+        let left = s.semantic.load_semantic(0).await.unwrap();
+        assert_eq!(left, vec![row("b", 20, 1_000)], "{engine}");
+    }
+}

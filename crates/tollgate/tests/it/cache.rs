@@ -360,3 +360,119 @@ async fn replicas_share_answers_through_redis() {
         .await
         .unwrap();
 }
+
+/// The built-in model's directory (`TOLLGATE_TEST_EMBEDDING_MODEL`, set by scripts/test.sh);
+/// without it the test says so and skips, unless services are required.
+fn embedding_model() -> Option<String> {
+    match std::env::var("TOLLGATE_TEST_EMBEDDING_MODEL") {
+        Ok(d) => Some(d),
+        Err(_) if std::env::var("TOLLGATE_REQUIRE_SERVICES").as_deref() == Ok("1") => {
+            panic!("TOLLGATE_TEST_EMBEDDING_MODEL is not set")
+        }
+        Err(_) => {
+            eprintln!(
+                "SKIPPED: TOLLGATE_TEST_EMBEDDING_MODEL is not set (scripts/test.sh sets it)"
+            );
+            None
+        }
+    }
+}
+
+fn chat_parts(model: &str, content: Value) -> Value {
+    json!({"model": model, "messages": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": content}]})
+}
+
+#[tokio::test]
+async fn a_semantic_cache_can_embed_through_a_model_group_billed_to_the_caller() {
+    let t = start(
+        "providers:\n  - name: demo\n    kind: mock\nmodels:\n  - name: emb\n    targets: [{provider: demo, model: embedder}]\n  - name: chat\n    targets: [{provider: demo, model: echo}]\n    cache: {ttl: 10m, semantic: {embedder: emb, threshold: 0.99}}\n",
+    )
+    .await;
+    let (key_id, key) = t.key(json!({"name": "k"})).await;
+    let first = ask(&t, &key, &chat_parts("chat", json!("hello there")), &[]).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.header("x-tollgate-cache"), Some("miss"));
+    // The answer is indexed off the request path.
+    eventually("the answer is in the semantic index", || async {
+        t.gw.llm.semantic_cache().len() == 1
+    })
+    .await;
+    // The same words as text parts: a different request to the exact cache, the same meaning
+    // (the mock embedder hashes the text, so the similarity is exactly 1).
+    let parts = json!([{"type": "text", "text": "hello there"}]);
+    let hit = ask(&t, &key, &chat_parts("chat", parts), &[]).await;
+    assert_eq!(hit.status, 200, "{}", hit.text());
+    assert_eq!(
+        hit.header("x-tollgate-cache"),
+        Some("semantic-hit; score=1.00")
+    );
+    assert_eq!(
+        hit.json()["choices"][0]["message"]["content"],
+        first.json()["choices"][0]["message"]["content"]
+    );
+    let other = ask(&t, &key, &chat_parts("chat", json!("something else")), &[]).await;
+    assert_eq!(other.header("x-tollgate-cache"), Some("miss"));
+    // The embedding calls were made as the caller: in the ledger under its key.
+    // Three embeddings, two answers from upstream, one from the cache.
+    let rows = ledger_rows(&t, 6).await;
+    assert!(
+        rows.iter().any(|r| r["endpoint"] == "embeddings"
+            && r["model"] == "emb"
+            && r["key_id"] == key_id.as_str()),
+        "{rows:?}"
+    );
+}
+
+#[tokio::test]
+async fn semantic_entries_survive_a_restart() {
+    let Some(model) = embedding_model() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nmaster_key: {MASTER}\nstorage:\n  database_url: sqlite://{}\nlogging:\n  level: warn\ncache:\n  embedding_model: {model}\nproviders:\n  - name: demo\n    kind: mock\nmodels:\n  - name: chat\n    targets: [{{provider: demo, model: echo}}]\n    cache: {{ttl: 10m, semantic: {{threshold: 0.85}}}}\n",
+        dir.path().join("t.db").display()
+    );
+    let t = start_yaml(&yaml).await;
+    let key = t.any_key().await;
+    let q = |text: &str| chat_parts("chat", json!(text));
+    let first = ask(&t, &key, &q("What is the capital of France?"), &[]).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.header("x-tollgate-cache"), Some("miss"));
+    eventually("the answer is in the semantic index", || async {
+        t.gw.llm.semantic_cache().len() == 1
+    })
+    .await;
+    let TestGateway {
+        gw,
+        dir: config_dir,
+        ..
+    } = t;
+    // Shutting down flushes the cache's store writes.
+    gw.shutdown().await;
+    drop(config_dir);
+
+    let t = start_yaml(&yaml).await;
+    eventually("the stored entries are loaded", || async {
+        t.gw.llm.semantic_cache().len() == 1
+    })
+    .await;
+    let hit = ask(&t, &key, &q("Tell me France's capital city"), &[]).await;
+    assert_eq!(hit.status, 200, "{}", hit.text());
+    let mark = hit
+        .header("x-tollgate-cache")
+        .unwrap_or_default()
+        .to_owned();
+    let score: f64 = mark
+        .strip_prefix("semantic-hit; score=")
+        .unwrap_or_else(|| panic!("not a semantic hit: {mark}"))
+        .parse()
+        .unwrap();
+    assert!((0.85..=1.0).contains(&score), "{score}");
+    assert_eq!(
+        hit.json()["choices"][0]["message"]["content"],
+        first.json()["choices"][0]["message"]["content"]
+    );
+    let unrelated = ask(&t, &key, &q("How do I bake sourdough bread?"), &[]).await;
+    assert_eq!(unrelated.header("x-tollgate-cache"), Some("miss"));
+}

@@ -1,0 +1,312 @@
+//! A hierarchical navigable small world graph (Malkov & Yashunin) over unit vectors, scored by
+//! cosine similarity (the dot product of normalised vectors).
+//!
+//! Nodes are only ever added; a removed entry is the caller's business (it filters what it no
+//! longer serves and rebuilds the graph when too much of it is dead).
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashSet};
+
+/// Neighbours kept per node above the ground layer (twice that on layer 0).
+const M: usize = 16;
+/// Candidates considered while inserting.
+const EF_CONSTRUCTION: usize = 64;
+
+pub struct Hnsw {
+    dim: usize,
+    /// Every node's vector, one after another.
+    vectors: Vec<f32>,
+    /// Per node, per layer (0 = ground) its neighbours.
+    links: Vec<Vec<Vec<u32>>>,
+    entry: Option<u32>,
+    top: usize,
+    level_scale: f64,
+    rng: fastrand::Rng,
+}
+
+/// A scored node, ordered by similarity.
+#[derive(Clone, Copy, PartialEq)]
+struct Scored(f32, u32);
+
+impl Eq for Scored {}
+
+impl PartialOrd for Scored {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scored {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0).then(self.1.cmp(&other.1))
+    }
+}
+
+/// The dot product, in eight lanes the compiler can vectorise.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Scales a vector to unit length (a zero vector stays zero).
+pub fn normalise(v: &mut [f32]) {
+    let n = dot(v, v).sqrt();
+    if n > 0.0 {
+        for x in v {
+            *x /= n;
+        }
+    }
+}
+
+impl Hnsw {
+    pub fn new(dim: usize) -> Hnsw {
+        Hnsw {
+            dim,
+            vectors: Vec::new(),
+            links: Vec::new(),
+            entry: None,
+            top: 0,
+            level_scale: 1.0 / (M as f64).ln(),
+            rng: fastrand::Rng::with_seed(0x5eed),
+        }
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn len(&self) -> usize {
+        self.links.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    /// A node's vector.
+    pub fn vector_of(&self, node: u32) -> Option<&[f32]> {
+        let at = node as usize * self.dim;
+        self.vectors.get(at..at + self.dim)
+    }
+
+    fn vector(&self, node: u32) -> &[f32] {
+        let at = node as usize * self.dim;
+        &self.vectors[at..at + self.dim]
+    }
+
+    fn score(&self, q: &[f32], node: u32) -> f32 {
+        dot(q, self.vector(node))
+    }
+
+    /// Adds a unit vector of this index's dimension; returns its node number.
+    pub fn insert(&mut self, v: &[f32]) -> u32 {
+        debug_assert_eq!(v.len(), self.dim);
+        let node = self.links.len() as u32;
+        let level = ((-(1.0 - self.rng.f64()).ln()) * self.level_scale).floor() as usize;
+        let level = level.min(16);
+        self.vectors.extend_from_slice(v);
+        self.links.push(vec![Vec::new(); level + 1]);
+        let Some(mut ep) = self.entry else {
+            self.entry = Some(node);
+            self.top = level;
+            return node;
+        };
+        let mut ep_score = self.score(v, ep);
+        for layer in (level + 1..=self.top).rev() {
+            (ep, ep_score) = self.greedy(v, ep, ep_score, layer);
+        }
+        let mut entry_points = vec![Scored(ep_score, ep)];
+        for layer in (0..=level.min(self.top)).rev() {
+            let found = self.search_layer(v, &entry_points, EF_CONSTRUCTION, layer);
+            let max = if layer == 0 { 2 * M } else { M };
+            let chosen = self.select(&found, max);
+            self.links[node as usize][layer] = chosen.iter().map(|s| s.1).collect();
+            for s in &chosen {
+                self.link(s.1, node, layer, max);
+            }
+            entry_points = found;
+        }
+        if level > self.top {
+            self.top = level;
+            self.entry = Some(node);
+        }
+        node
+    }
+
+    /// Adds `to` to `from`'s neighbours on a layer; a full list drops its farthest member
+    /// (the cheap rule: the diversity heuristic here would cost a quadratic pass per link).
+    fn link(&mut self, from: u32, to: u32, layer: usize, max: usize) {
+        let neighbours = &self.links[from as usize][layer];
+        if neighbours.len() < max {
+            self.links[from as usize][layer].push(to);
+            return;
+        }
+        let base = self.vector(from);
+        let (mut worst_at, mut worst) = (usize::MAX, dot(base, self.vector(to)));
+        for (i, &n) in neighbours.iter().enumerate() {
+            let s = dot(base, self.vector(n));
+            if s < worst {
+                (worst_at, worst) = (i, s);
+            }
+        }
+        if let Some(slot) = self.links[from as usize][layer].get_mut(worst_at) {
+            *slot = to;
+        }
+    }
+
+    /// The neighbour-selection heuristic: a candidate is kept when it is closer to the base
+    /// than to any neighbour already kept (which spreads links across directions); the
+    /// remaining slots are filled with the closest of the rest. `candidates` is best first.
+    fn select(&self, candidates: &[Scored], max: usize) -> Vec<Scored> {
+        let mut kept: Vec<Scored> = Vec::with_capacity(max);
+        let mut skipped = Vec::new();
+        for &c in candidates {
+            if kept.len() >= max {
+                break;
+            }
+            let cv = self.vector(c.1);
+            if kept.iter().all(|k| dot(cv, self.vector(k.1)) < c.0) {
+                kept.push(c);
+            } else {
+                skipped.push(c);
+            }
+        }
+        for c in skipped {
+            if kept.len() >= max {
+                break;
+            }
+            kept.push(c);
+        }
+        kept
+    }
+
+    /// Walks a layer towards the query while a neighbour is closer.
+    fn greedy(&self, q: &[f32], mut ep: u32, mut score: f32, layer: usize) -> (u32, f32) {
+        loop {
+            let mut moved = false;
+            for &n in &self.links[ep as usize][layer] {
+                let s = self.score(q, n);
+                if s > score {
+                    (ep, score, moved) = (n, s, true);
+                }
+            }
+            if !moved {
+                return (ep, score);
+            }
+        }
+    }
+
+    /// The `ef` nodes of a layer nearest the query found from the entry points, best first.
+    fn search_layer(&self, q: &[f32], entry: &[Scored], ef: usize, layer: usize) -> Vec<Scored> {
+        let mut visited: HashSet<u32> = entry.iter().map(|s| s.1).collect();
+        // Candidates to expand, best first; results kept, worst on top.
+        let mut candidates: BinaryHeap<Scored> = entry.iter().copied().collect();
+        let mut results: BinaryHeap<std::cmp::Reverse<Scored>> =
+            entry.iter().map(|&s| std::cmp::Reverse(s)).collect();
+        while results.len() > ef {
+            results.pop();
+        }
+        while let Some(c) = candidates.pop() {
+            let worst = results.peek().map_or(f32::NEG_INFINITY, |r| r.0 .0);
+            if c.0 < worst && results.len() >= ef {
+                break;
+            }
+            for &n in &self.links[c.1 as usize][layer] {
+                if !visited.insert(n) {
+                    continue;
+                }
+                let s = self.score(q, n);
+                let worst = results.peek().map_or(f32::NEG_INFINITY, |r| r.0 .0);
+                if results.len() < ef || s > worst {
+                    candidates.push(Scored(s, n));
+                    results.push(std::cmp::Reverse(Scored(s, n)));
+                    if results.len() > ef {
+                        results.pop();
+                    }
+                }
+            }
+        }
+        let mut out: Vec<Scored> = results.into_iter().map(|r| r.0).collect();
+        out.sort_by(|a, b| b.cmp(a));
+        out
+    }
+
+    /// Up to `k` nodes most similar to a unit query, best first, as (node, similarity).
+    pub fn search(&self, q: &[f32], k: usize, ef: usize) -> Vec<(u32, f32)> {
+        let Some(mut ep) = self.entry else {
+            return Vec::new();
+        };
+        if q.len() != self.dim {
+            return Vec::new();
+        }
+        let mut score = self.score(q, ep);
+        for layer in (1..=self.top).rev() {
+            (ep, score) = self.greedy(q, ep, score, layer);
+        }
+        self.search_layer(q, &[Scored(score, ep)], ef.max(k), 0)
+            .into_iter()
+            .take(k)
+            .map(|s| (s.1, s.0))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random_unit(rng: &mut fastrand::Rng, dim: usize) -> Vec<f32> {
+        let mut v: Vec<f32> = (0..dim).map(|_| rng.f32() * 2.0 - 1.0).collect();
+        normalise(&mut v);
+        v
+    }
+
+    #[test]
+    fn finds_the_true_nearest_neighbour_nearly_always() {
+        let dim = 32;
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut index = Hnsw::new(dim);
+        let points: Vec<Vec<f32>> = (0..2000).map(|_| random_unit(&mut rng, dim)).collect();
+        for p in &points {
+            index.insert(p);
+        }
+        assert_eq!(index.len(), 2000);
+        let mut found = 0;
+        for _ in 0..200 {
+            let q = random_unit(&mut rng, dim);
+            let exact = points
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (i as u32, dot(&q, p)))
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .unwrap();
+            let got = index.search(&q, 1, 64);
+            if got.first().map(|g| g.0) == Some(exact.0) {
+                found += 1;
+            }
+        }
+        assert!(found >= 190, "recall@1 {found}/200");
+        // A stored point is its own best match, at similarity 1.
+        let got = index.search(&points[1234], 1, 64);
+        assert_eq!(got[0].0, 1234);
+        assert!((got[0].1 - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn empty_and_mismatched_queries_find_nothing() {
+        let index = Hnsw::new(4);
+        assert!(index.search(&[1.0, 0.0, 0.0, 0.0], 3, 10).is_empty());
+        let mut index = Hnsw::new(4);
+        index.insert(&[1.0, 0.0, 0.0, 0.0]);
+        assert!(index.search(&[1.0, 0.0], 3, 10).is_empty());
+        assert_eq!(index.search(&[0.0, 1.0, 0.0, 0.0], 3, 10).len(), 1);
+    }
+}
