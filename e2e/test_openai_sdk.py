@@ -252,6 +252,8 @@ def test_models_list_unrestricted_key(full_client: openai.OpenAI):
         "claude-via-bedrock",
         "mock-echo",
         "cached-echo",
+        "semantic-echo",
+        "semantic-brief",
         "other-model",
         "broken-model",
         "flaky-model",
