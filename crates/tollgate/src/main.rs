@@ -207,6 +207,7 @@ fn load(arg: &ConfigArg) -> Result<(Config, ConfigSource), ConfigError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tollgate_llm::semantic::embed::single_threaded_kernels();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

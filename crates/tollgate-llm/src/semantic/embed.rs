@@ -119,6 +119,17 @@ mod imp {
 
 pub use imp::LocalEmbedder;
 
+/// Makes the model's matrix kernels run on the calling thread, unless `RAYON_NUM_THREADS` says
+/// otherwise. A prompt is a few small matrices: splitting them across cores only adds
+/// contention with the threads serving requests (and the p99 with it), while each embedding
+/// already runs on a blocking thread of its own. Call at process start, before any other
+/// thread exists (it sets an environment variable, which is what the kernels read).
+pub fn single_threaded_kernels() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
+}
+
 /// Loads the built-in model, logging how long it took.
 pub fn load(dir: &Path) -> Result<LocalEmbedder, String> {
     let started = std::time::Instant::now();

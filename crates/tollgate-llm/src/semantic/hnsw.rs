@@ -5,12 +5,39 @@
 //! longer serves and rebuilds the graph when too much of it is dead).
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::BinaryHeap;
+
+/// The nodes a search has seen: one bit each (cheaper than hashing at these sizes).
+struct Visited(Vec<u64>);
+
+impl Visited {
+    fn new(nodes: usize) -> Visited {
+        Visited(vec![0; nodes.div_ceil(64)])
+    }
+
+    /// Marks a node; true when it was not marked before.
+    fn insert(&mut self, node: u32) -> bool {
+        let (word, bit) = (node as usize / 64, 1u64 << (node % 64));
+        match self.0.get_mut(word) {
+            Some(w) if *w & bit == 0 => {
+                *w |= bit;
+                true
+            }
+            _ => false,
+        }
+    }
+}
 
 /// Neighbours kept per node above the ground layer (twice that on layer 0).
 const M: usize = 16;
+/// Indexes up to this size are searched by scanning every vector: exact, and about as fast as
+/// the graph at this size.
+pub const EXACT_UP_TO: usize = 2048;
+
+/// A node's slots in the flat layer-0 array: the count and `2 * M` neighbours.
+const GROUND_STRIDE: usize = 2 * M + 1;
 /// Candidates considered while inserting.
-const EF_CONSTRUCTION: usize = 64;
+const EF_CONSTRUCTION: usize = 48;
 
 pub struct Hnsw {
     dim: usize,
@@ -18,6 +45,9 @@ pub struct Hnsw {
     vectors: Vec<f32>,
     /// Per node, per layer (0 = ground) its neighbours.
     links: Vec<Vec<Vec<u32>>>,
+    /// Layer 0's links, in one flat array: per node a count, then `2 * M` slots (one
+    /// allocation, so a search does not chase a pointer per node it expands).
+    ground: Vec<u32>,
     entry: Option<u32>,
     top: usize,
     level_scale: f64,
@@ -72,6 +102,7 @@ impl Hnsw {
             dim,
             vectors: Vec::new(),
             links: Vec::new(),
+            ground: Vec::new(),
             entry: None,
             top: 0,
             level_scale: 1.0 / (M as f64).ln(),
@@ -102,8 +133,63 @@ impl Hnsw {
         &self.vectors[at..at + self.dim]
     }
 
+    /// A node's neighbours on a layer.
+    fn neighbours(&self, node: u32, layer: usize) -> &[u32] {
+        if layer == 0 {
+            let at = node as usize * GROUND_STRIDE;
+            let n = self.ground.get(at).copied().unwrap_or(0) as usize;
+            self.ground.get(at + 1..at + 1 + n).unwrap_or(&[])
+        } else {
+            self.links
+                .get(node as usize)
+                .and_then(|l| l.get(layer - 1))
+                .map_or(&[], Vec::as_slice)
+        }
+    }
+
+    fn set_neighbours(&mut self, node: u32, layer: usize, to: impl IntoIterator<Item = u32>) {
+        if layer == 0 {
+            let at = node as usize * GROUND_STRIDE;
+            let mut n = 0;
+            for (slot, v) in (at + 1..at + GROUND_STRIDE).zip(to) {
+                self.ground[slot] = v;
+                n += 1;
+            }
+            self.ground[at] = n;
+        } else if let Some(l) = self
+            .links
+            .get_mut(node as usize)
+            .and_then(|l| l.get_mut(layer - 1))
+        {
+            *l = to.into_iter().collect();
+        }
+    }
+
+    /// Every node scored: the `k` best, best first.
+    fn scan(&self, q: &[f32], k: usize) -> Vec<(u32, f32)> {
+        let mut best: BinaryHeap<std::cmp::Reverse<Scored>> = BinaryHeap::with_capacity(k + 1);
+        for (node, v) in self.vectors.chunks_exact(self.dim.max(1)).enumerate() {
+            let s = Scored(dot(q, v), node as u32);
+            if best.len() < k {
+                best.push(std::cmp::Reverse(s));
+            } else if best.peek().is_some_and(|w| s > w.0) {
+                best.pop();
+                best.push(std::cmp::Reverse(s));
+            }
+        }
+        let mut out: Vec<(u32, f32)> = best.into_iter().map(|r| (r.0 .1, r.0 .0)).collect();
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        out
+    }
+
+    /// The similarity of a query and a node.
     fn score(&self, q: &[f32], node: u32) -> f32 {
         dot(q, self.vector(node))
+    }
+
+    /// The similarity of two nodes.
+    fn between(&self, a: u32, b: u32) -> f32 {
+        dot(self.vector(a), self.vector(b))
     }
 
     /// Adds a unit vector of this index's dimension; returns its node number.
@@ -113,22 +199,24 @@ impl Hnsw {
         let level = ((-(1.0 - self.rng.f64()).ln()) * self.level_scale).floor() as usize;
         let level = level.min(16);
         self.vectors.extend_from_slice(v);
-        self.links.push(vec![Vec::new(); level + 1]);
+        self.links.push(vec![Vec::new(); level]);
+        self.ground.resize(self.ground.len() + GROUND_STRIDE, 0);
         let Some(mut ep) = self.entry else {
             self.entry = Some(node);
             self.top = level;
             return node;
         };
-        let mut ep_score = self.score(v, ep);
+        let q = v;
+        let mut ep_score = self.score(q, ep);
         for layer in (level + 1..=self.top).rev() {
-            (ep, ep_score) = self.greedy(v, ep, ep_score, layer);
+            (ep, ep_score) = self.greedy(q, ep, ep_score, layer);
         }
         let mut entry_points = vec![Scored(ep_score, ep)];
         for layer in (0..=level.min(self.top)).rev() {
-            let found = self.search_layer(v, &entry_points, EF_CONSTRUCTION, layer);
+            let found = self.search_layer(q, &entry_points, EF_CONSTRUCTION, layer);
             let max = if layer == 0 { 2 * M } else { M };
             let chosen = self.select(&found, max);
-            self.links[node as usize][layer] = chosen.iter().map(|s| s.1).collect();
+            self.set_neighbours(node, layer, chosen.iter().map(|s| s.1));
             for s in &chosen {
                 self.link(s.1, node, layer, max);
             }
@@ -141,25 +229,25 @@ impl Hnsw {
         node
     }
 
-    /// Adds `to` to `from`'s neighbours on a layer; a full list drops its farthest member
-    /// (the cheap rule: the diversity heuristic here would cost a quadratic pass per link).
+    /// Adds `to` to `from`'s neighbours on a layer; a full list is pruned back to `max` with
+    /// the same heuristic new nodes use (keeping only the closest would let dense clusters
+    /// link among themselves alone and cut the graph into islands).
     fn link(&mut self, from: u32, to: u32, layer: usize, max: usize) {
-        let neighbours = &self.links[from as usize][layer];
+        let neighbours = self.neighbours(from, layer);
         if neighbours.len() < max {
-            self.links[from as usize][layer].push(to);
+            let mut grown = neighbours.to_vec();
+            grown.push(to);
+            self.set_neighbours(from, layer, grown);
             return;
         }
-        let base = self.vector(from);
-        let (mut worst_at, mut worst) = (usize::MAX, dot(base, self.vector(to)));
-        for (i, &n) in neighbours.iter().enumerate() {
-            let s = dot(base, self.vector(n));
-            if s < worst {
-                (worst_at, worst) = (i, s);
-            }
-        }
-        if let Some(slot) = self.links[from as usize][layer].get_mut(worst_at) {
-            *slot = to;
-        }
+        let mut scored: Vec<Scored> = neighbours
+            .iter()
+            .chain(std::iter::once(&to))
+            .map(|&n| Scored(self.between(from, n), n))
+            .collect();
+        scored.sort_by(|a, b| b.cmp(a));
+        let kept = self.select(&scored, max);
+        self.set_neighbours(from, layer, kept.iter().map(|s| s.1));
     }
 
     /// The neighbour-selection heuristic: a candidate is kept when it is closer to the base
@@ -172,8 +260,7 @@ impl Hnsw {
             if kept.len() >= max {
                 break;
             }
-            let cv = self.vector(c.1);
-            if kept.iter().all(|k| dot(cv, self.vector(k.1)) < c.0) {
+            if kept.iter().all(|k| self.between(c.1, k.1) < c.0) {
                 kept.push(c);
             } else {
                 skipped.push(c);
@@ -192,7 +279,7 @@ impl Hnsw {
     fn greedy(&self, q: &[f32], mut ep: u32, mut score: f32, layer: usize) -> (u32, f32) {
         loop {
             let mut moved = false;
-            for &n in &self.links[ep as usize][layer] {
+            for &n in self.neighbours(ep, layer) {
                 let s = self.score(q, n);
                 if s > score {
                     (ep, score, moved) = (n, s, true);
@@ -206,7 +293,10 @@ impl Hnsw {
 
     /// The `ef` nodes of a layer nearest the query found from the entry points, best first.
     fn search_layer(&self, q: &[f32], entry: &[Scored], ef: usize, layer: usize) -> Vec<Scored> {
-        let mut visited: HashSet<u32> = entry.iter().map(|s| s.1).collect();
+        let mut visited = Visited::new(self.links.len());
+        for s in entry {
+            visited.insert(s.1);
+        }
         // Candidates to expand, best first; results kept, worst on top.
         let mut candidates: BinaryHeap<Scored> = entry.iter().copied().collect();
         let mut results: BinaryHeap<std::cmp::Reverse<Scored>> =
@@ -219,7 +309,7 @@ impl Hnsw {
             if c.0 < worst && results.len() >= ef {
                 break;
             }
-            for &n in &self.links[c.1 as usize][layer] {
+            for &n in self.neighbours(c.1, layer) {
                 if !visited.insert(n) {
                     continue;
                 }
@@ -239,14 +329,18 @@ impl Hnsw {
         out
     }
 
-    /// Up to `k` nodes most similar to a unit query, best first, as (node, similarity).
+    /// Up to `k` nodes most similar to a unit query, best first, as (node, similarity): exact
+    /// for an index of at most [`EXACT_UP_TO`] nodes (a scan), approximate above.
     pub fn search(&self, q: &[f32], k: usize, ef: usize) -> Vec<(u32, f32)> {
-        let Some(mut ep) = self.entry else {
-            return Vec::new();
-        };
         if q.len() != self.dim {
             return Vec::new();
         }
+        if self.len() <= EXACT_UP_TO {
+            return self.scan(q, k);
+        }
+        let Some(mut ep) = self.entry else {
+            return Vec::new();
+        };
         let mut score = self.score(q, ep);
         for layer in (1..=self.top).rev() {
             (ep, score) = self.greedy(q, ep, score, layer);
@@ -274,11 +368,15 @@ mod tests {
         let dim = 32;
         let mut rng = fastrand::Rng::with_seed(7);
         let mut index = Hnsw::new(dim);
-        let points: Vec<Vec<f32>> = (0..2000).map(|_| random_unit(&mut rng, dim)).collect();
+        let points: Vec<Vec<f32>> = (0..2500).map(|_| random_unit(&mut rng, dim)).collect();
         for p in &points {
             index.insert(p);
         }
-        assert_eq!(index.len(), 2000);
+        assert_eq!(index.len(), 2500);
+        assert!(
+            index.len() > EXACT_UP_TO,
+            "the graph is searched, not scanned"
+        );
         let mut found = 0;
         for _ in 0..200 {
             let q = random_unit(&mut rng, dim);
@@ -298,6 +396,47 @@ mod tests {
         let got = index.search(&points[1234], 1, 64);
         assert_eq!(got[0].0, 1234);
         assert!((got[0].1 - 1.0).abs() < 1e-5);
+    }
+
+    /// Dense clusters (blends of a few directions) with lone entries among them: in an index
+    /// small enough to scan, a query near a lone entry always finds it (a graph can lose the
+    /// links to an early lone entry as clusters grow around it).
+    #[test]
+    fn lone_entries_among_dense_clusters_are_found() {
+        let dim = 64;
+        let mut rng = fastrand::Rng::with_seed(11);
+        let bases: Vec<Vec<f32>> = (0..24).map(|_| random_unit(&mut rng, dim)).collect();
+        let mut index = Hnsw::new(dim);
+        let mut lone = Vec::new();
+        for i in 0..EXACT_UP_TO {
+            if i % 500 == 250 {
+                let v = random_unit(&mut rng, dim);
+                lone.push((index.insert(&v), v));
+                continue;
+            }
+            let mut v = vec![0f32; dim];
+            for w in [1.0f32, 0.6, 0.3] {
+                let b = &bases[rng.usize(..bases.len())];
+                for (x, y) in v.iter_mut().zip(b) {
+                    *x += w * y;
+                }
+            }
+            for x in v.iter_mut() {
+                *x += (rng.f32() - 0.5) * 0.1;
+            }
+            normalise(&mut v);
+            index.insert(&v);
+        }
+        let mut found = 0;
+        for (node, v) in &lone {
+            let mut q: Vec<f32> = v.iter().map(|x| x + (rng.f32() - 0.5) * 0.05).collect();
+            normalise(&mut q);
+            let got = index.search(&q, 8, 64);
+            if got.first().map(|g| g.0) == Some(*node) {
+                found += 1;
+            }
+        }
+        assert_eq!(found, lone.len(), "lone entries found");
     }
 
     #[test]
