@@ -72,6 +72,9 @@ pub struct LedgerRecord {
     pub outcome: String,
     pub streamed: bool,
     pub cache_hit: bool,
+    /// A semantic cache hit: the similarity of the prompt to the one whose answer was served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_similarity: Option<f32>,
     /// Upstream calls made for the request, retries and fallbacks included.
     pub attempts: u32,
     /// Why a fallback group served: `error`, `context_window` or `content_policy`.

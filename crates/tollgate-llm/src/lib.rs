@@ -847,7 +847,7 @@ async fn call_model(
         cached.count(if hit.is_some() { "hit" } else { "miss" });
         if let Some(entry) = hit {
             let mark = HeaderValue::from_static("hit");
-            if let Some(res) = cached.serve(&entry.response, entry.cost_usd, mark)? {
+            if let Some(res) = cached.serve(&entry.response, entry.cost_usd, mark, None)? {
                 return Ok(res);
             }
         }
@@ -881,7 +881,7 @@ async fn call_model(
                                 HeaderValue::from_str(&format!("semantic-hit; score={score:.2}"))
                                     .unwrap_or(HeaderValue::from_static("semantic-hit"));
                             if let Some(res) =
-                                cached.serve(&entry.response, entry.cost_usd, mark)?
+                                cached.serve(&entry.response, entry.cost_usd, mark, Some(score))?
                             {
                                 return Ok(res);
                             }
@@ -973,6 +973,7 @@ impl Cached<'_> {
         response: &translate::Response,
         cost_usd: f64,
         mark: HeaderValue,
+        similarity: Option<f32>,
     ) -> Result<Option<Response>, ApiError> {
         let provider = self
             .route
@@ -994,7 +995,7 @@ impl Cached<'_> {
         if redact.is_some() {
             return Ok(None);
         }
-        Ok(Some(serve_hit(self, response, cost_usd, mark)?))
+        Ok(Some(serve_hit(self, response, cost_usd, mark, similarity)?))
     }
 }
 
@@ -1005,6 +1006,7 @@ fn serve_hit(
     response: &translate::Response,
     cost_usd: f64,
     mark: HeaderValue,
+    similarity: Option<f32>,
 ) -> Result<Response, ApiError> {
     let Cached {
         layer,
@@ -1050,6 +1052,7 @@ fn serve_hit(
         served_model: Some(route.name.to_string()),
         cost_saved_usd: cost_usd,
         cache_hit: true,
+        cache_similarity: similarity,
         streamed: envelope.stream,
         latency_ms: started.elapsed().as_millis() as u64,
         ttft_ms: Some(0),

@@ -475,4 +475,17 @@ async fn semantic_entries_survive_a_restart() {
     );
     let unrelated = ask(&t, &key, &q("How do I bake sourdough bread?"), &[]).await;
     assert_eq!(unrelated.header("x-tollgate-cache"), Some("miss"));
+    // The ledger says which answer was a near repeat, and how near (three rows: the first
+    // gateway's miss, the hit, the unrelated miss).
+    let rows = ledger_rows(&t, 3).await;
+    let hit_row = rows
+        .iter()
+        .find(|r| r["cache_hit"] == true)
+        .unwrap_or_else(|| panic!("{rows:?}"));
+    let similarity = hit_row["cache_similarity"].as_f64().unwrap();
+    assert!((similarity - score).abs() < 0.01, "{similarity} vs {score}");
+    assert!(rows
+        .iter()
+        .filter(|r| r["cache_hit"] == false)
+        .all(|r| r.get("cache_similarity").is_none()));
 }
