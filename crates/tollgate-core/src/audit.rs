@@ -111,7 +111,7 @@ impl AuditRecord {
             self.prev_hash,
         ]);
         let digest = Sha256::digest(canonical.to_string().as_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::encode(&digest)
     }
 }
 

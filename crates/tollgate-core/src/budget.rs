@@ -330,7 +330,7 @@ fn counter_name(c: &BudgetConfig) -> String {
     use sha2::{Digest, Sha256};
     let what = serde_json::json!([c.scope, c.matches, c.models, c.period]).to_string();
     let digest = Sha256::digest(what.as_bytes());
-    let hex: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let hex = crate::hex::encode(&digest[..4]);
     format!("{}@{hex}", c.name)
 }
 

@@ -53,9 +53,7 @@ pub fn mint_secret(prefix: &str) -> Result<String, ApiError> {
 fn mint_id() -> Result<String, ApiError> {
     let bytes = random_bytes::<10>()?;
     let mut id = String::from("key_");
-    for b in bytes {
-        id.push_str(&format!("{b:02x}"));
-    }
+    crate::hex::push(&mut id, &bytes);
     Ok(id)
 }
 
@@ -153,16 +151,17 @@ impl KeyService {
             let hash = hash_secret(k);
             // Replace any stored (e.g. generated) key: if the configured one is removed later,
             // the last key the operator chose keeps working, not an older one.
-            meta.set_meta(MASTER_HASH_META, &hex(&hash)).await?;
+            meta.set_meta(MASTER_HASH_META, &crate::hex::encode(&hash))
+                .await?;
             self.master_hash.store(Arc::new(Some(hash)));
             return Ok(MasterKey::Configured);
         }
         let fresh = mint_secret("tg-master-")?;
-        let fresh_hex = hex(&hash_secret(&fresh));
+        let fresh_hex = crate::hex::encode(&hash_secret(&fresh));
         let stored = meta
             .set_meta_if_absent(MASTER_HASH_META, &fresh_hex)
             .await?;
-        let hash = unhex(&stored)
+        let hash = crate::hex::decode32(&stored)
             .ok_or_else(|| ApiError::internal("stored master key hash is corrupt"))?;
         self.master_hash.store(Arc::new(Some(hash)));
         Ok(if stored == fresh_hex {
@@ -426,22 +425,6 @@ fn validate_key_fields<'a>(
         }
     }
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<SecretHash> {
-    let mut out = [0u8; 32];
-    if s.len() != 64 {
-        return None;
-    }
-    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-        let pair = std::str::from_utf8(chunk).ok()?;
-        *out.get_mut(i)? = u8::from_str_radix(pair, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// Compiles a key's model patterns.

@@ -12,6 +12,7 @@ mod counters_suite;
 pub mod directory;
 pub mod error;
 pub mod glob;
+pub mod hex;
 pub mod http;
 pub mod identity;
 pub mod jwt;

@@ -82,9 +82,7 @@ pub(crate) struct Stored {
 fn shared_key(key: &[u8; 32]) -> String {
     let mut s = String::with_capacity(6 + 64);
     s.push_str("cache:");
-    for b in key {
-        s.push_str(&format!("{b:02x}"));
-    }
+    tollgate_core::hex::push(&mut s, key);
     s
 }
 

@@ -126,7 +126,7 @@ impl Prices {
             })
             .collect();
         let digest = Sha256::digest(serde_json::to_vec(config).unwrap_or_default());
-        let hex: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        let hex = tollgate_core::hex::encode(&digest[..4]);
         Prices {
             overrides,
             override_version: Arc::from(format!("config-{hex}")),

@@ -4,6 +4,7 @@
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderValue, Method, Uri};
 use sha2::{Digest, Sha256};
+use tollgate_core::hex::encode as hex;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -32,10 +33,6 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
         }
         Err(_) => Vec::new(),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `K_signing` for a date (`YYYYMMDD`), region and service.

@@ -155,7 +155,7 @@ impl Hnsw {
             let at = node as usize * GROUND_STRIDE;
             for i in 0..self.ground[at] as usize {
                 let old = self.ground[at + 1 + i] as usize;
-                self.incoming[old] -= 1;
+                self.incoming[old] = self.incoming[old].saturating_sub(1);
             }
             let mut n = 0;
             for (slot, v) in (at + 1..at + GROUND_STRIDE).zip(to) {
@@ -260,7 +260,7 @@ impl Hnsw {
             // A node this list would drop that no other list holds would become unreachable:
             // it takes the place of the least similar kept node that other lists also hold.
             let held = |n: u32| neighbours.contains(&n);
-            let others = |n: u32| self.incoming[n as usize] - u32::from(held(n));
+            let others = |n: u32| self.incoming[n as usize].saturating_sub(u32::from(held(n)));
             for d in &scored {
                 if kept.iter().any(|k| k.1 == d.1) || others(d.1) > 0 {
                     continue;

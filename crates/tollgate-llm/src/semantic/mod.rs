@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 use tollgate_core::config::{RouteCache, SemanticCache as SemanticConfig};
+use tollgate_core::hex;
 use tollgate_core::identity::Principal;
 use tollgate_core::store::{SemanticRow, SemanticStore};
 
@@ -200,21 +201,6 @@ async fn write_entries(store: Arc<dyn SemanticStore>, mut rx: tokio::sync::mpsc:
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if s.len() != 64 {
-        return None;
-    }
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 impl SemanticCache {
     /// A cache writing through to `store`; call within a Tokio runtime (without one, nothing
     /// is persisted).
@@ -324,7 +310,7 @@ impl SemanticCache {
     ) {
         let now = tollgate_core::time::now_ms();
         let expires_ms = now.saturating_add(ttl.as_millis() as i64);
-        let id = hex(&fastrand::u128(..).to_be_bytes());
+        let id = hex::encode(&fastrand::u128(..).to_be_bytes());
         let Ok(json) = serde_json::to_string(&Stored { response, cost_usd }) else {
             return;
         };
@@ -333,7 +319,7 @@ impl SemanticCache {
         };
         let row = SemanticRow {
             id: id.clone(),
-            partition: hex(&plan.partition),
+            partition: hex::encode(&plan.partition),
             route: route.to_owned(),
             vector: vector.to_vec(),
             entry: json,
@@ -390,7 +376,7 @@ impl SemanticCache {
             let mut n = 0;
             for row in rows {
                 let (Some(partition), Ok(stored)) = (
-                    unhex(&row.partition),
+                    hex::decode32(&row.partition),
                     serde_json::from_str::<Stored>(&row.entry),
                 ) else {
                     continue;
