@@ -7,6 +7,7 @@ from its `tollgate listening on http://...` line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -17,7 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import httpx
 import openai
@@ -143,6 +144,7 @@ class Gateway:
     master_key: str
     stdout_lines: list
     stderr_path: Path
+    config_path: Path
 
     @property
     def base_url(self) -> str:
@@ -229,18 +231,11 @@ def provider_mock():
         _stop(proc)
 
 
-@pytest.fixture(scope="session")
-def gateway(tmp_path_factory: pytest.TempPathFactory, provider_mock: str):
-    workdir = tmp_path_factory.mktemp("tollgate")
+@contextlib.contextmanager
+def launch_gateway(workdir: Path, config_text: str) -> Iterator[Gateway]:
+    """Runs `tollgate serve` with this config in `workdir` until the block exits."""
     config = workdir / "tollgate.yaml"
-    config.write_text(
-        CONFIG_TEMPLATE.format(
-            master=MASTER_KEY,
-            db=workdir / "tollgate.db",
-            providers=provider_mock,
-            embedding_model=_embedding_model(),
-        )
-    )
+    config.write_text(config_text)
     stderr_path = workdir / "stderr.log"
 
     env = dict(os.environ)
@@ -302,6 +297,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, provider_mock: str):
         master_key=MASTER_KEY,
         stdout_lines=lines,
         stderr_path=stderr_path,
+        config_path=config,
     )
     try:
         yield gw
@@ -311,19 +307,37 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, provider_mock: str):
 
 
 @pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory, provider_mock: str):
+    workdir = tmp_path_factory.mktemp("tollgate")
+    config = CONFIG_TEMPLATE.format(
+        master=MASTER_KEY,
+        db=workdir / "tollgate.db",
+        providers=provider_mock,
+        embedding_model=_embedding_model(),
+    )
+    with launch_gateway(workdir, config) as gw:
+        yield gw
+
+
+def new_key(gateway: Gateway, models: Optional[list] = None, **extra) -> dict:
+    """Creates a virtual key through the admin API; returns the 201 body (`key`, `secret`)."""
+    body = {"name": f"e2e-{uuid.uuid4().hex[:12]}", **extra}
+    if models is not None:
+        body["models"] = models
+    res = gateway.admin("POST", "/admin/v1/keys", json=body)
+    assert res.status_code == 201, f"create key: {res.status_code} {res.text}"
+    created = res.json()
+    assert created["secret"].startswith("tg-"), created
+    assert created["key"]["id"], created
+    return created
+
+
+@pytest.fixture(scope="session")
 def make_key(gateway: Gateway) -> Callable[..., dict]:
     """Creates a virtual key through the admin API; returns the 201 body (`key`, `secret`)."""
 
     def make(models: Optional[list] = None, **extra) -> dict:
-        body = {"name": f"e2e-{uuid.uuid4().hex[:12]}", **extra}
-        if models is not None:
-            body["models"] = models
-        res = gateway.admin("POST", "/admin/v1/keys", json=body)
-        assert res.status_code == 201, f"create key: {res.status_code} {res.text}"
-        created = res.json()
-        assert created["secret"].startswith("tg-"), created
-        assert created["key"]["id"], created
-        return created
+        return new_key(gateway, models, **extra)
 
     return make
 

@@ -41,6 +41,16 @@ impl Principal {
         }
     }
 
+    /// Who calls a route configured without authentication (an MCP virtual server with
+    /// `auth: none`): no key, no roles; policy, quotas and audit see `anonymous`.
+    pub fn anonymous() -> Principal {
+        Principal {
+            name: "anonymous".to_owned(),
+            is_master: false,
+            ..Principal::master()
+        }
+    }
+
     pub fn from_key(key: &KeyRecord) -> Principal {
         Principal {
             key_id: Some(key.id.clone()),
@@ -109,11 +119,13 @@ impl Principal {
         }
     }
 
-    /// A short label for logs, metrics and audit: the key id, `jwt:<sub>`, or `master`.
+    /// A short label for logs, metrics and audit: the key id, `jwt:<sub>`, `master` or
+    /// `anonymous`.
     pub fn label(&self) -> String {
         match (&self.key_id, &self.subject) {
             (Some(k), _) => k.clone(),
             (None, Some(s)) => format!("jwt:{s}"),
+            (None, None) if !self.is_master => "anonymous".to_owned(),
             (None, None) => "master".to_owned(),
         }
     }

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod audit;
 pub mod budget;
+pub mod canonical;
 pub mod config;
 pub mod context;
 #[cfg(test)]

@@ -116,8 +116,27 @@ impl Policy {
         }
     }
 
+    /// Compiles the config's rule sets, the errors joined into one message (the config was
+    /// validated already; this only fails if it was not).
+    pub fn from_config(config: &crate::config::Config) -> Result<Policy, String> {
+        Policy::compile(&config.policies).map_err(|errors| {
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.sets.is_empty()
+    }
+
+    fn context(&self, principal: &Value, request: &Value) -> Context<'_, '_> {
+        let mut ctx = Context::with_env(self.env.clone());
+        ctx.add_variable_from_value("principal", principal.clone());
+        ctx.add_variable_from_value("request", request.clone());
+        ctx
     }
 
     /// Decides a request. `request` holds the layer's attributes.
@@ -125,9 +144,7 @@ impl Policy {
         if self.sets.is_empty() {
             return Decision::Allow { redact: Vec::new() };
         }
-        let mut ctx = Context::with_env(self.env.clone());
-        ctx.add_variable_from_value("principal", principal.clone());
-        ctx.add_variable_from_value("request", request.clone());
+        let ctx = self.context(principal, request);
 
         let mut redact = Vec::new();
         let mut approval: Option<String> = None;
@@ -189,6 +206,49 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// Whether some request like this one could be allowed, for hiding what a caller may never
+    /// use (tools in a list). A rule that cannot be evaluated without the call's details (its
+    /// arguments) counts as possibly matching: an allowing one keeps the item visible, a
+    /// denying one does not hide it. Only a set that certainly applies and certainly denies
+    /// hides the item.
+    pub fn might_allow(&self, principal: &Value, request: &Value) -> bool {
+        if self.sets.is_empty() {
+            return true;
+        }
+        let ctx = self.context(principal, request);
+        for set in &self.sets {
+            let certain = match &set.applies_to {
+                None => true,
+                Some(scope) => match holds(scope, &ctx) {
+                    Ok(true) => true,
+                    Ok(false) => continue,
+                    Err(_) => false,
+                },
+            };
+            let mut allows = false;
+            for rule in &set.rules {
+                match holds(&rule.when, &ctx) {
+                    Ok(false) => continue,
+                    Ok(true) => {
+                        allows = rule.action != PolicyAction::Deny;
+                        break;
+                    }
+                    Err(_) if rule.action != PolicyAction::Deny => {
+                        allows = true;
+                        break;
+                    }
+                    Err(_) => continue,
+                }
+            }
+            if certain && !allows {
+                return false;
+            }
+        }
+        true
+    }
+}
+
 fn holds(program: &Program, ctx: &Context) -> Result<bool, String> {
     match program.execute(ctx) {
         Ok(Value::Bool(b)) => Ok(b),
@@ -242,6 +302,7 @@ pub fn model_request_value(
     estimated_input_tokens: i64,
 ) -> Value {
     map(vec![
+        ("layer", string("model")),
         ("endpoint", string(endpoint)),
         ("model", string(model)),
         ("provider", string(provider)),
@@ -250,6 +311,54 @@ pub fn model_request_value(
         ("max_tokens", Value::Int(max_tokens.unwrap_or(i64::MAX))),
         ("estimated_input_tokens", Value::Int(estimated_input_tokens)),
     ])
+}
+
+/// Builds `request.*` for a tool-layer call: `method` is the MCP method (`tools/call`,
+/// `tools/list`, ...), `server` the owning upstream, `tool` the upstream's own name for the
+/// tool, prompt or resource URI (empty for methods that name none), `args` the call's
+/// arguments and `annotations` the tool's annotations as the upstream declared them.
+pub fn tool_request_value(
+    method: &str,
+    server: &str,
+    virtual_server: &str,
+    tool: &str,
+    args: &serde_json::Value,
+    annotations: &serde_json::Value,
+) -> Value {
+    map(vec![
+        ("layer", string("tool")),
+        ("method", string(method)),
+        ("server", string(server)),
+        ("virtual_server", string(virtual_server)),
+        ("tool", string(tool)),
+        ("args", json_value(args)),
+        ("annotations", json_value(annotations)),
+    ])
+}
+
+/// A JSON value as CEL sees it: objects become maps, integers stay integers (so
+/// `args.amount <= 100` compares numbers), `null` is CEL's `null`.
+pub fn json_value(v: &serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(*b),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::Int(i),
+            (None, Some(u)) => Value::UInt(u),
+            _ => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        serde_json::Value::String(s) => string(s),
+        serde_json::Value::Array(items) => {
+            Value::List(Arc::new(items.iter().map(json_value).collect()))
+        }
+        serde_json::Value::Object(fields) => {
+            let map: HashMap<Key, Value> = fields
+                .iter()
+                .map(|(k, v)| (Key::String(Arc::new(k.clone())), json_value(v)))
+                .collect();
+            Value::Map(map.into())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -370,6 +479,81 @@ mod tests {
             broken.evaluate(&principal("x"), &request("m", false, None)),
             Decision::Deny { .. }
         ));
+    }
+
+    #[test]
+    fn tool_rules_see_arguments() {
+        let policy = Policy::compile(&[PolicyConfig {
+            name: "files".into(),
+            applies_to: Some("request.layer == 'tool' && request.server == 'files'".into()),
+            rules: vec![
+                rule(
+                    "data-only",
+                    "request.tool == 'read' && request.args.path.startsWith('/data/')",
+                    PolicyAction::Allow,
+                ),
+                rule(
+                    "small-payments",
+                    "request.tool == 'pay' && request.args.amount <= 100 && !request.annotations.destructiveHint",
+                    PolicyAction::Allow,
+                ),
+            ],
+        }])
+        .unwrap();
+        let call = |tool: &str, args: serde_json::Value| {
+            policy.evaluate(
+                &principal("x"),
+                &tool_request_value(
+                    "tools/call",
+                    "files",
+                    "",
+                    tool,
+                    &args,
+                    &serde_json::json!({"destructiveHint": false}),
+                ),
+            )
+        };
+        let allow = Decision::Allow { redact: vec![] };
+        assert_eq!(
+            call("read", serde_json::json!({"path": "/data/a.txt"})),
+            allow
+        );
+        assert!(matches!(
+            call("read", serde_json::json!({"path": "/etc/passwd"})),
+            Decision::Deny { .. }
+        ));
+        assert_eq!(call("pay", serde_json::json!({"amount": 100})), allow);
+        assert!(matches!(
+            call("pay", serde_json::json!({"amount": 101.5})),
+            Decision::Deny { .. }
+        ));
+        // A missing argument fails closed.
+        assert!(matches!(
+            call("read", serde_json::json!({})),
+            Decision::Deny { .. }
+        ));
+        // Listing: a tool whose rule needs arguments stays visible, a tool no rule allows
+        // is hidden.
+        let listing = |tool: &str| {
+            policy.might_allow(
+                &principal("x"),
+                &tool_request_value(
+                    "tools/call",
+                    "files",
+                    "",
+                    tool,
+                    &serde_json::Value::Null,
+                    &serde_json::Value::Null,
+                ),
+            )
+        };
+        assert!(listing("read"));
+        assert!(!listing("delete"));
+        // The model layer's requests are outside the set's scope.
+        assert_eq!(
+            policy.evaluate(&principal("x"), &request("m", false, None)),
+            allow
+        );
     }
 
     #[test]

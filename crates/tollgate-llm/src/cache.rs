@@ -244,7 +244,7 @@ pub fn plan(
         req.remove(*field);
     }
     let mut canonical = Vec::with_capacity(body.len());
-    write_canonical(&Value::Object(req), &mut canonical);
+    tollgate_core::canonical::write(&Value::Object(req), &mut canonical);
     let key = digest(&[
         namespace(cfg.scope, principal).as_bytes(),
         route.as_bytes(),
@@ -283,44 +283,6 @@ pub(crate) fn digest(parts: &[&[u8]]) -> [u8; 32] {
         h.update(part);
     }
     h.finalize().into()
-}
-
-/// JSON with every object's keys sorted, whatever order the client sent them in (and whatever
-/// map order serde_json was built with).
-pub(crate) fn write_canonical(v: &Value, out: &mut Vec<u8>) {
-    match v {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push(b'{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(&Value::String(k.clone()), out);
-                out.push(b':');
-                if let Some(child) = map.get(k) {
-                    write_canonical(child, out);
-                }
-            }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(b']');
-        }
-        scalar => {
-            if serde_json::to_writer(&mut *out, scalar).is_err() {
-                out.extend_from_slice(b"null");
-            }
-        }
-    }
 }
 
 /// The client's dialect for a cached endpoint.

@@ -278,13 +278,7 @@ impl LlmState {
         }
         // Most specific pattern first; config order among equals (the sort is stable).
         patterns.sort_by_key(|r| std::cmp::Reverse(r.name.len()));
-        let policy = Policy::compile(&config.policies).map_err(|errors| {
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        })?;
+        let policy = Policy::from_config(config)?;
         Ok(LlmState {
             policy,
             providers,

@@ -18,6 +18,7 @@ use tollgate_core::metrics::ResultLabels;
 use tollgate_core::telemetry::LogHandle;
 use tollgate_core::{admin, http, ops_router, Core};
 use tollgate_llm::LlmLayer;
+use tollgate_mcp::McpLayer;
 
 use crate::serve::{Server, Signals};
 
@@ -25,6 +26,7 @@ use crate::serve::{Server, Signals};
 pub struct Gateway {
     pub core: Arc<Core>,
     pub llm: Arc<LlmLayer>,
+    pub mcp: Arc<McpLayer>,
     /// The main listener's bound address (useful with port 0).
     pub addr: SocketAddr,
     /// The admin listener's address, when `admin.listen` is set.
@@ -60,6 +62,9 @@ impl Gateway {
             .await
             .map_err(|e| anyhow::anyhow!("cannot open the store: {}", e.message))?;
         let llm = LlmLayer::new(core.clone(), &config).map_err(|e| anyhow::anyhow!(e))?;
+        let mcp = McpLayer::new(core.clone(), &config)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
         let (stop, _) = watch::channel(false);
         let (kill, _) = watch::channel(false);
         let signals = Signals {
@@ -71,7 +76,8 @@ impl Gateway {
 
         let mut app = Router::new()
             .merge(ops_router(core.clone()))
-            .merge(llm.router());
+            .merge(llm.router())
+            .merge(mcp.router());
         if admin_listen.is_none() {
             app = app
                 .merge(admin::router(core.clone()))
@@ -108,6 +114,7 @@ impl Gateway {
         let mut gw = Gateway {
             core: core.clone(),
             llm,
+            mcp: mcp.clone(),
             addr,
             admin_addr,
             master: Some(master),
@@ -128,6 +135,10 @@ impl Gateway {
         gw.background.push((
             "key-cache-refresher",
             tokio::spawn(core.keys.clone().run_refresher(every, gw.stop.subscribe())),
+        ));
+        gw.background.push((
+            "mcp-session-sweeper",
+            tokio::spawn(mcp.run_sweeper(gw.stop.subscribe())),
         ));
         if let Some(path) = gw.config_path.clone() {
             // Snapshot the content now, not inside the task: a change written right after
@@ -152,6 +163,7 @@ impl Gateway {
         Reloader {
             core: self.core.clone(),
             llm: self.llm.clone(),
+            mcp: self.mcp.clone(),
             path: self.config_path.clone(),
             log: self.log.clone(),
             serial: self.reload_lock.clone(),
@@ -193,6 +205,7 @@ fn shell(app: Router, core: &Arc<Core>) -> Router {
 pub struct Reloader {
     core: Arc<Core>,
     llm: Arc<LlmLayer>,
+    mcp: Arc<McpLayer>,
     path: Option<PathBuf>,
     log: Option<Arc<LogHandle>>,
     /// One reload at a time (SIGHUP and the file watcher run on different tasks): two
@@ -255,6 +268,7 @@ impl Reloader {
         }
         // Build everything first so a failure leaves the old config fully in place.
         self.llm.reload(&new)?;
+        self.mcp.reload(&new)?;
         if let Some(log) = &self.log {
             if new.logging.level != old.logging.level && std::env::var_os("RUST_LOG").is_none() {
                 log.set_level(&new.logging.level);

@@ -7,6 +7,7 @@
 
 mod governance;
 mod interp;
+mod mcp;
 mod models;
 mod raw;
 pub mod units;
@@ -20,6 +21,10 @@ use serde::Serialize;
 
 pub use governance::{AlertConfig, BudgetConfig, Period, PriceOverride, RateLimitConfig, Scope};
 pub use interp::Lookup;
+pub use mcp::{
+    short_prefix, McpAuth, McpConfig, McpServerConfig, McpTransport, PrefixMode,
+    VirtualServerConfig, MAX_NAME as MAX_MCP_NAME,
+};
 pub use models::{
     pattern_capture, resolve as resolve_model, CacheScope, CacheWhen, CooldownConfig, Embedder,
     ModelConfig, RetryConfig, RouteCache, SemanticCache, Strategy, TargetConfig,
@@ -126,6 +131,9 @@ pub struct Config {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<RateLimitConfig>,
     pub cache: CacheConfig,
+    /// The tool layer (`/mcp`); off while no server is configured.
+    #[serde(skip_serializing_if = "McpConfig::is_empty")]
+    pub mcp: McpConfig,
 }
 
 /// The response cache shared by every model group that enables it.
@@ -1182,6 +1190,7 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
         ));
     }
     models::validate_semantic(&models, &cache, errors);
+    let mcp = mcp::validate(raw.mcp, errors);
     Config {
         listen,
         workers,
@@ -1202,6 +1211,7 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
         budgets,
         rate_limits,
         cache,
+        mcp,
     }
 }
 

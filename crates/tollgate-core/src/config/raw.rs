@@ -32,6 +32,44 @@ pub struct RawConfig {
     pub budgets: Option<Vec<RawBudget>>,
     pub rate_limits: Option<Vec<RawRateLimit>>,
     pub cache: Option<RawCache>,
+    pub mcp: Option<RawMcp>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMcp {
+    pub prefix: Option<String>,
+    pub allowed_origins: Option<Vec<String>>,
+    #[serde(default, with = "units::duration")]
+    pub session_idle_timeout: Option<Duration>,
+    #[serde(default, with = "units::duration")]
+    pub request_timeout: Option<Duration>,
+    pub public_url: Option<String>,
+    pub servers: Option<Vec<RawMcpServer>>,
+    pub virtual_servers: Option<Vec<RawVirtualServer>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMcpServer {
+    pub name: String,
+    pub transport: Option<String>,
+    pub url: Option<String>,
+    pub headers: Option<BTreeMap<String, StringLike>>,
+    pub command: Option<String>,
+    pub args: Option<Vec<StringLike>>,
+    pub env: Option<BTreeMap<String, StringLike>>,
+    pub cwd: Option<String>,
+    #[serde(default, with = "units::duration")]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVirtualServer {
+    pub name: String,
+    pub servers: Vec<String>,
+    pub auth: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

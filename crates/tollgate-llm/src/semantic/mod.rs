@@ -27,7 +27,7 @@ use tollgate_core::hex;
 use tollgate_core::identity::Principal;
 use tollgate_core::store::{SemanticRow, SemanticStore};
 
-use crate::cache::{digest, namespace, write_canonical, Stored, IGNORED};
+use crate::cache::{digest, namespace, Stored, IGNORED};
 use crate::provider::Endpoint;
 use crate::translate;
 use hnsw::Hnsw;
@@ -83,7 +83,7 @@ pub fn plan(
     messages.push(Value::Object(last_rest));
     req.insert("messages".into(), Value::Array(messages));
     let mut canonical = Vec::with_capacity(body.len());
-    write_canonical(&Value::Object(req), &mut canonical);
+    tollgate_core::canonical::write(&Value::Object(req), &mut canonical);
     let partition = digest(&[
         b"semantic",
         semantic.embedder.id().as_bytes(),

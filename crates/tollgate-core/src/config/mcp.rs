@@ -1,0 +1,398 @@
+//! The tool layer's configuration: MCP upstream servers, how their names are merged, and the
+//! virtual servers served at `/mcp/{name}`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::raw::{RawMcp, StringLike};
+use super::{valid_name, FieldError, Secret};
+
+/// The longest tool or prompt name the gateway exposes; some clients reject longer ones.
+pub const MAX_NAME: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct McpConfig {
+    /// How upstream tool and prompt names are prefixed with their server's name.
+    pub prefix: PrefixMode,
+    /// Browser origins allowed besides loopback ones and the request's own host.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
+    /// A session unused this long ends (its upstream sessions and processes with it).
+    #[serde(with = "super::units::duration")]
+    pub session_idle_timeout: Duration,
+    /// The longest one upstream call may take, unless the server sets its own `timeout`.
+    #[serde(with = "super::units::duration")]
+    pub request_timeout: Duration,
+    /// The externally visible base URL (`https://gw.example.com`), used in the OAuth protected
+    /// resource metadata; derived from the request's `Host` when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    pub servers: Vec<McpServerConfig>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub virtual_servers: Vec<VirtualServerConfig>,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            prefix: PrefixMode::Conditional,
+            allowed_origins: Vec::new(),
+            session_idle_timeout: Duration::from_secs(30 * 60),
+            request_timeout: Duration::from_secs(120),
+            public_url: None,
+            servers: Vec::new(),
+            virtual_servers: Vec::new(),
+        }
+    }
+}
+
+impl McpConfig {
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
+    pub fn server(&self, name: &str) -> Option<&McpServerConfig> {
+        self.servers.iter().find(|s| s.name == name)
+    }
+
+    pub fn virtual_server(&self, name: &str) -> Option<&VirtualServerConfig> {
+        self.virtual_servers.iter().find(|s| s.name == name)
+    }
+}
+
+/// Whether a federated name carries its server's prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrefixMode {
+    /// Every name is `{server}_{name}`.
+    Always,
+    /// Only names that more than one server uses are prefixed.
+    Conditional,
+    /// Names are passed through; on a collision the first server in config order wins.
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct McpServerConfig {
+    pub name: String,
+    #[serde(flatten)]
+    pub transport: McpTransport,
+    #[serde(with = "super::units::duration")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "transport", rename_all = "snake_case")]
+pub enum McpTransport {
+    /// Streamable HTTP (MCP 2025-03-26 and later).
+    StreamableHttp {
+        url: String,
+        /// Sent on every upstream request: the upstream's own credential, never the client's.
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        headers: BTreeMap<String, Secret>,
+    },
+    /// The HTTP+SSE transport of MCP 2024-11-05: a GET stream and a POST endpoint.
+    Sse {
+        url: String,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        headers: BTreeMap<String, Secret>,
+    },
+    /// A local process speaking newline-delimited JSON-RPC on stdin/stdout.
+    Stdio {
+        command: String,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        args: Vec<String>,
+        /// The child's whole environment besides `PATH` and `HOME`, which are inherited.
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, Secret>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cwd: Option<PathBuf>,
+    },
+}
+
+impl McpTransport {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            McpTransport::StreamableHttp { .. } => "streamable_http",
+            McpTransport::Sse { .. } => "sse",
+            McpTransport::Stdio { .. } => "stdio",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VirtualServerConfig {
+    pub name: String,
+    pub servers: Vec<String>,
+    pub auth: McpAuth,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum McpAuth {
+    /// A virtual key or JWT, like every other route.
+    Required,
+    /// The anonymous principal; policy, quotas and audit still apply.
+    None,
+}
+
+/// The short prefix a server's names get when `{server}_{name}` would pass [`MAX_NAME`]:
+/// eight hex digits of the name's SHA-256, the same on every replica and restart.
+pub fn short_prefix(server: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(server.as_bytes());
+    crate::hex::encode(&digest[..4])
+}
+
+pub(super) fn validate(raw: Option<RawMcp>, errors: &mut Vec<FieldError>) -> McpConfig {
+    let Some(raw) = raw else {
+        return McpConfig::default();
+    };
+    let defaults = McpConfig::default();
+    let prefix = match raw.prefix.as_deref() {
+        None | Some("conditional") => PrefixMode::Conditional,
+        Some("always") => PrefixMode::Always,
+        Some("never") => PrefixMode::Never,
+        Some(other) => {
+            errors.push(FieldError::new(
+                "mcp.prefix",
+                format!("must be always, conditional or never, got {other:?}"),
+            ));
+            PrefixMode::Conditional
+        }
+    };
+    let request_timeout = raw.request_timeout.unwrap_or(defaults.request_timeout);
+    let mut servers = Vec::new();
+    let mut names = HashSet::new();
+    let mut prefixes = HashSet::new();
+    for (i, s) in raw.servers.unwrap_or_default().into_iter().enumerate() {
+        let at = |f: &str| format!("mcp.servers[{i}].{f}");
+        if !valid_name(&s.name) {
+            errors.push(FieldError::new(
+                at("name"),
+                "must be 1-64 characters of letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if !names.insert(s.name.clone()) {
+            errors.push(FieldError::new(
+                at("name"),
+                format!("duplicate server {:?}", s.name),
+            ));
+        }
+        // Two servers whose short prefixes collide could not be told apart in long names.
+        if !prefixes.insert(short_prefix(&s.name)) {
+            errors.push(FieldError::new(
+                at("name"),
+                "its short name prefix collides with another server's; rename one",
+            ));
+        }
+        let headers = |errors: &mut Vec<FieldError>, h: Option<BTreeMap<String, StringLike>>| {
+            let mut out = BTreeMap::new();
+            for (k, StringLike(v)) in h.unwrap_or_default() {
+                if http::HeaderName::from_bytes(k.as_bytes()).is_err()
+                    || http::HeaderValue::from_str(&v).is_err()
+                {
+                    errors.push(FieldError::new(
+                        at(&format!("headers.{k}")),
+                        "invalid header name or value",
+                    ));
+                }
+                out.insert(k.to_ascii_lowercase(), Secret(v));
+            }
+            out
+        };
+        let url = |errors: &mut Vec<FieldError>, u: Option<String>| match u {
+            Some(u)
+                if (u.starts_with("http://") || u.starts_with("https://"))
+                    && u.parse::<http::Uri>().is_ok() =>
+            {
+                u
+            }
+            Some(u) => {
+                errors.push(FieldError::new(
+                    at("url"),
+                    format!("must be an http:// or https:// URL, got {u:?}"),
+                ));
+                String::new()
+            }
+            None => {
+                errors.push(FieldError::new(
+                    at("url"),
+                    "required for the streamable_http and sse transports",
+                ));
+                String::new()
+            }
+        };
+        let kind = match (s.transport.as_deref(), &s.url, &s.command) {
+            (Some(k), _, _) => k.to_owned(),
+            (None, Some(_), None) => "streamable_http".to_owned(),
+            (None, None, Some(_)) => "stdio".to_owned(),
+            (None, Some(_), Some(_)) => {
+                errors.push(FieldError::new(
+                    at("url"),
+                    "set either url (an HTTP server) or command (a stdio process), not both",
+                ));
+                continue;
+            }
+            (None, None, None) => {
+                errors.push(FieldError::new(
+                    at("url"),
+                    "set url (an HTTP server) or command (a stdio process)",
+                ));
+                continue;
+            }
+        };
+        let transport = match kind.as_str() {
+            "streamable_http" | "sse" => {
+                if s.command.is_some() || s.args.is_some() || s.env.is_some() || s.cwd.is_some() {
+                    errors.push(FieldError::new(
+                        at("command"),
+                        "command, args, env and cwd belong to stdio servers",
+                    ));
+                }
+                let url = url(errors, s.url);
+                let headers = headers(errors, s.headers);
+                if kind == "sse" {
+                    McpTransport::Sse { url, headers }
+                } else {
+                    McpTransport::StreamableHttp { url, headers }
+                }
+            }
+            "stdio" => {
+                if s.url.is_some() || s.headers.is_some() {
+                    errors.push(FieldError::new(
+                        at("url"),
+                        "url and headers belong to HTTP servers",
+                    ));
+                }
+                let command = s.command.unwrap_or_default();
+                if command.trim().is_empty() {
+                    errors.push(FieldError::new(at("command"), "required for stdio servers"));
+                }
+                let mut env = BTreeMap::new();
+                for (k, StringLike(v)) in s.env.unwrap_or_default() {
+                    if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                        errors.push(FieldError::new(
+                            at(&format!("env.{k}")),
+                            "invalid environment variable",
+                        ));
+                    }
+                    env.insert(k, Secret(v));
+                }
+                McpTransport::Stdio {
+                    command,
+                    args: s
+                        .args
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|a| a.0)
+                        .collect(),
+                    env,
+                    cwd: s.cwd.map(PathBuf::from),
+                }
+            }
+            other => {
+                errors.push(FieldError::new(
+                    at("transport"),
+                    format!("must be streamable_http, sse or stdio, got {other:?}"),
+                ));
+                continue;
+            }
+        };
+        servers.push(McpServerConfig {
+            name: s.name,
+            transport,
+            timeout: s.timeout.unwrap_or(request_timeout),
+        });
+    }
+    let mut virtual_servers = Vec::new();
+    let mut vnames = HashSet::new();
+    for (i, v) in raw
+        .virtual_servers
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let at = |f: &str| format!("mcp.virtual_servers[{i}].{f}");
+        if !valid_name(&v.name) {
+            errors.push(FieldError::new(
+                at("name"),
+                "must be 1-64 characters of letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if !vnames.insert(v.name.clone()) {
+            errors.push(FieldError::new(
+                at("name"),
+                format!("duplicate virtual server {:?}", v.name),
+            ));
+        }
+        if v.servers.is_empty() {
+            errors.push(FieldError::new(
+                at("servers"),
+                "must name at least one server",
+            ));
+        }
+        for (j, s) in v.servers.iter().enumerate() {
+            if !names.contains(s) {
+                errors.push(FieldError::new(
+                    format!("mcp.virtual_servers[{i}].servers[{j}]"),
+                    format!("no MCP server named {s:?}"),
+                ));
+            }
+        }
+        let auth = match v.auth.as_deref() {
+            None | Some("required") => McpAuth::Required,
+            Some("none") => McpAuth::None,
+            Some(other) => {
+                errors.push(FieldError::new(
+                    at("auth"),
+                    format!("must be required or none, got {other:?}"),
+                ));
+                McpAuth::Required
+            }
+        };
+        virtual_servers.push(VirtualServerConfig {
+            name: v.name,
+            servers: v.servers,
+            auth,
+        });
+    }
+    let mut allowed_origins = Vec::new();
+    for (i, o) in raw
+        .allowed_origins
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        if o != "*" && o.parse::<http::Uri>().map_or(true, |u| u.host().is_none()) {
+            errors.push(FieldError::new(
+                format!("mcp.allowed_origins[{i}]"),
+                format!("must be an origin like https://app.example.com, got {o:?}"),
+            ));
+        }
+        allowed_origins.push(o.trim_end_matches('/').to_ascii_lowercase());
+    }
+    let public_url = raw.public_url.map(|u| u.trim_end_matches('/').to_owned());
+    if let Some(u) = &public_url {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            errors.push(FieldError::new(
+                "mcp.public_url",
+                "must be an http:// or https:// URL",
+            ));
+        }
+    }
+    McpConfig {
+        prefix,
+        allowed_origins,
+        session_idle_timeout: raw
+            .session_idle_timeout
+            .unwrap_or(defaults.session_idle_timeout),
+        request_timeout,
+        public_url,
+        servers,
+        virtual_servers,
+    }
+}

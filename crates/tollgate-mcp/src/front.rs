@@ -1,0 +1,692 @@
+//! The Streamable HTTP front door: the transport's checks (origin, credentials, `Accept`,
+//! content type, size, session, protocol version) in the order the spec implies, each
+//! refusal with its status and a JSON-RPC error body; then the message goes to `calls`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_TYPE, HOST, ORIGIN, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tollgate_core::config::{McpAuth, McpConfig, McpServerConfig};
+use tollgate_core::context::RequestContext;
+use tollgate_core::http::{read_body, PathParam};
+use tollgate_core::identity::Principal;
+
+use crate::jsonrpc::{self, Kind, RpcError};
+use crate::session::{parse_event_id, Session};
+use crate::{McpLayer, VERSIONS};
+
+pub const SESSION: HeaderName = HeaderName::from_static("mcp-session-id");
+const VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+
+pub fn router(layer: Arc<McpLayer>) -> Router {
+    Router::new()
+        .route("/mcp", get(root).post(root).delete(root))
+        .route("/mcp/{name}", get(named).post(named).delete(named))
+        .route("/.well-known/oauth-protected-resource", get(metadata_root))
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            get(metadata_root),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp/{name}",
+            get(metadata_named),
+        )
+        .with_state(layer)
+}
+
+async fn root(State(layer): State<Arc<McpLayer>>, req: Request) -> Response {
+    serve(layer, None, req).await
+}
+
+async fn named(
+    State(layer): State<Arc<McpLayer>>,
+    PathParam(name): PathParam,
+    req: Request,
+) -> Response {
+    serve(layer, Some(name), req).await
+}
+
+/// A JSON-RPC error as the whole HTTP answer.
+pub fn refuse(err: RpcError, id: Value) -> Response {
+    let status = if err.status == StatusCode::OK {
+        StatusCode::BAD_REQUEST
+    } else {
+        err.status
+    };
+    let mut res = tollgate_core::http::json_response(status, err.to_message(id).to_string());
+    res.extensions_mut()
+        .insert(tollgate_core::error::ErrorMark(kind_for(status)));
+    res
+}
+
+fn kind_for(status: StatusCode) -> tollgate_core::error::ErrorKind {
+    use tollgate_core::error::ErrorKind as K;
+    match status.as_u16() {
+        401 => K::Unauthenticated,
+        403 => K::PermissionDenied,
+        404 => K::NotFound,
+        405 => K::MethodNotAllowed,
+        409 => K::Conflict,
+        413 => K::PayloadTooLarge,
+        502 => K::Upstream,
+        504 => K::UpstreamTimeout,
+        500 => K::Internal,
+        _ => K::InvalidRequest,
+    }
+}
+
+/// What a path serves: its upstreams and how callers authenticate.
+struct Target {
+    name: Option<String>,
+    servers: Vec<McpServerConfig>,
+    auth: McpAuth,
+}
+
+fn target(cfg: &McpConfig, name: Option<String>) -> Result<Target, RpcError> {
+    let Some(name) = name else {
+        if cfg.servers.is_empty() {
+            return Err(RpcError::new(
+                jsonrpc::METHOD_NOT_FOUND,
+                "the tool layer has no MCP servers configured",
+            )
+            .with_status(StatusCode::NOT_FOUND));
+        }
+        return Ok(Target {
+            name: None,
+            servers: cfg.servers.clone(),
+            auth: McpAuth::Required,
+        });
+    };
+    let Some(v) = cfg.virtual_server(&name) else {
+        return Err(RpcError::new(
+            jsonrpc::METHOD_NOT_FOUND,
+            format!("no MCP virtual server named {name:?}"),
+        )
+        .with_status(StatusCode::NOT_FOUND));
+    };
+    Ok(Target {
+        name: Some(name),
+        servers: v
+            .servers
+            .iter()
+            .filter_map(|s| cfg.server(s).cloned())
+            .collect(),
+        auth: v.auth,
+    })
+}
+
+/// The externally visible base URL.
+fn base_url(cfg: &McpConfig, headers: &HeaderMap) -> String {
+    if let Some(u) = &cfg.public_url {
+        return u.clone();
+    }
+    let host = headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+fn resource_path(target: Option<&str>) -> String {
+    match target {
+        Some(n) => format!("/mcp/{n}"),
+        None => "/mcp".to_owned(),
+    }
+}
+
+/// DNS-rebinding protection: a browser page from another origin must not reach a gateway on
+/// the loopback interface. Requests without `Origin` (non-browser clients) pass.
+fn origin_allowed(headers: &HeaderMap, cfg: &McpConfig) -> bool {
+    let Some(origin) = headers.get(ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+    if cfg.allowed_origins.iter().any(|o| o == "*" || *o == origin) {
+        return true;
+    }
+    let Ok(uri) = origin.parse::<http::Uri>() else {
+        return false;
+    };
+    let Some(host) = uri.host() else {
+        return false;
+    };
+    if matches!(host, "localhost" | "127.0.0.1" | "[::1]" | "::1") {
+        return true;
+    }
+    // Same origin as the request itself.
+    let request_host = headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    uri.authority().map(|a| a.as_str().to_owned()) == request_host
+}
+
+fn accepts(headers: &HeaderMap, what: &str) -> bool {
+    let Some(accept) = headers.get(ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    accept.split(',').any(|part| {
+        let t = part.split(';').next().unwrap_or_default().trim();
+        t == what || t == "*/*" || (t.ends_with("/*") && what.starts_with(&t[..t.len() - 1]))
+    })
+}
+
+async fn serve(layer: Arc<McpLayer>, name: Option<String>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let state = layer.state.load_full();
+    if !origin_allowed(&parts.headers, &state.config) {
+        return refuse(
+            RpcError::new(jsonrpc::INVALID_REQUEST, "this Origin is not allowed")
+                .with_status(StatusCode::FORBIDDEN),
+            Value::Null,
+        );
+    }
+    let target = match target(&state.config, name) {
+        Ok(t) => t,
+        Err(e) => return refuse(e, Value::Null),
+    };
+    let principal = match target.auth {
+        McpAuth::None => Arc::new(Principal::anonymous()),
+        McpAuth::Required => match layer.core.authenticate(&parts.headers).await {
+            Ok(p) => p,
+            Err(e) => {
+                let mut res = refuse(RpcError::from(e), Value::Null);
+                let metadata = format!(
+                    "{}/.well-known/oauth-protected-resource{}",
+                    base_url(&state.config, &parts.headers),
+                    resource_path(target.name.as_deref())
+                );
+                if let Ok(v) =
+                    HeaderValue::from_str(&format!("Bearer resource_metadata=\"{metadata}\""))
+                {
+                    res.headers_mut().insert(WWW_AUTHENTICATE, v);
+                }
+                return res;
+            }
+        },
+    };
+    let ctx = match parts.extensions.get::<RequestContext>() {
+        Some(c) => c.clone(),
+        // Only outside the HTTP shell (unit tests of the router): a fresh trace.
+        None => RequestContext {
+            request_id: HeaderValue::from_static("-"),
+            trace: tollgate_core::context::TraceContext::from_headers(&parts.headers),
+            conversation_id: None,
+        },
+    };
+    match parts.method {
+        Method::POST => post(layer, target, principal, ctx, parts.headers, body).await,
+        Method::GET => get_stream(layer, target, principal, &parts.headers),
+        Method::DELETE => delete(layer, target, principal, &parts.headers).await,
+        _ => refuse(
+            RpcError::new(jsonrpc::INVALID_REQUEST, "use POST, GET or DELETE")
+                .with_status(StatusCode::METHOD_NOT_ALLOWED),
+            Value::Null,
+        ),
+    }
+}
+
+/// The session a request names, if it belongs to this caller and path.
+fn find_session(
+    layer: &McpLayer,
+    target: &Target,
+    principal: &Principal,
+    headers: &HeaderMap,
+) -> Result<Arc<Session>, RpcError> {
+    let Some(id) = headers.get(SESSION).and_then(|v| v.to_str().ok()) else {
+        return Err(RpcError::new(
+            jsonrpc::INVALID_REQUEST,
+            "missing Mcp-Session-Id: send initialize first",
+        )
+        .with_status(StatusCode::BAD_REQUEST));
+    };
+    let not_found = || {
+        RpcError::new(
+            jsonrpc::SESSION_NOT_FOUND,
+            "session not found or expired: initialize a new one",
+        )
+        .with_status(StatusCode::NOT_FOUND)
+    };
+    let session = layer.sessions.get(id).ok_or_else(not_found)?;
+    // Another principal's or another path's session looks exactly like a missing one.
+    if session.owner != principal.label() || session.target != target.name {
+        return Err(not_found());
+    }
+    if let Some(v) = headers.get(VERSION) {
+        let v = v.to_str().unwrap_or_default();
+        if !VERSIONS.contains(&v) {
+            return Err(RpcError::new(
+                jsonrpc::INVALID_REQUEST,
+                format!("unsupported MCP-Protocol-Version {v:?}"),
+            )
+            .with_data(json!({"supported": VERSIONS}))
+            .with_status(StatusCode::BAD_REQUEST));
+        }
+    }
+    session.touch();
+    Ok(session)
+}
+
+async fn post(
+    layer: Arc<McpLayer>,
+    target: Target,
+    principal: Arc<Principal>,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if !(accepts(&headers, "application/json") && accepts(&headers, "text/event-stream")) {
+        return refuse(
+            RpcError::new(
+                jsonrpc::INVALID_REQUEST,
+                "Accept must include application/json and text/event-stream",
+            )
+            .with_status(StatusCode::NOT_ACCEPTABLE),
+            Value::Null,
+        );
+    }
+    let json_body = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !json_body {
+        return refuse(
+            RpcError::new(
+                jsonrpc::INVALID_REQUEST,
+                "Content-Type must be application/json",
+            )
+            .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            Value::Null,
+        );
+    }
+    let limits = layer.core.config().limits.clone();
+    let bytes = match read_body(&headers, body, &limits).await {
+        Ok(b) => b,
+        Err(e) => return refuse(RpcError::from(e), Value::Null),
+    };
+    let msg: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            return refuse(
+                RpcError::new(jsonrpc::PARSE_ERROR, format!("invalid JSON: {e}")),
+                Value::Null,
+            )
+        }
+    };
+    if let Value::Array(batch) = msg {
+        return post_batch(layer, target, principal, ctx, &headers, batch).await;
+    }
+    let kind = match jsonrpc::classify(&msg) {
+        Ok(k) => k,
+        Err(why) => {
+            let id = msg.get("id").cloned().unwrap_or(Value::Null);
+            return refuse(RpcError::new(jsonrpc::INVALID_REQUEST, why), id);
+        }
+    };
+    if kind == Kind::Request && jsonrpc::method(&msg) == "initialize" {
+        return initialize(layer, target, principal, msg).await;
+    }
+    let session = match find_session(&layer, &target, &principal, &headers) {
+        Ok(s) => s,
+        Err(e) => return refuse(e, msg.get("id").cloned().unwrap_or(Value::Null)),
+    };
+    match kind {
+        Kind::Response => {
+            crate::calls::client_response(&session, msg).await;
+            accepted()
+        }
+        Kind::Notification => {
+            crate::calls::client_notification(&layer, &session, msg).await;
+            accepted()
+        }
+        Kind::Request => {
+            respond(&session, crate::calls::request(&layer, &session, &ctx, msg)).await
+        }
+    }
+}
+
+fn accepted() -> Response {
+    StatusCode::ACCEPTED.into_response()
+}
+
+/// Batches exist only in protocol version 2025-03-26; answers come back as one JSON array.
+async fn post_batch(
+    layer: Arc<McpLayer>,
+    target: Target,
+    principal: Arc<Principal>,
+    ctx: RequestContext,
+    headers: &HeaderMap,
+    batch: Vec<Value>,
+) -> Response {
+    let session = match find_session(&layer, &target, &principal, headers) {
+        Ok(s) => s,
+        Err(e) => return refuse(e, Value::Null),
+    };
+    if session.version != "2025-03-26" || batch.is_empty() {
+        return refuse(
+            RpcError::new(
+                jsonrpc::INVALID_REQUEST,
+                format!(
+                    "JSON-RPC batches are not allowed in protocol version {}",
+                    session.version
+                ),
+            ),
+            Value::Null,
+        );
+    }
+    let mut answers = Vec::new();
+    for msg in batch {
+        match jsonrpc::classify(&msg) {
+            Err(why) => answers.push(
+                RpcError::new(jsonrpc::INVALID_REQUEST, why)
+                    .to_message(msg.get("id").cloned().unwrap_or(Value::Null)),
+            ),
+            Ok(Kind::Response) => crate::calls::client_response(&session, msg).await,
+            Ok(Kind::Notification) => {
+                crate::calls::client_notification(&layer, &session, msg).await
+            }
+            Ok(Kind::Request) => {
+                let mut rx = crate::calls::request(&layer, &session, &ctx, msg);
+                // Messages on the way go to the standalone stream; the answer to the batch.
+                while let Some(out) = rx.recv().await {
+                    match out {
+                        Out::Message(m) => session.standalone().push(&m),
+                        Out::Final(v) => {
+                            answers.push(v);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if answers.is_empty() {
+        return accepted();
+    }
+    with_session(
+        tollgate_core::http::json_response(StatusCode::OK, Value::Array(answers).to_string()),
+        &session.id,
+    )
+}
+
+/// What a request produces: messages on the way (progress, server requests), then its answer.
+pub enum Out {
+    Message(Value),
+    Final(Value),
+}
+
+/// Answers with plain JSON when the answer comes first, else switches to an SSE stream that
+/// carries the messages on the way and ends with the answer.
+async fn respond(session: &Arc<Session>, mut rx: mpsc::Receiver<Out>) -> Response {
+    let first = match rx.recv().await {
+        Some(Out::Final(v)) => {
+            return with_session(
+                tollgate_core::http::json_response(StatusCode::OK, v.to_string()),
+                &session.id,
+            )
+        }
+        Some(Out::Message(m)) => m,
+        None => {
+            return refuse(
+                RpcError::new(
+                    jsonrpc::INTERNAL_ERROR,
+                    "the request ended without an answer",
+                )
+                .with_status(StatusCode::INTERNAL_SERVER_ERROR),
+                Value::Null,
+            )
+        }
+    };
+    let stream = session.open_stream();
+    let events = stream.attach(None, session.version.as_str() >= "2025-11-25");
+    stream.push(&first);
+    let pump_session = session.clone();
+    tokio::spawn(async move {
+        while let Some(out) = rx.recv().await {
+            match out {
+                Out::Message(m) => stream.push(&m),
+                Out::Final(v) => {
+                    stream.push(&v);
+                    break;
+                }
+            }
+        }
+        pump_session.finish_stream(&stream);
+    });
+    with_session(sse_response(events), &session.id)
+}
+
+pub fn sse_response(mut events: mpsc::Receiver<Bytes>) -> Response {
+    let body = futures_util::stream::poll_fn(move |cx| {
+        events
+            .poll_recv(cx)
+            .map(|o| o.map(Ok::<Bytes, std::convert::Infallible>))
+    });
+    let mut res = Response::new(Body::from_stream(body));
+    let h = res.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    res
+}
+
+fn with_session(mut res: Response, id: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        res.headers_mut().insert(SESSION, v);
+    }
+    res
+}
+
+async fn initialize(
+    layer: Arc<McpLayer>,
+    target: Target,
+    principal: Arc<Principal>,
+    msg: Value,
+) -> Response {
+    let id = msg.get("id").cloned().unwrap_or(Value::Null);
+    let params = jsonrpc::params(&msg).clone();
+    let asked = params
+        .get("protocolVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    // The client's version when we speak it, else our newest (the client decides whether
+    // it can go on).
+    let version = if VERSIONS.contains(&asked) {
+        asked
+    } else {
+        VERSIONS[0]
+    }
+    .to_owned();
+    let session = match layer
+        .open_session(
+            principal,
+            target.name.clone(),
+            &target.servers,
+            version.clone(),
+            params,
+        )
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => return refuse(e, id),
+    };
+    let result = crate::calls::initialize_result(&session, target.name.as_deref());
+    let mut res =
+        tollgate_core::http::json_response(StatusCode::OK, jsonrpc::result(id, result).to_string());
+    if let Ok(v) = HeaderValue::from_str(&session.id) {
+        res.headers_mut().insert(SESSION, v);
+    }
+    tracing::info!(session = %session.id, principal = %session.owner, version = %version, upstreams = session.upstreams.len(), "MCP session opened");
+    res
+}
+
+fn get_stream(
+    layer: Arc<McpLayer>,
+    target: Target,
+    principal: Arc<Principal>,
+    headers: &HeaderMap,
+) -> Response {
+    if !accepts(headers, "text/event-stream") {
+        return refuse(
+            RpcError::new(
+                jsonrpc::INVALID_REQUEST,
+                "Accept must include text/event-stream",
+            )
+            .with_status(StatusCode::NOT_ACCEPTABLE),
+            Value::Null,
+        );
+    }
+    let session = match find_session(&layer, &target, &principal, headers) {
+        Ok(s) => s,
+        Err(e) => return refuse(e, Value::Null),
+    };
+    let prime = session.version.as_str() >= "2025-11-25";
+    if let Some(last) = headers.get(LAST_EVENT_ID).and_then(|v| v.to_str().ok()) {
+        let Some((n, seq)) = parse_event_id(last) else {
+            return refuse(
+                RpcError::new(jsonrpc::INVALID_REQUEST, "malformed Last-Event-ID"),
+                Value::Null,
+            );
+        };
+        let Some(stream) = session.stream(n) else {
+            return refuse(
+                RpcError::new(
+                    jsonrpc::INVALID_REQUEST,
+                    "that stream can no longer be resumed",
+                )
+                .with_status(StatusCode::NOT_FOUND),
+                Value::Null,
+            );
+        };
+        return with_session(sse_response(stream.attach(Some(seq), false)), &session.id);
+    }
+    let standalone = session.standalone();
+    if standalone.is_attached() {
+        return refuse(
+            RpcError::new(
+                jsonrpc::INVALID_REQUEST,
+                "this session already has a GET stream open",
+            )
+            .with_status(StatusCode::CONFLICT),
+            Value::Null,
+        );
+    }
+    with_session(sse_response(standalone.attach(None, prime)), &session.id)
+}
+
+async fn delete(
+    layer: Arc<McpLayer>,
+    target: Target,
+    principal: Arc<Principal>,
+    headers: &HeaderMap,
+) -> Response {
+    let session = match find_session(&layer, &target, &principal, headers) {
+        Ok(s) => s,
+        Err(e) => return refuse(e, Value::Null),
+    };
+    layer.sessions.remove(&session.id);
+    session.close().await;
+    tracing::info!(session = %session.id, "MCP session ended by the client");
+    StatusCode::OK.into_response()
+}
+
+async fn metadata_root(State(layer): State<Arc<McpLayer>>, headers: HeaderMap) -> Response {
+    metadata(&layer, None, &headers)
+}
+
+async fn metadata_named(
+    State(layer): State<Arc<McpLayer>>,
+    PathParam(name): PathParam,
+    headers: HeaderMap,
+) -> Response {
+    metadata(&layer, Some(name), &headers)
+}
+
+/// RFC 9728 protected resource metadata: where clients get tokens for this resource.
+fn metadata(layer: &McpLayer, name: Option<String>, headers: &HeaderMap) -> Response {
+    let state = layer.state.load();
+    if let Some(n) = &name {
+        if state.config.virtual_server(n).is_none() {
+            return tollgate_core::error::ApiError::not_found(format!(
+                "no MCP virtual server named {n:?}"
+            ))
+            .into_response();
+        }
+    }
+    let resource = format!(
+        "{}{}",
+        base_url(&state.config, headers),
+        resource_path(name.as_deref())
+    );
+    let mut doc = json!({
+        "resource": resource,
+        "bearer_methods_supported": ["header"],
+        "resource_name": "tollgate MCP gateway",
+    });
+    if let Some(issuer) = &state.issuer {
+        doc["authorization_servers"] = json!([issuer]);
+    }
+    tollgate_core::http::json_response(StatusCode::OK, doc.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn origins() {
+        let cfg = McpConfig {
+            allowed_origins: vec!["https://app.example.com".into()],
+            ..McpConfig::default()
+        };
+        let ok = |h: &[(&'static str, &'static str)]| origin_allowed(&headers(h), &cfg);
+        assert!(ok(&[]), "no Origin: not a browser");
+        assert!(ok(&[("origin", "http://localhost:3000")]));
+        assert!(ok(&[("origin", "http://127.0.0.1:9")]));
+        assert!(ok(&[("origin", "https://app.example.com")]));
+        assert!(ok(&[("origin", "http://gw:4000"), ("host", "gw:4000")]));
+        assert!(!ok(&[
+            ("origin", "http://evil.example.com"),
+            ("host", "127.0.0.1:4000")
+        ]));
+        assert!(!ok(&[("origin", "null")]));
+    }
+
+    #[test]
+    fn accept_headers() {
+        let h = headers(&[("accept", "application/json, text/event-stream")]);
+        assert!(accepts(&h, "application/json") && accepts(&h, "text/event-stream"));
+        let h = headers(&[("accept", "text/html")]);
+        assert!(!accepts(&h, "application/json"));
+        let h = headers(&[("accept", "*/*")]);
+        assert!(accepts(&h, "text/event-stream"));
+        assert!(accepts(&HeaderMap::new(), "application/json"));
+    }
+}

@@ -1,0 +1,312 @@
+//! tollgate's tool layer: `/mcp` serves one virtual MCP server federating every configured
+//! upstream, `/mcp/{name}` a configured subset. Clients speak Streamable HTTP (MCP 2024-11-05
+//! to 2025-11-25); upstreams are Streamable HTTP, HTTP+SSE or stdio processes.
+//!
+//! The request path has the shape every layer shares: origin check, authenticate, parse the
+//! JSON-RPC envelope, find the session, then per method: authorize (policy on the tool and its
+//! arguments), route to the owning upstream, relay, and audit. This crate depends on the core
+//! only; it never calls an upstream with the client's credentials.
+
+mod calls;
+pub mod federation;
+mod front;
+pub mod jsonrpc;
+pub mod seal;
+pub mod session;
+pub mod sse;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+use tollgate_core::audit::AuditEvent;
+use tollgate_core::config::{Config, McpConfig, McpServerConfig};
+use tollgate_core::policy::Policy;
+use tollgate_core::Core;
+
+use crate::seal::Sealer;
+use crate::session::{Session, Sessions, Upstream};
+use crate::upstream::{Conn, Connect, HttpClient, Inbound, UpstreamError};
+
+/// Protocol versions the front door speaks, newest first.
+pub const VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+
+/// The tool layer.
+pub struct McpLayer {
+    core: Arc<Core>,
+    state: ArcSwap<State>,
+    sessions: Sessions,
+    client: HttpClient,
+    /// The long-lived runtime: upstream readers, listeners and child processes live here,
+    /// not on the serving thread that happened to open the session.
+    runtime: tokio::runtime::Handle,
+    sealer: Sealer,
+}
+
+/// What one config generation decides.
+struct State {
+    config: McpConfig,
+    policy: Policy,
+    /// The JWT issuer, advertised as the authorization server in the resource metadata.
+    issuer: Option<String>,
+}
+
+impl State {
+    fn new(config: &Config) -> Result<State, String> {
+        let policy = Policy::from_config(config)?;
+        Ok(State {
+            config: config.mcp.clone(),
+            policy,
+            issuer: config.auth.jwt.as_ref().map(|j| j.issuer.clone()),
+        })
+    }
+}
+
+impl McpLayer {
+    /// Builds the layer; the sealing key comes from the store so every replica shares it.
+    pub async fn new(core: Arc<Core>, config: &Config) -> Result<Arc<McpLayer>, String> {
+        let mut fresh = [0u8; 32];
+        getrandom::fill(&mut fresh).map_err(|e| format!("no randomness: {e}"))?;
+        let stored = core
+            .stores
+            .meta
+            .set_meta_if_absent("mcp.seal_key", &tollgate_core::hex::encode(&fresh))
+            .await
+            .map_err(|e| format!("cannot load the MCP sealing key: {e}"))?;
+        let key = tollgate_core::hex::decode32(&stored)
+            .ok_or("the stored MCP sealing key is malformed")?;
+        Ok(Arc::new(McpLayer {
+            core,
+            state: ArcSwap::from_pointee(State::new(config)?),
+            sessions: Sessions::default(),
+            client: upstream::http_client(),
+            runtime: tokio::runtime::Handle::current(),
+            sealer: Sealer::new(key),
+        }))
+    }
+
+    /// Swaps in a new config. Open sessions keep the upstreams they were opened with; new
+    /// sessions and every policy decision use the new one.
+    pub fn reload(&self, config: &Config) -> Result<(), String> {
+        self.state.store(Arc::new(State::new(config)?));
+        Ok(())
+    }
+
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        front::router(self.clone())
+    }
+
+    /// Open sessions (for tests and metrics).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Ends sessions idle longer than `mcp.session_idle_timeout`, every few seconds, until
+    /// `stop`; then ends all of them.
+    pub async fn run_sweeper(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = stop.changed() => break,
+            }
+            let idle = self.state.load().config.session_idle_timeout;
+            for s in self.sessions.expired(idle) {
+                tracing::info!(session = %s.id, "MCP session expired");
+                s.close().await;
+            }
+        }
+        for s in self.sessions.drain() {
+            s.close().await;
+        }
+    }
+
+    /// Connects to one upstream and runs its `initialize` handshake with the client's
+    /// capabilities (so the upstream may ask for sampling or elicitation only when the client
+    /// can answer).
+    async fn open_upstream(
+        &self,
+        cfg: &McpServerConfig,
+        client_init: &Value,
+        version: &str,
+        inbound: Inbound,
+        principal: &str,
+    ) -> Result<(Conn, Value), UpstreamError> {
+        let audit = self.core.audit.clone();
+        let who = principal.to_owned();
+        let command = match &cfg.transport {
+            tollgate_core::config::McpTransport::Stdio { command, .. } => command.clone(),
+            _ => String::new(),
+        };
+        let on_spawn = Arc::new(move |server: &str, pid: Option<u32>| {
+            let mut ev = AuditEvent::new("mcp.spawn", "success");
+            ev.principal = Some(who.clone());
+            ev.target = Some(server.to_owned());
+            ev.detail = json!({"command": command, "pid": pid});
+            if !audit.try_record(ev) {
+                tracing::error!(server, "audit queue full: a stdio spawn went unrecorded");
+            }
+        });
+        let conn = Conn::connect(
+            cfg,
+            Connect {
+                client: &self.client,
+                inbound: inbound.clone(),
+                runtime: &self.runtime,
+                on_spawn,
+            },
+        )
+        .await?;
+        let init = jsonrpc::request(
+            json!(0),
+            "initialize",
+            json!({
+                "protocolVersion": version,
+                "capabilities": client_init.get("capabilities").cloned().unwrap_or_else(|| json!({})),
+                "clientInfo": client_init.get("clientInfo").cloned().unwrap_or_else(|| json!({"name": "tollgate", "version": env!("CARGO_PKG_VERSION")})),
+            }),
+        );
+        // Nothing may arrive before the handshake completes; anything that does is dropped.
+        let (related, _ignored) = mpsc::channel(16);
+        let res = conn.request(init, &related).await;
+        let res = match res {
+            Ok(r) => r,
+            Err(e) => {
+                conn.close().await;
+                return Err(e);
+            }
+        };
+        let Some(result) = res.get("result").cloned() else {
+            conn.close().await;
+            return Err(UpstreamError::Protocol(format!(
+                "initialize failed: {}",
+                res.get("error").cloned().unwrap_or(Value::Null)
+            )));
+        };
+        conn.send(jsonrpc::notification(
+            "notifications/initialized",
+            Value::Null,
+        ))
+        .await?;
+        let negotiated = result
+            .get("protocolVersion")
+            .and_then(Value::as_str)
+            .unwrap_or(version)
+            .to_owned();
+        conn.initialized(&negotiated, inbound, &self.runtime).await;
+        Ok((conn, result))
+    }
+
+    /// Opens a session: every upstream of the target is initialized concurrently; those that
+    /// fail are left out (and logged) unless all fail.
+    async fn open_session(
+        self: &Arc<Self>,
+        principal: Arc<tollgate_core::identity::Principal>,
+        target: Option<String>,
+        servers: &[McpServerConfig],
+        version: String,
+        client_init: Value,
+    ) -> Result<Arc<Session>, jsonrpc::RpcError> {
+        let (tx, rx) = mpsc::channel(256);
+        let label = principal.label();
+        let opened = futures_util::future::join_all(servers.iter().enumerate().map(|(i, cfg)| {
+            self.open_upstream(
+                cfg,
+                &client_init,
+                &version,
+                Inbound {
+                    index: i,
+                    tx: tx.clone(),
+                },
+                &label,
+            )
+        }))
+        .await;
+        drop(tx);
+        let mut upstreams = Vec::new();
+        let mut failures = Vec::new();
+        // Upstream indexes must match the inbound tags: keep failed ones out by remapping.
+        let (remap_tx, remap_rx) = mpsc::channel(256);
+        let mut index_map = Vec::new();
+        for (cfg, r) in servers.iter().zip(opened) {
+            match r {
+                Ok((conn, init)) => {
+                    index_map.push(Some(upstreams.len()));
+                    upstreams.push(Upstream {
+                        name: cfg.name.clone(),
+                        conn: ArcSwap::from_pointee(conn),
+                        init,
+                        restart: std::sync::Mutex::new((
+                            std::time::Instant::now(),
+                            Duration::from_millis(500),
+                        )),
+                    });
+                }
+                Err(e) => {
+                    index_map.push(None);
+                    tracing::warn!(server = %cfg.name, error = %e, "MCP upstream unavailable; the session goes on without it");
+                    failures.push(format!("{}: {e}", cfg.name));
+                }
+            }
+        }
+        if upstreams.is_empty() {
+            return Err(jsonrpc::RpcError::new(
+                jsonrpc::UPSTREAM_ERROR,
+                format!(
+                    "no upstream MCP server is reachable ({})",
+                    failures.join("; ")
+                ),
+            )
+            .with_status(http::StatusCode::BAD_GATEWAY));
+        }
+        let Some(id) = session_id() else {
+            return Err(jsonrpc::RpcError::new(
+                jsonrpc::INTERNAL_ERROR,
+                "no randomness for a session id",
+            )
+            .with_status(http::StatusCode::INTERNAL_SERVER_ERROR));
+        };
+        let session = Arc::new(Session::new(
+            id,
+            principal,
+            target,
+            version,
+            client_init,
+            upstreams,
+            remap_tx.clone(),
+        ));
+        self.runtime.spawn(remap(rx, index_map, remap_tx));
+        self.runtime.spawn(calls::route_inbound(
+            self.clone(),
+            Arc::downgrade(&session),
+            remap_rx,
+        ));
+        self.sessions.insert(session.clone());
+        Ok(session)
+    }
+}
+
+/// Renumbers upstream messages from config order to the session's order (which skips
+/// upstreams that failed to open).
+async fn remap(
+    mut rx: mpsc::Receiver<(usize, Value)>,
+    map: Vec<Option<usize>>,
+    tx: mpsc::Sender<(usize, Value)>,
+) {
+    while let Some((i, msg)) = rx.recv().await {
+        if let Some(Some(j)) = map.get(i) {
+            if tx.send((*j, msg)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// 128 random bits in hex: visible ASCII as the spec requires, and unguessable.
+fn session_id() -> Option<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).ok()?;
+    Some(tollgate_core::hex::encode(&b))
+}

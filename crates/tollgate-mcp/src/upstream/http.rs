@@ -1,0 +1,325 @@
+//! A Streamable HTTP upstream (MCP 2025-03-26 and later): each request is a POST answered with
+//! JSON or with an SSE stream that carries related messages before the response; the GET
+//! stream carries what the server sends on its own.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_TYPE};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tollgate_core::config::Secret;
+
+use super::{id_key, HttpClient, Inbound, Related, UpstreamError, MAX_MESSAGE};
+use crate::sse;
+
+const SESSION: HeaderName = HeaderName::from_static("mcp-session-id");
+const VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+
+pub struct HttpConn {
+    client: HttpClient,
+    uri: Uri,
+    headers: HeaderMap,
+    timeout: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    session: Option<HeaderValue>,
+    version: Option<HeaderValue>,
+    listener: Option<JoinHandle<()>>,
+}
+
+impl HttpConn {
+    pub fn new(
+        client: HttpClient,
+        url: &str,
+        headers: &BTreeMap<String, Secret>,
+        timeout: Duration,
+    ) -> Result<HttpConn, UpstreamError> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| UpstreamError::Protocol(format!("url {url:?}: {e}")))?;
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            let (Ok(name), Ok(mut value)) = (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v.expose()),
+            ) else {
+                continue;
+            };
+            value.set_sensitive(true);
+            map.insert(name, value);
+        }
+        Ok(HttpConn {
+            client,
+            uri,
+            headers: map,
+            timeout,
+            state: Mutex::default(),
+        })
+    }
+
+    fn build(&self, method: Method, accept: &'static str, body: Bytes) -> Request<Full<Bytes>> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(self.uri.clone())
+            .body(Full::new(body))
+            .unwrap_or_default();
+        let h = req.headers_mut();
+        h.extend(self.headers.clone());
+        h.insert(ACCEPT, HeaderValue::from_static(accept));
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Ok(state) = self.state.lock() {
+            if let Some(s) = &state.session {
+                h.insert(SESSION, s.clone());
+            }
+            if let Some(v) = &state.version {
+                h.insert(VERSION, v.clone());
+            }
+        }
+        req
+    }
+
+    fn has_session(&self) -> bool {
+        self.state
+            .lock()
+            .map(|s| s.session.is_some())
+            .unwrap_or(false)
+    }
+
+    pub async fn request(&self, msg: Value, related: &Related) -> Result<Value, UpstreamError> {
+        let id = msg.get("id").map(id_key).unwrap_or_default();
+        let req = self.build(
+            Method::POST,
+            "application/json, text/event-stream",
+            Bytes::from(msg.to_string()),
+        );
+        let exchange = async {
+            let res = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| UpstreamError::Closed(e.to_string()))?;
+            let status = res.status();
+            if let Some(s) = res.headers().get(SESSION) {
+                if let Ok(mut state) = self.state.lock() {
+                    state.session = Some(s.clone());
+                }
+            }
+            if status == StatusCode::NOT_FOUND && self.has_session() {
+                return Err(UpstreamError::SessionExpired);
+            }
+            if !status.is_success() {
+                return Err(UpstreamError::Status(status.as_u16(), read_text(res).await));
+            }
+            if status == StatusCode::ACCEPTED {
+                return Err(UpstreamError::Protocol(
+                    "a request was answered with 202 and no response".into(),
+                ));
+            }
+            let is_sse = res
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"));
+            if !is_sse {
+                let body = Limited::new(res.into_body(), MAX_MESSAGE)
+                    .collect()
+                    .await
+                    .map_err(|e| UpstreamError::Closed(e.to_string()))?
+                    .to_bytes();
+                let value: Value = serde_json::from_slice(&body)
+                    .map_err(|e| UpstreamError::Protocol(format!("invalid JSON: {e}")))?;
+                return Ok(value);
+            }
+            let mut body = res.into_body();
+            let mut parser = sse::Parser::new(MAX_MESSAGE);
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| UpstreamError::Closed(e.to_string()))?;
+                let Some(chunk) = frame.data_ref() else {
+                    continue;
+                };
+                let events = parser
+                    .feed(chunk)
+                    .map_err(|_| UpstreamError::Protocol("SSE event too large".into()))?;
+                for ev in events {
+                    if ev.data.trim().is_empty() {
+                        continue;
+                    }
+                    let Ok(value) = serde_json::from_str::<Value>(&ev.data) else {
+                        tracing::debug!("upstream sent an SSE event that is not JSON; skipped");
+                        continue;
+                    };
+                    let is_ours = value.get("method").is_none()
+                        && value.get("id").map(id_key).as_deref() == Some(id.as_str());
+                    if is_ours {
+                        return Ok(value);
+                    }
+                    // The client may have gone; the request still runs to its end.
+                    let _ = related.send(value).await;
+                }
+            }
+            Err(UpstreamError::Closed(
+                "the SSE stream ended before the response".into(),
+            ))
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Timeout),
+        }
+    }
+
+    pub async fn send(&self, msg: Value) -> Result<(), UpstreamError> {
+        let req = self.build(
+            Method::POST,
+            "application/json, text/event-stream",
+            Bytes::from(msg.to_string()),
+        );
+        let res = tokio::time::timeout(self.timeout, self.client.request(req))
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
+            .map_err(|e| UpstreamError::Closed(e.to_string()))?;
+        let status = res.status();
+        if status == StatusCode::NOT_FOUND && self.has_session() {
+            return Err(UpstreamError::SessionExpired);
+        }
+        if !status.is_success() {
+            return Err(UpstreamError::Status(status.as_u16(), read_text(res).await));
+        }
+        Ok(())
+    }
+
+    pub async fn initialized(
+        &self,
+        version: &str,
+        inbound: Inbound,
+        runtime: &tokio::runtime::Handle,
+    ) {
+        if let Ok(v) = HeaderValue::from_str(version) {
+            if let Ok(mut state) = self.state.lock() {
+                state.version = Some(v);
+            }
+        }
+        let (parts, _) = self
+            .build(Method::GET, "text/event-stream", Bytes::new())
+            .into_parts();
+        let listener = Listener {
+            client: self.client.clone(),
+            uri: parts.uri,
+            headers: parts.headers,
+            inbound,
+        };
+        let task = runtime.spawn(listener.run());
+        if let Ok(mut state) = self.state.lock() {
+            state.listener = Some(task);
+        }
+    }
+
+    pub async fn close(&self) {
+        let (listener, session) = match self.state.lock() {
+            Ok(mut s) => (s.listener.take(), s.session.clone()),
+            Err(_) => (None, None),
+        };
+        if let Some(task) = listener {
+            task.abort();
+        }
+        if session.is_some() {
+            let req = self.build(Method::DELETE, "application/json", Bytes::new());
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.client.request(req)).await;
+        }
+    }
+}
+
+impl Drop for HttpConn {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.state.lock() {
+            if let Some(task) = s.listener.take() {
+                task.abort();
+            }
+        }
+    }
+}
+
+async fn read_text(res: http::Response<hyper::body::Incoming>) -> String {
+    match Limited::new(res.into_body(), 4096).collect().await {
+        Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The GET stream: reconnects with `Last-Event-ID` after a drop, and stops for good when the
+/// server says it offers none (405) or the session is gone.
+struct Listener {
+    client: HttpClient,
+    uri: Uri,
+    headers: HeaderMap,
+    inbound: Inbound,
+}
+
+impl Listener {
+    async fn run(self) {
+        let mut last_id: Option<String> = None;
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let mut req = Request::get(self.uri.clone())
+                .body(Full::new(Bytes::new()))
+                .unwrap_or_default();
+            *req.headers_mut() = self.headers.clone();
+            if let Some(id) = last_id
+                .as_deref()
+                .and_then(|i| HeaderValue::from_str(i).ok())
+            {
+                req.headers_mut().insert(LAST_EVENT_ID, id);
+            }
+            let res = match self.client.request(req).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upstream GET stream failed to open");
+                    if self.inbound.tx.is_closed() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            };
+            if !res.status().is_success() {
+                // 405: this server has no GET stream; 404: the session ended.
+                return;
+            }
+            backoff = Duration::from_millis(250);
+            let mut body = res.into_body();
+            let mut parser = sse::Parser::new(MAX_MESSAGE);
+            while let Some(Ok(frame)) = body.frame().await {
+                let Some(chunk) = frame.data_ref() else {
+                    continue;
+                };
+                let Ok(events) = parser.feed(chunk) else {
+                    break;
+                };
+                for ev in events {
+                    if ev.id.is_some() {
+                        last_id = ev.id.clone();
+                    }
+                    let Ok(value) = serde_json::from_str::<Value>(&ev.data) else {
+                        continue;
+                    };
+                    if !self.inbound.push(value).await {
+                        return;
+                    }
+                }
+            }
+            if self.inbound.tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+        }
+    }
+}
