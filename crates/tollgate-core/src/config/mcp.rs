@@ -181,9 +181,8 @@ pub(super) fn validate(raw: Option<RawMcp>, errors: &mut Vec<FieldError>) -> Mcp
                 at("name"),
                 format!("duplicate server {:?}", s.name),
             ));
-        }
-        // Two servers whose short prefixes collide could not be told apart in long names.
-        if !prefixes.insert(short_prefix(&s.name)) {
+        } else if !prefixes.insert(short_prefix(&s.name)) {
+            // Two servers whose short prefixes collide could not be told apart in long names.
             errors.push(FieldError::new(
                 at("name"),
                 "its short name prefix collides with another server's; rename one",

@@ -387,3 +387,38 @@ fn semantic_caches_are_cross_checked() {
         ["cache.embedding_model", "cache.embedding_model"]
     );
 }
+
+#[test]
+fn mcp_servers_are_validated() {
+    let ok = "mcp:\n  servers:\n    - name: files\n      url: http://127.0.0.1:1/mcp\n      headers: {Authorization: Bearer x}\n    - name: local\n      command: python3\n      args: [server.py, 7]\n    - name: old\n      transport: sse\n      url: http://127.0.0.1:2/sse\n      timeout: 5s\n  virtual_servers:\n    - name: public\n      servers: [files, local]\n      auth: none\n";
+    let c = parse(ok).unwrap();
+    assert_eq!(c.mcp.prefix, crate::config::PrefixMode::Conditional);
+    let kinds: Vec<_> = c.mcp.servers.iter().map(|s| s.transport.kind()).collect();
+    assert_eq!(kinds, ["streamable_http", "stdio", "sse"]);
+    assert_eq!(c.mcp.servers[0].timeout, c.mcp.request_timeout);
+    assert_eq!(c.mcp.servers[2].timeout, std::time::Duration::from_secs(5));
+    let crate::config::McpTransport::Stdio { args, .. } = &c.mcp.servers[1].transport else {
+        panic!("stdio expected");
+    };
+    assert_eq!(args, &["server.py", "7"], "numbers are read as strings");
+    assert_eq!(
+        c.mcp.virtual_servers[0].auth,
+        crate::config::McpAuth::None
+    );
+    assert!(!c.to_yaml().contains("Bearer x"), "upstream credentials are redacted");
+
+    let err = parse("mcp:\n  prefix: sometimes\n  servers:\n    - name: a\n      url: http://x/mcp\n      command: y\n    - name: b\n    - name: b\n      url: ftp://x\n    - name: c\n      transport: carrier-pigeon\n      url: http://x\n  virtual_servers:\n    - name: v\n      servers: [nowhere]\n      auth: maybe\n").unwrap_err();
+    assert_eq!(
+        error_paths(&err),
+        [
+            "mcp.prefix",
+            "mcp.servers[0].url",
+            "mcp.servers[1].url",
+            "mcp.servers[2].name",
+            "mcp.servers[2].url",
+            "mcp.servers[3].transport",
+            "mcp.virtual_servers[0].servers[0]",
+            "mcp.virtual_servers[0].auth",
+        ]
+    );
+}
