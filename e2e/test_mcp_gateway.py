@@ -12,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from conftest import MASTER_KEY, Gateway, _binary, launch_gateway, new_key
@@ -66,6 +67,14 @@ mcp:
       servers: [local]
     - name: legacy-only
       servers: [legacy]
+  quotas:
+    - name: add-per-minute
+      match: ["files/add"]
+      per_minute: 2
+    - name: one-count-at-a-time
+      match: ["*/slow_count"]
+      per: server
+      concurrent: 1
 policies:
   - name: tools
     applies_to: "request.layer == 'tool'"
@@ -348,3 +357,47 @@ def test_stdio_spawns_are_audited(mcp_gateway: Gateway, key: str) -> None:
     spawn = eventually(spawned)[-1]
     detail = json.loads(spawn["detail"]) if isinstance(spawn["detail"], str) else spawn["detail"]
     assert detail["pid"] > 0 and Path(detail["command"]).name.startswith("python")
+
+
+async def test_quotas_refuse_with_a_retry_time(mcp_gateway: Gateway) -> None:
+    fresh = new_key(mcp_gateway)["secret"]
+    async with connect(f"{mcp_gateway.origin}/mcp", auth(fresh)) as client:
+        assert text_of(await client.call_tool("files_add", {"a": 1, "b": 1})) == "2"
+        assert text_of(await client.call_tool("files_add", {"a": 1, "b": 2})) == "3"
+        with pytest.raises(MCPError) as err:
+            await client.session.call_tool("files_add", {"a": 1, "b": 3})
+        assert err.value.error.code == -32013
+        data = err.value.error.data
+        assert data["quota"] == "add-per-minute" and data["window"] == "minute"
+        assert 0 < data["retryAfterSeconds"] <= 30
+        # Another key has its own counter.
+    async with connect(f"{mcp_gateway.origin}/mcp", auth(new_key(mcp_gateway)["secret"])) as other:
+        assert text_of(await other.call_tool("files_add", {"a": 2, "b": 2})) == "4"
+
+    # One slow_count per server at a time: a second call while the first runs is refused.
+    async with connect(f"{mcp_gateway.origin}/mcp", auth(fresh)) as client:
+        started = anyio.Event()
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            started.set()
+
+        async def long_call() -> None:
+            result = await client.call_tool("files_slow_count", {"n": 20, "delay": 0.1}, progress_callback=on_progress)
+            assert text_of(result) == "counted 20"
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(long_call)
+            await started.wait()
+            with pytest.raises(MCPError) as err:
+                await client.session.call_tool("files_slow_count", {"n": 1})
+            assert err.value.error.data["window"] == "concurrent"
+        # The first call has ended: its slot is free again.
+        assert text_of(await client.call_tool("files_slow_count", {"n": 1})) == "counted 1"
+
+    def refused() -> dict:
+        quota = [r for r in audit_records(mcp_gateway) if r["action"] == "mcp.tools/call" and r["decision"] == "quota"]
+        assert len(quota) >= 2, quota
+        return quota[0]
+
+    record = eventually(refused)
+    assert record["outcome"] == "denied" and record["rule"] in {"add-per-minute", "one-count-at-a-time"}

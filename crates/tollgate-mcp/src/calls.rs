@@ -460,7 +460,7 @@ async fn route(
     let params = jsonrpc::params(&msg).clone();
     let start = Instant::now();
     let start_ns = otlp::now_ns();
-    let (upstream, record) = match method.as_str() {
+    let (upstream, record, permit) = match method.as_str() {
         "tools/call" | "prompts/get" => {
             let kind = if method == "tools/call" {
                 Kind::Tools
@@ -536,8 +536,48 @@ async fn route(
                     return deny(layer, session, ctx, record, kind, &id, &rule, reason, out).await;
                 }
             }
+            let mut permit = None;
+            if kind == Kind::Tools {
+                let quotas = &layer.state.load().config.quotas;
+                match layer.quotas.admit(
+                    quotas,
+                    &session.principal,
+                    &server,
+                    &entry.original,
+                    tollgate_core::time::now_ms(),
+                ) {
+                    Ok(p) => permit = Some(p),
+                    Err(refused) => {
+                        record.decision = "quota";
+                        record.rule = Some(refused.quota.clone());
+                        let secs = refused.retry_after.as_secs_f64().ceil() as u64;
+                        let per = if refused.window == "concurrent" {
+                            "running at once".to_owned()
+                        } else {
+                            format!("per {}", refused.window)
+                        };
+                        let answer = RpcError::new(
+                            jsonrpc::QUOTA_EXCEEDED,
+                            format!(
+                                "quota {:?} exceeded: {} calls {per}; retry in {secs}s",
+                                refused.quota, refused.limit
+                            ),
+                        )
+                        .with_data(json!({
+                            "quota": refused.quota,
+                            "limit": refused.limit,
+                            "window": refused.window,
+                            "retryAfterSeconds": secs,
+                        }))
+                        .to_message(id.clone());
+                        record.finish(layer, session, ctx, &answer);
+                        let _ = out.send(Out::Final(answer)).await;
+                        return;
+                    }
+                }
+            }
             msg["params"]["name"] = Value::String(entry.original.clone());
-            (entry.upstream, Some(record))
+            (entry.upstream, Some(record), permit)
         }
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
             let Some(uri) = params.get("uri").and_then(Value::as_str) else {
@@ -597,7 +637,7 @@ async fn route(
                 .await;
             }
             let record = (method == "resources/read").then_some(record);
-            (upstream, record)
+            (upstream, record, None)
         }
         "completion/complete" => {
             let reference = params.get("ref").cloned().unwrap_or(Value::Null);
@@ -630,9 +670,9 @@ async fn route(
             let Some(upstream) = upstream else {
                 return fail(RpcError::invalid_params("unknown completion reference")).await;
             };
-            (upstream, None)
+            (upstream, None, None)
         }
-        _ if session.upstreams.len() == 1 => (0, None),
+        _ if session.upstreams.len() == 1 => (0, None, None),
         _ => {
             return fail(RpcError::new(
                 jsonrpc::METHOD_NOT_FOUND,
@@ -642,6 +682,8 @@ async fn route(
         }
     };
     forward(layer, session, ctx, upstream, msg, record, out).await;
+    // The call has ended: its concurrency slots are free again.
+    drop(permit);
 }
 
 #[expect(

@@ -17,6 +17,8 @@ pub const RESOURCE_NOT_FOUND: i64 = -32002;
 pub const UPSTREAM_ERROR: i64 = -32010;
 pub const UNAUTHORIZED: i64 = -32011;
 pub const FORBIDDEN: i64 = -32012;
+/// An execution quota is spent; `data.retryAfterSeconds` says when to try again.
+pub const QUOTA_EXCEEDED: i64 = -32013;
 
 /// What a message is, by the fields it carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

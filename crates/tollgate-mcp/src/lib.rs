@@ -11,6 +11,7 @@ mod calls;
 pub mod federation;
 mod front;
 pub mod jsonrpc;
+pub mod quota;
 pub mod seal;
 pub mod session;
 pub mod sse;
@@ -44,6 +45,7 @@ pub struct McpLayer {
     /// not on the serving thread that happened to open the session.
     runtime: tokio::runtime::Handle,
     sealer: Sealer,
+    quotas: Arc<quota::Quotas>,
 }
 
 /// What one config generation decides.
@@ -85,6 +87,7 @@ impl McpLayer {
             client: upstream::http_client(),
             runtime: tokio::runtime::Handle::current(),
             sealer: Sealer::new(key),
+            quotas: Arc::default(),
         }))
     }
 

@@ -33,6 +33,37 @@ pub struct McpConfig {
     pub servers: Vec<McpServerConfig>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub virtual_servers: Vec<VirtualServerConfig>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<QuotaConfig>,
+}
+
+/// An execution quota: how many calls of matching tools a principal (or a team, ...) may make
+/// per minute, hour or day, and how many may run at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QuotaConfig {
+    pub name: String,
+    /// `server/tool` patterns (`*` matches any run of characters); every tool when empty.
+    #[serde(rename = "match", skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<String>,
+    /// Whether each matching tool has its own counter, or the tools of one server share one.
+    pub per: QuotaPer,
+    /// Whose calls count together.
+    pub scope: super::Scope,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_minute: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_hour: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_day: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrent: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaPer {
+    Tool,
+    Server,
 }
 
 impl Default for McpConfig {
@@ -45,6 +76,7 @@ impl Default for McpConfig {
             public_url: None,
             servers: Vec::new(),
             virtual_servers: Vec::new(),
+            quotas: Vec::new(),
         }
     }
 }
@@ -383,7 +415,67 @@ pub(super) fn validate(raw: Option<RawMcp>, errors: &mut Vec<FieldError>) -> Mcp
             ));
         }
     }
+    let mut quotas = Vec::new();
+    let mut qnames = HashSet::new();
+    for (i, q) in raw.quotas.unwrap_or_default().into_iter().enumerate() {
+        let at = |f: &str| format!("mcp.quotas[{i}].{f}");
+        if !qnames.insert(q.name.clone()) || q.name.is_empty() {
+            errors.push(FieldError::new(
+                at("name"),
+                format!("must be unique and not empty, got {:?}", q.name),
+            ));
+        }
+        let per = match q.per.as_deref() {
+            None | Some("tool") => QuotaPer::Tool,
+            Some("server") => QuotaPer::Server,
+            Some(other) => {
+                errors.push(FieldError::new(
+                    at("per"),
+                    format!("must be tool or server, got {other:?}"),
+                ));
+                QuotaPer::Tool
+            }
+        };
+        let scope = q.scope.map(super::Scope::from).unwrap_or(super::Scope::Key);
+        if matches!(scope, super::Scope::Model | super::Scope::Conversation) {
+            errors.push(FieldError::new(
+                at("scope"),
+                "must be key, user, team, agent or global",
+            ));
+        }
+        for (f, v) in [
+            ("per_minute", q.per_minute),
+            ("per_hour", q.per_hour),
+            ("per_day", q.per_day),
+            ("concurrent", q.concurrent),
+        ] {
+            if v == Some(0) {
+                errors.push(FieldError::new(at(f), "must be at least 1"));
+            }
+        }
+        if q.per_minute.is_none()
+            && q.per_hour.is_none()
+            && q.per_day.is_none()
+            && q.concurrent.is_none()
+        {
+            errors.push(FieldError::new(
+                at("per_minute"),
+                "set at least one of per_minute, per_hour, per_day, concurrent",
+            ));
+        }
+        quotas.push(QuotaConfig {
+            name: q.name,
+            matches: q.matches.unwrap_or_default(),
+            per,
+            scope,
+            per_minute: q.per_minute,
+            per_hour: q.per_hour,
+            per_day: q.per_day,
+            concurrent: q.concurrent,
+        });
+    }
     McpConfig {
+        quotas,
         prefix,
         allowed_origins,
         session_idle_timeout: raw

@@ -22,8 +22,8 @@ use serde::Serialize;
 pub use governance::{AlertConfig, BudgetConfig, Period, PriceOverride, RateLimitConfig, Scope};
 pub use interp::Lookup;
 pub use mcp::{
-    short_prefix, McpAuth, McpConfig, McpServerConfig, McpTransport, PrefixMode,
-    VirtualServerConfig, MAX_NAME as MAX_MCP_NAME,
+    short_prefix, McpAuth, McpConfig, McpServerConfig, McpTransport, PrefixMode, QuotaConfig,
+    QuotaPer, VirtualServerConfig, MAX_NAME as MAX_MCP_NAME,
 };
 pub use models::{
     pattern_capture, resolve as resolve_model, CacheScope, CacheWhen, CooldownConfig, Embedder,

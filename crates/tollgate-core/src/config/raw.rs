@@ -47,6 +47,21 @@ pub struct RawMcp {
     pub public_url: Option<String>,
     pub servers: Option<Vec<RawMcpServer>>,
     pub virtual_servers: Option<Vec<RawVirtualServer>>,
+    pub quotas: Option<Vec<RawQuota>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuota {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matches: Option<Vec<String>>,
+    pub per: Option<String>,
+    pub scope: Option<RawScope>,
+    pub per_minute: Option<u64>,
+    pub per_hour: Option<u64>,
+    pub per_day: Option<u64>,
+    pub concurrent: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

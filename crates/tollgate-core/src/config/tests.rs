@@ -401,11 +401,11 @@ fn mcp_servers_are_validated() {
         panic!("stdio expected");
     };
     assert_eq!(args, &["server.py", "7"], "numbers are read as strings");
-    assert_eq!(
-        c.mcp.virtual_servers[0].auth,
-        crate::config::McpAuth::None
+    assert_eq!(c.mcp.virtual_servers[0].auth, crate::config::McpAuth::None);
+    assert!(
+        !c.to_yaml().contains("Bearer x"),
+        "upstream credentials are redacted"
     );
-    assert!(!c.to_yaml().contains("Bearer x"), "upstream credentials are redacted");
 
     let err = parse("mcp:\n  prefix: sometimes\n  servers:\n    - name: a\n      url: http://x/mcp\n      command: y\n    - name: b\n    - name: b\n      url: ftp://x\n    - name: c\n      transport: carrier-pigeon\n      url: http://x\n  virtual_servers:\n    - name: v\n      servers: [nowhere]\n      auth: maybe\n").unwrap_err();
     assert_eq!(
@@ -419,6 +419,33 @@ fn mcp_servers_are_validated() {
             "mcp.servers[3].transport",
             "mcp.virtual_servers[0].servers[0]",
             "mcp.virtual_servers[0].auth",
+        ]
+    );
+}
+
+#[test]
+fn mcp_quotas_are_validated() {
+    let c = parse("mcp:\n  quotas:\n    - name: q\n      match: [\"files/*\"]\n      per: server\n      scope: team\n      per_hour: 100\n      concurrent: 2\n").unwrap();
+    let q = &c.mcp.quotas[0];
+    assert_eq!(
+        (q.per, q.scope, q.per_hour, q.concurrent, q.per_minute),
+        (
+            crate::config::QuotaPer::Server,
+            crate::config::Scope::Team,
+            Some(100),
+            Some(2),
+            None
+        )
+    );
+    let err = parse("mcp:\n  quotas:\n    - name: q\n    - name: q\n      per: everything\n      scope: model\n      per_day: 0\n").unwrap_err();
+    assert_eq!(
+        error_paths(&err),
+        [
+            "mcp.quotas[0].per_minute",
+            "mcp.quotas[1].name",
+            "mcp.quotas[1].per",
+            "mcp.quotas[1].scope",
+            "mcp.quotas[1].per_day",
         ]
     );
 }
