@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import anyio
 import httpx
@@ -401,3 +402,74 @@ async def test_quotas_refuse_with_a_retry_time(mcp_gateway: Gateway) -> None:
 
     record = eventually(refused)
     assert record["outcome"] == "denied" and record["rule"] in {"add-per-minute", "one-count-at-a-time"}
+
+
+def sse_events(lines) -> Iterator[dict]:
+    """Parses SSE lines into {id, data} events (data parsed as JSON when present)."""
+    event: dict = {}
+    for line in lines:
+        if line == "":
+            if event:
+                yield event
+            event = {}
+            continue
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "id":
+            event["id"] = value
+        elif field == "data" and value.strip():
+            event["data"] = json.loads(value)
+
+
+def test_a_dropped_stream_resumes_with_last_event_id(mcp_gateway: Gateway) -> None:
+    gw = mcp_gateway
+    session = initialize(gw, "/mcp/public", {}, version="2025-11-25")
+    headers = {
+        "Accept": ACCEPT,
+        "Content-Type": "application/json",
+        "Mcp-Session-Id": session,
+        "MCP-Protocol-Version": "2025-11-25",
+    }
+    call = {
+        "jsonrpc": "2.0",
+        "id": 41,
+        "method": "tools/call",
+        "params": {"name": "slow_count", "arguments": {"n": 6, "delay": 0.2}, "_meta": {"progressToken": "p"}},
+    }
+    seen: list[dict] = []
+    with httpx.Client(timeout=30) as http:
+        with http.stream("POST", f"{gw.origin}/mcp/public", json=call, headers=headers) as res:
+            assert res.status_code == 200 and res.headers["content-type"].startswith("text/event-stream")
+            for event in sse_events(res.iter_lines()):
+                seen.append(event)
+                if "data" in event:
+                    break  # drop the connection after the first progress notification
+    assert seen[0]["id"].endswith(".0") and "data" not in seen[0], "a priming event comes first"
+    first = seen[-1]
+    assert first["data"]["method"] == "notifications/progress"
+    assert first["data"]["params"]["progressToken"] == "p"
+
+    resumed: list[dict] = []
+    with httpx.Client(timeout=30) as http:
+        with http.stream(
+            "GET", f"{gw.origin}/mcp/public", headers={**headers, "Last-Event-ID": first["id"]}
+        ) as res:
+            assert res.status_code == 200
+            for event in sse_events(res.iter_lines()):
+                resumed.append(event)
+                if event.get("data", {}).get("id") == 41:
+                    break
+    progress = [e["data"]["params"]["progress"] for e in resumed if e["data"].get("method") == "notifications/progress"]
+    assert progress == [2, 3, 4, 5, 6], "nothing lost, nothing repeated"
+    answer = resumed[-1]["data"]
+    assert answer["result"]["content"][0]["text"] == "counted 6"
+    # Ids are the gateway's: one stream, increasing sequence numbers.
+    stream = first["id"].split(".")[0]
+    seqs = [int(e["id"].split(".")[1]) for e in resumed]
+    assert all(e["id"].split(".")[0] == stream for e in resumed) and seqs == sorted(seqs)
+
+    # A stream that never existed cannot be resumed; a malformed id is a 400.
+    res = httpx.get(f"{gw.origin}/mcp/public", headers={**headers, "Last-Event-ID": "999.1"}, timeout=10)
+    assert res.status_code == 404
+    res = httpx.get(f"{gw.origin}/mcp/public", headers={**headers, "Last-Event-ID": "nonsense"}, timeout=10)
+    assert res.status_code == 400
