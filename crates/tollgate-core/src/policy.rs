@@ -51,6 +51,13 @@ struct RuleSet {
 pub struct Policy {
     sets: Vec<RuleSet>,
     env: Arc<Env>,
+    /// SHA-256 (hex) of the rule sets as configured: what approvals are bound to.
+    version: String,
+}
+
+fn version_of(sets: &[PolicyConfig]) -> String {
+    let v = serde_json::to_value(sets).unwrap_or(serde_json::Value::Null);
+    crate::canonical::sha256_hex(&v)
 }
 
 fn compile(source: &str, path: String, errors: &mut Vec<FieldError>) -> Option<Program> {
@@ -72,6 +79,7 @@ impl Policy {
         Policy {
             sets: Vec::new(),
             env: Arc::new(Env::stdlib()),
+            version: version_of(&[]),
         }
     }
 
@@ -110,6 +118,7 @@ impl Policy {
             Ok(Policy {
                 sets: compiled,
                 env: Arc::new(Env::stdlib()),
+                version: version_of(sets),
             })
         } else {
             Err(errors)
@@ -130,6 +139,12 @@ impl Policy {
 
     pub fn is_empty(&self) -> bool {
         self.sets.is_empty()
+    }
+
+    /// Changes whenever a rule set does (and only then): approvals given under one version
+    /// of the policy do not carry over to another.
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     fn context(&self, principal: &Value, request: &Value) -> Context<'_, '_> {

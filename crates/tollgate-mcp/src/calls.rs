@@ -12,10 +12,12 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tollgate_core::audit::AuditEvent;
+use tollgate_core::config::DriftAction;
 use tollgate_core::context::RequestContext;
 use tollgate_core::otlp::{self, KeyValue as Kv};
 use tollgate_core::policy::{self, Decision};
 
+use crate::approval;
 use crate::federation::{self, Kind, Merged};
 use crate::front::Out;
 use crate::jsonrpc::{self, RpcError};
@@ -161,6 +163,12 @@ async fn merged(
                 }
             }
         }
+        if kind == Kind::Tools {
+            let cfg = layer.state.load().config.server(&u.name).cloned();
+            if let Some(cfg) = cfg {
+                crate::pins::check(layer, &cfg, &items, &session.owner).await;
+            }
+        }
         items
     });
     let lists = futures_util::future::join_all(fetches).await;
@@ -243,6 +251,9 @@ async fn list(
         .iter()
         .filter(|e| {
             let server = &session.upstreams[e.upstream].name;
+            if drift(layer, server, e) == Some(DriftAction::Hide) {
+                return false;
+            }
             let annotations = e.exposed.get("annotations").cloned().unwrap_or(Value::Null);
             !matches!(
                 decide(
@@ -275,6 +286,15 @@ async fn list(
         );
     }
     Ok(result)
+}
+
+/// The action that applies to a tool whose definition drifted from its pin, if it did.
+fn drift(layer: &McpLayer, server: &str, e: &federation::Entry) -> Option<DriftAction> {
+    let digest = e.digest.as_deref()?;
+    layer
+        .pins
+        .drifted(server, &e.original, digest)
+        .then(|| crate::pins::action(layer, server))
 }
 
 async fn set_level(
@@ -362,6 +382,10 @@ struct Record {
     server: String,
     name: String,
     args_digest: Option<String>,
+    /// The arguments, redacted, when `mcp.audit.arguments` is on.
+    arguments: Option<Value>,
+    /// The approval the call ran under (or is waiting for).
+    approval: Option<String>,
     decision: &'static str,
     rule: Option<String>,
     start: Instant,
@@ -376,7 +400,7 @@ impl Record {
             .and_then(|r| r.get("isError"))
             .and_then(Value::as_bool)
             == Some(true);
-        let outcome = if self.decision != "allow" {
+        let outcome = if !matches!(self.decision, "allow" | "approved") {
             "denied"
         } else if answer.get("error").is_some() {
             "failed"
@@ -400,6 +424,8 @@ impl Record {
             "server": self.server,
             "name": self.name,
             "args_sha256": self.args_digest,
+            "arguments": self.arguments,
+            "approval": self.approval,
             "latency_ms": (latency_ms * 1000.0).round() / 1000.0,
             "result_bytes": bytes,
             "error": answer.get("error").and_then(|e| e.get("message")).cloned(),
@@ -474,7 +500,12 @@ async fn route(
                 Ok(l) => l,
                 Err(e) => return fail(e).await,
             };
-            let Some(entry) = list.get(name) else {
+            let server_of = |e: &federation::Entry| session.upstreams[e.upstream].name.clone();
+            let drifted = list.get(name).and_then(|e| drift(layer, &server_of(e), e));
+            let Some(entry) = list
+                .get(name)
+                .filter(|_| drifted != Some(DriftAction::Hide))
+            else {
                 let what = if kind == Kind::Tools {
                     "tool"
                 } else {
@@ -482,7 +513,7 @@ async fn route(
                 };
                 return fail(RpcError::invalid_params(format!("unknown {what}: {name}"))).await;
             };
-            let server = session.upstreams[entry.upstream].name.clone();
+            let server = server_of(entry);
             let args = params
                 .get("arguments")
                 .cloned()
@@ -501,11 +532,26 @@ async fn route(
                 server: server.clone(),
                 name: entry.original.clone(),
                 args_digest: Some(tollgate_core::canonical::sha256_hex(&args)),
+                arguments: audited_arguments(layer, &args),
+                approval: None,
                 decision: "allow",
                 rule: None,
                 start,
                 start_ns,
             };
+            if drifted == Some(DriftAction::Block) {
+                record.decision = "drift_block";
+                let text = format!(
+                    "tool {name} is blocked: its definition changed since it was pinned, and an administrator must approve the new one"
+                );
+                let answer = jsonrpc::result(
+                    id.clone(),
+                    json!({"content": [{"type": "text", "text": text}], "isError": true}),
+                );
+                record.finish(layer, session, ctx, &answer);
+                let _ = out.send(Out::Final(answer)).await;
+                return;
+            }
             match decide(
                 layer,
                 session,
@@ -529,10 +575,47 @@ async fn route(
                     record.rule = Some(rule.clone());
                     return deny(layer, session, ctx, record, kind, &id, &rule, &reason, out).await;
                 }
+                Some(Decision::RequireApproval { rule }) if kind == Kind::Tools => {
+                    record.rule = Some(rule.clone());
+                    let redact = layer.state.load().config.audit.redact.clone();
+                    let shown = redacted(&args, &redact);
+                    let call = approval::Call {
+                        rule: &rule,
+                        server: &server,
+                        tool: &entry.original,
+                        args_sha256: record.args_digest.as_deref().unwrap_or_default(),
+                        shown: &shown,
+                    };
+                    match approval::obtain(layer, session, out, call).await {
+                        approval::Outcome::Approved { id } => {
+                            record.decision = "approved";
+                            record.approval = Some(id);
+                        }
+                        approval::Outcome::Refused {
+                            id: aid,
+                            text,
+                            status,
+                        } => {
+                            record.decision = "require_approval";
+                            record.approval.clone_from(&aid);
+                            let answer = jsonrpc::result(
+                                id.clone(),
+                                json!({
+                                    "content": [{"type": "text", "text": text}],
+                                    "isError": true,
+                                    "_meta": {"tollgate/approval": {"id": aid, "status": status}},
+                                }),
+                            );
+                            record.finish(layer, session, ctx, &answer);
+                            let _ = out.send(Out::Final(answer)).await;
+                            return;
+                        }
+                    }
+                }
                 Some(Decision::RequireApproval { rule }) => {
                     record.decision = "require_approval";
                     record.rule = Some(rule.clone());
-                    let reason = "this call needs an approval, and approvals are not available on this gateway yet";
+                    let reason = "prompts cannot be approved; only tool calls can";
                     return deny(layer, session, ctx, record, kind, &id, &rule, reason, out).await;
                 }
             }
@@ -599,6 +682,8 @@ async fn route(
                 server: server.clone(),
                 name: uri.to_owned(),
                 args_digest: None,
+                arguments: None,
+                approval: None,
                 decision: "allow",
                 rule: None,
                 start,
@@ -733,6 +818,56 @@ async fn owner_of_uri(layer: &Arc<McpLayer>, session: &Arc<Session>, uri: &str) 
     }
 }
 
+/// The arguments as audit records carry them, when the config says they should.
+fn audited_arguments(layer: &McpLayer, args: &Value) -> Option<Value> {
+    let state = layer.state.load();
+    let audit = &state.config.audit;
+    audit.arguments.then(|| redacted(args, &audit.redact))
+}
+
+/// A copy of `args` with fields replaced by `"[redacted]"`: a pattern with a dot is a path
+/// (`args.card.number` or `card.number`), one without a key name matched at any depth,
+/// ignoring case.
+pub fn redacted(args: &Value, patterns: &[String]) -> Value {
+    const MARK: &str = "[redacted]";
+    fn walk(v: &mut Value, names: &[String]) {
+        match v {
+            Value::Object(o) => {
+                for (k, x) in o.iter_mut() {
+                    if names.iter().any(|n| n.eq_ignore_ascii_case(k)) {
+                        *x = Value::String(MARK.to_owned());
+                    } else {
+                        walk(x, names);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| walk(x, names)),
+            _ => {}
+        }
+    }
+    let mut v = args.clone();
+    let (paths, names): (Vec<&String>, Vec<&String>) =
+        patterns.iter().partition(|p| p.contains('.'));
+    let names: Vec<String> = names.into_iter().cloned().collect();
+    walk(&mut v, &names);
+    for path in paths {
+        let path = path.strip_prefix("args.").unwrap_or(path);
+        let mut cur = &mut v;
+        let mut parts = path.split('.').peekable();
+        while let Some(p) = parts.next() {
+            let Some(next) = cur.get_mut(p) else {
+                break;
+            };
+            if parts.peek().is_none() {
+                *next = Value::String(MARK.to_owned());
+                break;
+            }
+            cur = next;
+        }
+    }
+    v
+}
+
 /// Removes `a.b.c` from a JSON object (policy redaction of arguments).
 fn remove_path(v: &mut Value, path: &str) {
     let path = path.strip_prefix("args.").unwrap_or(path);
@@ -818,7 +953,10 @@ fn outgoing(session: &Session, i: usize, mut msg: Value) -> Value {
 }
 
 /// The client answered one of the upstream's requests (sampling, elicitation, roots).
-pub async fn client_response(session: &Session, mut msg: Value) {
+pub async fn client_response(session: &Session, msg: Value) {
+    let Some(mut msg) = session.answer(msg) else {
+        return;
+    };
     let Some(id) = msg.get("id").cloned() else {
         return;
     };
@@ -897,6 +1035,33 @@ pub async fn route_inbound(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_redaction_matches_names_anywhere_and_paths_exactly() {
+        let args = json!({
+            "user": "ann",
+            "Password": "hunter2",
+            "card": {"number": "4111", "exp": "12/30"},
+            "items": [{"token": "t1", "sku": "a"}],
+            "number": "kept",
+        });
+        let patterns = vec![
+            "password".to_owned(),
+            "token".to_owned(),
+            "args.card.number".to_owned(),
+            "missing.path".to_owned(),
+        ];
+        assert_eq!(
+            redacted(&args, &patterns),
+            json!({
+                "user": "ann",
+                "Password": "[redacted]",
+                "card": {"number": "[redacted]", "exp": "12/30"},
+                "items": [{"token": "[redacted]", "sku": "a"}],
+                "number": "kept",
+            })
+        );
+    }
 
     #[test]
     fn redaction_removes_nested_arguments() {

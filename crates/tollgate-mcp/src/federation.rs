@@ -73,6 +73,8 @@ pub struct Entry {
     pub upstream: usize,
     /// The upstream's own name or URI.
     pub original: String,
+    /// For tools: the digest of the upstream's definition (see `pins`).
+    pub digest: Option<String>,
 }
 
 /// A merged list and its index by exposed name (or URI).
@@ -167,6 +169,7 @@ pub fn merge(kind: Kind, mode: PrefixMode, servers: &[&str], lists: Vec<Vec<Valu
                 );
                 continue;
             }
+            let digest = (kind == Kind::Tools).then(|| crate::pins::digest(&item));
             if kind.named() {
                 item["name"] = Value::String(exposed.clone());
             }
@@ -175,6 +178,7 @@ pub fn merge(kind: Kind, mode: PrefixMode, servers: &[&str], lists: Vec<Vec<Valu
                 exposed: item,
                 upstream: i,
                 original,
+                digest,
             });
         }
     }

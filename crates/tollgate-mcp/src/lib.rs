@@ -7,10 +7,13 @@
 //! arguments), route to the owning upstream, relay, and audit. This crate depends on the core
 //! only; it never calls an upstream with the client's credentials.
 
+mod admin;
+mod approval;
 mod calls;
 pub mod federation;
 mod front;
 pub mod jsonrpc;
+pub mod pins;
 pub mod quota;
 pub mod seal;
 pub mod session;
@@ -46,6 +49,11 @@ pub struct McpLayer {
     runtime: tokio::runtime::Handle,
     sealer: Sealer,
     quotas: Arc<quota::Quotas>,
+    pins: pins::Pins,
+    /// Woken when an approval is decided on this replica (held calls also poll the store).
+    approvals_changed: tokio::sync::Notify,
+    /// OAuth clients by server name.
+    tokens: std::sync::Mutex<std::collections::HashMap<String, Arc<upstream::oauth::TokenSource>>>,
 }
 
 /// What one config generation decides.
@@ -88,6 +96,9 @@ impl McpLayer {
             runtime: tokio::runtime::Handle::current(),
             sealer: Sealer::new(key),
             quotas: Arc::default(),
+            tokens: std::sync::Mutex::default(),
+            pins: pins::Pins::default(),
+            approvals_changed: tokio::sync::Notify::new(),
         }))
     }
 
@@ -100,6 +111,11 @@ impl McpLayer {
 
     pub fn router(self: &Arc<Self>) -> axum::Router {
         front::router(self.clone())
+    }
+
+    /// The approval queue and tool pins, for the admin listener.
+    pub fn admin_router(self: &Arc<Self>) -> axum::Router {
+        admin::router(self.clone())
     }
 
     /// Open sessions (for tests and metrics).
@@ -123,6 +139,23 @@ impl McpLayer {
         }
         for s in self.sessions.drain() {
             s.close().await;
+        }
+    }
+
+    /// The shared OAuth client of a server that has one (replaced when its config changes).
+    fn token_source(&self, cfg: &McpServerConfig) -> Option<Arc<upstream::oauth::TokenSource>> {
+        let oauth = cfg.oauth.as_ref()?;
+        let mut tokens = self.tokens.lock().ok()?;
+        match tokens.get(&cfg.name) {
+            Some(t) if &t.cfg == oauth => Some(t.clone()),
+            _ => {
+                let t = Arc::new(upstream::oauth::TokenSource::new(
+                    oauth.clone(),
+                    self.client.clone(),
+                ));
+                tokens.insert(cfg.name.clone(), t.clone());
+                Some(t)
+            }
         }
     }
 
@@ -159,6 +192,7 @@ impl McpLayer {
                 inbound: inbound.clone(),
                 runtime: &self.runtime,
                 on_spawn,
+                auth: self.token_source(cfg),
             },
         )
         .await?;

@@ -75,6 +75,8 @@ pub struct Session {
     /// Server-to-client requests awaiting the client's answer: our id -> (upstream, its id).
     pending: Mutex<HashMap<String, (usize, Value)>>,
     inflight: Mutex<Vec<(u64, Inflight)>>,
+    /// The gateway's own requests to the client (approval elicitations) awaiting answers.
+    asks: Mutex<HashMap<String, tokio::sync::oneshot::Sender<Value>>>,
     streams: Mutex<Streams>,
 }
 
@@ -114,6 +116,7 @@ impl Session {
             lists: Mutex::default(),
             pending: Mutex::default(),
             inflight: Mutex::default(),
+            asks: Mutex::default(),
             streams: Mutex::new(streams),
         }
     }
@@ -228,6 +231,34 @@ impl Session {
             p.insert(ours.clone(), (upstream, original));
         }
         msg["id"] = Value::String(ours);
+    }
+
+    /// Files a request of the gateway's own to the client: its id, and where the answer
+    /// arrives. Dropping the receiver forgets the request.
+    pub fn ask(&self) -> (String, tokio::sync::oneshot::Receiver<Value>) {
+        let id = format!("tg-ask-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Ok(mut a) = self.asks.lock() {
+            a.retain(|_, w| !w.is_closed());
+            a.insert(id.clone(), tx);
+        }
+        (id, rx)
+    }
+
+    /// Delivers the client's answer to one of the gateway's own requests; gives the message
+    /// back if it answers something else.
+    pub fn answer(&self, msg: Value) -> Option<Value> {
+        let waiter = msg
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(|id| self.asks.lock().ok()?.remove(id));
+        match waiter {
+            Some(w) => {
+                let _ = w.send(msg);
+                None
+            }
+            None => Some(msg),
+        }
     }
 
     /// The upstream and original id for the client's answer to one of our requests.

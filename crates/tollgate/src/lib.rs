@@ -81,7 +81,8 @@ impl Gateway {
         if admin_listen.is_none() {
             app = app
                 .merge(admin::router(core.clone()))
-                .merge(llm.admin_router());
+                .merge(llm.admin_router())
+                .merge(mcp.admin_router());
         }
         let main = Server::start(
             "http",
@@ -100,6 +101,7 @@ impl Gateway {
                 Router::new()
                     .merge(admin::router(core.clone()))
                     .merge(llm.admin_router())
+                    .merge(mcp.admin_router())
                     .merge(ops_router(core.clone())),
                 &core,
             );

@@ -35,6 +35,68 @@ pub struct McpConfig {
     pub virtual_servers: Vec<VirtualServerConfig>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub quotas: Vec<QuotaConfig>,
+    /// What happens when an upstream's tool definition differs from the pinned one.
+    pub on_drift: DriftAction,
+    pub approvals: ApprovalsConfig,
+    pub audit: McpAuditConfig,
+}
+
+/// The action on a tool whose definition drifted from its pin, until an admin approves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftAction {
+    /// Serve the new definition; audit the drift.
+    Warn,
+    /// Leave the tool out of lists and refuse calls to it as if it did not exist.
+    Hide,
+    /// List the tool but refuse calls with a tool error that says why.
+    Block,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApprovalsConfig {
+    /// How long a call that needs an approval is held open waiting for one.
+    #[serde(with = "super::units::duration")]
+    pub wait: Duration,
+    /// How long an approval request stays open, and an approval usable, after it is made.
+    #[serde(with = "super::units::duration")]
+    pub ttl: Duration,
+}
+
+/// What the audit record of a call holds besides the arguments' digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct McpAuditConfig {
+    /// Whether records (and approval requests) carry the arguments themselves.
+    pub arguments: bool,
+    /// Argument fields replaced by `"[redacted]"` there: a key name matches at any depth,
+    /// a dotted path (`args.card.number`) one place.
+    pub redact: Vec<String>,
+}
+
+/// Argument names that never appear in audit records unredacted.
+pub const DEFAULT_REDACT: [&str; 9] = [
+    "password",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "access_token",
+    "refresh_token",
+    "client_secret",
+];
+
+/// OAuth 2.1 client credentials the gateway uses to get its own token for an upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OAuthClientConfig {
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Sent as `resource` (RFC 8707) and `audience`, for servers that bind tokens to one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
 }
 
 /// An execution quota: how many calls of matching tools a principal (or a team, ...) may make
@@ -77,6 +139,15 @@ impl Default for McpConfig {
             servers: Vec::new(),
             virtual_servers: Vec::new(),
             quotas: Vec::new(),
+            on_drift: DriftAction::Warn,
+            approvals: ApprovalsConfig {
+                wait: Duration::from_secs(120),
+                ttl: Duration::from_secs(3600),
+            },
+            audit: McpAuditConfig {
+                arguments: false,
+                redact: DEFAULT_REDACT.iter().map(|s| (*s).to_owned()).collect(),
+            },
         }
     }
 }
@@ -114,6 +185,15 @@ pub struct McpServerConfig {
     pub transport: McpTransport,
     #[serde(with = "super::units::duration")]
     pub timeout: Duration,
+    /// The gateway's own OAuth client for this upstream (HTTP transports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<OAuthClientConfig>,
+    /// Overrides `mcp.on_drift` for this server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_drift: Option<DriftAction>,
+    /// Tool name -> SHA-256 of its canonical definition: pinned from config, not first sight.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub pins: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -333,10 +413,60 @@ pub(super) fn validate(raw: Option<RawMcp>, errors: &mut Vec<FieldError>) -> Mcp
                 continue;
             }
         };
+        let oauth = s.oauth.map(|o| {
+            if matches!(transport, McpTransport::Stdio { .. }) {
+                errors.push(FieldError::new(
+                    at("oauth"),
+                    "belongs to HTTP servers (a stdio server gets credentials through env)",
+                ));
+            }
+            if !(o.token_url.starts_with("http://") || o.token_url.starts_with("https://"))
+                || o.token_url.parse::<http::Uri>().is_err()
+            {
+                errors.push(FieldError::new(
+                    at("oauth.token_url"),
+                    format!("must be an http:// or https:// URL, got {:?}", o.token_url),
+                ));
+            }
+            if o.client_id.0.is_empty() {
+                errors.push(FieldError::new(at("oauth.client_id"), "required"));
+            }
+            if matches!(transport, McpTransport::StreamableHttp { ref headers, .. } | McpTransport::Sse { ref headers, .. } if headers.contains_key("authorization"))
+            {
+                errors.push(FieldError::new(
+                    at("oauth"),
+                    "set oauth or an Authorization header, not both",
+                ));
+            }
+            OAuthClientConfig {
+                token_url: o.token_url,
+                client_id: o.client_id.0,
+                client_secret: Secret(o.client_secret.0),
+                scope: o.scope,
+                audience: o.audience,
+            }
+        });
+        let on_drift = s
+            .on_drift
+            .as_deref()
+            .map(|d| drift_action(d, &at("on_drift"), errors));
+        let mut pins = BTreeMap::new();
+        for (tool, sha) in s.pins.unwrap_or_default() {
+            if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                errors.push(FieldError::new(
+                    at(&format!("pins.{tool}")),
+                    "must be the 64 hex digits of a tool definition's SHA-256",
+                ));
+            }
+            pins.insert(tool, sha.to_ascii_lowercase());
+        }
         servers.push(McpServerConfig {
             name: s.name,
             transport,
             timeout: s.timeout.unwrap_or(request_timeout),
+            oauth,
+            on_drift,
+            pins,
         });
     }
     let mut virtual_servers = Vec::new();
@@ -474,7 +604,32 @@ pub(super) fn validate(raw: Option<RawMcp>, errors: &mut Vec<FieldError>) -> Mcp
             concurrent: q.concurrent,
         });
     }
+    let on_drift = raw.on_drift.map_or(defaults.on_drift, |d| {
+        drift_action(&d, "mcp.on_drift", errors)
+    });
+    let approvals = raw.approvals.unwrap_or_default();
+    let approvals = ApprovalsConfig {
+        wait: approvals.wait.unwrap_or(defaults.approvals.wait),
+        ttl: approvals.ttl.unwrap_or(defaults.approvals.ttl),
+    };
+    if approvals.ttl < approvals.wait {
+        errors.push(FieldError::new(
+            "mcp.approvals.ttl",
+            "must be at least mcp.approvals.wait (an approval must outlive the call it holds)",
+        ));
+    }
+    let audit = raw.audit.unwrap_or_default();
+    let audit = McpAuditConfig {
+        arguments: audit.arguments.unwrap_or(false),
+        redact: match audit.redact {
+            Some(r) => r,
+            None => defaults.audit.redact,
+        },
+    };
     McpConfig {
+        on_drift,
+        approvals,
+        audit,
         quotas,
         prefix,
         allowed_origins,
@@ -485,5 +640,20 @@ pub(super) fn validate(raw: Option<RawMcp>, errors: &mut Vec<FieldError>) -> Mcp
         public_url,
         servers,
         virtual_servers,
+    }
+}
+
+fn drift_action(v: &str, at: &str, errors: &mut Vec<FieldError>) -> DriftAction {
+    match v {
+        "warn" => DriftAction::Warn,
+        "hide" => DriftAction::Hide,
+        "block" => DriftAction::Block,
+        other => {
+            errors.push(FieldError::new(
+                at,
+                format!("must be warn, hide or block, got {other:?}"),
+            ));
+            DriftAction::Warn
+        }
     }
 }

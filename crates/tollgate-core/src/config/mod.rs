@@ -22,8 +22,9 @@ use serde::Serialize;
 pub use governance::{AlertConfig, BudgetConfig, Period, PriceOverride, RateLimitConfig, Scope};
 pub use interp::Lookup;
 pub use mcp::{
-    short_prefix, McpAuth, McpConfig, McpServerConfig, McpTransport, PrefixMode, QuotaConfig,
-    QuotaPer, VirtualServerConfig, MAX_NAME as MAX_MCP_NAME,
+    short_prefix, ApprovalsConfig, DriftAction, McpAuditConfig, McpAuth, McpConfig,
+    McpServerConfig, McpTransport, OAuthClientConfig, PrefixMode, QuotaConfig, QuotaPer,
+    VirtualServerConfig, DEFAULT_REDACT, MAX_NAME as MAX_MCP_NAME,
 };
 pub use models::{
     pattern_capture, resolve as resolve_model, CacheScope, CacheWhen, CooldownConfig, Embedder,

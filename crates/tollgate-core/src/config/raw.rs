@@ -48,6 +48,35 @@ pub struct RawMcp {
     pub servers: Option<Vec<RawMcpServer>>,
     pub virtual_servers: Option<Vec<RawVirtualServer>>,
     pub quotas: Option<Vec<RawQuota>>,
+    pub on_drift: Option<String>,
+    pub approvals: Option<RawApprovals>,
+    pub audit: Option<RawMcpAudit>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApprovals {
+    #[serde(default, with = "units::duration")]
+    pub wait: Option<Duration>,
+    #[serde(default, with = "units::duration")]
+    pub ttl: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMcpAudit {
+    pub arguments: Option<bool>,
+    pub redact: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOAuthClient {
+    pub token_url: String,
+    pub client_id: StringLike,
+    pub client_secret: StringLike,
+    pub scope: Option<String>,
+    pub audience: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,6 +106,9 @@ pub struct RawMcpServer {
     pub cwd: Option<String>,
     #[serde(default, with = "units::duration")]
     pub timeout: Option<Duration>,
+    pub oauth: Option<RawOAuthClient>,
+    pub on_drift: Option<String>,
+    pub pins: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

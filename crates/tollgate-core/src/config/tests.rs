@@ -449,3 +449,60 @@ fn mcp_quotas_are_validated() {
         ]
     );
 }
+
+#[test]
+fn mcp_pinning_approvals_audit_and_oauth_are_validated() {
+    let c = parse(concat!(
+        "mcp:\n  on_drift: block\n  approvals: {wait: 30s, ttl: 2h}\n",
+        "  audit: {arguments: true, redact: [card]}\n  servers:\n",
+        "    - name: files\n      url: http://127.0.0.1:1/mcp\n      on_drift: hide\n",
+        "      pins: {read: \"", "AB", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd\"}\n",
+        "      oauth: {token_url: \"http://127.0.0.1:1/token\", client_id: gw, client_secret: s3cret, scope: tools}\n",
+    ))
+    .unwrap();
+    let m = &c.mcp;
+    assert_eq!(m.on_drift, crate::config::DriftAction::Block);
+    assert_eq!(
+        (m.approvals.wait, m.approvals.ttl),
+        (Duration::from_secs(30), Duration::from_secs(7200))
+    );
+    assert!(m.audit.arguments);
+    assert_eq!(m.audit.redact, ["card"]);
+    let s = &m.servers[0];
+    assert_eq!(s.on_drift, Some(crate::config::DriftAction::Hide));
+    assert_eq!(
+        s.pins["read"],
+        "ab0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd"
+    );
+    let oauth = s.oauth.as_ref().unwrap();
+    assert_eq!(
+        (oauth.client_id.as_str(), oauth.client_secret.expose()),
+        ("gw", "s3cret")
+    );
+    // Defaults: warn on drift, digests only in audit, common secret names redacted.
+    let d = parse("mcp: {}\n").unwrap();
+    assert_eq!(d.mcp.on_drift, crate::config::DriftAction::Warn);
+    assert!(!d.mcp.audit.arguments && d.mcp.audit.redact.contains(&"password".to_owned()));
+
+    let err = parse(concat!(
+        "mcp:\n  on_drift: explode\n  approvals: {wait: 10m, ttl: 1m}\n  servers:\n",
+        "    - name: local\n      command: srv\n      oauth: {token_url: \"ftp://x\", client_id: \"\", client_secret: s}\n",
+        "      pins: {read: nothex}\n",
+        "    - name: both\n      url: http://127.0.0.1:1/mcp\n      headers: {Authorization: \"Bearer x\"}\n",
+        "      oauth: {token_url: \"http://127.0.0.1:1/token\", client_id: gw, client_secret: s}\n      on_drift: sometimes\n",
+    ))
+    .unwrap_err();
+    assert_eq!(
+        error_paths(&err),
+        [
+            "mcp.servers[0].oauth",
+            "mcp.servers[0].oauth.token_url",
+            "mcp.servers[0].oauth.client_id",
+            "mcp.servers[0].pins.read",
+            "mcp.servers[1].oauth",
+            "mcp.servers[1].on_drift",
+            "mcp.on_drift",
+            "mcp.approvals.ttl",
+        ]
+    );
+}

@@ -8,8 +8,9 @@ use async_trait::async_trait;
 
 use super::sqlite::apply_update;
 use super::{
-    AuditStore, DirectoryStore, KeyRecord, KeySecret, KeyStore, KeyUpdate, MetaStore, Page,
-    SecretHash, StoreError, StoreResult, TeamRecord, UserRecord,
+    ApprovalBinding, ApprovalRecord, AuditStore, DirectoryStore, KeyRecord, KeySecret, KeyStore,
+    KeyUpdate, McpStore, MetaStore, Page, SecretHash, StoreError, StoreResult, TeamRecord, ToolPin,
+    UserRecord,
 };
 use crate::audit::{AuditEvent, AuditRecord, GENESIS};
 
@@ -28,6 +29,8 @@ struct State {
     secrets: HashMap<SecretHash, (String, Option<i64>)>,
     meta: HashMap<String, String>,
     semantic: BTreeMap<String, super::SemanticRow>,
+    pins: BTreeMap<(String, String), ToolPin>,
+    approvals: BTreeMap<String, ApprovalRecord>,
     seq: i64,
 }
 
@@ -456,6 +459,156 @@ impl super::SemanticStore for MemoryStore {
             let before = s.semantic.len();
             s.semantic.retain(|_, r| r.expires_ms > now_ms);
             Ok((before - s.semantic.len()) as u64)
+        })
+    }
+}
+
+#[async_trait]
+impl McpStore for MemoryStore {
+    async fn tool_pins(&self, server: Option<&str>) -> StoreResult<Vec<ToolPin>> {
+        self.with(|s| {
+            Ok(s.pins
+                .values()
+                .filter(|p| server.is_none_or(|x| p.server == x))
+                .cloned()
+                .collect())
+        })
+    }
+
+    async fn pin_tool_if_absent(&self, pin: &ToolPin) -> StoreResult<ToolPin> {
+        self.with(|s| {
+            let key = (pin.server.clone(), pin.tool.clone());
+            Ok(s.pins
+                .entry(key)
+                .or_insert_with(|| ToolPin {
+                    pending_sha256: None,
+                    pending_definition: None,
+                    pending_ms: None,
+                    ..pin.clone()
+                })
+                .clone())
+        })
+    }
+
+    async fn set_pending_tool(
+        &self,
+        server: &str,
+        tool: &str,
+        sha256: &str,
+        definition: &str,
+        now_ms: i64,
+    ) -> StoreResult<()> {
+        self.with(|s| {
+            if let Some(p) = s.pins.get_mut(&(server.to_owned(), tool.to_owned())) {
+                if p.pending_sha256.as_deref() != Some(sha256) {
+                    p.pending_sha256 = Some(sha256.to_owned());
+                    p.pending_definition = Some(definition.to_owned());
+                    p.pending_ms = Some(now_ms);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    async fn approve_tool(
+        &self,
+        server: &str,
+        tool: &str,
+        sha256: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<ToolPin>> {
+        self.with(|s| {
+            let Some(p) = s.pins.get_mut(&(server.to_owned(), tool.to_owned())) else {
+                return Ok(None);
+            };
+            if p.pending_sha256.as_deref() != Some(sha256) {
+                return Ok(None);
+            }
+            p.sha256 = p.pending_sha256.take().unwrap_or_default();
+            p.definition = p.pending_definition.take().unwrap_or_default();
+            p.pending_ms = None;
+            p.pinned_ms = now_ms;
+            Ok(Some(p.clone()))
+        })
+    }
+
+    async fn insert_approval(&self, a: &ApprovalRecord) -> StoreResult<()> {
+        self.with(|s| {
+            if s.approvals.contains_key(&a.id) {
+                return Err(StoreError::Conflict(format!("approval {} exists", a.id)));
+            }
+            s.approvals.insert(a.id.clone(), a.clone());
+            Ok(())
+        })
+    }
+
+    async fn get_approval(&self, id: &str) -> StoreResult<Option<ApprovalRecord>> {
+        self.with(|s| Ok(s.approvals.get(id).cloned()))
+    }
+
+    async fn list_approvals(
+        &self,
+        status: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<ApprovalRecord>> {
+        self.with(|s| {
+            let mut all: Vec<ApprovalRecord> = s
+                .approvals
+                .values()
+                .filter(|a| status.is_none_or(|x| a.status == x))
+                .cloned()
+                .collect();
+            all.sort_by(|a, b| (b.created_ms, &b.id).cmp(&(a.created_ms, &a.id)));
+            all.truncate(limit as usize);
+            Ok(all)
+        })
+    }
+
+    async fn decide_approval(
+        &self,
+        id: &str,
+        approve: bool,
+        by: &str,
+        note: Option<&str>,
+        now_ms: i64,
+    ) -> StoreResult<Option<ApprovalRecord>> {
+        self.with(|s| {
+            let Some(a) = s.approvals.get_mut(id) else {
+                return Ok(None);
+            };
+            if a.status != "pending" || a.expires_ms <= now_ms {
+                return Ok(None);
+            }
+            a.status = if approve { "approved" } else { "denied" }.to_owned();
+            a.decided_ms = Some(now_ms);
+            a.decided_by = Some(by.to_owned());
+            a.note = note.map(str::to_owned);
+            Ok(Some(a.clone()))
+        })
+    }
+
+    async fn consume_approval(
+        &self,
+        b: &ApprovalBinding,
+        id: Option<&str>,
+        now_ms: i64,
+    ) -> StoreResult<Option<ApprovalRecord>> {
+        self.with(|s| {
+            let found = s
+                .approvals
+                .values_mut()
+                .filter(|a| {
+                    &a.binding == b
+                        && a.status == "approved"
+                        && a.expires_ms > now_ms
+                        && id.is_none_or(|x| a.id == x)
+                })
+                .min_by(|x, y| (x.created_ms, &x.id).cmp(&(y.created_ms, &y.id)));
+            Ok(found.map(|a| {
+                a.status = "used".to_owned();
+                a.used_ms = Some(now_ms);
+                a.clone()
+            }))
         })
     }
 }

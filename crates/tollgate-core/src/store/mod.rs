@@ -222,6 +222,108 @@ pub trait SemanticStore: Send + Sync + 'static {
     async fn purge_semantic(&self, now_ms: i64) -> StoreResult<u64>;
 }
 
+/// A tool definition the tool layer pinned for one upstream server, and the changed
+/// definition the upstream serves since, if any, awaiting an administrator's approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ToolPin {
+    pub server: String,
+    pub tool: String,
+    /// SHA-256 (hex) of the canonical definition.
+    pub sha256: String,
+    /// The pinned definition as canonical JSON.
+    pub definition: String,
+    pub pinned_ms: i64,
+    pub pending_sha256: Option<String>,
+    pub pending_definition: Option<String>,
+    pub pending_ms: Option<i64>,
+}
+
+/// What an approval is bound to: one exact call under one policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApprovalBinding {
+    pub principal: String,
+    pub server: String,
+    pub tool: String,
+    /// SHA-256 (hex) of the canonical arguments.
+    pub args_sha256: String,
+    pub policy_version: String,
+}
+
+/// A request to run one held tool call, and what became of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApprovalRecord {
+    pub id: String,
+    #[serde(flatten)]
+    pub binding: ApprovalBinding,
+    /// The policy rule that asked for the approval.
+    pub rule: String,
+    pub session: String,
+    /// The arguments as the approver sees them (configured fields redacted).
+    pub arguments: serde_json::Value,
+    /// `pending`, `approved`, `denied` or `used` (a pending or approved one past
+    /// `expires_ms` is expired, whatever it says).
+    pub status: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub decided_ms: Option<i64>,
+    pub decided_by: Option<String>,
+    pub note: Option<String>,
+    pub used_ms: Option<i64>,
+}
+
+/// The tool layer's durable state: pinned tool definitions and the approval queue.
+#[async_trait]
+pub trait McpStore: Send + Sync + 'static {
+    /// Pins of one server (every server when `None`), ordered by server and tool.
+    async fn tool_pins(&self, server: Option<&str>) -> StoreResult<Vec<ToolPin>>;
+    /// Pins a definition unless the tool has a pin already; returns the pin now stored.
+    async fn pin_tool_if_absent(&self, pin: &ToolPin) -> StoreResult<ToolPin>;
+    /// Records a definition that differs from the pin as pending approval (replacing an older
+    /// pending one). Does nothing if the tool has no pin.
+    async fn set_pending_tool(
+        &self,
+        server: &str,
+        tool: &str,
+        sha256: &str,
+        definition: &str,
+        now_ms: i64,
+    ) -> StoreResult<()>;
+    /// Makes the pending definition with digest `sha256` the pinned one. `None` when that
+    /// definition is not the pending one (nothing changes then).
+    async fn approve_tool(
+        &self,
+        server: &str,
+        tool: &str,
+        sha256: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<ToolPin>>;
+    async fn insert_approval(&self, approval: &ApprovalRecord) -> StoreResult<()>;
+    async fn get_approval(&self, id: &str) -> StoreResult<Option<ApprovalRecord>>;
+    /// Newest first; only those with `status` when given.
+    async fn list_approvals(
+        &self,
+        status: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<ApprovalRecord>>;
+    /// Approves or denies a pending, unexpired approval; `None` when it is not one.
+    async fn decide_approval(
+        &self,
+        id: &str,
+        approve: bool,
+        by: &str,
+        note: Option<&str>,
+        now_ms: i64,
+    ) -> StoreResult<Option<ApprovalRecord>>;
+    /// Marks used an approved, unexpired approval bound to exactly this call (the one with
+    /// `id` when given, else the oldest), atomically: two calls never use one approval.
+    async fn consume_approval(
+        &self,
+        binding: &ApprovalBinding,
+        id: Option<&str>,
+        now_ms: i64,
+    ) -> StoreResult<Option<ApprovalRecord>>;
+}
+
 #[async_trait]
 pub trait MetaStore: Send + Sync + 'static {
     async fn get_meta(&self, key: &str) -> StoreResult<Option<String>>;
@@ -241,6 +343,7 @@ pub struct Stores {
     pub directory: Arc<dyn DirectoryStore>,
     pub ledger: Arc<dyn LedgerStore>,
     pub semantic: Arc<dyn SemanticStore>,
+    pub mcp: Arc<dyn McpStore>,
 }
 
 impl Stores {
@@ -255,7 +358,8 @@ impl Stores {
                     audit: s.clone(),
                     directory: s.clone(),
                     ledger: s.clone(),
-                    semantic: s,
+                    semantic: s.clone(),
+                    mcp: s,
                 })
             }
             DatabaseUrl::Sqlite(path) => {
@@ -266,7 +370,8 @@ impl Stores {
                     audit: s.clone(),
                     directory: s.clone(),
                     ledger: s.clone(),
-                    semantic: s,
+                    semantic: s.clone(),
+                    mcp: s,
                 })
             }
         }

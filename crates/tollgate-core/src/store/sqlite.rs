@@ -12,9 +12,9 @@ use sqlx::{Row, SqlitePool};
 use crate::audit::{AuditEvent, AuditRecord, GENESIS};
 
 use super::{
-    format_head, parse_head, AuditStore, DirectoryStore, KeyRecord, KeySecret, KeyStore, KeyUpdate,
-    LedgerStore, MetaStore, Page, SemanticRow, SemanticStore, StoreError, StoreResult, TeamRecord,
-    UserRecord, AUDIT_HEAD,
+    format_head, parse_head, ApprovalBinding, ApprovalRecord, AuditStore, DirectoryStore,
+    KeyRecord, KeySecret, KeyStore, KeyUpdate, LedgerStore, McpStore, MetaStore, Page, SemanticRow,
+    SemanticStore, StoreError, StoreResult, TeamRecord, ToolPin, UserRecord, AUDIT_HEAD,
 };
 
 /// Migrations in order. A released migration is never edited; add a new one.
@@ -46,6 +46,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "semantic_cache",
         include_str!("migrations/sqlite/0007_semantic_cache.sql"),
     ),
+    (8, "mcp", include_str!("migrations/sqlite/0008_mcp.sql")),
 ];
 
 const KEYS_SEQ: &str = "keys_seq";
@@ -1089,5 +1090,246 @@ impl SemanticStore for SqliteStore {
             .await
             .map_err(unavailable)?;
         Ok(done.rows_affected())
+    }
+}
+
+const PIN_COLUMNS: &str =
+    "server, tool, sha256, definition, pinned_ms, pending_sha256, pending_definition, pending_ms";
+const APPROVAL_COLUMNS: &str = "id, principal, server, tool, args_sha256, policy_version, rule, \
+     session, arguments, status, created_ms, expires_ms, decided_ms, decided_by, note, used_ms";
+
+fn pin_from(r: &SqliteRow) -> StoreResult<ToolPin> {
+    Ok(ToolPin {
+        server: r.try_get("server").map_err(unavailable)?,
+        tool: r.try_get("tool").map_err(unavailable)?,
+        sha256: r.try_get("sha256").map_err(unavailable)?,
+        definition: r.try_get("definition").map_err(unavailable)?,
+        pinned_ms: r.try_get("pinned_ms").map_err(unavailable)?,
+        pending_sha256: r.try_get("pending_sha256").map_err(unavailable)?,
+        pending_definition: r.try_get("pending_definition").map_err(unavailable)?,
+        pending_ms: r.try_get("pending_ms").map_err(unavailable)?,
+    })
+}
+
+fn approval_from(r: &SqliteRow) -> StoreResult<ApprovalRecord> {
+    let arguments: String = r.try_get("arguments").map_err(unavailable)?;
+    Ok(ApprovalRecord {
+        id: r.try_get("id").map_err(unavailable)?,
+        binding: ApprovalBinding {
+            principal: r.try_get("principal").map_err(unavailable)?,
+            server: r.try_get("server").map_err(unavailable)?,
+            tool: r.try_get("tool").map_err(unavailable)?,
+            args_sha256: r.try_get("args_sha256").map_err(unavailable)?,
+            policy_version: r.try_get("policy_version").map_err(unavailable)?,
+        },
+        rule: r.try_get("rule").map_err(unavailable)?,
+        session: r.try_get("session").map_err(unavailable)?,
+        arguments: serde_json::from_str(&arguments)
+            .map_err(|e| StoreError::Corrupt(format!("mcp_approvals.arguments: {e}")))?,
+        status: r.try_get("status").map_err(unavailable)?,
+        created_ms: r.try_get("created_ms").map_err(unavailable)?,
+        expires_ms: r.try_get("expires_ms").map_err(unavailable)?,
+        decided_ms: r.try_get("decided_ms").map_err(unavailable)?,
+        decided_by: r.try_get("decided_by").map_err(unavailable)?,
+        note: r.try_get("note").map_err(unavailable)?,
+        used_ms: r.try_get("used_ms").map_err(unavailable)?,
+    })
+}
+
+#[async_trait]
+impl McpStore for SqliteStore {
+    async fn tool_pins(&self, server: Option<&str>) -> StoreResult<Vec<ToolPin>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {PIN_COLUMNS} FROM mcp_tool_pins WHERE ?1 IS NULL OR server = ?1 ORDER BY server, tool"
+        ))
+        .bind(server)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(pin_from).collect()
+    }
+
+    async fn pin_tool_if_absent(&self, pin: &ToolPin) -> StoreResult<ToolPin> {
+        sqlx::query(
+            "INSERT INTO mcp_tool_pins (server, tool, sha256, definition, pinned_ms)
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (server, tool) DO NOTHING",
+        )
+        .bind(&pin.server)
+        .bind(&pin.tool)
+        .bind(&pin.sha256)
+        .bind(&pin.definition)
+        .bind(pin.pinned_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let row = sqlx::query(&format!(
+            "SELECT {PIN_COLUMNS} FROM mcp_tool_pins WHERE server = ? AND tool = ?"
+        ))
+        .bind(&pin.server)
+        .bind(&pin.tool)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        pin_from(&row)
+    }
+
+    async fn set_pending_tool(
+        &self,
+        server: &str,
+        tool: &str,
+        sha256: &str,
+        definition: &str,
+        now_ms: i64,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE mcp_tool_pins SET pending_sha256 = ?, pending_definition = ?, pending_ms = ?
+             WHERE server = ? AND tool = ? AND pending_sha256 IS NOT ?",
+        )
+        .bind(sha256)
+        .bind(definition)
+        .bind(now_ms)
+        .bind(server)
+        .bind(tool)
+        .bind(sha256)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn approve_tool(
+        &self,
+        server: &str,
+        tool: &str,
+        sha256: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<ToolPin>> {
+        let row = sqlx::query(&format!(
+            "UPDATE mcp_tool_pins SET sha256 = pending_sha256, definition = pending_definition,
+                 pinned_ms = ?, pending_sha256 = NULL, pending_definition = NULL, pending_ms = NULL
+             WHERE server = ? AND tool = ? AND pending_sha256 = ? RETURNING {PIN_COLUMNS}"
+        ))
+        .bind(now_ms)
+        .bind(server)
+        .bind(tool)
+        .bind(sha256)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        row.as_ref().map(pin_from).transpose()
+    }
+
+    async fn insert_approval(&self, a: &ApprovalRecord) -> StoreResult<()> {
+        sqlx::query(&format!(
+            "INSERT INTO mcp_approvals ({APPROVAL_COLUMNS})
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&a.id)
+        .bind(&a.binding.principal)
+        .bind(&a.binding.server)
+        .bind(&a.binding.tool)
+        .bind(&a.binding.args_sha256)
+        .bind(&a.binding.policy_version)
+        .bind(&a.rule)
+        .bind(&a.session)
+        .bind(a.arguments.to_string())
+        .bind(&a.status)
+        .bind(a.created_ms)
+        .bind(a.expires_ms)
+        .bind(a.decided_ms)
+        .bind(&a.decided_by)
+        .bind(&a.note)
+        .bind(a.used_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                StoreError::Conflict(format!("approval {} exists", a.id))
+            }
+            _ => unavailable(e),
+        })?;
+        Ok(())
+    }
+
+    async fn get_approval(&self, id: &str) -> StoreResult<Option<ApprovalRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {APPROVAL_COLUMNS} FROM mcp_approvals WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        row.as_ref().map(approval_from).transpose()
+    }
+
+    async fn list_approvals(
+        &self,
+        status: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<ApprovalRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {APPROVAL_COLUMNS} FROM mcp_approvals WHERE ?1 IS NULL OR status = ?1
+             ORDER BY created_ms DESC, id DESC LIMIT ?2"
+        ))
+        .bind(status)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(approval_from).collect()
+    }
+
+    async fn decide_approval(
+        &self,
+        id: &str,
+        approve: bool,
+        by: &str,
+        note: Option<&str>,
+        now_ms: i64,
+    ) -> StoreResult<Option<ApprovalRecord>> {
+        let row = sqlx::query(&format!(
+            "UPDATE mcp_approvals SET status = ?, decided_ms = ?, decided_by = ?, note = ?
+             WHERE id = ? AND status = 'pending' AND expires_ms > ? RETURNING {APPROVAL_COLUMNS}"
+        ))
+        .bind(if approve { "approved" } else { "denied" })
+        .bind(now_ms)
+        .bind(by)
+        .bind(note)
+        .bind(id)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        row.as_ref().map(approval_from).transpose()
+    }
+
+    async fn consume_approval(
+        &self,
+        b: &ApprovalBinding,
+        id: Option<&str>,
+        now_ms: i64,
+    ) -> StoreResult<Option<ApprovalRecord>> {
+        // One statement: the row is chosen and marked used under SQLite's write lock.
+        let row = sqlx::query(&format!(
+            "UPDATE mcp_approvals SET status = 'used', used_ms = ?1
+             WHERE id = (SELECT id FROM mcp_approvals
+                         WHERE principal = ?2 AND server = ?3 AND tool = ?4 AND args_sha256 = ?5
+                           AND policy_version = ?6 AND status = 'approved' AND expires_ms > ?1
+                           AND (?7 IS NULL OR id = ?7)
+                         ORDER BY created_ms, id LIMIT 1)
+               AND status = 'approved'
+             RETURNING {APPROVAL_COLUMNS}"
+        ))
+        .bind(now_ms)
+        .bind(&b.principal)
+        .bind(&b.server)
+        .bind(&b.tool)
+        .bind(&b.args_sha256)
+        .bind(&b.policy_version)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        row.as_ref().map(approval_from).transpose()
     }
 }

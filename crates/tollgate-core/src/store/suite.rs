@@ -586,3 +586,217 @@ async fn semantic_entries_round_trip_expire_and_delete() {
         assert_eq!(left, vec![row("b", 20, 1_000)], "{engine}");
     }
 }
+
+#[tokio::test]
+async fn tool_pins_pin_once_drift_and_approve() {
+    for (engine, s, _dir) in engines().await {
+        let pin = |tool: &str, sha: &str| ToolPin {
+            server: "files".into(),
+            tool: tool.into(),
+            sha256: sha.into(),
+            definition: format!("{{\"name\":\"{tool}\"}}"),
+            pinned_ms: 10,
+            pending_sha256: None,
+            pending_definition: None,
+            pending_ms: None,
+        };
+        assert_eq!(
+            s.mcp.pin_tool_if_absent(&pin("read", "a1")).await.unwrap(),
+            pin("read", "a1")
+        );
+        // First sight wins: a second pin of the same tool returns the first.
+        assert_eq!(
+            s.mcp.pin_tool_if_absent(&pin("read", "b2")).await.unwrap(),
+            pin("read", "a1")
+        );
+        s.mcp.pin_tool_if_absent(&pin("write", "c3")).await.unwrap();
+        let mut other = pin("read", "d4");
+        other.server = "mail".into();
+        s.mcp.pin_tool_if_absent(&other).await.unwrap();
+        assert_eq!(
+            s.mcp.tool_pins(Some("files")).await.unwrap().len(),
+            2,
+            "{engine}"
+        );
+        assert_eq!(s.mcp.tool_pins(None).await.unwrap().len(), 3, "{engine}");
+
+        // Drift is recorded as pending; approving another digest changes nothing.
+        s.mcp
+            .set_pending_tool("files", "read", "e5", "{\"v\":2}", 20)
+            .await
+            .unwrap();
+        s.mcp
+            .set_pending_tool("files", "nope", "e5", "{}", 20)
+            .await
+            .unwrap();
+        let read = &s.mcp.tool_pins(Some("files")).await.unwrap()[0];
+        assert_eq!(read.pending_sha256.as_deref(), Some("e5"), "{engine}");
+        assert_eq!(read.pending_ms, Some(20), "{engine}");
+        assert!(s
+            .mcp
+            .approve_tool("files", "read", "zz", 30)
+            .await
+            .unwrap()
+            .is_none());
+        let approved = s
+            .mcp
+            .approve_tool("files", "read", "e5", 30)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(approved.sha256, "e5", "{engine}");
+        assert_eq!(approved.definition, "{\"v\":2}", "{engine}");
+        assert_eq!(approved.pinned_ms, 30, "{engine}");
+        assert_eq!(approved.pending_sha256, None, "{engine}");
+        assert!(s
+            .mcp
+            .approve_tool("files", "read", "e5", 40)
+            .await
+            .unwrap()
+            .is_none());
+    }
+}
+
+#[tokio::test]
+async fn approvals_are_decided_once_bound_and_used_once() {
+    for (engine, s, _dir) in engines().await {
+        let binding = ApprovalBinding {
+            principal: "key:k1".into(),
+            server: "bank".into(),
+            tool: "pay".into(),
+            args_sha256: "aa".into(),
+            policy_version: "p1".into(),
+        };
+        let approval = |id: &str, created_ms: i64| ApprovalRecord {
+            id: id.into(),
+            binding: binding.clone(),
+            rule: "pay/big".into(),
+            session: "s1".into(),
+            arguments: serde_json::json!({"amount": 500}),
+            status: "pending".into(),
+            created_ms,
+            expires_ms: 1_000,
+            decided_ms: None,
+            decided_by: None,
+            note: None,
+            used_ms: None,
+        };
+        s.mcp.insert_approval(&approval("ap1", 10)).await.unwrap();
+        s.mcp.insert_approval(&approval("ap2", 20)).await.unwrap();
+        assert!(matches!(
+            s.mcp.insert_approval(&approval("ap1", 30)).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(
+            s.mcp.get_approval("ap1").await.unwrap(),
+            Some(approval("ap1", 10))
+        );
+        let listed = s.mcp.list_approvals(Some("pending"), 10).await.unwrap();
+        assert_eq!(
+            listed.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+            ["ap2", "ap1"]
+        );
+
+        // Nothing is usable until approved.
+        assert!(s
+            .mcp
+            .consume_approval(&binding, None, 50)
+            .await
+            .unwrap()
+            .is_none());
+        let decided = s
+            .mcp
+            .decide_approval("ap1", true, "admin", Some("ok"), 50)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(decided.status, "approved", "{engine}");
+        assert_eq!(decided.decided_by.as_deref(), Some("admin"), "{engine}");
+        // Decided once: a second decision is refused.
+        assert!(s
+            .mcp
+            .decide_approval("ap1", false, "x", None, 60)
+            .await
+            .unwrap()
+            .is_none());
+        // Denied ones are never usable; expired ones cannot be decided.
+        s.mcp
+            .decide_approval("ap2", false, "admin", None, 60)
+            .await
+            .unwrap()
+            .unwrap();
+        s.mcp.insert_approval(&approval("ap3", 30)).await.unwrap();
+        assert!(s
+            .mcp
+            .decide_approval("ap3", true, "x", None, 1_000)
+            .await
+            .unwrap()
+            .is_none());
+
+        // Bound to the exact call: another digest or policy version does not match.
+        let mut other = binding.clone();
+        other.args_sha256 = "bb".into();
+        assert!(s
+            .mcp
+            .consume_approval(&other, None, 70)
+            .await
+            .unwrap()
+            .is_none());
+        other = binding.clone();
+        other.policy_version = "p2".into();
+        assert!(s
+            .mcp
+            .consume_approval(&other, None, 70)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(s
+            .mcp
+            .consume_approval(&binding, Some("ap2"), 70)
+            .await
+            .unwrap()
+            .is_none());
+        // Single use.
+        let used = s
+            .mcp
+            .consume_approval(&binding, None, 70)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (used.id.as_str(), used.status.as_str(), used.used_ms),
+            ("ap1", "used", Some(70))
+        );
+        assert!(s
+            .mcp
+            .consume_approval(&binding, None, 80)
+            .await
+            .unwrap()
+            .is_none());
+
+        // Expiry applies to approved ones too.
+        s.mcp.insert_approval(&approval("ap4", 40)).await.unwrap();
+        s.mcp
+            .decide_approval("ap4", true, "admin", None, 90)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(s
+            .mcp
+            .consume_approval(&binding, Some("ap4"), 1_000)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(s
+            .mcp
+            .consume_approval(&binding, Some("ap4"), 999)
+            .await
+            .unwrap()
+            .is_some());
+        assert_eq!(
+            s.mcp.list_approvals(None, 2).await.unwrap().len(),
+            2,
+            "{engine}"
+        );
+    }
+}

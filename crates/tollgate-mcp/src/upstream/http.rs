@@ -3,7 +3,7 @@
 //! stream carries what the server sends on its own.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,7 +14,8 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 use tollgate_core::config::Secret;
 
-use super::{id_key, HttpClient, Inbound, Related, UpstreamError, MAX_MESSAGE};
+use super::oauth::TokenSource;
+use super::{authorize, id_key, HttpClient, Inbound, Related, UpstreamError, MAX_MESSAGE};
 use crate::sse;
 
 const SESSION: HeaderName = HeaderName::from_static("mcp-session-id");
@@ -25,6 +26,7 @@ pub struct HttpConn {
     client: HttpClient,
     uri: Uri,
     headers: HeaderMap,
+    auth: Option<Arc<TokenSource>>,
     timeout: Duration,
     state: Mutex<State>,
 }
@@ -41,6 +43,7 @@ impl HttpConn {
         client: HttpClient,
         url: &str,
         headers: &BTreeMap<String, Secret>,
+        auth: Option<Arc<TokenSource>>,
         timeout: Duration,
     ) -> Result<HttpConn, UpstreamError> {
         let uri: Uri = url
@@ -61,9 +64,39 @@ impl HttpConn {
             client,
             uri,
             headers: map,
+            auth,
             timeout,
             state: Mutex::default(),
         })
+    }
+
+    /// POSTs a message; with OAuth, a refused token is renewed and the POST sent once more.
+    async fn post(
+        &self,
+        body: Bytes,
+    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+        let mut retried = false;
+        loop {
+            let mut req = self.build(
+                Method::POST,
+                "application/json, text/event-stream",
+                body.clone(),
+            );
+            let bearer = authorize(&mut req, self.auth.as_deref()).await?;
+            let res = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| UpstreamError::Closed(e.to_string()))?;
+            if res.status() == StatusCode::UNAUTHORIZED && !retried {
+                if let (Some(auth), Some(b)) = (&self.auth, &bearer) {
+                    auth.invalidate(b);
+                    retried = true;
+                    continue;
+                }
+            }
+            return Ok(res);
+        }
     }
 
     fn build(&self, method: Method, accept: &'static str, body: Bytes) -> Request<Full<Bytes>> {
@@ -96,17 +129,8 @@ impl HttpConn {
 
     pub async fn request(&self, msg: Value, related: &Related) -> Result<Value, UpstreamError> {
         let id = msg.get("id").map(id_key).unwrap_or_default();
-        let req = self.build(
-            Method::POST,
-            "application/json, text/event-stream",
-            Bytes::from(msg.to_string()),
-        );
         let exchange = async {
-            let res = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| UpstreamError::Closed(e.to_string()))?;
+            let res = self.post(Bytes::from(msg.to_string())).await?;
             let status = res.status();
             if let Some(s) = res.headers().get(SESSION) {
                 if let Ok(mut state) = self.state.lock() {
@@ -177,15 +201,9 @@ impl HttpConn {
     }
 
     pub async fn send(&self, msg: Value) -> Result<(), UpstreamError> {
-        let req = self.build(
-            Method::POST,
-            "application/json, text/event-stream",
-            Bytes::from(msg.to_string()),
-        );
-        let res = tokio::time::timeout(self.timeout, self.client.request(req))
+        let res = tokio::time::timeout(self.timeout, self.post(Bytes::from(msg.to_string())))
             .await
-            .map_err(|_| UpstreamError::Timeout)?
-            .map_err(|e| UpstreamError::Closed(e.to_string()))?;
+            .map_err(|_| UpstreamError::Timeout)??;
         let status = res.status();
         if status == StatusCode::NOT_FOUND && self.has_session() {
             return Err(UpstreamError::SessionExpired);
@@ -214,6 +232,7 @@ impl HttpConn {
             client: self.client.clone(),
             uri: parts.uri,
             headers: parts.headers,
+            auth: self.auth.clone(),
             inbound,
         };
         let task = runtime.spawn(listener.run());
@@ -231,8 +250,15 @@ impl HttpConn {
             task.abort();
         }
         if session.is_some() {
-            let req = self.build(Method::DELETE, "application/json", Bytes::new());
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.client.request(req)).await;
+            let mut req = self.build(Method::DELETE, "application/json", Bytes::new());
+            let end = async {
+                authorize(&mut req, self.auth.as_deref()).await?;
+                self.client
+                    .request(req)
+                    .await
+                    .map_err(|e| UpstreamError::Closed(e.to_string()))
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), end).await;
         }
     }
 }
@@ -260,6 +286,7 @@ struct Listener {
     client: HttpClient,
     uri: Uri,
     headers: HeaderMap,
+    auth: Option<Arc<TokenSource>>,
     inbound: Inbound,
 }
 
@@ -278,7 +305,14 @@ impl Listener {
             {
                 req.headers_mut().insert(LAST_EVENT_ID, id);
             }
-            let res = match self.client.request(req).await {
+            let opened = async {
+                authorize(&mut req, self.auth.as_deref()).await?;
+                self.client
+                    .request(req)
+                    .await
+                    .map_err(|e| UpstreamError::Closed(e.to_string()))
+            };
+            let res = match opened.await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::debug!(error = %e, "upstream GET stream failed to open");

@@ -7,6 +7,7 @@
 
 mod http;
 mod mux;
+pub mod oauth;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,6 +106,23 @@ pub struct Connect<'a> {
     pub runtime: &'a tokio::runtime::Handle,
     /// Told each time a stdio process is spawned (for the audit chain).
     pub on_spawn: OnSpawn,
+    /// The gateway's OAuth client for this server, when it has one.
+    pub auth: Option<Arc<oauth::TokenSource>>,
+}
+
+/// Sets the gateway's bearer token on a request, when the upstream uses OAuth; returns it so
+/// a refusal can invalidate it.
+pub(crate) async fn authorize<B>(
+    req: &mut ::http::Request<B>,
+    auth: Option<&oauth::TokenSource>,
+) -> Result<Option<::http::HeaderValue>, UpstreamError> {
+    let Some(source) = auth else {
+        return Ok(None);
+    };
+    let bearer = source.bearer().await?;
+    req.headers_mut()
+        .insert(::http::header::AUTHORIZATION, bearer.clone());
+    Ok(Some(bearer))
 }
 
 impl Conn {
@@ -114,6 +132,7 @@ impl Conn {
                 how.client.clone(),
                 url,
                 headers,
+                how.auth,
                 cfg.timeout,
             )?)),
             McpTransport::Sse { url, headers } => Ok(Conn::Mux(

@@ -51,6 +51,7 @@ enum Writer {
         client: HttpClient,
         endpoint: Uri,
         headers: HeaderMap,
+        auth: Option<Arc<super::oauth::TokenSource>>,
     },
 }
 
@@ -149,10 +150,16 @@ impl MuxConn {
         *req.headers_mut() = map.clone();
         req.headers_mut()
             .insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
-        let res = tokio::time::timeout(timeout, how.client.request(req))
+        let open = async {
+            super::authorize(&mut req, how.auth.as_deref()).await?;
+            how.client
+                .request(req)
+                .await
+                .map_err(|e| UpstreamError::Closed(e.to_string()))
+        };
+        let res = tokio::time::timeout(timeout, open)
             .await
-            .map_err(|_| UpstreamError::Timeout)?
-            .map_err(|e| UpstreamError::Closed(e.to_string()))?;
+            .map_err(|_| UpstreamError::Timeout)??;
         if !res.status().is_success() {
             return Err(UpstreamError::Status(res.status().as_u16(), String::new()));
         }
@@ -191,6 +198,7 @@ impl MuxConn {
                 client: how.client.clone(),
                 endpoint,
                 headers: map,
+                auth: how.auth,
             },
             timeout,
             closed,
@@ -220,21 +228,35 @@ impl MuxConn {
                 client,
                 endpoint,
                 headers,
+                auth,
             } => {
-                let mut req = Request::post(endpoint.clone())
-                    .body(Full::new(Bytes::from(msg.to_string())))
-                    .unwrap_or_default();
-                *req.headers_mut() = headers.clone();
-                req.headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                let res = client
-                    .request(req)
-                    .await
-                    .map_err(|e| UpstreamError::Closed(e.to_string()))?;
-                if res.status().is_success() {
-                    Ok(())
-                } else {
-                    Err(UpstreamError::Status(res.status().as_u16(), String::new()))
+                let body = Bytes::from(msg.to_string());
+                let mut retried = false;
+                loop {
+                    let mut req = Request::post(endpoint.clone())
+                        .body(Full::new(body.clone()))
+                        .unwrap_or_default();
+                    *req.headers_mut() = headers.clone();
+                    req.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    let bearer = super::authorize(&mut req, auth.as_deref()).await?;
+                    let res = client
+                        .request(req)
+                        .await
+                        .map_err(|e| UpstreamError::Closed(e.to_string()))?;
+                    if res.status().is_success() {
+                        return Ok(());
+                    }
+                    // A refused token is renewed once (the GET stream keeps the one it
+                    // opened with; only new sessions need a new one there).
+                    if res.status() == http::StatusCode::UNAUTHORIZED && !retried {
+                        if let (Some(a), Some(b)) = (auth, &bearer) {
+                            a.invalidate(b);
+                            retried = true;
+                            continue;
+                        }
+                    }
+                    return Err(UpstreamError::Status(res.status().as_u16(), String::new()));
                 }
             }
         }
