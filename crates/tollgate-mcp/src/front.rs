@@ -143,8 +143,10 @@ fn resource_path(target: Option<&str>) -> String {
     }
 }
 
-/// DNS-rebinding protection: a browser page from another origin must not reach a gateway on
-/// the loopback interface. Requests without `Origin` (non-browser clients) pass.
+/// DNS-rebinding protection: a browser page from another origin must not reach the gateway.
+/// Requests without `Origin` (non-browser clients) pass; loopback origins, the configured
+/// ones and the origin of `mcp.public_url` pass. An origin merely equal to the request's
+/// `Host` does not: that is exactly what a rebound name looks like.
 fn origin_allowed(headers: &HeaderMap, cfg: &McpConfig) -> bool {
     let Some(origin) = headers.get(ORIGIN) else {
         return true;
@@ -165,12 +167,10 @@ fn origin_allowed(headers: &HeaderMap, cfg: &McpConfig) -> bool {
     if matches!(host, "localhost" | "127.0.0.1" | "[::1]" | "::1") {
         return true;
     }
-    // Same origin as the request itself.
-    let request_host = headers
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_ascii_lowercase);
-    uri.authority().map(|a| a.as_str().to_owned()) == request_host
+    // The gateway's own public origin (a UI it serves).
+    cfg.public_url
+        .as_deref()
+        .is_some_and(|u| u.to_ascii_lowercase() == origin)
 }
 
 fn accepts(headers: &HeaderMap, what: &str) -> bool {
@@ -356,7 +356,16 @@ async fn post(
             accepted()
         }
         Kind::Request => {
-            respond(&session, crate::calls::request(&layer, &session, &ctx, msg)).await
+            // A tool call may run long: from 2025-11-25 its answer is a stream from the start,
+            // primed with an event id, so a client that loses the connection can resume it.
+            let eager =
+                jsonrpc::method(&msg) == "tools/call" && session.version.as_str() >= "2025-11-25";
+            respond(
+                &session,
+                crate::calls::request(&layer, &session, &ctx, msg),
+                eager,
+            )
+            .await
         }
     }
 }
@@ -432,8 +441,14 @@ pub enum Out {
 }
 
 /// Answers with plain JSON when the answer comes first, else switches to an SSE stream that
-/// carries the messages on the way and ends with the answer.
-async fn respond(session: &Arc<Session>, mut rx: mpsc::Receiver<Out>) -> Response {
+/// carries the messages on the way and ends with the answer; `eager` streams from the start.
+async fn respond(session: &Arc<Session>, mut rx: mpsc::Receiver<Out>, eager: bool) -> Response {
+    if eager {
+        let stream = session.open_stream();
+        let events = stream.attach(None, true);
+        tokio::spawn(pump(session.clone(), stream, rx));
+        return with_session(sse_response(events), &session.id);
+    }
     let first = match rx.recv().await {
         Some(Out::Final(v)) => {
             return with_session(
@@ -456,20 +471,26 @@ async fn respond(session: &Arc<Session>, mut rx: mpsc::Receiver<Out>) -> Respons
     let stream = session.open_stream();
     let events = stream.attach(None, session.version.as_str() >= "2025-11-25");
     stream.push(&first);
-    let pump_session = session.clone();
-    tokio::spawn(async move {
-        while let Some(out) = rx.recv().await {
-            match out {
-                Out::Message(m) => stream.push(&m),
-                Out::Final(v) => {
-                    stream.push(&v);
-                    break;
-                }
+    tokio::spawn(pump(session.clone(), stream, rx));
+    with_session(sse_response(events), &session.id)
+}
+
+/// Moves a request's messages onto its stream until the answer.
+async fn pump(
+    session: Arc<Session>,
+    stream: Arc<crate::session::Stream>,
+    mut rx: mpsc::Receiver<Out>,
+) {
+    while let Some(out) = rx.recv().await {
+        match out {
+            Out::Message(m) => stream.push(&m),
+            Out::Final(v) => {
+                stream.push(&v);
+                break;
             }
         }
-        pump_session.finish_stream(&stream);
-    });
-    with_session(sse_response(events), &session.id)
+    }
+    session.finish_stream(&stream);
 }
 
 pub fn sse_response(mut events: mpsc::Receiver<Bytes>) -> Response {
@@ -664,6 +685,7 @@ mod tests {
     fn origins() {
         let cfg = McpConfig {
             allowed_origins: vec!["https://app.example.com".into()],
+            public_url: Some("https://gw.example.com".into()),
             ..McpConfig::default()
         };
         let ok = |h: &[(&'static str, &'static str)]| origin_allowed(&headers(h), &cfg);
@@ -671,7 +693,12 @@ mod tests {
         assert!(ok(&[("origin", "http://localhost:3000")]));
         assert!(ok(&[("origin", "http://127.0.0.1:9")]));
         assert!(ok(&[("origin", "https://app.example.com")]));
-        assert!(ok(&[("origin", "http://gw:4000"), ("host", "gw:4000")]));
+        assert!(ok(&[("origin", "https://gw.example.com")]));
+        // A rebound name: the attacker's origin and the Host it makes the browser send agree.
+        assert!(!ok(&[
+            ("origin", "http://evil.example.com:4000"),
+            ("host", "evil.example.com:4000")
+        ]));
         assert!(!ok(&[
             ("origin", "http://evil.example.com"),
             ("host", "127.0.0.1:4000")

@@ -389,7 +389,11 @@ impl Stream {
         };
         let from = after.unwrap_or(s.delivered);
         if prime {
-            let _ = tx.try_send(Bytes::from(format!("id: {}.{from}\ndata: \n\n", self.num)));
+            // `retry`: how long a client that lost the stream waits before resuming it.
+            let _ = tx.try_send(Bytes::from(format!(
+                "id: {}.{from}\nretry: 1000\ndata: \n\n",
+                self.num
+            )));
         }
         let mut last = from;
         for (seq, ev) in &s.replay {
@@ -496,7 +500,11 @@ mod tests {
             3,
             "priming event, the kept event, the live one: {got:?}"
         );
-        assert!(got[0].starts_with("id: 3.0\ndata: \n"), "{}", got[0]);
+        assert!(
+            got[0].starts_with("id: 3.0\nretry: 1000\ndata: \n"),
+            "{}",
+            got[0]
+        );
         assert!(got[1].contains("id: 3.1\n") && got[2].contains("id: 3.2\n"));
         // The client reconnects having seen 3.1: it gets 3.2 again and what follows.
         let mut second = s.attach(Some(1), false);

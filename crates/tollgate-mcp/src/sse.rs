@@ -19,6 +19,10 @@ pub struct Parser {
     has_data: bool,
     /// The most bytes an unfinished line may take; a larger one is a broken or hostile peer.
     limit: usize,
+    /// The last event id the stream set (also by events without data, like a priming event).
+    pub last_id: Option<String>,
+    /// The reconnection delay the server asked for, in milliseconds.
+    pub retry: Option<u64>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -83,7 +87,15 @@ impl Parser {
                 self.has_data = true;
             }
             "event" => self.current.event = Some(value.to_owned()),
-            "id" if !value.contains('\0') => self.current.id = Some(value.to_owned()),
+            "id" if !value.contains('\0') => {
+                self.current.id = Some(value.to_owned());
+                self.last_id = Some(value.to_owned());
+            }
+            "retry" => {
+                if let Ok(ms) = value.parse() {
+                    self.retry = Some(ms);
+                }
+            }
             _ => {}
         }
     }

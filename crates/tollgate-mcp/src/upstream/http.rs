@@ -163,41 +163,51 @@ impl HttpConn {
                     .map_err(|e| UpstreamError::Protocol(format!("invalid JSON: {e}")))?;
                 return Ok(value);
             }
-            let mut body = res.into_body();
             let mut parser = sse::Parser::new(MAX_MESSAGE);
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| UpstreamError::Closed(e.to_string()))?;
-                let Some(chunk) = frame.data_ref() else {
-                    continue;
-                };
-                let events = parser
-                    .feed(chunk)
-                    .map_err(|_| UpstreamError::Protocol("SSE event too large".into()))?;
-                for ev in events {
-                    if ev.data.trim().is_empty() {
-                        continue;
-                    }
-                    let Ok(value) = serde_json::from_str::<Value>(&ev.data) else {
-                        tracing::debug!("upstream sent an SSE event that is not JSON; skipped");
-                        continue;
-                    };
-                    let is_ours = value.get("method").is_none()
-                        && value.get("id").map(id_key).as_deref() == Some(id.as_str());
-                    if is_ours {
-                        return Ok(value);
-                    }
-                    // The client may have gone; the request still runs to its end.
-                    let _ = related.send(value).await;
+            let mut body = res.into_body();
+            let mut resumed = 0;
+            loop {
+                if let Some(answer) = read_answer(body, &mut parser, &id, related).await? {
+                    return Ok(answer);
                 }
+                // The server ended the stream early (SSE polling, MCP 2025-11-25): resume it
+                // with a GET from the last event id, after the delay it asked for.
+                let Some(last) = parser.last_id.clone().filter(|_| resumed < MAX_RESUMES) else {
+                    return Err(UpstreamError::Closed(
+                        "the SSE stream ended before the response".into(),
+                    ));
+                };
+                resumed += 1;
+                let delay = parser.retry.unwrap_or(0).min(MAX_RETRY_MS);
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                body = self.resume(&last).await?;
             }
-            Err(UpstreamError::Closed(
-                "the SSE stream ended before the response".into(),
-            ))
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(r) => r,
             Err(_) => Err(UpstreamError::Timeout),
         }
+    }
+
+    /// Reopens a response stream the server closed, from event `last`.
+    async fn resume(&self, last: &str) -> Result<hyper::body::Incoming, UpstreamError> {
+        let mut req = self.build(Method::GET, "text/event-stream", Bytes::new());
+        let id = HeaderValue::from_str(last)
+            .map_err(|_| UpstreamError::Protocol("unusable SSE event id".into()))?;
+        req.headers_mut().insert(LAST_EVENT_ID, id);
+        authorize(&mut req, self.auth.as_deref()).await?;
+        let res = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| UpstreamError::Closed(e.to_string()))?;
+        if !res.status().is_success() {
+            return Err(UpstreamError::Status(
+                res.status().as_u16(),
+                read_text(res).await,
+            ));
+        }
+        Ok(res.into_body())
     }
 
     pub async fn send(&self, msg: Value) -> Result<(), UpstreamError> {
@@ -271,6 +281,47 @@ impl Drop for HttpConn {
             }
         }
     }
+}
+
+/// Times one response stream may be resumed after the server closed it.
+const MAX_RESUMES: u32 = 16;
+/// The longest reconnection delay honoured (a larger `retry` is capped).
+const MAX_RETRY_MS: u64 = 5_000;
+
+/// Reads one SSE stream until the response with `id` (returned) or the stream's end (`None`);
+/// everything else on it goes to `related`.
+async fn read_answer(
+    mut body: hyper::body::Incoming,
+    parser: &mut sse::Parser,
+    id: &str,
+    related: &Related,
+) -> Result<Option<Value>, UpstreamError> {
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| UpstreamError::Closed(e.to_string()))?;
+        let Some(chunk) = frame.data_ref() else {
+            continue;
+        };
+        let events = parser
+            .feed(chunk)
+            .map_err(|_| UpstreamError::Protocol("SSE event too large".into()))?;
+        for ev in events {
+            if ev.data.trim().is_empty() {
+                continue;
+            }
+            let Ok(value) = serde_json::from_str::<Value>(&ev.data) else {
+                tracing::debug!("upstream sent an SSE event that is not JSON; skipped");
+                continue;
+            };
+            let is_ours =
+                value.get("method").is_none() && value.get("id").map(id_key).as_deref() == Some(id);
+            if is_ours {
+                return Ok(Some(value));
+            }
+            // The client may have gone; the request still runs to its end.
+            let _ = related.send(value).await;
+        }
+    }
+    Ok(None)
 }
 
 async fn read_text(res: http::Response<hyper::body::Incoming>) -> String {

@@ -58,6 +58,8 @@ pub enum UpstreamError {
     Status(u16, String),
     /// The upstream answered something that is not MCP.
     Protocol(String),
+    /// The gateway could not get its own token for the upstream.
+    Auth(String),
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -68,6 +70,7 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::SessionExpired => f.write_str("the upstream ended the session"),
             UpstreamError::Status(s, body) => write!(f, "the upstream answered HTTP {s}: {body}"),
             UpstreamError::Protocol(why) => write!(f, "the upstream broke the protocol: {why}"),
+            UpstreamError::Auth(why) => write!(f, "no token for the upstream: {why}"),
         }
     }
 }

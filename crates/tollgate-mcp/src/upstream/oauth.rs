@@ -106,7 +106,7 @@ impl TokenSource {
         let res = tokio::time::timeout(Duration::from_secs(15), self.client.request(req))
             .await
             .map_err(|_| UpstreamError::Timeout)?
-            .map_err(|e| UpstreamError::Closed(format!("token endpoint: {e}")))?;
+            .map_err(|e| UpstreamError::Auth(format!("the token endpoint is unreachable: {e}")))?;
         let status = res.status();
         let bytes = Limited::new(res.into_body(), 64 * 1024)
             .collect()
@@ -117,10 +117,10 @@ impl TokenSource {
         if !status.is_success() {
             // The error code and description, never the body verbatim (it may echo secrets).
             let code = parsed.get("error").and_then(Value::as_str).unwrap_or("?");
-            return Err(UpstreamError::Status(
-                status.as_u16(),
-                format!("token endpoint refused the client credentials ({code})"),
-            ));
+            return Err(UpstreamError::Auth(format!(
+                "the token endpoint answered HTTP {} ({code})",
+                status.as_u16()
+            )));
         }
         let token = parsed
             .get("access_token")
