@@ -88,7 +88,7 @@ impl McpLayer {
             .map_err(|e| format!("cannot load the MCP sealing key: {e}"))?;
         let key = tollgate_core::hex::decode32(&stored)
             .ok_or("the stored MCP sealing key is malformed")?;
-        Ok(Arc::new(McpLayer {
+        let layer = Arc::new(McpLayer {
             core,
             state: ArcSwap::from_pointee(State::new(config)?),
             sessions: Sessions::default(),
@@ -99,7 +99,12 @@ impl McpLayer {
             tokens: std::sync::Mutex::default(),
             pins: pins::Pins::default(),
             approvals_changed: tokio::sync::Notify::new(),
-        }))
+        });
+        layer
+            .core
+            .metrics
+            .register_collector(Box::new(SessionCollector(Arc::downgrade(&layer))));
+        Ok(layer)
     }
 
     /// Swaps in a new config. Open sessions keep the upstreams they were opened with; new
@@ -346,4 +351,34 @@ fn session_id() -> Option<String> {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).ok()?;
     Some(tollgate_core::hex::encode(&b))
+}
+
+/// Exports `tollgate_mcp_sessions`, the open client sessions, at scrape time.
+struct SessionCollector(std::sync::Weak<McpLayer>);
+
+impl std::fmt::Debug for SessionCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionCollector")
+    }
+}
+
+impl prometheus_client::collector::Collector for SessionCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let Some(layer) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let m = encoder.encode_descriptor(
+            "mcp_sessions",
+            "Open MCP client sessions on this replica",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        prometheus_client::metrics::gauge::ConstGauge::new(layer.session_count() as i64)
+            .encode(m)?;
+        Ok(())
+    }
 }

@@ -69,7 +69,7 @@ pub struct McpAuditConfig {
     /// Whether records (and approval requests) carry the arguments themselves.
     pub arguments: bool,
     /// Argument fields replaced by `"[redacted]"` there: a key name matches at any depth,
-    /// a dotted path (`args.card.number`) one place.
+    /// a dotted path (`args.card.number`) one place. Always includes [`DEFAULT_REDACT`].
     pub redact: Vec<String>,
 }
 
@@ -621,9 +621,15 @@ pub(super) fn validate(raw: Option<RawMcp>, errors: &mut Vec<FieldError>) -> Mcp
     let audit = raw.audit.unwrap_or_default();
     let audit = McpAuditConfig {
         arguments: audit.arguments.unwrap_or(false),
-        redact: match audit.redact {
-            Some(r) => r,
-            None => defaults.audit.redact,
+        // The defaults always apply: a list adds to them, it cannot unredact a password.
+        redact: {
+            let mut r = defaults.audit.redact;
+            for extra in audit.redact.unwrap_or_default() {
+                if !r.contains(&extra) {
+                    r.push(extra);
+                }
+            }
+            r
         },
     };
     McpConfig {

@@ -467,7 +467,11 @@ fn mcp_pinning_approvals_audit_and_oauth_are_validated() {
         (Duration::from_secs(30), Duration::from_secs(7200))
     );
     assert!(m.audit.arguments);
-    assert_eq!(m.audit.redact, ["card"]);
+    assert_eq!(m.audit.redact.last().map(String::as_str), Some("card"));
+    assert!(
+        m.audit.redact.contains(&"password".to_owned()),
+        "the defaults stay"
+    );
     let s = &m.servers[0];
     assert_eq!(s.on_drift, Some(crate::config::DriftAction::Hide));
     assert_eq!(
