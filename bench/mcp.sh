@@ -189,6 +189,8 @@ for c in conc:
         t = rows[key, c]
         ok = lambda v, lim: "met" if v <= lim else "missed"
         lines.append(f"| c={c}, {label} | {t[1] - d[1]:+.0f} µs ({ok(t[1] - d[1], 150)}) | {t[3] - d[3]:+.0f} µs ({ok(t[3] - d[3], 500)}) | {t[0] / d[0] if d[0] else 0:.0%} |")
+if rows["direct", conc[0]][1] > 20_000:
+    lines += ["", "WARNING: direct p50 is over 20 ms: a delayed-ACK stall (the upstream writes its SSE events without TCP_NODELAY), not a measurement of tollgate."]
 report = "\n".join(lines)
 print(report)
 open(f"{out}/mcp-latest.md", "w").write(report + "\n")

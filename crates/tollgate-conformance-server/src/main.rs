@@ -10,6 +10,7 @@ mod streams;
 
 use std::{io::Write, sync::Arc};
 
+use axum::serve::ListenerExt;
 use rmcp::transport::{
     StreamableHttpServerConfig, StreamableHttpService,
     streamable_http_server::session::local::LocalSessionManager,
@@ -71,6 +72,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     stdout.flush()?;
     drop(stdout);
 
+    // Every answer is an SSE stream written as several small events: without TCP_NODELAY the
+    // later ones wait for the client's delayed ACK (~40 ms on Linux) on a reused connection.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = tokio::signal::ctrl_c().await;

@@ -569,6 +569,12 @@ async fn route(
                             remove_path(a, path);
                         }
                     }
+                    // What policy keeps from the upstream stays out of the audit record too.
+                    if let Some(a) = record.arguments.as_mut() {
+                        for path in &redact {
+                            remove_path(a, path);
+                        }
+                    }
                 }
                 Some(Decision::Deny { rule, reason }) => {
                     record.decision = "deny";
