@@ -233,6 +233,22 @@ async fn audit_chain_appends_and_verifies() {
     }
 }
 
+/// A batch larger than one INSERT holds stays one unbroken chain.
+#[tokio::test]
+async fn audit_batches_larger_than_one_insert_chain_whole() {
+    for (engine, s, _dir) in engines().await {
+        let batch: Vec<_> = (0..1_203).map(|i| event(i % 7)).collect();
+        s.audit.append_audit(&batch).await.unwrap();
+        s.audit.append_audit(&[event(1)]).await.unwrap();
+        assert_eq!(
+            crate::audit::verify(s.audit.as_ref()).await.unwrap(),
+            Ok(1_204),
+            "{engine}"
+        );
+        assert_eq!(s.audit.audit_head().await.unwrap().map(|h| h.0), Some(1_204));
+    }
+}
+
 /// Tampers with the SQLite file behind the store's back, one kind of tampering at a time.
 #[tokio::test]
 async fn audit_verify_catches_every_kind_of_tampering() {
