@@ -245,7 +245,10 @@ async fn audit_batches_larger_than_one_insert_chain_whole() {
             Ok(1_204),
             "{engine}"
         );
-        assert_eq!(s.audit.audit_head().await.unwrap().map(|h| h.0), Some(1_204));
+        assert_eq!(
+            s.audit.audit_head().await.unwrap().map(|h| h.0),
+            Some(1_204)
+        );
     }
 }
 
