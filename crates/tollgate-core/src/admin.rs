@@ -32,7 +32,8 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/admin/v1/openapi.json", get(openapi))
         .with_state(core.clone())
         .merge(crate::directory::router(core.clone()))
-        .merge(crate::spend::router(core))
+        .merge(crate::spend::router(core.clone()))
+        .merge(crate::conversations::router(core))
 }
 
 #[derive(OpenApi)]

@@ -9,7 +9,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -24,7 +23,7 @@ const CHANNEL: usize = 8192;
 const BATCH: usize = 256;
 
 /// An event to record. Fields follow the audit schema; `detail` is free-form JSON.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AuditEvent {
     pub request_id: Option<String>,
     pub trace_id: Option<String>,
@@ -186,10 +185,7 @@ pub async fn verify(store: &dyn AuditStore) -> Result<Result<i64, Tamper>, Store
     Ok(Ok(last_seq))
 }
 
-enum Msg {
-    Event(Box<AuditEvent>, i64),
-    Flush(oneshot::Sender<()>),
-}
+type Msg = crate::batch::Msg<(AuditEvent, i64)>;
 
 /// The handle layers record events through. Cheap to clone.
 #[derive(Clone)]
@@ -199,10 +195,21 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Starts the writer task on the current runtime.
-    pub fn start(store: Arc<dyn AuditStore>) -> (AuditLog, tokio::task::JoinHandle<()>) {
+    /// Starts the writer task on the current runtime. With `spill_dir`, batches the store
+    /// refuses go to a local spill file there and are replayed, in order, when it is back.
+    pub fn start(
+        store: Arc<dyn AuditStore>,
+        spill_dir: Option<&std::path::Path>,
+    ) -> (AuditLog, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(CHANNEL);
-        let handle = tokio::spawn(writer(store, rx));
+        let spill = spill_dir.map(|d| crate::spill::Spill::open(d, "audit"));
+        let handle = tokio::spawn(crate::batch::run(
+            AuditSink(store),
+            rx,
+            BATCH,
+            spill,
+            "audit",
+        ));
         (
             AuditLog {
                 tx,
@@ -215,7 +222,7 @@ impl AuditLog {
     /// Records an event, waiting for room if the writer is behind. Never drops.
     pub async fn record(&self, ev: AuditEvent) {
         let now = crate::time::now_ms();
-        if self.tx.send(Msg::Event(Box::new(ev), now)).await.is_err() {
+        if self.tx.send(Msg::Item(Box::new((ev, now)))).await.is_err() {
             tracing::error!("audit writer is gone; event not recorded");
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -224,7 +231,7 @@ impl AuditLog {
     /// Records without waiting (for hot paths). A full channel drops the event and counts it.
     pub fn try_record(&self, ev: AuditEvent) -> bool {
         let now = crate::time::now_ms();
-        let ok = self.tx.try_send(Msg::Event(Box::new(ev), now)).is_ok();
+        let ok = self.tx.try_send(Msg::Item(Box::new((ev, now)))).is_ok();
         if !ok {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -245,35 +252,12 @@ impl AuditLog {
     }
 }
 
-async fn writer(store: Arc<dyn AuditStore>, mut rx: mpsc::Receiver<Msg>) {
-    let mut batch: Vec<(AuditEvent, i64)> = Vec::with_capacity(BATCH);
-    let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Event(ev, t) => batch.push((*ev, t)),
-                Msg::Flush(ack) => acks.push(ack),
-            }
-            if batch.len() < BATCH {
-                next = rx.try_recv().ok();
-            }
-        }
-        let mut backoff = Duration::from_millis(50);
-        while !batch.is_empty() {
-            match store.append_audit(&batch).await {
-                Ok(()) => batch.clear(),
-                Err(e) => {
-                    // Keep the batch: audit records are retried, never dropped.
-                    tracing::error!(error = %e, pending = batch.len(), "audit append failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-        for ack in acks.drain(..) {
-            let _ = ack.send(());
-        }
+struct AuditSink(Arc<dyn AuditStore>);
+
+#[async_trait::async_trait]
+impl crate::batch::Sink<(AuditEvent, i64)> for AuditSink {
+    async fn append(&self, items: &[(AuditEvent, i64)]) -> crate::store::StoreResult<()> {
+        self.0.append_audit(items).await
     }
 }
 

@@ -313,6 +313,8 @@ pub struct Budgets {
     seeding: tokio::sync::Mutex<()>,
     /// Counts alerts sent (a shared Prometheus counter).
     alerts_sent: prometheus_client::metrics::counter::Counter<u64, std::sync::atomic::AtomicU64>,
+    /// What happens while the counters' store fails.
+    failures: Arc<crate::degrade::SharedFailures>,
 }
 
 /// What the request holds until it settles: dropping it unsettled releases the reservation.
@@ -348,8 +350,10 @@ impl Budgets {
             u64,
             std::sync::atomic::AtomicU64,
         >,
+        failures: Arc<crate::degrade::SharedFailures>,
     ) -> Arc<Budgets> {
         let b = Budgets {
+            failures,
             rules: ArcSwap::from_pointee(Vec::new()),
             counters,
             ledger,
@@ -489,10 +493,24 @@ impl Budgets {
         if applied.is_empty() {
             return Ok(None);
         }
-        self.ensure_seeded(&rules, &applied).await?;
+        if self.failures.tripped() {
+            self.failures.skipped("budget")?;
+            return Ok(None);
+        }
+        if let Err(e) = self.ensure_seeded(&rules, &applied).await {
+            self.failures.on_failure("budget", &e)?;
+            return Ok(None);
+        }
         let checks: Vec<(&CounterKey, f64)> = applied.iter().map(|a| (&a.key, a.limit)).collect();
         let amount = estimate_usd.max(0.0);
-        match self.counters.reserve(&checks, amount).await? {
+        let reserved = match self.counters.reserve(&checks, amount).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.failures.on_failure("budget", &e)?;
+                return Ok(None);
+            }
+        };
+        match reserved {
             Ok(()) => Ok(Some(Reservation {
                 budgets: self.clone(),
                 rules: applied
@@ -815,6 +833,7 @@ mod tests {
             Arc::new(LocalCounters::default()),
             store.clone(),
             store,
+            Default::default(),
             Default::default(),
         );
         let s = Subject {

@@ -9,7 +9,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -86,13 +85,15 @@ pub struct LedgerRecord {
 }
 
 /// Which records to read, oldest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerQuery {
     pub since_ms: i64,
     pub until_ms: i64,
     /// Records with `id > after` (keyset pagination).
     pub after: i64,
     pub limit: u32,
+    /// Only this conversation's records.
+    pub conversation: Option<String>,
 }
 
 impl Default for LedgerQuery {
@@ -102,6 +103,7 @@ impl Default for LedgerQuery {
             until_ms: i64::MAX,
             after: 0,
             limit: 1000,
+            conversation: None,
         }
     }
 }
@@ -248,10 +250,7 @@ pub fn sort_rows(rows: &mut [SpendRow]) {
     });
 }
 
-enum Msg {
-    Record(Box<LedgerRecord>),
-    Flush(oneshot::Sender<()>),
-}
+type Msg = crate::batch::Msg<LedgerRecord>;
 
 /// The handle layers record through. Cheap to clone.
 #[derive(Clone)]
@@ -261,10 +260,18 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Starts the writer task on the current runtime.
-    pub fn start(store: Arc<dyn LedgerStore>) -> Ledger {
+    /// Starts the writer task on the current runtime. With `spill_dir`, batches the store
+    /// refuses go to a local spill file there and are replayed, in order, when it is back.
+    pub fn start(store: Arc<dyn LedgerStore>, spill_dir: Option<&std::path::Path>) -> Ledger {
         let (tx, rx) = mpsc::channel(CHANNEL);
-        tokio::spawn(writer(store, rx));
+        let spill = spill_dir.map(|d| crate::spill::Spill::open(d, "ledger"));
+        tokio::spawn(crate::batch::run(
+            LedgerSink(store),
+            rx,
+            BATCH,
+            spill,
+            "ledger",
+        ));
         Ledger {
             tx,
             dropped: Arc::default(),
@@ -273,7 +280,7 @@ impl Ledger {
 
     /// Queues a record without waiting. A full queue drops it and counts it.
     pub fn record(&self, r: LedgerRecord) {
-        if self.tx.try_send(Msg::Record(Box::new(r))).is_err() {
+        if self.tx.try_send(Msg::Item(Box::new(r))).is_err() {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 tracing::error!(dropped = n, "ledger queue full: records dropped");
@@ -295,40 +302,12 @@ impl Ledger {
     }
 }
 
-async fn writer(store: Arc<dyn LedgerStore>, mut rx: mpsc::Receiver<Msg>) {
-    let mut batch: Vec<LedgerRecord> = Vec::with_capacity(BATCH);
-    let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Record(r) => batch.push(*r),
-                Msg::Flush(ack) => acks.push(ack),
-            }
-            if batch.len() < BATCH {
-                next = rx.try_recv().ok();
-            }
-        }
-        let mut backoff = Duration::from_millis(50);
-        let mut tries = 0;
-        while !batch.is_empty() {
-            match store.append_ledger(&batch).await {
-                Ok(()) => batch.clear(),
-                Err(e) if tries < 20 => {
-                    tries += 1;
-                    tracing::error!(error = %e, pending = batch.len(), "ledger append failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, lost = batch.len(), "ledger append kept failing; batch dropped");
-                    batch.clear();
-                }
-            }
-        }
-        for ack in acks.drain(..) {
-            let _ = ack.send(());
-        }
+struct LedgerSink(Arc<dyn LedgerStore>);
+
+#[async_trait::async_trait]
+impl crate::batch::Sink<LedgerRecord> for LedgerSink {
+    async fn append(&self, items: &[LedgerRecord]) -> crate::store::StoreResult<()> {
+        self.0.append_ledger(items).await
     }
 }
 

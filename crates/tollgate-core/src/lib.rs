@@ -4,12 +4,15 @@
 
 pub mod admin;
 pub mod audit;
+mod batch;
 pub mod budget;
 pub mod canonical;
 pub mod config;
 pub mod context;
+pub mod conversations;
 #[cfg(test)]
 mod counters_suite;
+pub mod degrade;
 pub mod directory;
 pub mod error;
 pub mod glob;
@@ -20,11 +23,15 @@ pub mod jwt;
 pub mod keys;
 pub mod ledger;
 pub mod metrics;
+pub mod net;
 pub mod otlp;
 pub mod policy;
+pub mod quota;
 pub mod ratelimit;
 pub mod redis_store;
+pub mod signing;
 pub mod spend;
+pub mod spill;
 pub mod store;
 pub mod telemetry;
 pub mod time;
@@ -63,10 +70,14 @@ pub struct Core {
     pub budgets: Arc<crate::budget::Budgets>,
     /// Requests and tokens per minute.
     pub rate_limits: Arc<crate::ratelimit::RateLimits>,
+    /// What limits do while their shared counters (Redis) fail.
+    pub shared_failures: Arc<crate::degrade::SharedFailures>,
     /// Finished spans go here (a no-op unless `telemetry.otlp` is set).
     pub tracer: crate::otlp::Tracer,
     /// Values replicas share (the response cache), when `storage.redis_url` is configured.
     pub shared: Option<Arc<dyn crate::redis_store::SharedBlobs>>,
+    /// The gateway's own signing key (identity tokens, re-signed cards, push JWTs).
+    pub signer: Arc<crate::signing::GatewayKey>,
     /// JWT verification, when `auth.jwt` is configured.
     jwt: ArcSwap<Option<Arc<JwtVerifier>>>,
     draining: AtomicBool,
@@ -84,8 +95,9 @@ impl Core {
             )
             .await?;
         // The writer task lives as long as the runtime; `flush` at shutdown commits its queue.
-        let (audit, _writer) = AuditLog::start(stores.audit.clone());
-        let ledger = crate::ledger::Ledger::start(stores.ledger.clone());
+        let spill = Some(config.storage.spill_dir.as_path());
+        let (audit, _writer) = AuditLog::start(stores.audit.clone(), spill);
+        let ledger = crate::ledger::Ledger::start(stores.ledger.clone(), spill);
         let tracer = crate::otlp::Tracer::start(config.telemetry.otlp.as_ref());
         let jwt = match &config.auth.jwt {
             Some(cfg) => Some(Arc::new(
@@ -117,16 +129,32 @@ impl Core {
                 None,
             ),
         };
+        let stored = stores
+            .meta
+            .set_meta_if_absent(
+                "gateway.signing_key",
+                &crate::signing::GatewayKey::generate().map_err(ApiError::internal)?,
+            )
+            .await?;
+        let signer =
+            Arc::new(crate::signing::GatewayKey::from_stored(&stored).map_err(ApiError::internal)?);
         let metrics = Metrics::new();
+        let failures = Arc::new(crate::degrade::SharedFailures::new(
+            config.storage.on_redis_failure == crate::config::RedisFailure::FailOpen,
+            metrics.shared_counter_failures.clone(),
+        ));
         let budgets = crate::budget::Budgets::new(
             &config.budgets,
             counters,
             stores.ledger.clone(),
             stores.meta.clone(),
             metrics.budget_alerts.clone(),
+            failures.clone(),
         );
-        let rate_limits = crate::ratelimit::RateLimits::new(&config.rate_limits, buckets);
+        let rate_limits =
+            crate::ratelimit::RateLimits::new(&config.rate_limits, buckets, failures.clone());
         let core = Arc::new(Core {
+            shared_failures: failures,
             budgets,
             rate_limits,
             config: ArcSwap::from_pointee(config),
@@ -137,6 +165,7 @@ impl Core {
             ledger,
             tracer,
             shared,
+            signer,
             jwt: ArcSwap::from_pointee(jwt),
             draining: AtomicBool::new(false),
         });
@@ -188,6 +217,9 @@ impl Core {
         if old.rate_limits != config.rate_limits {
             self.rate_limits.reload(&config.rate_limits);
         }
+        self.shared_failures.set_fail_open(
+            config.storage.on_redis_failure == crate::config::RedisFailure::FailOpen,
+        );
         self.config.store(Arc::new(config));
         Ok(())
     }
@@ -203,11 +235,36 @@ impl Core {
             .code("missing_api_key"));
         };
         if jwt::looks_like_jwt(secret) {
+            if self.signer.issued(secret) {
+                return self.own_token(secret);
+            }
             if let Some(verifier) = self.jwt.load_full().as_ref() {
                 return verifier.verify(secret).await.map(Arc::new);
             }
         }
         self.keys.authenticate(secret, time::now())
+    }
+
+    /// The `iss` of tokens this gateway mints: `a2a.public_url`, or `tollgate`.
+    pub fn issuer(&self) -> String {
+        self.config()
+            .a2a
+            .public_url
+            .clone()
+            .unwrap_or_else(|| "tollgate".to_owned())
+    }
+
+    /// A token this gateway minted for an agent: the agent acting for the token's subject.
+    fn own_token(&self, token: &str) -> Result<Arc<Principal>, ApiError> {
+        let unauthenticated =
+            |m: String| ApiError::new(ErrorKind::Unauthenticated, m).code("invalid_token");
+        let claims = self
+            .signer
+            .verify(token, &self.issuer(), time::now())
+            .map_err(unauthenticated)?;
+        crate::signing::principal_from_claims(&claims)
+            .map(Arc::new)
+            .map_err(unauthenticated)
     }
 
     /// Requires the master key (admin routes).
@@ -273,11 +330,14 @@ async fn readyz(State(core): State<Arc<Core>>) -> Response {
             StatusCode::OK,
             r#"{"status":"ready","store":"ok","config":"loaded"}"#,
         ),
+        // Still ready: keys and config are in memory, so requests are served, and the
+        // ledger and audit records they leave spill to disk until the store is back. Taking
+        // every replica out of service for a database outage would turn it into a full one.
         Err(e) => {
-            tracing::warn!(error = %e, "readiness check: store unreachable");
+            tracing::warn!(error = %e, "readiness check: store unreachable; serving degraded");
             http::json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"status": "unready", "store": e.to_string(), "config": "loaded"})
+                StatusCode::OK,
+                serde_json::json!({"status": "degraded", "store": e.to_string(), "config": "loaded"})
                     .to_string(),
             )
         }

@@ -110,6 +110,8 @@ pub struct Metrics {
     pub cache_lookups: Family<CacheLabels, Counter<u64, AtomicU64>>,
     /// USD not spent because the cache answered.
     pub cache_saved_usd: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// Counter operations that failed on the shared store, by limit and mode.
+    pub shared_counter_failures: Family<crate::degrade::FailureLabels, Counter<u64, AtomicU64>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -213,7 +215,15 @@ impl Metrics {
             "USD not spent upstream because the response cache answered",
             cache_saved_usd.clone(),
         );
+        let shared_counter_failures =
+            Family::<crate::degrade::FailureLabels, Counter<u64, AtomicU64>>::default();
+        registry.register(
+            "shared_counter_failures",
+            "Rate-limit and budget counter operations that failed on the shared store (Redis), by limit and failure mode",
+            shared_counter_failures.clone(),
+        );
         Metrics {
+            shared_counter_failures,
             cache_lookups,
             cache_saved_usd,
             budget_alerts,

@@ -351,6 +351,27 @@ pub fn tool_request_value(
     ])
 }
 
+/// Builds `request.*` for an agent-layer call: `agent` the registered agent, `method` the
+/// operation's v1.0 name (`SendMessage`, `GetTask`, ...; `GetAgentCard` for card reads),
+/// `wire_method` the method as the caller sent it (`message/send`, or the REST verb and
+/// path), `version` the protocol version (`0.3`, `1.0`), `tenant` the caller's tenant.
+pub fn agent_request_value(
+    agent: &str,
+    method: &str,
+    wire_method: &str,
+    version: &str,
+    tenant: &str,
+) -> Value {
+    map(vec![
+        ("layer", string("agent")),
+        ("agent", string(agent)),
+        ("method", string(method)),
+        ("wire_method", string(wire_method)),
+        ("version", string(version)),
+        ("tenant", string(tenant)),
+    ])
+}
+
 /// A JSON value as CEL sees it: objects become maps, integers stay integers (so
 /// `args.amount <= 100` compares numbers), `null` is CEL's `null`.
 pub fn json_value(v: &serde_json::Value) -> Value {

@@ -227,6 +227,7 @@ struct Rule {
 pub struct RateLimits {
     rules: ArcSwap<Vec<Rule>>,
     buckets: Arc<dyn RateBuckets>,
+    failures: Arc<crate::degrade::SharedFailures>,
 }
 
 /// An admitted request's hold on its buckets: the token estimate to correct when it ends, and
@@ -239,10 +240,15 @@ pub struct Permit {
 }
 
 impl RateLimits {
-    pub fn new(config: &[RateLimitConfig], buckets: Arc<dyn RateBuckets>) -> Arc<RateLimits> {
+    pub fn new(
+        config: &[RateLimitConfig],
+        buckets: Arc<dyn RateBuckets>,
+        failures: Arc<crate::degrade::SharedFailures>,
+    ) -> Arc<RateLimits> {
         let r = RateLimits {
             rules: ArcSwap::from_pointee(Vec::new()),
             buckets,
+            failures,
         };
         r.reload(config);
         Arc::new(r)
@@ -290,7 +296,18 @@ impl RateLimits {
             return Ok(None);
         }
         let now_ms = crate::time::now_ms();
-        match self.buckets.acquire(&checks, tokens, now_ms).await? {
+        if self.failures.tripped() {
+            self.failures.skipped("rate_limit")?;
+            return Ok(None);
+        }
+        let admission = match self.buckets.acquire(&checks, tokens, now_ms).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.failures.on_failure("rate_limit", &e)?;
+                return Ok(None);
+            }
+        };
+        match admission {
             Admission::Admitted(views) => Ok(Some(Permit {
                 limits: self.clone(),
                 checks,

@@ -25,9 +25,14 @@ fn unavailable(e: redis::RedisError) -> StoreError {
 /// Connects (with automatic reconnection) and checks the server answers.
 pub async fn connect(url: &str) -> StoreResult<ConnectionManager> {
     let client = redis::Client::open(url).map_err(unavailable)?;
+    // A request waits on Redis at most about a second: a failing Redis must degrade limits
+    // (see `degrade`), not stall every request behind reconnection retries.
     let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(Duration::from_secs(5)));
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(200));
     let mut con = ConnectionManager::new_with_config(client, config)
         .await
         .map_err(unavailable)?;

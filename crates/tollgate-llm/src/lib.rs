@@ -659,6 +659,7 @@ async fn read_ledger(
         until_ms: p.until.unwrap_or(i64::MAX),
         after: p.after.unwrap_or(0),
         limit: p.limit.unwrap_or(100).clamp(1, 1000),
+        conversation: None,
     };
     layer.core.ledger.flush().await;
     match layer.core.stores.ledger.read_ledger(&q).await {

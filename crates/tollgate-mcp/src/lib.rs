@@ -14,7 +14,6 @@ pub mod federation;
 mod front;
 pub mod jsonrpc;
 pub mod pins;
-pub mod quota;
 pub mod seal;
 pub mod session;
 pub mod sse;
@@ -48,7 +47,7 @@ pub struct McpLayer {
     /// not on the serving thread that happened to open the session.
     runtime: tokio::runtime::Handle,
     sealer: Sealer,
-    quotas: Arc<quota::Quotas>,
+    quotas: Arc<tollgate_core::quota::Quotas>,
     pins: pins::Pins,
     /// Woken when an approval is decided on this replica (held calls also poll the store).
     approvals_changed: tokio::sync::Notify,

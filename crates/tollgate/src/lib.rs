@@ -12,6 +12,7 @@ use axum::middleware;
 use axum::Router;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tollgate_a2a::A2aLayer;
 use tollgate_core::config::Config;
 use tollgate_core::keys::MasterKey;
 use tollgate_core::metrics::ResultLabels;
@@ -27,6 +28,7 @@ pub struct Gateway {
     pub core: Arc<Core>,
     pub llm: Arc<LlmLayer>,
     pub mcp: Arc<McpLayer>,
+    pub a2a: Arc<A2aLayer>,
     /// The main listener's bound address (useful with port 0).
     pub addr: SocketAddr,
     /// The admin listener's address, when `admin.listen` is set.
@@ -65,6 +67,10 @@ impl Gateway {
         let mcp = McpLayer::new(core.clone(), &config)
             .await
             .map_err(|e| anyhow::anyhow!(e))?;
+        let a2a = A2aLayer::new(core.clone(), &config).map_err(|e| anyhow::anyhow!(e))?;
+        a2a.refresh_registry()
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
         let (stop, _) = watch::channel(false);
         let (kill, _) = watch::channel(false);
         let signals = Signals {
@@ -77,12 +83,14 @@ impl Gateway {
         let mut app = Router::new()
             .merge(ops_router(core.clone()))
             .merge(llm.router())
-            .merge(mcp.router());
+            .merge(mcp.router())
+            .merge(a2a.router());
         if admin_listen.is_none() {
             app = app
                 .merge(admin::router(core.clone()))
                 .merge(llm.admin_router())
-                .merge(mcp.admin_router());
+                .merge(mcp.admin_router())
+                .merge(a2a.admin_router());
         }
         let main = Server::start(
             "http",
@@ -102,6 +110,7 @@ impl Gateway {
                     .merge(admin::router(core.clone()))
                     .merge(llm.admin_router())
                     .merge(mcp.admin_router())
+                    .merge(a2a.admin_router())
                     .merge(ops_router(core.clone())),
                 &core,
             );
@@ -117,6 +126,7 @@ impl Gateway {
             core: core.clone(),
             llm,
             mcp: mcp.clone(),
+            a2a: a2a.clone(),
             addr,
             admin_addr,
             master: Some(master),
@@ -137,6 +147,10 @@ impl Gateway {
         gw.background.push((
             "key-cache-refresher",
             tokio::spawn(core.keys.clone().run_refresher(every, gw.stop.subscribe())),
+        ));
+        gw.background.push((
+            "a2a-registry-refresher",
+            tokio::spawn(a2a.clone().run_registry_refresher(gw.stop.subscribe())),
         ));
         gw.background.push((
             "mcp-session-sweeper",
@@ -166,6 +180,7 @@ impl Gateway {
             core: self.core.clone(),
             llm: self.llm.clone(),
             mcp: self.mcp.clone(),
+            a2a: self.a2a.clone(),
             path: self.config_path.clone(),
             log: self.log.clone(),
             serial: self.reload_lock.clone(),
@@ -208,6 +223,7 @@ pub struct Reloader {
     core: Arc<Core>,
     llm: Arc<LlmLayer>,
     mcp: Arc<McpLayer>,
+    a2a: Arc<A2aLayer>,
     path: Option<PathBuf>,
     log: Option<Arc<LogHandle>>,
     /// One reload at a time (SIGHUP and the file watcher run on different tasks): two
@@ -271,6 +287,7 @@ impl Reloader {
         // Build everything first so a failure leaves the old config fully in place.
         self.llm.reload(&new)?;
         self.mcp.reload(&new)?;
+        self.a2a.reload(&new)?;
         if let Some(log) = &self.log {
             if new.logging.level != old.logging.level && std::env::var_os("RUST_LOG").is_none() {
                 log.set_level(&new.logging.level);

@@ -321,7 +321,7 @@ async fn keys(arg: &ConfigArg, command: KeysCommand) -> anyhow::Result<ExitCode>
         return Ok(ExitCode::FAILURE);
     };
     let svc = Arc::new(KeyService::new(stores.keys.clone(), stores.directory.clone()).await?);
-    let (audit_log, _writer) = AuditLog::start(stores.audit.clone());
+    let (audit_log, _writer) = AuditLog::start(stores.audit.clone(), None);
     let record = |action: &str, target: &str, ok: bool| {
         let mut ev = AuditEvent::new(action, if ok { "success" } else { "failure" });
         ev.principal = Some("cli".to_owned());
@@ -450,7 +450,7 @@ async fn directory(
         return Ok(ExitCode::FAILURE);
     };
     let dir = stores.directory.clone();
-    let (audit_log, _writer) = AuditLog::start(stores.audit.clone());
+    let (audit_log, _writer) = AuditLog::start(stores.audit.clone(), None);
     let now = tollgate_core::time::now();
     let teams = dir.list_teams().await?;
     let users = dir.list_users().await?;

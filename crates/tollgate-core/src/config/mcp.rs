@@ -124,8 +124,14 @@ pub struct QuotaConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QuotaPer {
+    /// Each matching tool has its own counter.
     Tool,
+    /// The tools of one server share a counter.
     Server,
+    /// Each matching A2A method of an agent has its own counter.
+    Method,
+    /// The methods of one agent share a counter.
+    Agent,
 }
 
 impl Default for McpConfig {
@@ -545,65 +551,12 @@ pub(super) fn validate(raw: Option<RawMcp>, errors: &mut Vec<FieldError>) -> Mcp
             ));
         }
     }
-    let mut quotas = Vec::new();
-    let mut qnames = HashSet::new();
-    for (i, q) in raw.quotas.unwrap_or_default().into_iter().enumerate() {
-        let at = |f: &str| format!("mcp.quotas[{i}].{f}");
-        if !qnames.insert(q.name.clone()) || q.name.is_empty() {
-            errors.push(FieldError::new(
-                at("name"),
-                format!("must be unique and not empty, got {:?}", q.name),
-            ));
-        }
-        let per = match q.per.as_deref() {
-            None | Some("tool") => QuotaPer::Tool,
-            Some("server") => QuotaPer::Server,
-            Some(other) => {
-                errors.push(FieldError::new(
-                    at("per"),
-                    format!("must be tool or server, got {other:?}"),
-                ));
-                QuotaPer::Tool
-            }
-        };
-        let scope = q.scope.map(super::Scope::from).unwrap_or(super::Scope::Key);
-        if matches!(scope, super::Scope::Model | super::Scope::Conversation) {
-            errors.push(FieldError::new(
-                at("scope"),
-                "must be key, user, team, agent or global",
-            ));
-        }
-        for (f, v) in [
-            ("per_minute", q.per_minute),
-            ("per_hour", q.per_hour),
-            ("per_day", q.per_day),
-            ("concurrent", q.concurrent),
-        ] {
-            if v == Some(0) {
-                errors.push(FieldError::new(at(f), "must be at least 1"));
-            }
-        }
-        if q.per_minute.is_none()
-            && q.per_hour.is_none()
-            && q.per_day.is_none()
-            && q.concurrent.is_none()
-        {
-            errors.push(FieldError::new(
-                at("per_minute"),
-                "set at least one of per_minute, per_hour, per_day, concurrent",
-            ));
-        }
-        quotas.push(QuotaConfig {
-            name: q.name,
-            matches: q.matches.unwrap_or_default(),
-            per,
-            scope,
-            per_minute: q.per_minute,
-            per_hour: q.per_hour,
-            per_day: q.per_day,
-            concurrent: q.concurrent,
-        });
-    }
+    let quotas = quotas(
+        raw.quotas,
+        "mcp.quotas",
+        &[("tool", QuotaPer::Tool), ("server", QuotaPer::Server)],
+        errors,
+    );
     let on_drift = raw.on_drift.map_or(defaults.on_drift, |d| {
         drift_action(&d, "mcp.on_drift", errors)
     });
@@ -662,4 +615,78 @@ fn drift_action(v: &str, at: &str, errors: &mut Vec<FieldError>) -> DriftAction 
             DriftAction::Warn
         }
     }
+}
+
+/// Validates execution quotas (`mcp.quotas`, `a2a.quotas`): `per` names come from `pers`, the
+/// first being the default.
+pub(super) fn quotas(
+    raw: Option<Vec<super::raw::RawQuota>>,
+    path: &str,
+    pers: &[(&str, QuotaPer)],
+    errors: &mut Vec<FieldError>,
+) -> Vec<QuotaConfig> {
+    let mut quotas = Vec::new();
+    let mut qnames = HashSet::new();
+    for (i, q) in raw.unwrap_or_default().into_iter().enumerate() {
+        let at = |f: &str| format!("{path}[{i}].{f}");
+        if !qnames.insert(q.name.clone()) || q.name.is_empty() {
+            errors.push(FieldError::new(
+                at("name"),
+                format!("must be unique and not empty, got {:?}", q.name),
+            ));
+        }
+        let default = pers.first().map_or(QuotaPer::Tool, |(_, p)| *p);
+        let per = match q.per.as_deref() {
+            None => default,
+            Some(name) => match pers.iter().find(|(n, _)| *n == name) {
+                Some((_, p)) => *p,
+                None => {
+                    let names: Vec<&str> = pers.iter().map(|(n, _)| *n).collect();
+                    errors.push(FieldError::new(
+                        at("per"),
+                        format!("must be {}, got {name:?}", names.join(" or ")),
+                    ));
+                    default
+                }
+            },
+        };
+        let scope = q.scope.map(super::Scope::from).unwrap_or(super::Scope::Key);
+        if matches!(scope, super::Scope::Model | super::Scope::Conversation) {
+            errors.push(FieldError::new(
+                at("scope"),
+                "must be key, user, team, agent or global",
+            ));
+        }
+        for (f, v) in [
+            ("per_minute", q.per_minute),
+            ("per_hour", q.per_hour),
+            ("per_day", q.per_day),
+            ("concurrent", q.concurrent),
+        ] {
+            if v == Some(0) {
+                errors.push(FieldError::new(at(f), "must be at least 1"));
+            }
+        }
+        if q.per_minute.is_none()
+            && q.per_hour.is_none()
+            && q.per_day.is_none()
+            && q.concurrent.is_none()
+        {
+            errors.push(FieldError::new(
+                at("per_minute"),
+                "set at least one of per_minute, per_hour, per_day, concurrent",
+            ));
+        }
+        quotas.push(QuotaConfig {
+            name: q.name,
+            matches: q.matches.unwrap_or_default(),
+            per,
+            scope,
+            per_minute: q.per_minute,
+            per_hour: q.per_hour,
+            per_day: q.per_day,
+            concurrent: q.concurrent,
+        });
+    }
+    quotas
 }

@@ -5,6 +5,7 @@
 //! The validated [`Config`] serialises back to YAML as the normalised form that `tollgate check`
 //! prints, with secrets redacted.
 
+mod a2a;
 mod governance;
 mod interp;
 mod mcp;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use a2a::{agent_from_json, A2aConfig, AgentConfig, PushConfig, A2A_OPERATIONS};
 pub use governance::{AlertConfig, BudgetConfig, Period, PriceOverride, RateLimitConfig, Scope};
 pub use interp::Lookup;
 pub use mcp::{
@@ -135,6 +137,9 @@ pub struct Config {
     /// The tool layer (`/mcp`); off while no server is configured.
     #[serde(skip_serializing_if = "McpConfig::is_empty")]
     pub mcp: McpConfig,
+    /// The agent layer (`/a2a`); off while no agent is configured.
+    #[serde(skip_serializing_if = "A2aConfig::is_empty")]
+    pub a2a: A2aConfig,
 }
 
 /// The response cache shared by every model group that enables it.
@@ -271,6 +276,20 @@ pub struct StorageConfig {
     pub redis_url: Option<Secret>,
     /// Prefix of every Redis key tollgate writes.
     pub redis_prefix: String,
+    /// What rate limits and budgets do while Redis fails.
+    pub on_redis_failure: RedisFailure,
+    /// Where ledger and audit records go while the database refuses them (one per process).
+    pub spill_dir: PathBuf,
+}
+
+/// Rate limits and budgets while their shared counters are unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisFailure {
+    /// Refuse requests a limit applies to (503 `limits_unavailable`).
+    FailClosed,
+    /// Serve them without the limit.
+    FailOpen,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,6 +298,8 @@ pub enum DatabaseUrl {
     Sqlite(PathBuf),
     /// `memory://`: nothing survives a restart. For tests and demos.
     Memory,
+    /// `postgres://user:password@host:5432/db?sslmode=require`: one database for many replicas.
+    Postgres(Secret),
 }
 
 impl Serialize for DatabaseUrl {
@@ -286,6 +307,8 @@ impl Serialize for DatabaseUrl {
         match self {
             DatabaseUrl::Sqlite(p) => s.serialize_str(&format!("sqlite://{}", p.display())),
             DatabaseUrl::Memory => s.serialize_str("memory://"),
+            // The password stays out of `tollgate check`.
+            DatabaseUrl::Postgres(u) => s.serialize_str(&redact_password(u.expose())),
         }
     }
 }
@@ -614,10 +637,15 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
     );
     let redis_url = raw_storage.redis_url.map(|u| u.0).filter(|u| !u.is_empty());
     if let Some(u) = &redis_url {
-        if !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://")) {
+        if u.starts_with("rediss://") {
             errors.push(FieldError::new(
                 "storage.redis_url",
-                "must be a redis://, rediss:// or unix:// URL",
+                "rediss:// (TLS) is not supported in this build; use redis:// on a private network or a local TLS tunnel",
+            ));
+        } else if !(u.starts_with("redis://") || u.starts_with("unix://")) {
+            errors.push(FieldError::new(
+                "storage.redis_url",
+                "must be a redis:// or unix:// URL",
             ));
         }
     }
@@ -630,6 +658,21 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
         redis_prefix: raw_storage
             .redis_prefix
             .unwrap_or_else(|| "tollgate:".to_owned()),
+        spill_dir: raw_storage
+            .spill_dir
+            .filter(|d| !d.is_empty())
+            .map_or_else(crate::spill::default_dir, PathBuf::from),
+        on_redis_failure: match raw_storage.on_redis_failure.as_deref() {
+            None | Some("fail_closed") => RedisFailure::FailClosed,
+            Some("fail_open") => RedisFailure::FailOpen,
+            Some(other) => {
+                errors.push(FieldError::new(
+                    "storage.on_redis_failure",
+                    format!("must be fail_closed or fail_open, got {other:?}"),
+                ));
+                RedisFailure::FailClosed
+            }
+        },
     };
     if storage.refresh_interval < Duration::from_millis(50) {
         errors.push(FieldError::new(
@@ -1192,6 +1235,7 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
     }
     models::validate_semantic(&models, &cache, errors);
     let mcp = mcp::validate(raw.mcp, errors);
+    let a2a = a2a::validate(raw.a2a, errors);
     Config {
         listen,
         workers,
@@ -1213,6 +1257,7 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
         rate_limits,
         cache,
         mcp,
+        a2a,
     }
 }
 
@@ -1262,17 +1307,33 @@ fn parse_database_url(s: &str, errors: &mut Vec<FieldError>) -> DatabaseUrl {
         return DatabaseUrl::Sqlite(PathBuf::from(path));
     }
     if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-        errors.push(FieldError::new(
-            "storage.database_url",
-            "PostgreSQL is not available in this build yet; use sqlite://PATH or memory://",
-        ));
-    } else {
-        errors.push(FieldError::new(
-            "storage.database_url",
-            format!("unsupported URL {s:?}: expected sqlite://PATH or memory://"),
-        ));
+        if s.parse::<http::Uri>().is_err() && !s.contains('@') {
+            errors.push(FieldError::new(
+                "storage.database_url",
+                "not a valid postgres:// URL",
+            ));
+        }
+        return DatabaseUrl::Postgres(Secret(s.to_owned()));
     }
+    errors.push(FieldError::new(
+        "storage.database_url",
+        "unsupported URL: expected sqlite://PATH, postgres://USER@HOST/DB or memory://",
+    ));
     DatabaseUrl::Memory
+}
+
+/// A database URL with its password replaced, for display.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        None => url.to_owned(),
+    }
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ pub struct RawConfig {
     pub rate_limits: Option<Vec<RawRateLimit>>,
     pub cache: Option<RawCache>,
     pub mcp: Option<RawMcp>,
+    pub a2a: Option<RawA2a>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -223,6 +224,8 @@ pub struct RawStorage {
     pub refresh_interval: Option<Duration>,
     pub redis_url: Option<StringLike>,
     pub redis_prefix: Option<String>,
+    pub on_redis_failure: Option<String>,
+    pub spill_dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -565,4 +568,47 @@ pub struct RawRateLimit {
     pub models: Option<Vec<String>>,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawA2a {
+    pub public_url: Option<String>,
+    #[serde(default, with = "units::duration")]
+    pub token_ttl: Option<Duration>,
+    #[serde(default, with = "units::duration")]
+    pub card_ttl: Option<Duration>,
+    #[serde(default, with = "units::duration")]
+    pub request_timeout: Option<Duration>,
+    #[serde(default, with = "units::duration")]
+    pub affinity_ttl: Option<Duration>,
+    pub push: Option<RawPush>,
+    pub agents: Option<Vec<RawAgent>>,
+    pub quotas: Option<Vec<RawQuota>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPush {
+    pub allow: Option<Vec<String>>,
+    #[serde(default, with = "units::duration")]
+    pub timeout: Option<Duration>,
+    pub attempts: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    pub name: String,
+    pub url: Option<String>,
+    pub urls: Option<Vec<String>>,
+    pub card_url: Option<String>,
+    pub card: Option<serde_json::Value>,
+    pub headers: Option<BTreeMap<String, StringLike>>,
+    pub identity_header: Option<String>,
+    pub audience: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub trusted_keys: Option<serde_json::Value>,
+    #[serde(default, with = "units::duration")]
+    pub timeout: Option<Duration>,
 }

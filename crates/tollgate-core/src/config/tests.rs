@@ -510,3 +510,23 @@ fn mcp_pinning_approvals_audit_and_oauth_are_validated() {
         ]
     );
 }
+
+#[test]
+fn postgres_urls_are_accepted_and_their_passwords_redacted() {
+    let c = Config::parse(
+        "storage:\n  database_url: postgres://tg:s3cret@db.internal:5432/tollgate?sslmode=require\n",
+        "test",
+        &|_| None,
+    )
+    .unwrap();
+    assert!(matches!(c.storage.database_url, DatabaseUrl::Postgres(_)));
+    let shown = serde_json::to_string(&c.storage.database_url).unwrap();
+    assert_eq!(
+        shown,
+        "\"postgres://tg:<redacted>@db.internal:5432/tollgate?sslmode=require\""
+    );
+    let err = Config::parse("storage:\n  database_url: mysql://x/y\n", "test", &|_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("postgres://"), "{err}");
+}

@@ -31,6 +31,7 @@ struct State {
     semantic: BTreeMap<String, super::SemanticRow>,
     pins: BTreeMap<(String, String), ToolPin>,
     approvals: BTreeMap<String, ApprovalRecord>,
+    agents: BTreeMap<String, super::AgentRecord>,
     seq: i64,
 }
 
@@ -229,6 +230,10 @@ impl super::LedgerStore for MemoryStore {
             Ok(s.ledger
                 .iter()
                 .filter(|r| r.id > q.after && r.time_ms >= q.since_ms && r.time_ms < q.until_ms)
+                .filter(|r| {
+                    q.conversation.is_none()
+                        || r.conversation_id.as_deref() == q.conversation.as_deref()
+                })
                 .take(q.limit.clamp(1, 10_000) as usize)
                 .cloned()
                 .collect())
@@ -267,6 +272,21 @@ impl AuditStore for MemoryStore {
             Ok(s.audit
                 .iter()
                 .filter(|r| r.seq > after)
+                .take(limit.clamp(1, 10_000) as usize)
+                .cloned()
+                .collect())
+        })
+    }
+
+    async fn conversation_audit(
+        &self,
+        conversation: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<AuditRecord>> {
+        self.with(|s| {
+            Ok(s.audit
+                .iter()
+                .filter(|r| r.conversation_id.as_deref() == Some(conversation))
                 .take(limit.clamp(1, 10_000) as usize)
                 .cloned()
                 .collect())
@@ -460,6 +480,32 @@ impl super::SemanticStore for MemoryStore {
             s.semantic.retain(|_, r| r.expires_ms > now_ms);
             Ok((before - s.semantic.len()) as u64)
         })
+    }
+}
+
+#[async_trait]
+impl super::AgentStore for MemoryStore {
+    async fn list_agents(&self) -> StoreResult<Vec<super::AgentRecord>> {
+        self.with(|s| Ok(s.agents.values().cloned().collect()))
+    }
+
+    async fn put_agent(&self, agent: &super::AgentRecord) -> StoreResult<bool> {
+        self.with(|s| {
+            let mut a = agent.clone();
+            let created = match s.agents.get(&agent.name) {
+                Some(prev) => {
+                    a.created_ms = prev.created_ms;
+                    false
+                }
+                None => true,
+            };
+            s.agents.insert(a.name.clone(), a);
+            Ok(created)
+        })
+    }
+
+    async fn delete_agent(&self, name: &str) -> StoreResult<bool> {
+        self.with(|s| Ok(s.agents.remove(name).is_some()))
     }
 }
 

@@ -5,6 +5,7 @@
 //! cache reads the store on change, never per request.
 
 mod memory;
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
@@ -176,6 +177,12 @@ pub trait AuditStore: Send + Sync + 'static {
     async fn append_audit(&self, events: &[(AuditEvent, i64)]) -> StoreResult<()>;
     /// Records with `seq > after`, in order, at most `limit`.
     async fn read_audit(&self, after: i64, limit: u32) -> StoreResult<Vec<AuditRecord>>;
+    /// One conversation's records, in order, at most `limit`.
+    async fn conversation_audit(
+        &self,
+        conversation: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<AuditRecord>>;
     /// The head recorded by the last append: `(seq, hash)`.
     async fn audit_head(&self) -> StoreResult<Option<(i64, String)>>;
 }
@@ -324,6 +331,25 @@ pub trait McpStore: Send + Sync + 'static {
     ) -> StoreResult<Option<ApprovalRecord>>;
 }
 
+/// An agent registered through the admin API: its spec is an `a2a.agents[]` entry as JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRecord {
+    pub name: String,
+    pub spec: serde_json::Value,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// The agent registry's admin-managed part (config agents are not stored).
+#[async_trait]
+pub trait AgentStore: Send + Sync + 'static {
+    /// Every stored agent, by name.
+    async fn list_agents(&self) -> StoreResult<Vec<AgentRecord>>;
+    /// Creates or replaces an agent (its `created_ms` is kept on replace); true if created.
+    async fn put_agent(&self, agent: &AgentRecord) -> StoreResult<bool>;
+    async fn delete_agent(&self, name: &str) -> StoreResult<bool>;
+}
+
 #[async_trait]
 pub trait MetaStore: Send + Sync + 'static {
     async fn get_meta(&self, key: &str) -> StoreResult<Option<String>>;
@@ -344,6 +370,7 @@ pub struct Stores {
     pub ledger: Arc<dyn LedgerStore>,
     pub semantic: Arc<dyn SemanticStore>,
     pub mcp: Arc<dyn McpStore>,
+    pub agents: Arc<dyn AgentStore>,
 }
 
 impl Stores {
@@ -359,7 +386,21 @@ impl Stores {
                     directory: s.clone(),
                     ledger: s.clone(),
                     semantic: s.clone(),
-                    mcp: s,
+                    mcp: s.clone(),
+                    agents: s,
+                })
+            }
+            DatabaseUrl::Postgres(url) => {
+                let s = Arc::new(postgres::PostgresStore::open(url.expose()).await?);
+                Ok(Stores {
+                    keys: s.clone(),
+                    meta: s.clone(),
+                    audit: s.clone(),
+                    directory: s.clone(),
+                    ledger: s.clone(),
+                    semantic: s.clone(),
+                    mcp: s.clone(),
+                    agents: s,
                 })
             }
             DatabaseUrl::Sqlite(path) => {
@@ -371,7 +412,8 @@ impl Stores {
                     directory: s.clone(),
                     ledger: s.clone(),
                     semantic: s.clone(),
-                    mcp: s,
+                    mcp: s.clone(),
+                    agents: s,
                 })
             }
         }

@@ -49,6 +49,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/sqlite/0007_semantic_cache.sql"),
     ),
     (8, "mcp", include_str!("migrations/sqlite/0008_mcp.sql")),
+    (
+        9,
+        "audit_conversation",
+        include_str!("migrations/sqlite/0009_audit_conversation.sql"),
+    ),
+    (
+        10,
+        "a2a_agents",
+        include_str!("migrations/sqlite/0010_a2a_agents.sql"),
+    ),
 ];
 
 const KEYS_SEQ: &str = "keys_seq";
@@ -592,27 +602,25 @@ impl AuditStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
-        rows.iter()
-            .map(|row| {
-                let get = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
-                Ok(AuditRecord {
-                    seq: row.try_get("seq").map_err(get)?,
-                    time_ms: row.try_get("time_ms").map_err(get)?,
-                    request_id: row.try_get("request_id").map_err(get)?,
-                    trace_id: row.try_get("trace_id").map_err(get)?,
-                    conversation_id: row.try_get("conversation_id").map_err(get)?,
-                    principal: row.try_get("principal").map_err(get)?,
-                    action: row.try_get("action").map_err(get)?,
-                    target: row.try_get("target").map_err(get)?,
-                    decision: row.try_get("decision").map_err(get)?,
-                    rule: row.try_get("rule").map_err(get)?,
-                    outcome: row.try_get("outcome").map_err(get)?,
-                    detail: row.try_get("detail").map_err(get)?,
-                    prev_hash: row.try_get("prev_hash").map_err(get)?,
-                    hash: row.try_get("hash").map_err(get)?,
-                })
-            })
-            .collect()
+        rows.iter().map(audit_row).collect()
+    }
+
+    async fn conversation_audit(
+        &self,
+        conversation: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<AuditRecord>> {
+        let rows = sqlx::query(
+            "SELECT seq, time_ms, request_id, trace_id, conversation_id, principal, action, target,
+                    decision, rule, outcome, detail, prev_hash, hash
+             FROM audit_log WHERE conversation_id = ? ORDER BY seq LIMIT ?",
+        )
+        .bind(conversation)
+        .bind(i64::from(limit.clamp(1, 10_000)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(audit_row).collect()
     }
 
     async fn audit_head(&self) -> StoreResult<Option<(i64, String)>> {
@@ -951,11 +959,15 @@ impl LedgerStore for SqliteStore {
     ) -> StoreResult<Vec<crate::ledger::LedgerRecord>> {
         let rows: Vec<(i64, String)> = sqlx::query_as(
             "SELECT id, record FROM ledger
-             WHERE id > ? AND time_ms >= ? AND time_ms < ? ORDER BY id LIMIT ?",
+             WHERE id > ? AND time_ms >= ? AND time_ms < ?
+               AND (? IS NULL OR conversation_id = ?)
+             ORDER BY id LIMIT ?",
         )
         .bind(q.after)
         .bind(q.since_ms)
         .bind(q.until_ms)
+        .bind(&q.conversation)
+        .bind(&q.conversation)
         .bind(i64::from(q.limit.clamp(1, 10_000)))
         .fetch_all(&self.pool)
         .await
@@ -1146,6 +1158,61 @@ fn approval_from(r: &SqliteRow) -> StoreResult<ApprovalRecord> {
         note: r.try_get("note").map_err(unavailable)?,
         used_ms: r.try_get("used_ms").map_err(unavailable)?,
     })
+}
+
+#[async_trait]
+impl super::AgentStore for SqliteStore {
+    async fn list_agents(&self) -> StoreResult<Vec<super::AgentRecord>> {
+        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT name, spec, created_ms, updated_ms FROM a2a_agents ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.into_iter()
+            .map(|(name, spec, created_ms, updated_ms)| {
+                let spec = serde_json::from_str(&spec)
+                    .map_err(|e| StoreError::Corrupt(format!("agent {name}: {e}")))?;
+                Ok(super::AgentRecord {
+                    name,
+                    spec,
+                    created_ms,
+                    updated_ms,
+                })
+            })
+            .collect()
+    }
+
+    async fn put_agent(&self, agent: &super::AgentRecord) -> StoreResult<bool> {
+        // An upsert: a concurrent create of the same name replaces rather than fails.
+        let existed: Option<(i64,)> =
+            sqlx::query_as("SELECT created_ms FROM a2a_agents WHERE name = ?")
+                .bind(&agent.name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        sqlx::query(
+            "INSERT INTO a2a_agents (name, spec, created_ms, updated_ms) VALUES (?, ?, ?, ?)
+             ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_ms = excluded.updated_ms",
+        )
+        .bind(&agent.name)
+        .bind(agent.spec.to_string())
+        .bind(agent.created_ms)
+        .bind(agent.updated_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(existed.is_none())
+    }
+
+    async fn delete_agent(&self, name: &str) -> StoreResult<bool> {
+        let r = sqlx::query("DELETE FROM a2a_agents WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(r.rows_affected() > 0)
+    }
 }
 
 #[async_trait]
@@ -1344,4 +1411,24 @@ impl McpStore for SqliteStore {
         .map_err(unavailable)?;
         row.as_ref().map(approval_from).transpose()
     }
+}
+
+fn audit_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<AuditRecord> {
+    let get = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
+    Ok(AuditRecord {
+        seq: row.try_get("seq").map_err(get)?,
+        time_ms: row.try_get("time_ms").map_err(get)?,
+        request_id: row.try_get("request_id").map_err(get)?,
+        trace_id: row.try_get("trace_id").map_err(get)?,
+        conversation_id: row.try_get("conversation_id").map_err(get)?,
+        principal: row.try_get("principal").map_err(get)?,
+        action: row.try_get("action").map_err(get)?,
+        target: row.try_get("target").map_err(get)?,
+        decision: row.try_get("decision").map_err(get)?,
+        rule: row.try_get("rule").map_err(get)?,
+        outcome: row.try_get("outcome").map_err(get)?,
+        detail: row.try_get("detail").map_err(get)?,
+        prev_hash: row.try_get("prev_hash").map_err(get)?,
+        hash: row.try_get("hash").map_err(get)?,
+    })
 }

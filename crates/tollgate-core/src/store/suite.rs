@@ -1,15 +1,96 @@
-//! One suite for every engine: each test body runs against memory and SQLite alike.
+//! One suite for every engine: each test body runs against memory, SQLite and PostgreSQL
+//! alike. PostgreSQL is the server at `TOLLGATE_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`); each test gets a database of its own, dropped
+//! afterwards. Without the server the PostgreSQL runs are skipped loudly, unless
+//! `TOLLGATE_REQUIRE_SERVICES=1` (CI), which makes its absence a failure.
 
 use super::*;
-use crate::config::DatabaseUrl;
+use crate::config::{DatabaseUrl, Secret};
 
-async fn engines() -> Vec<(&'static str, Stores, Option<tempfile::TempDir>)> {
+/// What an engine needs kept alive for a test, and cleaned up after it.
+#[allow(dead_code)]
+enum Guard {
+    Dir(tempfile::TempDir),
+    Database(PgDatabase),
+}
+
+/// A scratch database, dropped (with its connections) when the test ends.
+struct PgDatabase {
+    admin_url: String,
+    name: String,
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs inside the test's runtime; the cleanup needs a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut c) = sqlx::PgConnection::connect(&url).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut c)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn postgres_url() -> String {
+    std::env::var("TOLLGATE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A fresh database on the test server, or `None` (said loudly) when there is no server.
+async fn scratch_postgres() -> Option<(String, PgDatabase)> {
+    use sqlx::Connection;
+    let admin_url = postgres_url();
+    let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var("TOLLGATE_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "PostgreSQL at {admin_url} is required (TOLLGATE_REQUIRE_SERVICES=1) but unreachable: {e}"
+            );
+            eprintln!("!!! SKIPPING the PostgreSQL engine: {admin_url} is unreachable: {e}");
+            return None;
+        }
+    };
+    let name = format!("tollgate_t_{:016x}", fastrand::u64(..));
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    let url = format!("{base}/{name}");
+    Some((url, PgDatabase { admin_url, name }))
+}
+
+async fn engines() -> Vec<(&'static str, Stores, Option<Guard>)> {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = Stores::open(&DatabaseUrl::Sqlite(dir.path().join("nested/t.db")))
         .await
         .unwrap();
     let memory = Stores::open(&DatabaseUrl::Memory).await.unwrap();
-    vec![("memory", memory, None), ("sqlite", sqlite, Some(dir))]
+    let mut all = vec![
+        ("memory", memory, None),
+        ("sqlite", sqlite, Some(Guard::Dir(dir))),
+    ];
+    if let Some((url, db)) = scratch_postgres().await {
+        let pg = Stores::open(&DatabaseUrl::Postgres(Secret::new(url)))
+            .await
+            .unwrap();
+        all.push(("postgres", pg, Some(Guard::Database(db))));
+    }
+    all
 }
 
 fn key(id: &str, created_at: i64) -> KeyRecord {
@@ -233,6 +314,89 @@ async fn audit_chain_appends_and_verifies() {
     }
 }
 
+/// A conversation's records come back by its id: audit events and ledger rows.
+#[tokio::test]
+async fn records_are_found_by_conversation() {
+    for (engine, s, _dir) in engines().await {
+        let with = |i: usize, conv: Option<&str>| {
+            let (mut ev, t) = event(i);
+            ev.conversation_id = conv.map(str::to_owned);
+            (ev, t)
+        };
+        s.audit
+            .append_audit(&[
+                with(0, Some("c1")),
+                with(1, Some("c2")),
+                with(2, None),
+                with(3, Some("c1")),
+            ])
+            .await
+            .unwrap();
+        let c1 = s.audit.conversation_audit("c1", 100).await.unwrap();
+        assert_eq!(
+            c1.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [1, 4],
+            "{engine}"
+        );
+        assert!(s
+            .audit
+            .conversation_audit("c9", 100)
+            .await
+            .unwrap()
+            .is_empty());
+        let rec = |t: i64, conv: Option<&str>| crate::ledger::LedgerRecord {
+            time_ms: t,
+            conversation_id: conv.map(str::to_owned),
+            model: "m".into(),
+            ..Default::default()
+        };
+        s.ledger
+            .append_ledger(&[rec(1, Some("c1")), rec(2, Some("c2")), rec(3, Some("c1"))])
+            .await
+            .unwrap();
+        let rows = s
+            .ledger
+            .read_ledger(&crate::ledger::LedgerQuery {
+                conversation: Some("c1".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.time_ms).collect::<Vec<_>>(),
+            [1, 3],
+            "{engine}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn agents_are_created_replaced_and_deleted() {
+    for (engine, s, _dir) in engines().await {
+        let rec = |t: i64, url: &str| AgentRecord {
+            name: "planner".into(),
+            spec: serde_json::json!({"name": "planner", "url": url}),
+            created_ms: t,
+            updated_ms: t,
+        };
+        assert!(
+            s.agents.put_agent(&rec(1, "http://a")).await.unwrap(),
+            "{engine}"
+        );
+        assert!(
+            !s.agents.put_agent(&rec(5, "http://b")).await.unwrap(),
+            "{engine}"
+        );
+        let all = s.agents.list_agents().await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].spec["url"], "http://b", "{engine}");
+        assert_eq!((all[0].created_ms, all[0].updated_ms), (1, 5), "{engine}");
+        assert!(s.agents.delete_agent("planner").await.unwrap());
+        assert!(!s.agents.delete_agent("planner").await.unwrap());
+        assert!(s.agents.list_agents().await.unwrap().is_empty());
+    }
+}
+
 /// A batch larger than one INSERT holds stays one unbroken chain.
 #[tokio::test]
 async fn audit_batches_larger_than_one_insert_chain_whole() {
@@ -334,6 +498,39 @@ async fn audit_appends_from_two_processes_keep_one_chain() {
         t.await.unwrap();
     }
     assert_eq!(crate::audit::verify(a.as_ref()).await.unwrap(), Ok(40));
+}
+
+/// Replicas on one PostgreSQL database, appending at once, keep one chain without gaps; and
+/// two stores migrating the same fresh database at once do not trip over each other.
+#[tokio::test]
+async fn postgres_replicas_keep_one_audit_chain() {
+    let Some((url, _db)) = scratch_postgres().await else {
+        return;
+    };
+    let (a, b) = tokio::join!(
+        super::postgres::PostgresStore::open(&url),
+        super::postgres::PostgresStore::open(&url)
+    );
+    let (a, b) = (
+        std::sync::Arc::new(a.unwrap()),
+        std::sync::Arc::new(b.unwrap()),
+    );
+    let mut tasks = Vec::new();
+    for (n, s) in [a.clone(), b.clone(), a.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+    {
+        tasks.push(tokio::spawn(async move {
+            for i in 0..15 {
+                let batch: Vec<_> = (0..3).map(|j| event(n * 1000 + i * 10 + j)).collect();
+                s.append_audit(&batch).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(crate::audit::verify(b.as_ref()).await.unwrap(), Ok(180));
 }
 
 fn team(id: &str, roles: &[&str]) -> TeamRecord {

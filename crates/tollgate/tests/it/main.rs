@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod a2a;
 mod admin;
 mod audit;
 mod cache;
@@ -14,6 +15,8 @@ mod jwt;
 mod ops;
 mod passthrough;
 mod policy;
+mod postgres;
+mod redis_failure;
 mod routing;
 mod spend;
 mod tracing;

@@ -1,5 +1,6 @@
-//! Execution quotas: how many calls of a tool (or of a server's tools) a principal, user, team,
-//! agent or everyone may make per minute, hour and day, and how many may run at once.
+//! Execution quotas: how many calls of a tool (or of a server's tools), or of an agent's A2A
+//! method (or of all its methods), a principal, user, team, agent or everyone may make per
+//! minute, hour and day, and how many may run at once.
 //!
 //! Each window is a token bucket holding up to its limit and refilling at limit per window, so
 //! capacity comes back smoothly rather than at a window edge. A call is admitted only if every
@@ -11,9 +12,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tollgate_core::config::{QuotaConfig, QuotaPer, Scope};
-use tollgate_core::glob::Glob;
-use tollgate_core::identity::Principal;
+use crate::config::{QuotaConfig, QuotaPer, Scope};
+use crate::glob::Glob;
+use crate::identity::Principal;
 
 /// Full buckets (as good as new) are forgotten when the table grows past this.
 const PRUNE_AT: usize = 65_536;
@@ -101,8 +102,8 @@ fn matches(rule: &QuotaConfig, target: &str) -> bool {
 }
 
 impl Quotas {
-    /// Admits a call of `server`'s tool `tool` (its upstream name) by `principal`, or names the
-    /// first quota that refuses it.
+    /// Admits a call of `server`'s tool `tool` (its upstream name), or of agent `server`'s
+    /// method `tool`, by `principal`, or names the first quota that refuses it.
     pub fn admit(
         self: &Arc<Self>,
         rules: &[QuotaConfig],
@@ -119,8 +120,8 @@ impl Quotas {
                 continue;
             };
             let what = match rule.per {
-                QuotaPer::Tool => target.as_str(),
-                QuotaPer::Server => server,
+                QuotaPer::Tool | QuotaPer::Method => target.as_str(),
+                QuotaPer::Server | QuotaPer::Agent => server,
             };
             let key = format!("{}\u{1f}{who}\u{1f}{what}", rule.name);
             for (limit, window, ms) in [
