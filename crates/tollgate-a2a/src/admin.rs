@@ -177,9 +177,7 @@ async fn put(
         Ok(c) => c,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    if let Err(e) = layer.refresh_registry().await {
-        tracing::warn!(error = %e, "agent registry refresh failed");
-    }
+    layer.registry_changed().await;
     let mut ev = AuditEvent::new(
         if created {
             "a2a.agent.create"
@@ -218,9 +216,7 @@ async fn delete(
     }
     match layer.core.stores.agents.delete_agent(&name).await {
         Ok(true) => {
-            if let Err(e) = layer.refresh_registry().await {
-                tracing::warn!(error = %e, "agent registry refresh failed");
-            }
+            layer.registry_changed().await;
             let mut ev = AuditEvent::new("a2a.agent.delete", "success");
             ev.principal = Some("master".into());
             ev.target = Some(name);

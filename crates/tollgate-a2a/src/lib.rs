@@ -136,13 +136,32 @@ impl A2aLayer {
     }
 
     /// Re-reads the registry every few seconds (other replicas' admin changes) until `stop`.
+    /// After a registry write here: refresh now and tell the other replicas.
+    pub async fn registry_changed(&self) {
+        if let Err(e) = self.refresh_registry().await {
+            tracing::warn!(error = %e, "agent registry refresh failed");
+        }
+        self.core
+            .bus
+            .publish(tollgate_core::bus::topic::AGENTS, String::new())
+            .await;
+    }
+
     pub async fn run_registry_refresher(
         self: Arc<Self>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
+        use tollgate_core::bus::topic;
+        // At once on a change notice from another replica; every 5 s regardless.
+        let mut notices = self.core.bus.subscribe();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                n = notices.recv() => {
+                    if matches!(&n, Ok(n) if !n.concerns(topic::AGENTS)) {
+                        continue;
+                    }
+                }
                 _ = stop.changed() => break,
             }
             if let Err(e) = self.refresh_registry().await {

@@ -153,6 +153,27 @@ pub struct Refusal {
     pub state: CounterState,
 }
 
+/// How long a reservation holds in a shared engine unless renewed (`storage.reservation_lease`).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// One request's reservation as the engine knows it: an id, and until when it holds unless
+/// renewed. A shared engine (Redis) reclaims a hold whose lease ran out, so a replica that
+/// dies mid-request leaks nothing; an in-process engine dies with its holds and ignores both.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hold {
+    pub id: String,
+    pub expires_ms: i64,
+}
+
+impl Hold {
+    pub fn new(lease: Duration) -> Hold {
+        Hold {
+            id: format!("{:032x}", fastrand::u128(..)),
+            expires_ms: crate::time::now_ms().saturating_add(lease.as_millis() as i64),
+        }
+    }
+}
+
 /// The counters' engine. Every method is atomic across everything sharing the engine.
 #[async_trait]
 pub trait SpendCounters: Send + Sync + 'static {
@@ -166,15 +187,22 @@ pub trait SpendCounters: Send + Sync + 'static {
         &self,
         checks: &[(&CounterKey, f64)],
         amount: f64,
+        hold: &Hold,
     ) -> StoreResult<Result<(), Refusal>>;
-    /// Takes `reserved` off each counter's reservations and adds `actual` to its spend.
-    /// Returns each counter's spend before and after.
+    /// Takes the hold's `reserved` off each counter's reservations (unless its lease ran out
+    /// and it was reclaimed already) and adds `actual` to its spend. Returns each counter's
+    /// spend before and after.
     async fn settle(
         &self,
         keys: &[CounterKey],
+        hold: &Hold,
         reserved: f64,
         actual: f64,
     ) -> StoreResult<Vec<(f64, f64)>>;
+    /// Extends a live hold's lease to `hold.expires_ms`.
+    async fn renew(&self, _keys: &[CounterKey], _hold: &Hold) -> StoreResult<()> {
+        Ok(())
+    }
     /// Sets the counter's spend to zero (an operator reset).
     async fn reset(&self, key: &CounterKey) -> StoreResult<()>;
     /// Every counter of a budget in a period.
@@ -227,6 +255,7 @@ impl SpendCounters for LocalCounters {
         &self,
         checks: &[(&CounterKey, f64)],
         amount: f64,
+        _hold: &Hold,
     ) -> StoreResult<Result<(), Refusal>> {
         Ok(self.with(|m| {
             for (index, (key, limit)) in checks.iter().enumerate() {
@@ -245,6 +274,7 @@ impl SpendCounters for LocalCounters {
     async fn settle(
         &self,
         keys: &[CounterKey],
+        _hold: &Hold,
         reserved: f64,
         actual: f64,
     ) -> StoreResult<Vec<(f64, f64)>> {
@@ -315,6 +345,10 @@ pub struct Budgets {
     alerts_sent: prometheus_client::metrics::counter::Counter<u64, std::sync::atomic::AtomicU64>,
     /// What happens while the counters' store fails.
     failures: Arc<crate::degrade::SharedFailures>,
+    /// How long a reservation holds in a shared engine unless this process renews it.
+    lease_ms: std::sync::atomic::AtomicU64,
+    /// Reservations in flight here, by hold id, renewed while they last.
+    live: Mutex<HashMap<String, Vec<CounterKey>>>,
 }
 
 /// What the request holds until it settles: dropping it unsettled releases the reservation.
@@ -322,6 +356,7 @@ pub struct Reservation {
     budgets: Arc<Budgets>,
     rules: Vec<Arc<Rule>>,
     keys: Vec<CounterKey>,
+    hold: Hold,
     amount: f64,
     settled: bool,
 }
@@ -361,9 +396,58 @@ impl Budgets {
             seeded: Mutex::new(HashSet::new()),
             seeding: tokio::sync::Mutex::new(()),
             alerts_sent,
+            lease_ms: std::sync::atomic::AtomicU64::new(DEFAULT_LEASE.as_millis() as u64),
+            live: Mutex::new(HashMap::new()),
         };
         b.reload(config);
         Arc::new(b)
+    }
+
+    /// Sets how long a reservation holds in a shared engine without renewal
+    /// (`storage.reservation_lease`).
+    pub fn set_lease(&self, lease: Duration) {
+        let ms = lease.as_millis().clamp(100, u64::MAX as u128) as u64;
+        self.lease_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Renews the leases of this process's reservations in flight, three times per lease,
+    /// until `stop` resolves: a long request keeps its reservation; a dead process's lapse.
+    pub async fn run_renewer(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.lease() / 3) => {}
+                _ = stop.changed() => return,
+            }
+            let live: Vec<(String, Vec<CounterKey>)> = self
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(id, keys)| (id.clone(), keys.clone()))
+                .collect();
+            for (id, keys) in live {
+                let hold = Hold {
+                    id,
+                    expires_ms: crate::time::now_ms()
+                        .saturating_add(self.lease().as_millis() as i64),
+                };
+                if let Err(e) = self.counters.renew(&keys, &hold).await {
+                    tracing::warn!(error = %e, "could not renew a budget reservation's lease");
+                }
+            }
+        }
+    }
+
+    fn forget(&self, hold: &Hold) {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&hold.id);
     }
 
     /// Installs the budgets of a new config. A budget whose name, scope, match, models and
@@ -503,7 +587,8 @@ impl Budgets {
         }
         let checks: Vec<(&CounterKey, f64)> = applied.iter().map(|a| (&a.key, a.limit)).collect();
         let amount = estimate_usd.max(0.0);
-        let reserved = match self.counters.reserve(&checks, amount).await {
+        let hold = Hold::new(self.lease());
+        let reserved = match self.counters.reserve(&checks, amount, &hold).await {
             Ok(r) => r,
             Err(e) => {
                 self.failures.on_failure("budget", &e)?;
@@ -511,16 +596,24 @@ impl Budgets {
             }
         };
         match reserved {
-            Ok(()) => Ok(Some(Reservation {
-                budgets: self.clone(),
-                rules: applied
-                    .iter()
-                    .filter_map(|a| rules.get(a.rule).cloned())
-                    .collect(),
-                keys: applied.into_iter().map(|a| a.key).collect(),
-                amount,
-                settled: false,
-            })),
+            Ok(()) => {
+                let keys: Vec<CounterKey> = applied.iter().map(|a| a.key.clone()).collect();
+                self.live
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(hold.id.clone(), keys.clone());
+                Ok(Some(Reservation {
+                    budgets: self.clone(),
+                    rules: applied
+                        .iter()
+                        .filter_map(|a| rules.get(a.rule).cloned())
+                        .collect(),
+                    keys,
+                    hold,
+                    amount,
+                    settled: false,
+                }))
+            }
             Err(refusal) => {
                 let a = applied.get(refusal.index);
                 let rule = a.and_then(|a| rules.get(a.rule));
@@ -587,10 +680,13 @@ impl Budgets {
         &self,
         rules: &[Arc<Rule>],
         keys: &[CounterKey],
+        hold: &Hold,
         reserved: f64,
         actual: f64,
     ) {
-        let moved = match self.counters.settle(keys, reserved, actual).await {
+        let settled = self.counters.settle(keys, hold, reserved, actual).await;
+        self.forget(hold);
+        let moved = match settled {
             Ok(m) => m,
             Err(e) => {
                 tracing::error!(error = %e, "budget settlement failed");
@@ -714,7 +810,8 @@ impl Reservation {
         let rules = std::mem::take(&mut self.rules);
         let keys = std::mem::take(&mut self.keys);
         let amount = self.amount;
-        spawn_settlement(budgets, rules, keys, amount, actual_usd.max(0.0));
+        let hold = self.hold.clone();
+        spawn_settlement(budgets, rules, keys, hold, amount, actual_usd.max(0.0));
     }
 
     /// The amount reserved.
@@ -727,13 +824,19 @@ fn spawn_settlement(
     budgets: Arc<Budgets>,
     rules: Vec<Arc<Rule>>,
     keys: Vec<CounterKey>,
+    hold: Hold,
     reserved: f64,
     actual: f64,
 ) {
     if keys.is_empty() {
+        budgets.forget(&hold);
         return;
     }
-    crate::run_or_spawn(async move { budgets.settle_now(&rules, &keys, reserved, actual).await });
+    crate::run_or_spawn(async move {
+        budgets
+            .settle_now(&rules, &keys, &hold, reserved, actual)
+            .await
+    });
 }
 
 impl Drop for Reservation {
@@ -741,7 +844,8 @@ impl Drop for Reservation {
         if !self.settled {
             let rules = std::mem::take(&mut self.rules);
             let keys = std::mem::take(&mut self.keys);
-            spawn_settlement(self.budgets.clone(), rules, keys, self.amount, 0.0);
+            let hold = self.hold.clone();
+            spawn_settlement(self.budgets.clone(), rules, keys, hold, self.amount, 0.0);
         }
     }
 }
@@ -793,20 +897,24 @@ mod tests {
     async fn reserve_admits_below_the_limit_and_refuses_at_it() {
         let c = LocalCounters::default();
         let (a, b) = (key("a"), key("b"));
+        let h = Hold::new(DEFAULT_LEASE);
         c.seed(&a, 0.5).await.unwrap();
         // Spend 0.5 + reserved 0 < 1: admitted, even though 0.5 + 0.7 goes over.
         assert_eq!(
-            c.reserve(&[(&a, 1.0), (&b, 10.0)], 0.7).await.unwrap(),
+            c.reserve(&[(&a, 1.0), (&b, 10.0)], 0.7, &h).await.unwrap(),
             Ok(())
         );
         // Now 0.5 + 0.7 >= 1: refused by the first check; nothing is reserved on `b`.
-        let refused = c.reserve(&[(&b, 10.0), (&a, 1.0)], 0.1).await.unwrap();
+        let refused = c.reserve(&[(&b, 10.0), (&a, 1.0)], 0.1, &h).await.unwrap();
         assert_eq!(refused.unwrap_err().index, 1);
         assert_eq!(c.list("b", 0).await.unwrap()[1].1.reserved_usd, 0.7);
         // Settling a cheaper real cost frees room.
-        let moved = c.settle(&[a.clone(), b.clone()], 0.7, 0.2).await.unwrap();
+        let moved = c
+            .settle(&[a.clone(), b.clone()], &h, 0.7, 0.2)
+            .await
+            .unwrap();
         assert_eq!(moved[0], (0.5, 0.7));
-        assert_eq!(c.reserve(&[(&a, 1.0)], 0.1).await.unwrap(), Ok(()));
+        assert_eq!(c.reserve(&[(&a, 1.0)], 0.1, &h).await.unwrap(), Ok(()));
         c.reset(&a).await.unwrap();
         let state = c.list("b", 0).await.unwrap();
         assert_eq!(state[0].1.spent_usd, 0.0);

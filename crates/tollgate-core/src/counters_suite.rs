@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::budget::{CounterKey, LocalCounters, SpendCounters};
+use crate::budget::{CounterKey, Hold, LocalCounters, SpendCounters};
 use crate::ratelimit::{Admission, BucketCheck, LocalBuckets, RateBuckets};
 use crate::redis_store::{RedisBuckets, RedisCounters};
 
@@ -85,21 +85,29 @@ async fn counters_reserve_settle_reset_and_list_alike() {
         assert_eq!(c.known(&[&a, &b]).await.unwrap(), [false, false], "{name}");
         c.seed(&a, 0.5).await.unwrap();
         c.seed(&a, 99.0).await.unwrap(); // seeding twice keeps the first
+        let h = Hold::new(Duration::from_secs(30));
         assert_eq!(c.known(&[&a, &b]).await.unwrap(), [true, false], "{name}");
         assert_eq!(
-            c.reserve(&[(&a, 1.0), (&b, 10.0)], 0.75).await.unwrap(),
+            c.reserve(&[(&a, 1.0), (&b, 10.0)], 0.75, &h).await.unwrap(),
             Ok(()),
             "{name}"
         );
         let refused = c
-            .reserve(&[(&b, 10.0), (&a, 1.0)], 0.25)
+            .reserve(
+                &[(&b, 10.0), (&a, 1.0)],
+                0.25,
+                &Hold::new(Duration::from_secs(30)),
+            )
             .await
             .unwrap()
             .unwrap_err();
         assert_eq!(refused.index, 1, "{name}");
         assert_eq!(refused.state.spent_usd, 0.5, "{name}");
         assert_eq!(refused.state.reserved_usd, 0.75, "{name}");
-        let moved = c.settle(&[a.clone(), b.clone()], 0.75, 0.25).await.unwrap();
+        let moved = c
+            .settle(&[a.clone(), b.clone()], &h, 0.75, 0.25)
+            .await
+            .unwrap();
         assert_eq!(moved, [(0.5, 0.75), (0.0, 0.25)], "{name}");
         c.reset(&a).await.unwrap();
         let listed = c.list("b@1", 5).await.unwrap();
@@ -125,7 +133,8 @@ async fn concurrent_reservations_never_pass_the_limit() {
         for _ in 0..50 {
             let (c, k) = (c.clone(), k.clone());
             tasks.push(tokio::spawn(async move {
-                c.reserve(&[(&k, 1.0)], 0.125).await.unwrap().is_ok()
+                let h = Hold::new(Duration::from_secs(30));
+                c.reserve(&[(&k, 1.0)], 0.125, &h).await.unwrap().is_ok()
             }));
         }
         let mut admitted = 0;
@@ -138,6 +147,49 @@ async fn concurrent_reservations_never_pass_the_limit() {
     if let Some(r) = redis {
         r.clean().await;
     }
+}
+
+/// A shared engine outlives the processes using it: a hold whose lease ran out (its process
+/// died mid-request) is reclaimed, a renewed one stays, and settling a reclaimed hold still
+/// records the spend without taking its reservation off twice.
+#[tokio::test]
+async fn lapsed_holds_are_reclaimed_and_renewed_ones_kept() {
+    let Some(r) = Redis::open().await else {
+        return;
+    };
+    let c = RedisCounters::new(r.con.clone(), &r.prefix);
+    let k = key("lease@1", "k", 0);
+    c.seed(&k, 0.0).await.unwrap();
+    let short = Hold::new(Duration::from_millis(150));
+    let kept = Hold::new(Duration::from_millis(150));
+    assert_eq!(c.reserve(&[(&k, 1.0)], 0.5, &short).await.unwrap(), Ok(()));
+    assert_eq!(c.reserve(&[(&k, 1.0)], 0.25, &kept).await.unwrap(), Ok(()));
+    // The second hold is renewed; the first lapses.
+    let renewed = Hold {
+        id: kept.id.clone(),
+        expires_ms: crate::time::now_ms() + 60_000,
+    };
+    c.renew(std::slice::from_ref(&k), &renewed).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Reserving reclaims lapsed holds first: 0.25 (kept) + 0.5 (new) = 0.75 reserved.
+    let fresh = Hold::new(Duration::from_secs(30));
+    assert_eq!(c.reserve(&[(&k, 1.0)], 0.5, &fresh).await.unwrap(), Ok(()));
+    let state = c.list("lease@1", 0).await.unwrap()[0].1;
+    assert_eq!(state.reserved_usd, 0.75);
+    // Settling the reclaimed hold records its spend; reservations stay as they are.
+    c.settle(std::slice::from_ref(&k), &short, 0.5, 0.125)
+        .await
+        .unwrap();
+    c.settle(std::slice::from_ref(&k), &renewed, 0.25, 0.25)
+        .await
+        .unwrap();
+    c.settle(std::slice::from_ref(&k), &fresh, 0.5, 0.0)
+        .await
+        .unwrap();
+    let state = c.list("lease@1", 0).await.unwrap()[0].1;
+    assert_eq!(state.reserved_usd, 0.0);
+    assert_eq!(state.spent_usd, 0.375);
+    r.clean().await;
 }
 
 #[tokio::test]

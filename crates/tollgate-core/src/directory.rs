@@ -197,9 +197,7 @@ async fn finish_change(
 
 /// Principals carry roles: refresh the key cache after a directory change.
 async fn refreshed(core: &Core) {
-    if let Err(e) = core.keys.refresh().await {
-        tracing::warn!(error = %e, "key cache refresh after a directory change failed; the refresher will retry");
-    }
+    core.keys.refresh_after_write().await;
 }
 
 async fn find_team(core: &Core, id: &str) -> Result<TeamRecord, ApiError> {

@@ -110,6 +110,8 @@ pub struct KeyService {
     /// Serialises refreshes: a slow refresh must never install a snapshot older than one a
     /// faster, later refresh (say, right after a revoke) already installed.
     refreshing: tokio::sync::Mutex<()>,
+    /// Tells the other replicas about writes made here.
+    bus: Arc<crate::bus::Bus>,
 }
 
 /// The outcome of settling which master key a process uses.
@@ -135,9 +137,16 @@ impl KeyService {
             master: Arc::new(Principal::master()),
             seen_seq: AtomicI64::new(-1),
             refreshing: tokio::sync::Mutex::new(()),
+            bus: crate::bus::Bus::local(),
         };
         svc.refresh().await?;
         Ok(svc)
+    }
+
+    /// Publishes this service's writes to the other replicas on `bus`.
+    pub fn with_bus(mut self, bus: Arc<crate::bus::Bus>) -> KeyService {
+        self.bus = bus;
+        self
     }
 
     /// Decides the master key: the configured one if any; else the hash a previous run stored;
@@ -265,23 +274,38 @@ impl KeyService {
         Ok(true)
     }
 
-    /// After a committed write: refresh now. A failure is logged, not returned: the change is
-    /// in the store (a new secret must still reach the caller) and the refresher retries.
-    async fn refresh_after_write(&self) {
+    /// After a committed write (of keys, users or teams): refresh now and tell the other
+    /// replicas. A failure is logged, not returned: the change is in the store (a new secret
+    /// must still reach the caller) and the refresher retries.
+    pub async fn refresh_after_write(&self) {
         if let Err(e) = self.refresh().await {
             tracing::warn!(error = %e, "key cache refresh after a write failed; the refresher will retry");
         }
+        self.bus
+            .publish(crate::bus::topic::KEYS, String::new())
+            .await;
     }
 
-    /// Polls the store for changes by other processes until `stop` resolves.
+    /// Follows changes by other processes until `stop` resolves: at once when a change notice
+    /// arrives on the bus, and by polling the store's change counter every `every()` (which
+    /// also covers processes without a bus, such as `tollgate keys` on the command line).
     pub async fn run_refresher(
         self: Arc<Self>,
         every: impl Fn() -> Duration,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
+        let mut notices = self.bus.subscribe();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every()) => {}
+                n = notices.recv() => match n {
+                    Ok(n) if !n.concerns(crate::bus::topic::KEYS) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        notices = self.bus.subscribe();
+                        continue;
+                    }
+                    _ => {}
+                },
                 _ = stop.changed() => return,
             }
             if let Err(e) = self.refresh_if_changed().await {

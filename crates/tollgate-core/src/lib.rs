@@ -6,6 +6,7 @@ pub mod admin;
 pub mod audit;
 mod batch;
 pub mod budget;
+pub mod bus;
 pub mod canonical;
 pub mod config;
 pub mod context;
@@ -76,6 +77,8 @@ pub struct Core {
     pub tracer: crate::otlp::Tracer,
     /// Values replicas share (the response cache), when `storage.redis_url` is configured.
     pub shared: Option<Arc<dyn crate::redis_store::SharedBlobs>>,
+    /// Change notices between replicas (over Redis when it is configured).
+    pub bus: Arc<crate::bus::Bus>,
     /// The gateway's own signing key (identity tokens, re-signed cards, push JWTs).
     pub signer: Arc<crate::signing::GatewayKey>,
     /// JWT verification, when `auth.jwt` is configured.
@@ -87,7 +90,21 @@ impl Core {
     /// Opens the store, loads the key cache and settles the master key.
     pub async fn open(config: Config) -> Result<(Arc<Core>, MasterKey), ApiError> {
         let stores = Stores::open(&config.storage.database_url).await?;
-        let keys = Arc::new(KeyService::new(stores.keys.clone(), stores.directory.clone()).await?);
+        let redis = match &config.storage.redis_url {
+            Some(url) => Some(crate::redis_store::connect(url.expose()).await?),
+            None => None,
+        };
+        let bus = match (&config.storage.redis_url, &redis) {
+            (Some(url), Some(con)) => {
+                crate::bus::Bus::redis(url.expose(), con.clone(), &config.storage.redis_prefix)
+            }
+            _ => crate::bus::Bus::local(),
+        };
+        let keys = Arc::new(
+            KeyService::new(stores.keys.clone(), stores.directory.clone())
+                .await?
+                .with_bus(bus.clone()),
+        );
         let master = keys
             .settle_master(
                 config.master_key.as_ref().map(|k| k.expose()),
@@ -113,9 +130,8 @@ impl Core {
             Arc<dyn crate::budget::SpendCounters>,
             Arc<dyn crate::ratelimit::RateBuckets>,
             Shared,
-        ) = match &config.storage.redis_url {
-            Some(url) => {
-                let con = crate::redis_store::connect(url.expose()).await?;
+        ) = match redis {
+            Some(con) => {
                 let prefix = &config.storage.redis_prefix;
                 (
                     Arc::new(crate::redis_store::RedisCounters::new(con.clone(), prefix)),
@@ -151,6 +167,7 @@ impl Core {
             metrics.budget_alerts.clone(),
             failures.clone(),
         );
+        budgets.set_lease(config.storage.reservation_lease);
         let rate_limits =
             crate::ratelimit::RateLimits::new(&config.rate_limits, buckets, failures.clone());
         let core = Arc::new(Core {
@@ -165,6 +182,7 @@ impl Core {
             ledger,
             tracer,
             shared,
+            bus,
             signer,
             jwt: ArcSwap::from_pointee(jwt),
             draining: AtomicBool::new(false),
@@ -214,6 +232,7 @@ impl Core {
         if old.budgets != config.budgets {
             self.budgets.reload(&config.budgets);
         }
+        self.budgets.set_lease(config.storage.reservation_lease);
         if old.rate_limits != config.rate_limits {
             self.rate_limits.reload(&config.rate_limits);
         }

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-use crate::budget::{CounterKey, CounterState, Refusal, SpendCounters};
+use crate::budget::{CounterKey, CounterState, Hold, Refusal, SpendCounters};
 use crate::ratelimit::{Admission, BucketCheck, BucketView, RateBuckets};
 use crate::store::{StoreError, StoreResult};
 
@@ -49,33 +49,64 @@ pub struct RedisCounters {
     prefix: String,
     reserve: Script,
     settle: Script,
+    renew: Script,
+    read: Script,
 }
 
 /// Budget counters of periods other than `total` expire this long after their last change.
 const COUNTER_TTL_MS: i64 = 40 * 86_400_000;
 
+/// Reclaims a counter's lapsed holds (their process died mid-request): each hold's amount
+/// is kept in the counter's hash as `h:{id}` and its lease in a sorted set beside it.
+const RECLAIM_FN: &str = r"
+local function reclaim(k, leases, now)
+  local lapsed = redis.call('ZRANGEBYSCORE', leases, '-inf', now)
+  for _, id in ipairs(lapsed) do
+    local amount = tonumber(redis.call('HGET', k, 'h:' .. id)) or 0
+    redis.call('HDEL', k, 'h:' .. id)
+    redis.call('ZREM', leases, id)
+    local r = tonumber(redis.call('HINCRBYFLOAT', k, 'reserved', -amount))
+    if r < 1e-12 then redis.call('HSET', k, 'reserved', 0) end
+  end
+end
+";
+
 const RESERVE: &str = r"
--- KEYS: counters. ARGV[1]: amount, ARGV[1+i]: limit of KEYS[i].
-for i, k in ipairs(KEYS) do
-  local v = redis.call('HMGET', k, 'spent', 'reserved')
+-- KEYS: counter, leases, counter, leases... ARGV: amount, hold id, now ms, lease expiry ms,
+-- then each counter's limit.
+local n = #KEYS / 2
+for i = 1, n do
+  reclaim(KEYS[2 * i - 1], KEYS[2 * i], ARGV[3])
+end
+for i = 1, n do
+  local v = redis.call('HMGET', KEYS[2 * i - 1], 'spent', 'reserved')
   local spent = tonumber(v[1]) or 0
   local reserved = tonumber(v[2]) or 0
-  if spent + reserved >= tonumber(ARGV[1 + i]) then
+  if spent + reserved >= tonumber(ARGV[4 + i]) then
     return {i, tostring(spent), tostring(reserved)}
   end
 end
-for _, k in ipairs(KEYS) do
+for i = 1, n do
+  local k = KEYS[2 * i - 1]
   redis.call('HINCRBYFLOAT', k, 'reserved', ARGV[1])
+  redis.call('HSET', k, 'h:' .. ARGV[2], ARGV[1])
+  redis.call('ZADD', KEYS[2 * i], ARGV[4], ARGV[2])
 end
 return {0}
 ";
 
 const SETTLE: &str = r"
--- KEYS: counters. ARGV[1]: reserved, ARGV[2]: actual, ARGV[3]: ttl ms (0: none) per key in ARGV[3+i].
+-- KEYS: counter, leases... ARGV: hold id, actual, then each counter's ttl ms (0: none).
 local out = {}
-for i, k in ipairs(KEYS) do
-  local r = tonumber(redis.call('HINCRBYFLOAT', k, 'reserved', -tonumber(ARGV[1])))
-  if r < 1e-12 then redis.call('HSET', k, 'reserved', 0) end
+for i = 1, #KEYS / 2 do
+  local k = KEYS[2 * i - 1]
+  local amount = redis.call('HGET', k, 'h:' .. ARGV[1])
+  if amount then
+    redis.call('HDEL', k, 'h:' .. ARGV[1])
+    redis.call('ZREM', KEYS[2 * i], ARGV[1])
+    local r = tonumber(redis.call('HINCRBYFLOAT', k, 'reserved', -tonumber(amount)))
+    if r < 1e-12 then redis.call('HSET', k, 'reserved', 0) end
+  end
   local before = tonumber(redis.call('HGET', k, 'spent')) or 0
   local after = redis.call('HINCRBYFLOAT', k, 'spent', ARGV[2])
   local ttl = tonumber(ARGV[2 + i])
@@ -86,19 +117,49 @@ end
 return out
 ";
 
+const RENEW: &str = r"
+-- KEYS: leases... ARGV: hold id, new expiry ms. Only a hold still held is renewed.
+for _, leases in ipairs(KEYS) do
+  redis.call('ZADD', leases, 'XX', ARGV[2], ARGV[1])
+end
+return 0
+";
+
+const READ: &str = r"
+-- KEYS: counter, leases. ARGV: now ms. The counter after reclaiming its lapsed holds.
+reclaim(KEYS[1], KEYS[2], ARGV[1])
+local v = redis.call('HMGET', KEYS[1], 'spent', 'reserved')
+return {v[1] or '0', v[2] or '0'}
+";
+
+fn with_reclaim(body: &str) -> Script {
+    Script::new(&format!("{RECLAIM_FN}{body}"))
+}
+
 impl RedisCounters {
     pub fn new(con: ConnectionManager, prefix: &str) -> RedisCounters {
         RedisCounters {
             con,
             prefix: prefix.to_owned(),
-            reserve: Script::new(RESERVE),
+            reserve: with_reclaim(RESERVE),
             settle: Script::new(SETTLE),
+            renew: Script::new(RENEW),
+            read: with_reclaim(READ),
         }
     }
 
     fn key(&self, k: &CounterKey) -> String {
         format!(
             "{}budget:{}:{}:{}",
+            self.prefix, k.budget, k.period_start_ms, k.id
+        )
+    }
+
+    /// The sorted set of a counter's hold leases (outside the counters' key space, which
+    /// `list` scans).
+    fn leases(&self, k: &CounterKey) -> String {
+        format!(
+            "{}budget-leases:{}:{}:{}",
             self.prefix, k.budget, k.period_start_ms, k.id
         )
     }
@@ -147,11 +208,15 @@ impl SpendCounters for RedisCounters {
         &self,
         checks: &[(&CounterKey, f64)],
         amount: f64,
+        hold: &Hold,
     ) -> StoreResult<Result<(), Refusal>> {
         let mut inv = self.reserve.prepare_invoke();
-        inv.arg(amount);
+        inv.arg(amount)
+            .arg(&hold.id)
+            .arg(crate::time::now_ms())
+            .arg(hold.expires_ms);
         for (k, limit) in checks {
-            inv.key(self.key(k));
+            inv.key(self.key(k)).key(self.leases(k));
             inv.arg(*limit);
         }
         let mut con = self.con.clone();
@@ -179,13 +244,14 @@ impl SpendCounters for RedisCounters {
     async fn settle(
         &self,
         keys: &[CounterKey],
-        reserved: f64,
+        hold: &Hold,
+        _reserved: f64,
         actual: f64,
     ) -> StoreResult<Vec<(f64, f64)>> {
         let mut inv = self.settle.prepare_invoke();
-        inv.arg(reserved).arg(actual);
+        inv.arg(&hold.id).arg(actual);
         for k in keys {
-            inv.key(self.key(k));
+            inv.key(self.key(k)).key(self.leases(k));
             inv.arg(Self::ttl(k));
         }
         let mut con = self.con.clone();
@@ -199,6 +265,17 @@ impl SpendCounters for RedisCounters {
                 )
             })
             .collect())
+    }
+
+    async fn renew(&self, keys: &[CounterKey], hold: &Hold) -> StoreResult<()> {
+        let mut inv = self.renew.prepare_invoke();
+        inv.arg(&hold.id).arg(hold.expires_ms);
+        for k in keys {
+            inv.key(self.leases(k));
+        }
+        let mut con = self.con.clone();
+        let _: i64 = inv.invoke_async(&mut con).await.map_err(unavailable)?;
+        Ok(())
     }
 
     async fn reset(&self, key: &CounterKey) -> StoreResult<()> {
@@ -239,24 +316,26 @@ impl SpendCounters for RedisCounters {
         }
         keys.sort();
         let mut out = Vec::with_capacity(keys.len());
+        let now = crate::time::now_ms();
         for k in keys {
-            let (spent, reserved): (Option<String>, Option<String>) = redis::cmd("HMGET")
-                .arg(&k)
-                .arg("spent")
-                .arg("reserved")
-                .query_async(&mut con)
+            let key = CounterKey {
+                budget: std::sync::Arc::from(budget),
+                id: k.strip_prefix(&head).unwrap_or_default().to_owned(),
+                period_start_ms,
+            };
+            let (spent, reserved): (String, String) = self
+                .read
+                .key(&k)
+                .key(self.leases(&key))
+                .arg(now)
+                .invoke_async(&mut con)
                 .await
                 .map_err(unavailable)?;
-            let id = k.strip_prefix(&head).unwrap_or_default().to_owned();
             out.push((
-                CounterKey {
-                    budget: std::sync::Arc::from(budget),
-                    id,
-                    period_start_ms,
-                },
+                key,
                 CounterState {
-                    spent_usd: spent.as_deref().map_or(0.0, float),
-                    reserved_usd: reserved.as_deref().map_or(0.0, float),
+                    spent_usd: float(&spent),
+                    reserved_usd: float(&reserved),
                 },
             ));
         }

@@ -402,9 +402,10 @@ impl LlmLayer {
     /// the background.
     pub fn new(core: Arc<Core>, config: &Config) -> Result<Arc<LlmLayer>, String> {
         let cache = cache::ResponseCache::new(config.cache.max_size, core.shared.clone());
-        let semantic = Arc::new(semantic::SemanticCache::new(
+        let semantic = Arc::new(semantic::SemanticCache::shared(
             core.stores.semantic.clone(),
             config.cache.max_semantic_entries,
+            core.bus.clone(),
         ));
         let layer = Arc::new(LlmLayer {
             core,
@@ -419,6 +420,7 @@ impl LlmLayer {
             .metrics
             .register_collector(Box::new(RoutingCollector(Arc::downgrade(&layer))));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(layer.semantic.clone().follow(layer.core.bus.clone()));
             let semantic = layer.semantic.clone();
             rt.spawn(async move {
                 match semantic.load().await {

@@ -149,6 +149,10 @@ impl Gateway {
             tokio::spawn(core.keys.clone().run_refresher(every, gw.stop.subscribe())),
         ));
         gw.background.push((
+            "budget-lease-renewer",
+            tokio::spawn(core.budgets.clone().run_renewer(gw.stop.subscribe())),
+        ));
+        gw.background.push((
             "a2a-registry-refresher",
             tokio::spawn(a2a.clone().run_registry_refresher(gw.stop.subscribe())),
         ));

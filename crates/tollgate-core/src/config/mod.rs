@@ -280,6 +280,9 @@ pub struct StorageConfig {
     pub on_redis_failure: RedisFailure,
     /// Where ledger and audit records go while the database refuses them (one per process).
     pub spill_dir: PathBuf,
+    /// How long a budget reservation holds in Redis unless its replica renews it.
+    #[serde(with = "units::duration")]
+    pub reservation_lease: Duration,
 }
 
 /// Rate limits and budgets while their shared counters are unreachable.
@@ -662,6 +665,9 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
             .spill_dir
             .filter(|d| !d.is_empty())
             .map_or_else(crate::spill::default_dir, PathBuf::from),
+        reservation_lease: raw_storage
+            .reservation_lease
+            .unwrap_or(crate::budget::DEFAULT_LEASE),
         on_redis_failure: match raw_storage.on_redis_failure.as_deref() {
             None | Some("fail_closed") => RedisFailure::FailClosed,
             Some("fail_open") => RedisFailure::FailOpen,
@@ -674,6 +680,12 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
             }
         },
     };
+    if storage.reservation_lease < Duration::from_secs(1) {
+        errors.push(FieldError::new(
+            "storage.reservation_lease",
+            "must be at least 1s",
+        ));
+    }
     if storage.refresh_interval < Duration::from_millis(50) {
         errors.push(FieldError::new(
             "storage.refresh_interval",

@@ -226,6 +226,8 @@ pub struct RawStorage {
     pub redis_prefix: Option<String>,
     pub on_redis_failure: Option<String>,
     pub spill_dir: Option<String>,
+    #[serde(default, with = "units::duration")]
+    pub reservation_lease: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

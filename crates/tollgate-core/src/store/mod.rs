@@ -202,8 +202,8 @@ pub trait LedgerStore: Send + Sync + 'static {
     ) -> StoreResult<Vec<crate::ledger::SpendRow>>;
 }
 
-/// One semantic-cache entry as stored.
-#[derive(Debug, Clone, PartialEq)]
+/// One semantic-cache entry as stored (and as published to the other replicas).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SemanticRow {
     pub id: String,
     /// The hex digest of what must match exactly (tenant, group, embedder, everything in the

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
+use tollgate_core::bus::{topic, Bus};
 use tollgate_core::config::{RouteCache, SemanticCache as SemanticConfig};
 use tollgate_core::hex;
 use tollgate_core::identity::Principal;
@@ -185,10 +186,23 @@ enum Write {
 /// Store writes waiting beyond this are dropped (the entry still serves from memory).
 const WRITE_QUEUE: usize = 4096;
 
-async fn write_entries(store: Arc<dyn SemanticStore>, mut rx: tokio::sync::mpsc::Receiver<Write>) {
+/// Applies store writes in order; a stored entry is then published to the other replicas.
+async fn write_entries(
+    store: Arc<dyn SemanticStore>,
+    bus: Arc<Bus>,
+    mut rx: tokio::sync::mpsc::Receiver<Write>,
+) {
     while let Some(w) = rx.recv().await {
         let result = match w {
-            Write::Put(row) => store.put_semantic(&row).await,
+            Write::Put(row) => {
+                let stored = store.put_semantic(&row).await;
+                if stored.is_ok() {
+                    if let Ok(text) = serde_json::to_string(&row) {
+                        bus.publish(topic::SEMANTIC, text).await;
+                    }
+                }
+                stored
+            }
             Write::Delete(ids) => store.delete_semantic(&ids).await,
             Write::Flush(done) => {
                 let _ = done.send(());
@@ -205,9 +219,15 @@ impl SemanticCache {
     /// A cache writing through to `store`; call within a Tokio runtime (without one, nothing
     /// is persisted).
     pub fn new(store: Arc<dyn SemanticStore>, max_entries: u64) -> SemanticCache {
+        SemanticCache::shared(store, max_entries, Bus::local())
+    }
+
+    /// A cache whose new entries are published on `bus`, for the other replicas to index
+    /// (see [`SemanticCache::follow`]).
+    pub fn shared(store: Arc<dyn SemanticStore>, max_entries: u64, bus: Arc<Bus>) -> SemanticCache {
         let writes = tokio::runtime::Handle::try_current().ok().map(|h| {
             let (tx, rx) = tokio::sync::mpsc::channel(WRITE_QUEUE);
-            h.spawn(write_entries(store.clone(), rx));
+            h.spawn(write_entries(store.clone(), bus, rx));
             tx
         });
         SemanticCache {
@@ -371,8 +391,14 @@ impl SemanticCache {
             .load_semantic(tollgate_core::time::now_ms())
             .await
             .map_err(|e| e.to_string())?;
+        self.add_rows(rows).await
+    }
+
+    /// Indexes stored entries (from the store, or from another replica); returns how many.
+    async fn add_rows(self: &Arc<Self>, rows: Vec<SemanticRow>) -> Result<usize, String> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
+            let now = tollgate_core::time::now_ms();
             let mut n = 0;
             for row in rows {
                 let (Some(partition), Ok(stored)) = (
@@ -381,6 +407,9 @@ impl SemanticCache {
                 ) else {
                     continue;
                 };
+                if row.expires_ms <= now {
+                    continue;
+                }
                 let entry = Entry {
                     id: row.id,
                     partition,
@@ -404,6 +433,34 @@ impl SemanticCache {
             }
             n
         })
+    }
+
+    /// Indexes the entries other replicas store, as their notices arrive on `bus`, until the
+    /// bus closes. A notice missed (Redis away for a while) costs only cache hits: the entry is
+    /// in the store and every replica indexes it at its next start.
+    pub async fn follow(self: Arc<Self>, bus: Arc<Bus>) {
+        let mut notices = bus.subscribe();
+        loop {
+            match notices.recv().await {
+                Ok(n) if n.topic == topic::SEMANTIC => {
+                    match serde_json::from_str::<SemanticRow>(&n.payload) {
+                        Ok(row) => {
+                            if let Err(e) = self.add_rows(vec![row]).await {
+                                tracing::warn!(error = %e, "could not index a shared semantic cache entry");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "ignoring a malformed semantic cache notice")
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "semantic cache notices fell behind; some shared entries are not indexed here");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
     }
 
     /// Forgets expired and evicted entries: drops them from the store and rebuilds each

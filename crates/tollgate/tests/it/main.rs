@@ -6,6 +6,7 @@
 mod a2a;
 mod admin;
 mod audit;
+mod bus;
 mod cache;
 mod chat;
 mod cli;
