@@ -134,13 +134,8 @@ async fn agents_registered_through_the_admin_api_are_served() {
 
 #[tokio::test]
 async fn follow_ups_reach_the_owning_replica_through_either_gateway() {
-    let url = "redis://127.0.0.1:6379/";
-    if tollgate_core::redis_store::connect(url).await.is_err() {
-        assert!(
-            std::env::var("TOLLGATE_REQUIRE_SERVICES").as_deref() != Ok("1"),
-            "Redis at {url} is required (TOLLGATE_REQUIRE_SERVICES=1) but unreachable"
-        );
-        eprintln!("!!! SKIPPING the shared affinity test: Redis at {url} is unreachable");
+    let url = REDIS_URL;
+    if !redis_up("the shared affinity test").await {
         return;
     }
     let prefix = format!("tollgate-it:{:016x}:", fastrand::u64(..));
@@ -201,19 +196,7 @@ async fn follow_ups_reach_the_owning_replica_through_either_gateway() {
     let get = json!({"jsonrpc": "2.0", "id": 3, "method": "GetTask", "params": {"id": "t-a"}});
     let res = rpc(&b, "multi", &key, &get).await;
     assert_eq!(res.json()["error"]["code"], -32001, "{}", res.text());
-    let mut con = tollgate_core::redis_store::connect(url).await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut con)
-            .await
-            .unwrap();
-    }
+    clean_redis(&prefix).await;
 }
 
 #[tokio::test]

@@ -10,24 +10,6 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
-const REDIS: &str = "redis://127.0.0.1:6379/";
-
-async fn clean_redis(prefix: &str) {
-    let mut con = tollgate_core::redis_store::connect(REDIS).await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut con)
-            .await
-            .unwrap();
-    }
-}
-
 /// Waits until `check` holds, failing if that takes a second or more.
 async fn within_a_second<F, Fut>(what: &str, mut check: F)
 where
@@ -50,12 +32,7 @@ fn chat(text: &str) -> Value {
 
 #[tokio::test]
 async fn changes_through_one_replica_reach_the_others_at_once() {
-    if tollgate_core::redis_store::connect(REDIS).await.is_err() {
-        assert!(
-            std::env::var("TOLLGATE_REQUIRE_SERVICES").as_deref() != Ok("1"),
-            "Redis at {REDIS} is required (TOLLGATE_REQUIRE_SERVICES=1) but unreachable"
-        );
-        eprintln!("!!! SKIPPING the change-notice test: Redis at {REDIS} is unreachable");
+    if !redis_up("the change-notice test").await {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -64,7 +41,7 @@ async fn changes_through_one_replica_reach_the_others_at_once() {
     let yaml = base_yaml().replace(
         "  database_url: memory://\n",
         &format!(
-            "  database_url: sqlite://{}\n  refresh_interval: 60s\n  redis_url: {REDIS}\n  redis_prefix: \"{prefix}\"\n",
+            "  database_url: sqlite://{}\n  refresh_interval: 60s\n  redis_url: {REDIS_URL}\n  redis_prefix: \"{prefix}\"\n",
             dir.path().join("shared.db").display()
         ),
     ) + "providers:\n  - name: demo\n    kind: mock\nmodels:\n  - name: emb\n    targets: [{provider: demo, model: embedder}]\n  - name: chat\n    targets: [{provider: demo, model: echo}]\n    cache: {ttl: 10m, semantic: {embedder: emb, threshold: 0.99}}\n";

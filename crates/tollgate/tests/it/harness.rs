@@ -202,3 +202,41 @@ impl Cuttable {
         self.up.store(true, Ordering::SeqCst);
     }
 }
+
+/// The local Redis every Redis test uses.
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379/";
+
+/// Whether Redis answers; when it does not, says so loudly (the test then skips), or fails
+/// under `TOLLGATE_REQUIRE_SERVICES=1`.
+pub async fn redis_up(what: &str) -> bool {
+    match tollgate_core::redis_store::connect(REDIS_URL).await {
+        Ok(_) => true,
+        Err(e) => {
+            assert!(
+                std::env::var("TOLLGATE_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "Redis at {REDIS_URL} is required (TOLLGATE_REQUIRE_SERVICES=1) but unreachable: {e}"
+            );
+            eprintln!("!!! SKIPPING {what}: Redis at {REDIS_URL} is unreachable: {e}");
+            false
+        }
+    }
+}
+
+/// Deletes every Redis key under a test's prefix.
+pub async fn clean_redis(prefix: &str) {
+    let mut con = tollgate_core::redis_store::connect(REDIS_URL)
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+}

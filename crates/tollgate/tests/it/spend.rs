@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use tollgate_testkit::{chunk, MockUpstream, Reply, TestClient, TestResponse};
 
 use crate::harness::{
-    base_yaml, chat_body, eventually, sse_data, start, start_yaml, TestGateway, MASTER,
+    base_yaml, chat_body, clean_redis, eventually, redis_up, sse_data, start, start_yaml,
+    TestGateway, MASTER, REDIS_URL,
 };
 
 /// The mock provider's `echo` at $1000 / $2000 per million tokens: a token in costs $0.001,
@@ -488,13 +489,8 @@ async fn spend_reports_agree_with_the_ledger() {
 /// Two replicas sharing one SQLite file and one Redis key prefix. `None` (skip) when Redis is
 /// unreachable and not required.
 async fn replicas(extra: &str) -> Option<(TestGateway, TestGateway, tempfile::TempDir, String)> {
-    let url = "redis://127.0.0.1:6379/";
-    if tollgate_core::redis_store::connect(url).await.is_err() {
-        assert!(
-            std::env::var("TOLLGATE_REQUIRE_SERVICES").as_deref() != Ok("1"),
-            "Redis at {url} is required (TOLLGATE_REQUIRE_SERVICES=1) but unreachable"
-        );
-        eprintln!("!!! SKIPPING the multi-replica test: Redis at {url} is unreachable");
+    let url = REDIS_URL;
+    if !redis_up("the multi-replica test").await {
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -510,24 +506,6 @@ async fn replicas(extra: &str) -> Option<(TestGateway, TestGateway, tempfile::Te
     let a = start_yaml(&yaml).await;
     let b = start_yaml(&yaml).await;
     Some((a, b, dir, prefix))
-}
-
-async fn clean_redis(prefix: &str) {
-    let mut con = tollgate_core::redis_store::connect("redis://127.0.0.1:6379/")
-        .await
-        .unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut con)
-            .await
-            .unwrap();
-    }
 }
 
 #[tokio::test]
