@@ -1,15 +1,18 @@
 //! Rate limits: requests and tokens per minute per key, user, team, model, conversation, agent
-//! or all traffic, as token buckets.
+//! or all traffic, as sliding windows.
 //!
-//! A bucket holds up to the per-minute limit and refills continuously at limit/60 per second,
-//! so a client that waits gets capacity back smoothly rather than at a window edge. A request
+//! Each limit counts what it admitted in the last minute, in two-second slots: a request is
+//! admitted if it fits under the limit with everything still in the window, so no span of 60
+//! seconds ever admits more than the limit (a burst of the whole limit at once is fine), and
+//! capacity comes back two seconds at a time as old slots leave the window. A request
 //! needs one request token and its estimated tokens (prompt estimate plus `max_tokens`); the
 //! estimate is corrected by the real usage when the call ends. What clients see follows
 //! OpenAI's headers: `x-ratelimit-limit-*`, `x-ratelimit-remaining-*` and
-//! `x-ratelimit-reset-*` (the time until the bucket is full again), and `Retry-After` on 429.
+//! `x-ratelimit-reset-*` (the time until the whole limit is free again), and `Retry-After` on
+//! 429 (the time until the request would fit).
 //!
-//! Buckets live behind [`RateBuckets`]: in process here; the scale-out engine keeps them in
-//! Redis with the same arithmetic.
+//! Windows live behind [`RateBuckets`] (named for the buckets they once were): in process
+//! here; the scale-out engine keeps them in Redis with the same arithmetic on Redis's clock.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -70,83 +73,133 @@ pub trait RateBuckets: Send + Sync + 'static {
     async fn adjust(&self, checks: &[BucketCheck], delta: i64, now_ms: i64) -> StoreResult<()>;
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    requests: f64,
-    tokens: f64,
-    at_ms: i64,
+/// Width of one slot of the sliding window.
+pub const SLOT_MS: i64 = 2_000;
+/// Slots a window keeps: a request counts until at least a minute after it was admitted (up
+/// to one slot longer), so no span of 60 seconds ever admits more than the limit.
+pub const SLOTS: usize = 31;
+
+/// One limit's last minute: requests and tokens admitted per slot, in a ring.
+#[derive(Debug, Clone)]
+struct Window {
+    /// The newest slot number (unix ms / `SLOT_MS`).
+    newest: i64,
+    requests: [u64; SLOTS],
+    tokens: [u64; SLOTS],
 }
 
-/// Refills a level towards `cap` at `cap` per minute.
-fn refill(level: f64, cap: Option<u64>, elapsed_ms: i64) -> f64 {
-    match cap {
-        Some(c) => (level + c as f64 * elapsed_ms.max(0) as f64 / 60_000.0).min(c as f64),
-        None => 0.0,
-    }
+fn ring(slot: i64) -> usize {
+    slot.rem_euclid(SLOTS as i64) as usize
 }
 
-/// Time until `level` reaches `target` at `cap` per minute.
-fn time_to(level: f64, target: f64, cap: u64) -> Duration {
-    if level >= target || cap == 0 {
+/// How long until `need` more fits under `limit`, given what each slot holds (oldest slot
+/// first) and their total `used`: slot `s` leaves the window at `(s + SLOTS) * SLOT_MS`.
+fn wait_for(
+    slots: impl Iterator<Item = (i64, u64)>,
+    used: u64,
+    need: u64,
+    limit: u64,
+    now_ms: i64,
+) -> Duration {
+    if used + need <= limit {
         return Duration::ZERO;
     }
-    Duration::from_secs_f64((target - level) * 60.0 / cap as f64)
+    let mut freed = 0;
+    for (slot, n) in slots {
+        freed += n;
+        if used - freed.min(used) + need <= limit {
+            let at = (slot + SLOTS as i64) * SLOT_MS;
+            return Duration::from_millis((at - now_ms).max(0) as u64);
+        }
+    }
+    Duration::from_millis((SLOTS as i64 * SLOT_MS) as u64)
 }
 
-impl Bucket {
-    fn full(c: &BucketCheck, now_ms: i64) -> Bucket {
-        Bucket {
-            requests: c.rpm.unwrap_or(0) as f64,
-            tokens: c.tpm.unwrap_or(0) as f64,
-            at_ms: now_ms,
+impl Window {
+    fn new(now_ms: i64) -> Window {
+        Window {
+            newest: now_ms.div_euclid(SLOT_MS),
+            requests: [0; SLOTS],
+            tokens: [0; SLOTS],
         }
     }
 
-    fn refilled(mut self, c: &BucketCheck, now_ms: i64) -> Bucket {
-        let elapsed = now_ms - self.at_ms;
-        self.requests = refill(self.requests, c.rpm, elapsed);
-        self.tokens = refill(self.tokens, c.tpm, elapsed);
-        self.at_ms = now_ms.max(self.at_ms);
-        self
+    /// Moves to the slot of `now_ms`, emptying the slots that left the window.
+    fn advance(&mut self, now_ms: i64) {
+        let slot = now_ms.div_euclid(SLOT_MS);
+        if slot <= self.newest {
+            return;
+        }
+        let steps = (slot - self.newest).min(SLOTS as i64);
+        for s in slot - steps + 1..=slot {
+            self.requests[ring(s)] = 0;
+            self.tokens[ring(s)] = 0;
+        }
+        self.newest = slot;
     }
 
-    fn view(&self, c: &BucketCheck) -> BucketView {
+    fn idle(&self, now_ms: i64) -> bool {
+        now_ms.div_euclid(SLOT_MS) - self.newest >= SLOTS as i64
+    }
+
+    /// The slots oldest first, with what `of` picks from each.
+    fn oldest_first<'a>(&'a self, of: &'a [u64; SLOTS]) -> impl Iterator<Item = (i64, u64)> + 'a {
+        (self.newest - SLOTS as i64 + 1..=self.newest).map(move |s| (s, of[ring(s)]))
+    }
+
+    fn used(&self) -> (u64, u64) {
+        (self.requests.iter().sum(), self.tokens.iter().sum())
+    }
+
+    fn view(&self, c: &BucketCheck, now_ms: i64) -> BucketView {
+        let (r, t) = self.used();
+        let empty = |of, used, limit| wait_for(self.oldest_first(of), used, limit, limit, now_ms);
         BucketView {
             rpm: c.rpm,
-            remaining_requests: self.requests.max(0.0) as u64,
+            remaining_requests: c.rpm.map_or(0, |l| l.saturating_sub(r)),
             reset_requests: c
                 .rpm
-                .map_or(Duration::ZERO, |r| time_to(self.requests, r as f64, r)),
+                .map_or(Duration::ZERO, |l| empty(&self.requests, r, l)),
             tpm: c.tpm,
-            remaining_tokens: self.tokens.max(0.0) as u64,
-            reset_tokens: c
-                .tpm
-                .map_or(Duration::ZERO, |t| time_to(self.tokens, t as f64, t)),
+            remaining_tokens: c.tpm.map_or(0, |l| l.saturating_sub(t)),
+            reset_tokens: c.tpm.map_or(Duration::ZERO, |l| empty(&self.tokens, t, l)),
+        }
+    }
+
+    /// Gives back `n` tokens, newest slots first (where the estimate was taken).
+    fn refund(&mut self, mut n: u64) {
+        for s in (self.newest - SLOTS as i64 + 1..=self.newest).rev() {
+            let slot = &mut self.tokens[ring(s)];
+            let back = n.min(*slot);
+            *slot -= back;
+            n -= back;
+            if n == 0 {
+                return;
+            }
         }
     }
 }
 
-/// What a request must find in a token bucket: its estimate, but never more than the whole
-/// bucket (a request larger than a minute's tokens still runs on a full bucket).
-fn tokens_needed(tokens: u64, tpm: u64) -> f64 {
-    tokens.clamp(1, tpm) as f64
+/// What a request must find room for in a token limit: its estimate, but never more than the
+/// whole limit (a request larger than a minute's tokens still runs on an idle window).
+fn tokens_needed(tokens: u64, tpm: u64) -> u64 {
+    tokens.clamp(1, tpm.max(1))
 }
 
 /// The in-process engine.
 #[derive(Default)]
 pub struct LocalBuckets {
-    map: Mutex<HashMap<String, Bucket>>,
+    map: Mutex<HashMap<String, Window>>,
 }
 
 impl LocalBuckets {
-    fn with<R>(&self, f: impl FnOnce(&mut HashMap<String, Bucket>) -> R) -> R {
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<String, Window>) -> R) -> R {
         let mut guard = self.map.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut guard)
     }
 }
 
-/// Buckets idle this long are full again and can be forgotten.
-const IDLE_MS: i64 = 120_000;
+/// Past this many windows the idle ones (empty again) are forgotten.
 const SWEEP_AT: usize = 100_000;
 
 #[async_trait]
@@ -159,46 +212,48 @@ impl RateBuckets for LocalBuckets {
     ) -> StoreResult<Admission> {
         Ok(self.with(|m| {
             if m.len() >= SWEEP_AT {
-                m.retain(|_, b| now_ms - b.at_ms < IDLE_MS);
+                m.retain(|_, w| !w.idle(now_ms));
             }
-            let mut next = Vec::with_capacity(checks.len());
             for (index, c) in checks.iter().enumerate() {
-                let b = m
-                    .get(&c.key)
-                    .map_or_else(|| Bucket::full(c, now_ms), |b| b.refilled(c, now_ms));
+                let w = m
+                    .entry(c.key.clone())
+                    .or_insert_with(|| Window::new(now_ms));
+                w.advance(now_ms);
+                let (r, t) = w.used();
                 if let Some(rpm) = c.rpm {
-                    if b.requests < 1.0 {
+                    if r + 1 > rpm {
                         return Admission::Refused {
                             index,
                             tokens: false,
-                            view: b.view(c),
-                            retry_after: time_to(b.requests, 1.0, rpm),
+                            view: w.view(c, now_ms),
+                            retry_after: wait_for(w.oldest_first(&w.requests), r, 1, rpm, now_ms),
                         };
                     }
                 }
                 if let Some(tpm) = c.tpm {
                     let need = tokens_needed(tokens, tpm);
-                    if b.tokens < need {
+                    if t + need > tpm {
                         return Admission::Refused {
                             index,
                             tokens: true,
-                            view: b.view(c),
-                            retry_after: time_to(b.tokens, need, tpm),
+                            view: w.view(c, now_ms),
+                            retry_after: wait_for(w.oldest_first(&w.tokens), t, need, tpm, now_ms),
                         };
                     }
                 }
-                next.push(b);
             }
             let mut views = Vec::with_capacity(checks.len());
-            for (c, mut b) in checks.iter().zip(next) {
-                if c.rpm.is_some() {
-                    b.requests -= 1.0;
+            for c in checks {
+                if let Some(w) = m.get_mut(&c.key) {
+                    let at = ring(w.newest);
+                    if c.rpm.is_some() {
+                        w.requests[at] += 1;
+                    }
+                    if c.tpm.is_some() {
+                        w.tokens[at] += tokens;
+                    }
+                    views.push(w.view(c, now_ms));
                 }
-                if c.tpm.is_some() {
-                    b.tokens -= tokens as f64;
-                }
-                views.push(b.view(c));
-                m.insert(c.key.clone(), b);
             }
             Admission::Admitted(views)
         }))
@@ -207,10 +262,13 @@ impl RateBuckets for LocalBuckets {
     async fn adjust(&self, checks: &[BucketCheck], delta: i64, now_ms: i64) -> StoreResult<()> {
         self.with(|m| {
             for c in checks.iter().filter(|c| c.tpm.is_some()) {
-                if let Some(b) = m.get_mut(&c.key) {
-                    let mut r = b.refilled(c, now_ms);
-                    r.tokens = (r.tokens - delta as f64).min(c.tpm.unwrap_or(0) as f64);
-                    *b = r;
+                if let Some(w) = m.get_mut(&c.key) {
+                    w.advance(now_ms);
+                    if delta >= 0 {
+                        w.tokens[ring(w.newest)] += delta as u64;
+                    } else {
+                        w.refund(delta.unsigned_abs());
+                    }
                 }
             }
         });
@@ -480,7 +538,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn requests_drain_and_refill_continuously() {
+    async fn a_burst_takes_the_limit_and_capacity_returns_as_its_slot_leaves_the_window() {
         let b = LocalBuckets::default();
         let c = [check(Some(60), None)];
         for i in 0..60u64 {
@@ -495,14 +553,42 @@ mod tests {
         else {
             panic!("the 61st request in the same instant must be refused");
         };
-        assert_eq!(retry_after, Duration::from_secs(1));
+        // The burst's slot (0-2 s) leaves the window at 62 s.
+        assert_eq!(retry_after, Duration::from_secs(61));
         assert_eq!(view.remaining_requests, 0);
-        assert_eq!(view.reset_requests, Duration::from_secs(60));
-        // One second later one request's worth has come back.
+        assert_eq!(view.reset_requests, Duration::from_secs(61));
         assert!(matches!(
-            b.acquire(&c, 0, 2000).await.unwrap(),
-            Admission::Admitted(_)
+            b.acquire(&c, 0, 61_999).await.unwrap(),
+            Admission::Refused { .. }
         ));
+        let Admission::Admitted(v) = b.acquire(&c, 0, 62_000).await.unwrap() else {
+            panic!("refused once the burst left the window");
+        };
+        assert_eq!(v[0].remaining_requests, 59);
+    }
+
+    #[tokio::test]
+    async fn no_minute_ever_admits_more_than_the_limit() {
+        let b = LocalBuckets::default();
+        let c = [check(Some(50), None)];
+        let mut admitted = Vec::new();
+        // A request every 150 ms for four minutes, at uneven offsets.
+        let mut t = 0;
+        while t < 240_000 {
+            if matches!(b.acquire(&c, 0, t).await.unwrap(), Admission::Admitted(_)) {
+                admitted.push(t);
+            }
+            t += 150 + (t % 7);
+        }
+        for (i, &end) in admitted.iter().enumerate() {
+            let in_minute = admitted[..=i].iter().filter(|&&x| x > end - 60_000).count();
+            assert!(
+                in_minute <= 50,
+                "{in_minute} admitted in the minute to {end}"
+            );
+        }
+        // And the limit is used: about 50 a minute over four minutes.
+        assert!(admitted.len() >= 180, "{}", admitted.len());
     }
 
     #[tokio::test]
@@ -543,6 +629,6 @@ mod tests {
             panic!("admitted");
         };
         assert!(tokens);
-        assert_eq!(retry_after, Duration::from_secs(30));
+        assert_eq!(retry_after, Duration::from_secs(62));
     }
 }

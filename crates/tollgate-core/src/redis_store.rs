@@ -355,7 +355,8 @@ fn escape_glob(s: &str) -> String {
     out
 }
 
-/// Rate-limit buckets in Redis: the same token-bucket arithmetic as the in-process engine.
+/// Rate limits in Redis: the same sliding windows as the in-process engine, on Redis's clock.
+/// A window is a hash with a field per slot: `r:{slot}` requests and `t:{slot}` tokens.
 pub struct RedisBuckets {
     con: ConnectionManager,
     prefix: String,
@@ -363,63 +364,116 @@ pub struct RedisBuckets {
     adjust: Script,
 }
 
-/// Shared by both scripts: Redis's clock, and a bucket refilled to now.
-const BUCKET_LIB: &str = r"
+/// Shared by both scripts: Redis's clock, the slot now, and a window loaded (its expired
+/// slots deleted).
+fn window_lib() -> String {
+    format!(
+        r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function refill(level, cap, at)
-  if cap <= 0 then return 0 end
-  local v = level + cap * math.max(now - at, 0) / 60000
-  if v > cap then v = cap end
-  return v
+local SLOT, SLOTS = {slot}, {slots}
+local cur = math.floor(now / SLOT)
+local function load(k)
+  local flat = redis.call('HGETALL', k)
+  local r, tk, ur, ut, dead = {{}}, {{}}, 0, 0, {{}}
+  for j = 1, #flat, 2 do
+    local f, v = flat[j], tonumber(flat[j + 1]) or 0
+    local s = tonumber(string.sub(f, 3))
+    if s == nil or s <= cur - SLOTS then
+      dead[#dead + 1] = f
+    elseif string.sub(f, 1, 1) == 'r' then
+      r[s] = v
+      ur = ur + v
+    else
+      tk[s] = v
+      ut = ut + v
+    end
+  end
+  if #dead > 0 then redis.call('HDEL', k, unpack(dead)) end
+  return r, tk, ur, ut
 end
-local function load(k, rpm, tpm)
-  local v = redis.call('HMGET', k, 'requests', 'tokens', 'at')
-  if not v[3] then return rpm, tpm end
-  local at = tonumber(v[3])
-  return refill(tonumber(v[1]), rpm, at), refill(tonumber(v[2]), tpm, at)
+-- Milliseconds until need more fits under limit (slot s leaves at (s + SLOTS) * SLOT).
+local function wait(slots, used, need, limit)
+  if limit <= 0 or used + need <= limit then return 0 end
+  local freed = 0
+  for s = cur - SLOTS + 1, cur do
+    freed = freed + (slots[s] or 0)
+    if used - math.min(freed, used) + need <= limit then return (s + SLOTS) * SLOT - now end
+  end
+  return SLOTS * SLOT
 end
-";
+",
+        slot = crate::ratelimit::SLOT_MS,
+        slots = crate::ratelimit::SLOTS,
+    )
+}
 
 const ACQUIRE: &str = r"
--- KEYS: buckets. ARGV[1]: tokens; ARGV[2i], ARGV[2i+1]: rpm and tpm of KEYS[i] (0: none).
+-- KEYS: windows. ARGV[1]: tokens; ARGV[2i], ARGV[2i+1]: rpm and tpm of KEYS[i] (0: none).
+-- Admitted: {0, then per window: requests used, tokens used, ms until each is all free}.
+-- Refused: {i, on tokens (0/1), requests used, tokens used, the two resets, retry ms}.
 local tokens = tonumber(ARGV[1])
-local levels = {}
+local st = {}
 for i, k in ipairs(KEYS) do
   local rpm, tpm = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-  local r, tk = load(k, rpm, tpm)
-  if rpm > 0 and r < 1 then
-    return {i, 0, tostring(r), tostring(tk)}
+  local r, tk, ur, ut = load(k)
+  st[i] = {r, tk, ur, ut}
+  if rpm > 0 and ur + 1 > rpm then
+    return {i, 0, ur, ut, wait(r, ur, rpm, rpm), wait(tk, ut, tpm, tpm), wait(r, ur, 1, rpm)}
   end
   if tpm > 0 then
     local need = math.max(1, math.min(tokens, tpm))
-    if tk < need then return {i, 1, tostring(r), tostring(tk)} end
+    if ut + need > tpm then
+      return {i, 1, ur, ut, wait(r, ur, rpm, rpm), wait(tk, ut, tpm, tpm), wait(tk, ut, need, tpm)}
+    end
   end
-  levels[i] = {r, tk}
 end
 local out = {0}
 for i, k in ipairs(KEYS) do
   local rpm, tpm = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-  local r, tk = levels[i][1], levels[i][2]
-  if rpm > 0 then r = r - 1 end
-  if tpm > 0 then tk = tk - tokens end
-  redis.call('HSET', k, 'requests', tostring(r), 'tokens', tostring(tk), 'at', now)
-  redis.call('PEXPIRE', k, 180000)
-  out[#out + 1] = tostring(r)
-  out[#out + 1] = tostring(tk)
+  local r, tk, ur, ut = st[i][1], st[i][2], st[i][3], st[i][4]
+  if rpm > 0 then
+    r[cur] = (r[cur] or 0) + 1
+    ur = ur + 1
+    redis.call('HINCRBY', k, 'r:' .. cur, 1)
+  end
+  if tpm > 0 and tokens > 0 then
+    tk[cur] = (tk[cur] or 0) + tokens
+    ut = ut + tokens
+    redis.call('HINCRBY', k, 't:' .. cur, tokens)
+  end
+  redis.call('PEXPIRE', k, (SLOTS + 1) * SLOT)
+  out[#out + 1] = ur
+  out[#out + 1] = ut
+  out[#out + 1] = wait(r, ur, rpm, rpm)
+  out[#out + 1] = wait(tk, ut, tpm, tpm)
 end
 return out
 ";
 
 const ADJUST: &str = r"
--- KEYS: buckets. ARGV[1]: token delta; ARGV[2i], ARGV[2i+1]: rpm and tpm of KEYS[i].
+-- KEYS: windows. ARGV[1]: token delta; ARGV[2i], ARGV[2i+1]: rpm and tpm of KEYS[i]. Taking
+-- more goes to the slot now; giving back comes off the newest slots first.
+local delta = tonumber(ARGV[1])
 for i, k in ipairs(KEYS) do
-  local rpm, tpm = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-  if tpm > 0 and redis.call('EXISTS', k) == 1 then
-    local r, tk = load(k, rpm, tpm)
-    tk = math.min(tk - tonumber(ARGV[1]), tpm)
-    redis.call('HSET', k, 'requests', tostring(r), 'tokens', tostring(tk), 'at', now)
-    redis.call('PEXPIRE', k, 180000)
+  local tpm = tonumber(ARGV[2 * i + 1])
+  if tpm > 0 and delta ~= 0 and redis.call('EXISTS', k) == 1 then
+    if delta > 0 then
+      redis.call('HINCRBY', k, 't:' .. cur, delta)
+    else
+      local _, tk = load(k)
+      local give = -delta
+      for s = cur, cur - SLOTS + 1, -1 do
+        local v = tk[s] or 0
+        if v > 0 then
+          local back = math.min(v, give)
+          redis.call('HINCRBY', k, 't:' .. s, -back)
+          give = give - back
+          if give <= 0 then break end
+        end
+      end
+    end
+    redis.call('PEXPIRE', k, (SLOTS + 1) * SLOT)
   end
 end
 return 0
@@ -427,11 +481,12 @@ return 0
 
 impl RedisBuckets {
     pub fn new(con: ConnectionManager, prefix: &str) -> RedisBuckets {
+        let lib = window_lib();
         RedisBuckets {
             con,
             prefix: prefix.to_owned(),
-            acquire: Script::new(&format!("{BUCKET_LIB}{ACQUIRE}")),
-            adjust: Script::new(&format!("{BUCKET_LIB}{ADJUST}")),
+            acquire: Script::new(&format!("{lib}{ACQUIRE}")),
+            adjust: Script::new(&format!("{lib}{ADJUST}")),
         }
     }
 
@@ -444,29 +499,22 @@ impl RedisBuckets {
         let mut inv = script.prepare_invoke();
         inv.arg(first);
         for c in checks {
-            inv.key(format!("{}rate:{}", self.prefix, c.key));
+            inv.key(format!("{}window:{}", self.prefix, c.key));
             inv.arg(c.rpm.unwrap_or(0)).arg(c.tpm.unwrap_or(0));
         }
         inv
     }
 }
 
-/// A bucket's state as the headers show it, from its levels.
-fn view(c: &BucketCheck, requests: f64, tokens: f64) -> BucketView {
-    let until_full = |level: f64, cap: u64| {
-        if level >= cap as f64 || cap == 0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64((cap as f64 - level) * 60.0 / cap as f64)
-        }
-    };
+/// A window as the headers show it: what it used, and the milliseconds until each is free.
+fn view(c: &BucketCheck, used: [u64; 2], reset_ms: [u64; 2]) -> BucketView {
     BucketView {
         rpm: c.rpm,
-        remaining_requests: requests.max(0.0) as u64,
-        reset_requests: c.rpm.map_or(Duration::ZERO, |r| until_full(requests, r)),
+        remaining_requests: c.rpm.map_or(0, |l| l.saturating_sub(used[0])),
+        reset_requests: Duration::from_millis(reset_ms[0]),
         tpm: c.tpm,
-        remaining_tokens: tokens.max(0.0) as u64,
-        reset_tokens: c.tpm.map_or(Duration::ZERO, |t| until_full(tokens, t)),
+        remaining_tokens: c.tpm.map_or(0, |l| l.saturating_sub(used[1])),
+        reset_tokens: Duration::from_millis(reset_ms[1]),
     }
 }
 
@@ -480,21 +528,19 @@ impl RateBuckets for RedisBuckets {
     ) -> StoreResult<Admission> {
         let inv = self.invocation(&self.acquire, checks, tokens as i64);
         let mut con = self.con.clone();
-        let out: Vec<redis::Value> = inv.invoke_async(&mut con).await.map_err(unavailable)?;
-        let num = |v: Option<&redis::Value>| match v {
-            Some(redis::Value::BulkString(b)) => float(&String::from_utf8_lossy(b)),
-            Some(redis::Value::Int(i)) => *i as f64,
-            _ => 0.0,
-        };
-        let index = match out.first() {
-            Some(redis::Value::Int(i)) => *i,
-            _ => return Err(StoreError::Corrupt("redis: bad acquire answer".into())),
+        let out: Vec<i64> = inv.invoke_async(&mut con).await.map_err(unavailable)?;
+        let at = |i: usize| out.get(i).copied().unwrap_or(0).max(0) as u64;
+        let Some(&index) = out.first() else {
+            return Err(StoreError::Corrupt("redis: bad acquire answer".into()));
         };
         if index == 0 {
             let views = checks
                 .iter()
                 .enumerate()
-                .map(|(i, c)| view(c, num(out.get(1 + 2 * i)), num(out.get(2 + 2 * i))))
+                .map(|(i, c)| {
+                    let b = 1 + 4 * i;
+                    view(c, [at(b), at(b + 1)], [at(b + 2), at(b + 3)])
+                })
                 .collect();
             return Ok(Admission::Admitted(views));
         }
@@ -502,21 +548,11 @@ impl RateBuckets for RedisBuckets {
         let Some(c) = checks.get(i) else {
             return Err(StoreError::Corrupt("redis: bad acquire index".into()));
         };
-        let on_tokens = num(out.get(1)) == 1.0;
-        let (r, tk) = (num(out.get(2)), num(out.get(3)));
-        let retry_after = if on_tokens {
-            let tpm = c.tpm.unwrap_or(1).max(1);
-            let need = tokens.clamp(1, tpm) as f64;
-            Duration::from_secs_f64(((need - tk).max(0.0)) * 60.0 / tpm as f64)
-        } else {
-            let rpm = c.rpm.unwrap_or(1).max(1);
-            Duration::from_secs_f64(((1.0 - r).max(0.0)) * 60.0 / rpm as f64)
-        };
         Ok(Admission::Refused {
             index: i,
-            tokens: on_tokens,
-            view: view(c, r, tk),
-            retry_after,
+            tokens: at(1) == 1,
+            view: view(c, [at(2), at(3)], [at(4), at(5)]),
+            retry_after: Duration::from_millis(at(6)),
         })
     }
 

@@ -281,7 +281,8 @@ async fn rate_limits_answer_with_openai_headers() {
     assert_eq!(err["code"], "rate_limit_exceeded");
     assert!(err["message"].as_str().unwrap().contains("per-key"));
     let retry: u64 = res.header("retry-after").unwrap().parse().unwrap();
-    assert!((1..=20).contains(&retry), "{retry}");
+    // The three requests leave the one-minute window together, 58 to 62 s from now.
+    assert!((58..=62).contains(&retry), "{retry}");
     assert_eq!(res.header("x-ratelimit-remaining-requests"), Some("0"));
 
     // Another key has its own bucket; the model-wide one still has room.
