@@ -145,6 +145,13 @@ class Gateway:
     stdout_lines: list
     stderr_path: Path
     config_path: Path
+    proc: Optional[subprocess.Popen] = None
+
+    def kill(self) -> None:
+        """Kills the process outright (SIGKILL): nothing is flushed, nothing closed."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=SHUTDOWN_TIMEOUT)
 
     @property
     def base_url(self) -> str:
@@ -298,6 +305,7 @@ def launch_gateway(workdir: Path, config_text: str) -> Iterator[Gateway]:
         stdout_lines=lines,
         stderr_path=stderr_path,
         config_path=config,
+        proc=proc,
     )
     try:
         yield gw

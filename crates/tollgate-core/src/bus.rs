@@ -32,6 +32,8 @@ pub mod topic {
     pub const AGENTS: &str = "agents";
     /// A semantic-cache entry was stored; the payload is the entry.
     pub const SEMANTIC: &str = "semantic";
+    /// A client ended an MCP session; the payload is its id.
+    pub const MCP_SESSION_ENDED: &str = "mcp.session.ended";
     /// The subscription was (re-)established: notices may have been missed.
     pub const RESYNC: &str = "*";
 }

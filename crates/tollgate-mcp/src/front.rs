@@ -228,7 +228,7 @@ async fn serve(layer: Arc<McpLayer>, name: Option<String>, req: Request) -> Resp
     };
     match parts.method {
         Method::POST => post(layer, target, principal, ctx, parts.headers, body).await,
-        Method::GET => get_stream(layer, target, principal, &parts.headers),
+        Method::GET => get_stream(layer, target, principal, &parts.headers).await,
         Method::DELETE => delete(layer, target, principal, &parts.headers).await,
         _ => refuse(
             RpcError::new(jsonrpc::INVALID_REQUEST, "use POST, GET or DELETE")
@@ -238,11 +238,12 @@ async fn serve(layer: Arc<McpLayer>, name: Option<String>, req: Request) -> Resp
     }
 }
 
-/// The session a request names, if it belongs to this caller and path.
-fn find_session(
-    layer: &McpLayer,
+/// The session a request names, if it belongs to this caller and path. A session another
+/// replica opened (or this one before a restart) is reopened here from its sealed id.
+async fn find_session(
+    layer: &Arc<McpLayer>,
     target: &Target,
-    principal: &Principal,
+    principal: &Arc<Principal>,
     headers: &HeaderMap,
 ) -> Result<Arc<Session>, RpcError> {
     let Some(id) = headers.get(SESSION).and_then(|v| v.to_str().ok()) else {
@@ -252,18 +253,6 @@ fn find_session(
         )
         .with_status(StatusCode::BAD_REQUEST));
     };
-    let not_found = || {
-        RpcError::new(
-            jsonrpc::SESSION_NOT_FOUND,
-            "session not found or expired: initialize a new one",
-        )
-        .with_status(StatusCode::NOT_FOUND)
-    };
-    let session = layer.sessions.get(id).ok_or_else(not_found)?;
-    // Another principal's or another path's session looks exactly like a missing one.
-    if session.owner != principal.label() || session.target != target.name {
-        return Err(not_found());
-    }
     if let Some(v) = headers.get(VERSION) {
         let v = v.to_str().unwrap_or_default();
         if !VERSIONS.contains(&v) {
@@ -274,6 +263,24 @@ fn find_session(
             .with_data(json!({"supported": VERSIONS}))
             .with_status(StatusCode::BAD_REQUEST));
         }
+    }
+    let not_found = || {
+        RpcError::new(
+            jsonrpc::SESSION_NOT_FOUND,
+            "session not found or expired: initialize a new one",
+        )
+        .with_status(StatusCode::NOT_FOUND)
+    };
+    let session = match layer.sessions.get(id) {
+        Some(s) => s,
+        None => layer
+            .resume_session(id, principal, target.name.as_deref(), &target.servers)
+            .await?
+            .ok_or_else(not_found)?,
+    };
+    // Another principal's or another path's session looks exactly like a missing one.
+    if session.owner != principal.label() || session.target != target.name {
+        return Err(not_found());
     }
     session.touch();
     Ok(session)
@@ -342,7 +349,7 @@ async fn post(
     if kind == Kind::Request && jsonrpc::method(&msg) == "initialize" {
         return initialize(layer, target, principal, msg).await;
     }
-    let session = match find_session(&layer, &target, &principal, &headers) {
+    let session = match find_session(&layer, &target, &principal, &headers).await {
         Ok(s) => s,
         Err(e) => return refuse(e, msg.get("id").cloned().unwrap_or(Value::Null)),
     };
@@ -383,7 +390,7 @@ async fn post_batch(
     headers: &HeaderMap,
     batch: Vec<Value>,
 ) -> Response {
-    let session = match find_session(&layer, &target, &principal, headers) {
+    let session = match find_session(&layer, &target, &principal, headers).await {
         Ok(s) => s,
         Err(e) => return refuse(e, Value::Null),
     };
@@ -544,6 +551,7 @@ async fn initialize(
             &target.servers,
             version.clone(),
             params,
+            None,
         )
         .await
     {
@@ -560,7 +568,7 @@ async fn initialize(
     res
 }
 
-fn get_stream(
+async fn get_stream(
     layer: Arc<McpLayer>,
     target: Target,
     principal: Arc<Principal>,
@@ -576,7 +584,7 @@ fn get_stream(
             Value::Null,
         );
     }
-    let session = match find_session(&layer, &target, &principal, headers) {
+    let session = match find_session(&layer, &target, &principal, headers).await {
         Ok(s) => s,
         Err(e) => return refuse(e, Value::Null),
     };
@@ -620,12 +628,11 @@ async fn delete(
     principal: Arc<Principal>,
     headers: &HeaderMap,
 ) -> Response {
-    let session = match find_session(&layer, &target, &principal, headers) {
+    let session = match find_session(&layer, &target, &principal, headers).await {
         Ok(s) => s,
         Err(e) => return refuse(e, Value::Null),
     };
-    layer.sessions.remove(&session.id);
-    session.close().await;
+    layer.end_session(&session).await;
     tracing::info!(session = %session.id, "MCP session ended by the client");
     StatusCode::OK.into_response()
 }

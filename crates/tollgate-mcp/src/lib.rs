@@ -53,7 +53,30 @@ pub struct McpLayer {
     approvals_changed: tokio::sync::Notify,
     /// OAuth clients by server name.
     tokens: std::sync::Mutex<std::collections::HashMap<String, Arc<upstream::oauth::TokenSource>>>,
+    /// Sessions ended here (deleted or expired), so their sealed ids are not reopened.
+    ended: session::Ended,
+    /// One reopening at a time, so concurrent requests of a moved session share one.
+    resuming: tokio::sync::Mutex<()>,
 }
+
+/// What a session id carries, sealed for the principal that opened it, so that any replica
+/// can reopen the session after the one holding it stopped: the path, the protocol version
+/// and the client's `initialize` parameters (to initialize the upstreams again).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Resumable {
+    /// 128 random bits: ids never repeat.
+    n: String,
+    t: Option<String>,
+    v: String,
+    i: Value,
+}
+
+/// Longer sealed ids (a client sending huge `initialize` parameters) fall back to a plain
+/// random id: such a session is not resumable elsewhere.
+const MAX_SESSION_ID: usize = 2048;
+
+/// How long a replica remembers, in Redis, that a session ended.
+const ENDED_TTL: Duration = Duration::from_secs(7 * 86_400);
 
 /// What one config generation decides.
 struct State {
@@ -98,11 +121,17 @@ impl McpLayer {
             tokens: std::sync::Mutex::default(),
             pins: pins::Pins::default(),
             approvals_changed: tokio::sync::Notify::new(),
+            ended: session::Ended::default(),
+            resuming: tokio::sync::Mutex::new(()),
         });
         layer
             .core
             .metrics
             .register_collector(Box::new(SessionCollector(Arc::downgrade(&layer))));
+        layer.runtime.spawn(McpLayer::follow_ended(
+            Arc::downgrade(&layer),
+            layer.core.bus.clone(),
+        ));
         Ok(layer)
     }
 
@@ -138,6 +167,9 @@ impl McpLayer {
             let idle = self.state.load().config.session_idle_timeout;
             for s in self.sessions.expired(idle) {
                 tracing::info!(session = %s.id, "MCP session expired");
+                // Not reopened here; a client that comes back through another replica may
+                // still reopen it (only a DELETE ends a session everywhere).
+                self.ended.insert(&s.id);
                 s.close().await;
             }
         }
@@ -249,6 +281,7 @@ impl McpLayer {
         servers: &[McpServerConfig],
         version: String,
         client_init: Value,
+        resumed_id: Option<String>,
     ) -> Result<Arc<Session>, jsonrpc::RpcError> {
         let (tx, rx) = mpsc::channel(256);
         let label = principal.label();
@@ -302,12 +335,17 @@ impl McpLayer {
             )
             .with_status(http::StatusCode::BAD_GATEWAY));
         }
-        let Some(id) = session_id() else {
-            return Err(jsonrpc::RpcError::new(
-                jsonrpc::INTERNAL_ERROR,
-                "no randomness for a session id",
-            )
-            .with_status(http::StatusCode::INTERNAL_SERVER_ERROR));
+        let id = match resumed_id {
+            Some(id) => id,
+            None => self
+                .mint_session_id(&label, target.as_deref(), &version, &client_init)
+                .ok_or_else(|| {
+                    jsonrpc::RpcError::new(
+                        jsonrpc::INTERNAL_ERROR,
+                        "no randomness for a session id",
+                    )
+                    .with_status(http::StatusCode::INTERNAL_SERVER_ERROR)
+                })?,
         };
         let session = Arc::new(Session::new(
             id,
@@ -327,6 +365,137 @@ impl McpLayer {
         self.sessions.insert(session.clone());
         Ok(session)
     }
+
+    /// A new session's id: what reopening it needs, sealed for its principal.
+    fn mint_session_id(
+        &self,
+        principal: &str,
+        target: Option<&str>,
+        version: &str,
+        client_init: &Value,
+    ) -> Option<String> {
+        let nonce = session_id()?;
+        let payload = serde_json::to_vec(&Resumable {
+            n: nonce.clone(),
+            t: target.map(str::to_owned),
+            v: version.to_owned(),
+            i: client_init.clone(),
+        })
+        .ok()?;
+        let sealed = self.sealer.seal(principal, &payload);
+        Some(if sealed.len() <= MAX_SESSION_ID {
+            sealed
+        } else {
+            nonce
+        })
+    }
+
+    /// Reopens a session this replica does not hold from its sealed id: the upstreams are
+    /// initialized again with the client's original parameters. `None`: not a session of this
+    /// caller on this path, or one that ended.
+    async fn resume_session(
+        self: &Arc<Self>,
+        id: &str,
+        principal: &Arc<tollgate_core::identity::Principal>,
+        target: Option<&str>,
+        servers: &[McpServerConfig],
+    ) -> Result<Option<Arc<Session>>, jsonrpc::RpcError> {
+        let Some(payload) = self.sealer.open(&principal.label(), id) else {
+            return Ok(None);
+        };
+        let Ok(r) = serde_json::from_slice::<Resumable>(&payload) else {
+            return Ok(None);
+        };
+        if r.t.as_deref() != target {
+            return Ok(None);
+        }
+        let _one = self.resuming.lock().await;
+        if let Some(s) = self.sessions.get(id) {
+            return Ok(Some(s));
+        }
+        if self.has_ended(id).await {
+            return Ok(None);
+        }
+        let session = self
+            .open_session(
+                principal.clone(),
+                r.t,
+                servers,
+                r.v,
+                r.i,
+                Some(id.to_owned()),
+            )
+            .await?;
+        tracing::info!(session = %session.id, principal = %session.owner, upstreams = session.upstreams.len(), "MCP session reopened on this replica");
+        Ok(Some(session))
+    }
+
+    /// Ends a session at the client's request: closed here, dropped by every replica that
+    /// holds a copy (it may have moved), and never reopened.
+    async fn end_session(&self, session: &Session) {
+        self.sessions.remove(&session.id);
+        self.ended.insert(&session.id);
+        if let Some(shared) = &self.core.shared {
+            if let Err(e) = shared.put(&ended_key(&session.id), b"1", ENDED_TTL).await {
+                tracing::warn!(error = %e, "could not record an ended MCP session in Redis; another replica could reopen it");
+            }
+        }
+        self.core
+            .bus
+            .publish(
+                tollgate_core::bus::topic::MCP_SESSION_ENDED,
+                session.id.clone(),
+            )
+            .await;
+        session.close().await;
+    }
+
+    /// Drops the copies of sessions ended through other replicas, as their notices arrive.
+    async fn follow_ended(this: std::sync::Weak<Self>, bus: Arc<tollgate_core::bus::Bus>) {
+        let mut notices = bus.subscribe();
+        loop {
+            match notices.recv().await {
+                Ok(n) if n.topic == tollgate_core::bus::topic::MCP_SESSION_ENDED => {
+                    let Some(layer) = this.upgrade() else {
+                        return;
+                    };
+                    layer.ended.insert(&n.payload);
+                    if let Some(s) = layer.sessions.remove(&n.payload) {
+                        tracing::info!(session = %s.id, "MCP session ended through another replica");
+                        s.close().await;
+                    }
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    async fn has_ended(&self, id: &str) -> bool {
+        if self.ended.contains(id) {
+            return true;
+        }
+        match &self.core.shared {
+            Some(shared) => match shared.get(&ended_key(id)).await {
+                Ok(found) => found.is_some(),
+                // Unknown: refusing is the safe side (the client initializes again).
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot tell whether an MCP session ended (Redis); not reopening it");
+                    true
+                }
+            },
+            None => false,
+        }
+    }
+}
+
+/// The Redis key recording that a session ended (ids can be long: a digest).
+fn ended_key(id: &str) -> String {
+    use sha2::Digest;
+    format!(
+        "mcp.ended:{}",
+        tollgate_core::hex::encode(&sha2::Sha256::digest(id.as_bytes())[..16])
+    )
 }
 
 /// Renumbers upstream messages from config order to the session's order (which skips

@@ -475,6 +475,36 @@ impl Sessions {
     }
 }
 
+/// Ids of sessions that ended on this replica, the most recent ones (bounded).
+#[derive(Default)]
+pub struct Ended {
+    ids: Mutex<(std::collections::HashSet<String>, VecDeque<String>)>,
+}
+
+/// Ended sessions remembered in process.
+const ENDED_KEPT: usize = 65_536;
+
+impl Ended {
+    pub fn insert(&self, id: &str) {
+        let Ok(mut g) = self.ids.lock() else {
+            return;
+        };
+        let (set, order) = &mut *g;
+        if set.insert(id.to_owned()) {
+            order.push_back(id.to_owned());
+            while order.len() > ENDED_KEPT {
+                if let Some(old) = order.pop_front() {
+                    set.remove(&old);
+                }
+            }
+        }
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.ids.lock().is_ok_and(|g| g.0.contains(id))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
