@@ -147,13 +147,25 @@ impl A2aLayer {
             .await;
     }
 
-    pub async fn run_registry_refresher(
+    /// Follows registry changes by other replicas: at once on a change notice, every 5 s
+    /// regardless. Subscribes before it first runs, then catches up at once.
+    pub fn run_registry_refresher(
         self: Arc<Self>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = ()> {
+        let notices = self.core.bus.subscribe();
+        self.follow_registry(notices, stop)
+    }
+
+    async fn follow_registry(
+        self: Arc<Self>,
+        mut notices: tokio::sync::broadcast::Receiver<tollgate_core::bus::Notice>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         use tollgate_core::bus::topic;
-        // At once on a change notice from another replica; every 5 s regardless.
-        let mut notices = self.core.bus.subscribe();
+        if let Err(e) = self.refresh_registry().await {
+            tracing::warn!(error = %e, "agent registry refresh failed");
+        }
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}

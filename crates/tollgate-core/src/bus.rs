@@ -82,8 +82,9 @@ impl Bus {
     }
 
     /// A bus over Redis; the subscription runs in a task until the process ends, reconnecting
-    /// after failures.
-    pub fn redis(url: &str, con: ConnectionManager, prefix: &str) -> Arc<Bus> {
+    /// after failures. Returns once subscribed (or after two seconds, logged), so a replica
+    /// that starts serving already hears its peers.
+    pub async fn redis(url: &str, con: ConnectionManager, prefix: &str) -> Arc<Bus> {
         let channel = format!("{prefix}changes");
         let bus = Arc::new(Bus {
             origin: format!("{:032x}", fastrand::u128(..)),
@@ -98,6 +99,16 @@ impl Bus {
             bus.local.clone(),
             bus.subscribed.clone(),
         ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !bus.subscribed() {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    "change notices: not subscribed yet; starting anyway (polling covers the gap)"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         bus
     }
 

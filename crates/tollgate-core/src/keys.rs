@@ -289,27 +289,35 @@ impl KeyService {
     /// Follows changes by other processes until `stop` resolves: at once when a change notice
     /// arrives on the bus, and by polling the store's change counter every `every()` (which
     /// also covers processes without a bus, such as `tollgate keys` on the command line).
-    pub async fn run_refresher(
+    ///
+    /// Subscribes before it first runs, then catches up at once: nothing written between the
+    /// initial load and the subscription is missed.
+    pub fn run_refresher(
         self: Arc<Self>,
         every: impl Fn() -> Duration,
         mut stop: tokio::sync::watch::Receiver<bool>,
-    ) {
+    ) -> impl std::future::Future<Output = ()> {
         let mut notices = self.bus.subscribe();
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every()) => {}
-                n = notices.recv() => match n {
-                    Ok(n) if !n.concerns(crate::bus::topic::KEYS) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                        notices = self.bus.subscribe();
-                        continue;
-                    }
-                    _ => {}
-                },
-                _ = stop.changed() => return,
-            }
+        async move {
             if let Err(e) = self.refresh_if_changed().await {
                 tracing::warn!(error = %e, "key cache refresh failed; serving the previous snapshot");
+            }
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every()) => {}
+                    n = notices.recv() => match n {
+                        Ok(n) if !n.concerns(crate::bus::topic::KEYS) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            notices = self.bus.subscribe();
+                            continue;
+                        }
+                        _ => {}
+                    },
+                    _ = stop.changed() => return,
+                }
+                if let Err(e) = self.refresh_if_changed().await {
+                    tracing::warn!(error = %e, "key cache refresh failed; serving the previous snapshot");
+                }
             }
         }
     }

@@ -97,6 +97,7 @@ impl Core {
         let bus = match (&config.storage.redis_url, &redis) {
             (Some(url), Some(con)) => {
                 crate::bus::Bus::redis(url.expose(), con.clone(), &config.storage.redis_prefix)
+                    .await
             }
             _ => crate::bus::Bus::local(),
         };

@@ -420,7 +420,7 @@ impl LlmLayer {
             .metrics
             .register_collector(Box::new(RoutingCollector(Arc::downgrade(&layer))));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(layer.semantic.clone().follow(layer.core.bus.clone()));
+            rt.spawn(layer.semantic.clone().follow(layer.core.bus.subscribe()));
             let semantic = layer.semantic.clone();
             rt.spawn(async move {
                 match semantic.load().await {

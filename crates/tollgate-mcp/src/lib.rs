@@ -130,7 +130,7 @@ impl McpLayer {
             .register_collector(Box::new(SessionCollector(Arc::downgrade(&layer))));
         layer.runtime.spawn(McpLayer::follow_ended(
             Arc::downgrade(&layer),
-            layer.core.bus.clone(),
+            layer.core.bus.subscribe(),
         ));
         Ok(layer)
     }
@@ -451,8 +451,10 @@ impl McpLayer {
     }
 
     /// Drops the copies of sessions ended through other replicas, as their notices arrive.
-    async fn follow_ended(this: std::sync::Weak<Self>, bus: Arc<tollgate_core::bus::Bus>) {
-        let mut notices = bus.subscribe();
+    async fn follow_ended(
+        this: std::sync::Weak<Self>,
+        mut notices: tokio::sync::broadcast::Receiver<tollgate_core::bus::Notice>,
+    ) {
         loop {
             match notices.recv().await {
                 Ok(n) if n.topic == tollgate_core::bus::topic::MCP_SESSION_ENDED => {

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
-use tollgate_core::bus::{topic, Bus};
+use tollgate_core::bus::{topic, Bus, Notice};
 use tollgate_core::config::{RouteCache, SemanticCache as SemanticConfig};
 use tollgate_core::hex;
 use tollgate_core::identity::Principal;
@@ -435,11 +435,10 @@ impl SemanticCache {
         })
     }
 
-    /// Indexes the entries other replicas store, as their notices arrive on `bus`, until the
-    /// bus closes. A notice missed (Redis away for a while) costs only cache hits: the entry is
+    /// Indexes the entries other replicas store, as their notices arrive (subscribe before
+    /// loading the stored entries, so none falls between), until the bus closes. A notice missed (Redis away for a while) costs only cache hits: the entry is
     /// in the store and every replica indexes it at its next start.
-    pub async fn follow(self: Arc<Self>, bus: Arc<Bus>) {
-        let mut notices = bus.subscribe();
+    pub async fn follow(self: Arc<Self>, mut notices: tokio::sync::broadcast::Receiver<Notice>) {
         loop {
             match notices.recv().await {
                 Ok(n) if n.topic == topic::SEMANTIC => {
