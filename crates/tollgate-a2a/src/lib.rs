@@ -166,9 +166,12 @@ impl A2aLayer {
         if let Err(e) = self.refresh_registry().await {
             tracing::warn!(error = %e, "agent registry refresh failed");
         }
+        // A deadline, not a sleep restarted on every notice: notices of other topics (one per
+        // semantic-cache entry) must not postpone the poll.
+        let mut next_poll = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = tokio::time::sleep_until(next_poll) => {}
                 n = notices.recv() => {
                     if matches!(&n, Ok(n) if !n.concerns(topic::AGENTS)) {
                         continue;
@@ -176,6 +179,7 @@ impl A2aLayer {
                 }
                 _ = stop.changed() => break,
             }
+            next_poll = tokio::time::Instant::now() + Duration::from_secs(5);
             if let Err(e) = self.refresh_registry().await {
                 tracing::warn!(error = %e, "agent registry refresh failed");
             }

@@ -302,9 +302,12 @@ impl KeyService {
             if let Err(e) = self.refresh_if_changed().await {
                 tracing::warn!(error = %e, "key cache refresh failed; serving the previous snapshot");
             }
+            // A deadline, not a sleep restarted on every notice: notices of other topics (one
+            // per semantic-cache entry) must not postpone the poll.
+            let mut next_poll = tokio::time::Instant::now() + every();
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(every()) => {}
+                    _ = tokio::time::sleep_until(next_poll) => {}
                     n = notices.recv() => match n {
                         Ok(n) if !n.concerns(crate::bus::topic::KEYS) => continue,
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => {
@@ -315,6 +318,7 @@ impl KeyService {
                     },
                     _ = stop.changed() => return,
                 }
+                next_poll = tokio::time::Instant::now() + every();
                 if let Err(e) = self.refresh_if_changed().await {
                     tracing::warn!(error = %e, "key cache refresh failed; serving the previous snapshot");
                 }
