@@ -56,7 +56,6 @@ pub struct A2aLayer {
     digests: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// Spreads new conversations over an agent's replicas.
     next_replica: AtomicUsize,
-    quotas: Arc<tollgate_core::quota::Quotas>,
     relay: push::Relay,
     /// Agents registered through the admin API (config agents win on a name clash).
     stored: ArcSwap<Vec<AgentConfig>>,
@@ -106,7 +105,6 @@ impl A2aLayer {
             cards,
             digests: std::sync::Mutex::default(),
             next_replica: AtomicUsize::new(0),
-            quotas: Arc::default(),
             stored: ArcSwap::from_pointee(Vec::new()),
         }))
     }

@@ -22,6 +22,7 @@ use tollgate_core::config::AgentConfig;
 use tollgate_core::context::{RequestContext, TraceContext, CONVERSATION_ID};
 use tollgate_core::identity::Principal;
 use tollgate_core::otlp::{self, KeyValue as Kv};
+use tollgate_core::quota::Refusal;
 
 use crate::affinity::{Kind, Route};
 use crate::error::{self, A2aError, Shape};
@@ -432,15 +433,20 @@ pub async fn handle(
         call.finish();
         return refuse(&e, shape, &rpc_id);
     }
-    let _permit = match layer.quotas.admit(
-        &state.config.quotas,
-        &principal,
-        &agent.name,
-        op.name,
-        tollgate_core::time::now_ms(),
-    ) {
-        Ok(p) => p,
-        Err(refused) => {
+    let refusal = match layer
+        .core
+        .quotas
+        .admit(
+            &state.config.quotas,
+            &principal,
+            &agent.name,
+            op.name,
+            tollgate_core::time::now_ms(),
+        )
+        .await
+    {
+        Ok(p) => Ok(p),
+        Err(Refusal::Quota(refused)) => {
             let secs = refused.retry_after.as_secs().max(1);
             let e = A2aError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -452,10 +458,26 @@ pub async fn handle(
                 ),
             )
             .with_data(json!({"quota": refused.quota, "retryAfterSeconds": secs}));
+            Err((e, Some(refused.quota), secs))
+        }
+        Err(Refusal::Unavailable(api)) => {
+            let e = A2aError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                error::GATEWAY_REFUSED,
+                "UNAVAILABLE",
+                api.message.clone(),
+            )
+            .with_data(json!({"retryAfterSeconds": 1}));
+            Err((e, None, 1))
+        }
+    };
+    let _permit = match refusal {
+        Ok(p) => p,
+        Err((e, rule, secs)) => {
             call.decision = "quota";
-            call.rule = Some(refused.quota.clone());
+            call.rule = rule;
             call.error = Some(e.message.clone());
-            call.status = 429;
+            call.status = e.status.as_u16();
             call.finish();
             let mut res = refuse(&e, shape, &rpc_id);
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {

@@ -34,6 +34,10 @@ pub mod topic {
     pub const SEMANTIC: &str = "semantic";
     /// A client ended an MCP session; the payload is its id.
     pub const MCP_SESSION_ENDED: &str = "mcp.session.ended";
+    /// An MCP tool approval was decided; the payload is its id (held calls look again).
+    pub const MCP_APPROVALS: &str = "mcp.approvals";
+    /// A drifted MCP tool definition was approved; the payload is `{server, tool, sha256}`.
+    pub const MCP_PINS: &str = "mcp.pins";
     /// The subscription was (re-)established: notices may have been missed.
     pub const RESYNC: &str = "*";
 }

@@ -206,16 +206,8 @@ async fn buckets_admit_refuse_and_correct_alike() {
     let now = crate::time::now_ms();
     for (name, b) in engines {
         let both = [
-            BucketCheck {
-                key: "rpm:k".into(),
-                rpm: Some(3),
-                tpm: Some(1000),
-            },
-            BucketCheck {
-                key: "tpm:k".into(),
-                rpm: None,
-                tpm: Some(500),
-            },
+            BucketCheck::minute("rpm:k".into(), Some(3), Some(1000)),
+            BucketCheck::minute("tpm:k".into(), None, Some(500)),
         ];
         for left in [2, 1, 0] {
             let Admission::Admitted(v) = b.acquire(&both, 100, now).await.unwrap() else {
@@ -257,6 +249,99 @@ async fn buckets_admit_refuse_and_correct_alike() {
         assert!(tokens, "{name}");
     }
     if let Some(r) = redis {
+        r.clean().await;
+    }
+}
+
+#[tokio::test]
+async fn windows_of_any_width_and_running_slots_hold_alike() {
+    use crate::quota::{LocalSlots, RunningSlots};
+    type Engine = (&'static str, Arc<dyn RateBuckets>, Arc<dyn RunningSlots>);
+    let mut engines: Vec<Engine> = vec![(
+        "local",
+        Arc::new(LocalBuckets::default()),
+        Arc::new(LocalSlots::default()),
+    )];
+    let redis = Redis::open().await;
+    if let Some(r) = &redis {
+        engines.push((
+            "redis",
+            Arc::new(RedisBuckets::new(r.con.clone(), &r.prefix)),
+            Arc::new(crate::redis_store::RedisSlots::new(
+                r.con.clone(),
+                &r.prefix,
+            )),
+        ));
+    }
+    let now = crate::time::now_ms();
+    for (name, windows, slots) in engines {
+        // An hour's window (two-minute slots): the third call waits for the first slot to
+        // leave, about an hour on.
+        let hour = [BucketCheck::requests_per("q:hour".into(), 2, 3_600_000)];
+        for _ in 0..2 {
+            assert!(
+                matches!(
+                    windows.acquire(&hour, 0, now).await.unwrap(),
+                    Admission::Admitted(_)
+                ),
+                "{name}"
+            );
+        }
+        let Admission::Refused { retry_after, .. } = windows.acquire(&hour, 0, now).await.unwrap()
+        else {
+            panic!("{name}: a third call in an hour of two was admitted");
+        };
+        assert!(
+            retry_after > Duration::from_secs(3_600 - 5)
+                && retry_after <= Duration::from_secs(3_720),
+            "{name}: {retry_after:?}"
+        );
+
+        // Two at once on "a"; "b" is full after one; a refusal takes nothing.
+        let both = [("run:a".to_owned(), 2), ("run:b".to_owned(), 1)];
+        assert_eq!(
+            slots.take(&both, "h1", 60_000).await.unwrap(),
+            None,
+            "{name}"
+        );
+        assert_eq!(
+            slots.take(&both, "h2", 60_000).await.unwrap(),
+            Some(1),
+            "{name}"
+        );
+        assert_eq!(
+            slots.take(&both[..1], "h3", 60_000).await.unwrap(),
+            None,
+            "{name}: the refused take held a slot of a"
+        );
+        assert_eq!(
+            slots.take(&both[..1], "h4", 60_000).await.unwrap(),
+            Some(0),
+            "{name}"
+        );
+        let keys: Vec<String> = both.iter().map(|(k, _)| k.clone()).collect();
+        slots.renew(&keys, "h1", 60_000).await.unwrap();
+        slots.release(&keys, "h1").await.unwrap();
+        assert_eq!(
+            slots.take(&both, "h5", 60_000).await.unwrap(),
+            None,
+            "{name}"
+        );
+    }
+    if let Some(r) = redis {
+        // A lease that is not renewed lapses: a dead replica's running calls stop counting.
+        let slots = crate::redis_store::RedisSlots::new(r.con.clone(), &r.prefix);
+        let one = [("run:lapse".to_owned(), 1)];
+        assert_eq!(slots.take(&one, "dead", 150).await.unwrap(), None);
+        assert_eq!(slots.take(&one, "next", 150).await.unwrap(), Some(0));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(slots.take(&one, "next", 60_000).await.unwrap(), None);
+        // Renewing a released (or lapsed) holder does not bring it back.
+        slots
+            .renew(&["run:lapse".to_owned()], "dead", 60_000)
+            .await
+            .unwrap();
+        assert_eq!(slots.take(&one, "third", 60_000).await.unwrap(), Some(0));
         r.clean().await;
     }
 }

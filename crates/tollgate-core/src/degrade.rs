@@ -17,7 +17,7 @@ use crate::store::StoreError;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailureLabels {
-    /// `rate_limit` or `budget`.
+    /// `rate_limit`, `budget` or `quota`.
     pub what: &'static str,
     /// `fail_open` or `fail_closed`.
     pub mode: &'static str,

@@ -71,6 +71,8 @@ pub struct Core {
     pub budgets: Arc<crate::budget::Budgets>,
     /// Requests and tokens per minute.
     pub rate_limits: Arc<crate::ratelimit::RateLimits>,
+    /// Execution quotas' counters (MCP tool calls, A2A methods).
+    pub quotas: Arc<crate::quota::Quotas>,
     /// What limits do while their shared counters (Redis) fail.
     pub shared_failures: Arc<crate::degrade::SharedFailures>,
     /// Finished spans go here (a no-op unless `telemetry.otlp` is set).
@@ -126,25 +128,33 @@ impl Core {
             None => None,
         };
         // Counters every replica shares live in Redis when it is configured.
-        type Shared = Option<Arc<dyn crate::redis_store::SharedBlobs>>;
-        let (counters, buckets, shared): (
-            Arc<dyn crate::budget::SpendCounters>,
-            Arc<dyn crate::ratelimit::RateBuckets>,
-            Shared,
-        ) = match redis {
+        struct Engines {
+            counters: Arc<dyn crate::budget::SpendCounters>,
+            buckets: Arc<dyn crate::ratelimit::RateBuckets>,
+            running: Arc<dyn crate::quota::RunningSlots>,
+            shared: Option<Arc<dyn crate::redis_store::SharedBlobs>>,
+        }
+        let Engines {
+            counters,
+            buckets,
+            running,
+            shared,
+        } = match redis {
             Some(con) => {
                 let prefix = &config.storage.redis_prefix;
-                (
-                    Arc::new(crate::redis_store::RedisCounters::new(con.clone(), prefix)),
-                    Arc::new(crate::redis_store::RedisBuckets::new(con.clone(), prefix)),
-                    Some(Arc::new(crate::redis_store::RedisBlobs::new(con, prefix))),
-                )
+                Engines {
+                    counters: Arc::new(crate::redis_store::RedisCounters::new(con.clone(), prefix)),
+                    buckets: Arc::new(crate::redis_store::RedisBuckets::new(con.clone(), prefix)),
+                    running: Arc::new(crate::redis_store::RedisSlots::new(con.clone(), prefix)),
+                    shared: Some(Arc::new(crate::redis_store::RedisBlobs::new(con, prefix))),
+                }
             }
-            None => (
-                Arc::new(crate::budget::LocalCounters::default()),
-                Arc::new(crate::ratelimit::LocalBuckets::default()),
-                None,
-            ),
+            None => Engines {
+                counters: Arc::new(crate::budget::LocalCounters::default()),
+                buckets: Arc::new(crate::ratelimit::LocalBuckets::default()),
+                running: Arc::new(crate::quota::LocalSlots::default()),
+                shared: None,
+            },
         };
         let stored = stores
             .meta
@@ -169,12 +179,19 @@ impl Core {
             failures.clone(),
         );
         budgets.set_lease(config.storage.reservation_lease);
+        let quotas = Arc::new(crate::quota::Quotas::new(
+            buckets.clone(),
+            running,
+            failures.clone(),
+        ));
+        quotas.set_lease(config.storage.reservation_lease);
         let rate_limits =
             crate::ratelimit::RateLimits::new(&config.rate_limits, buckets, failures.clone());
         let core = Arc::new(Core {
             shared_failures: failures,
             budgets,
             rate_limits,
+            quotas,
             config: ArcSwap::from_pointee(config),
             stores,
             keys,
@@ -234,6 +251,7 @@ impl Core {
             self.budgets.reload(&config.budgets);
         }
         self.budgets.set_lease(config.storage.reservation_lease);
+        self.quotas.set_lease(config.storage.reservation_lease);
         if old.rate_limits != config.rate_limits {
             self.rate_limits.reload(&config.rate_limits);
         }

@@ -27,12 +27,37 @@ use crate::config::RateLimitConfig;
 use crate::error::{ApiError, ErrorKind};
 use crate::store::StoreResult;
 
-/// One rule's bucket for one scope id.
+/// One rule's window for one scope id: at most `rpm` requests and `tpm` tokens in any span of
+/// `SLOTS - 1` slots of `slot_ms` (a minute of two-second slots for rate limits; execution
+/// quotas count hours and days the same way with wider slots).
 #[derive(Debug, Clone)]
 pub struct BucketCheck {
     pub key: String,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
+    pub slot_ms: i64,
+}
+
+impl BucketCheck {
+    /// A one-minute window.
+    pub fn minute(key: String, rpm: Option<u64>, tpm: Option<u64>) -> BucketCheck {
+        BucketCheck {
+            key,
+            rpm,
+            tpm,
+            slot_ms: SLOT_MS,
+        }
+    }
+
+    /// A window `span_ms` long (a multiple of `SLOTS - 1` milliseconds), counting requests.
+    pub fn requests_per(key: String, limit: u64, span_ms: i64) -> BucketCheck {
+        BucketCheck {
+            key,
+            rpm: Some(limit),
+            tpm: None,
+            slot_ms: (span_ms / (SLOTS as i64 - 1)).max(1),
+        }
+    }
 }
 
 /// A bucket pair as a response header reports it.
@@ -73,7 +98,7 @@ pub trait RateBuckets: Send + Sync + 'static {
     async fn adjust(&self, checks: &[BucketCheck], delta: i64, now_ms: i64) -> StoreResult<()>;
 }
 
-/// Width of one slot of the sliding window.
+/// Width of one slot of a rate limit's one-minute window.
 pub const SLOT_MS: i64 = 2_000;
 /// Slots a window keeps: a request counts until at least a minute after it was admitted (up
 /// to one slot longer), so no span of 60 seconds ever admits more than the limit.
@@ -82,7 +107,8 @@ pub const SLOTS: usize = 31;
 /// One limit's last minute: requests and tokens admitted per slot, in a ring.
 #[derive(Debug, Clone)]
 struct Window {
-    /// The newest slot number (unix ms / `SLOT_MS`).
+    slot_ms: i64,
+    /// The newest slot number (unix ms / `slot_ms`).
     newest: i64,
     requests: [u64; SLOTS],
     tokens: [u64; SLOTS],
@@ -93,8 +119,9 @@ fn ring(slot: i64) -> usize {
 }
 
 /// How long until `need` more fits under `limit`, given what each slot holds (oldest slot
-/// first) and their total `used`: slot `s` leaves the window at `(s + SLOTS) * SLOT_MS`.
+/// first) and their total `used`: slot `s` leaves the window at `(s + SLOTS) * slot_ms`.
 fn wait_for(
+    slot_ms: i64,
     slots: impl Iterator<Item = (i64, u64)>,
     used: u64,
     need: u64,
@@ -108,17 +135,18 @@ fn wait_for(
     for (slot, n) in slots {
         freed += n;
         if used - freed.min(used) + need <= limit {
-            let at = (slot + SLOTS as i64) * SLOT_MS;
+            let at = (slot + SLOTS as i64) * slot_ms;
             return Duration::from_millis((at - now_ms).max(0) as u64);
         }
     }
-    Duration::from_millis((SLOTS as i64 * SLOT_MS) as u64)
+    Duration::from_millis((SLOTS as i64 * slot_ms) as u64)
 }
 
 impl Window {
-    fn new(now_ms: i64) -> Window {
+    fn new(slot_ms: i64, now_ms: i64) -> Window {
         Window {
-            newest: now_ms.div_euclid(SLOT_MS),
+            slot_ms,
+            newest: now_ms.div_euclid(slot_ms),
             requests: [0; SLOTS],
             tokens: [0; SLOTS],
         }
@@ -126,7 +154,7 @@ impl Window {
 
     /// Moves to the slot of `now_ms`, emptying the slots that left the window.
     fn advance(&mut self, now_ms: i64) {
-        let slot = now_ms.div_euclid(SLOT_MS);
+        let slot = now_ms.div_euclid(self.slot_ms);
         if slot <= self.newest {
             return;
         }
@@ -139,7 +167,7 @@ impl Window {
     }
 
     fn idle(&self, now_ms: i64) -> bool {
-        now_ms.div_euclid(SLOT_MS) - self.newest >= SLOTS as i64
+        now_ms.div_euclid(self.slot_ms) - self.newest >= SLOTS as i64
     }
 
     /// The slots oldest first, with what `of` picks from each.
@@ -153,7 +181,16 @@ impl Window {
 
     fn view(&self, c: &BucketCheck, now_ms: i64) -> BucketView {
         let (r, t) = self.used();
-        let empty = |of, used, limit| wait_for(self.oldest_first(of), used, limit, limit, now_ms);
+        let empty = |of, used, limit| {
+            wait_for(
+                self.slot_ms,
+                self.oldest_first(of),
+                used,
+                limit,
+                limit,
+                now_ms,
+            )
+        };
         BucketView {
             rpm: c.rpm,
             remaining_requests: c.rpm.map_or(0, |l| l.saturating_sub(r)),
@@ -217,7 +254,7 @@ impl RateBuckets for LocalBuckets {
             for (index, c) in checks.iter().enumerate() {
                 let w = m
                     .entry(c.key.clone())
-                    .or_insert_with(|| Window::new(now_ms));
+                    .or_insert_with(|| Window::new(c.slot_ms, now_ms));
                 w.advance(now_ms);
                 let (r, t) = w.used();
                 if let Some(rpm) = c.rpm {
@@ -226,7 +263,14 @@ impl RateBuckets for LocalBuckets {
                             index,
                             tokens: false,
                             view: w.view(c, now_ms),
-                            retry_after: wait_for(w.oldest_first(&w.requests), r, 1, rpm, now_ms),
+                            retry_after: wait_for(
+                                w.slot_ms,
+                                w.oldest_first(&w.requests),
+                                r,
+                                1,
+                                rpm,
+                                now_ms,
+                            ),
                         };
                     }
                 }
@@ -237,7 +281,14 @@ impl RateBuckets for LocalBuckets {
                             index,
                             tokens: true,
                             view: w.view(c, now_ms),
-                            retry_after: wait_for(w.oldest_first(&w.tokens), t, need, tpm, now_ms),
+                            retry_after: wait_for(
+                                w.slot_ms,
+                                w.oldest_first(&w.tokens),
+                                t,
+                                need,
+                                tpm,
+                                now_ms,
+                            ),
                         };
                     }
                 }
@@ -343,11 +394,11 @@ impl RateLimits {
             .iter()
             .filter_map(|r| {
                 let id = r.selector.select(s)?;
-                Some(BucketCheck {
-                    key: format!("{}\u{1f}{id}", r.cfg.name),
-                    rpm: r.cfg.rpm,
-                    tpm: r.cfg.tpm,
-                })
+                Some(BucketCheck::minute(
+                    format!("{}\u{1f}{id}", r.cfg.name),
+                    r.cfg.rpm,
+                    r.cfg.tpm,
+                ))
             })
             .collect();
         if checks.is_empty() {
@@ -519,11 +570,7 @@ mod tests {
     use super::*;
 
     fn check(rpm: Option<u64>, tpm: Option<u64>) -> BucketCheck {
-        BucketCheck {
-            key: "k".into(),
-            rpm,
-            tpm,
-        }
+        BucketCheck::minute("k".into(), rpm, tpm)
     }
 
     #[test]

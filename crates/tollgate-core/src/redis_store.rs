@@ -364,16 +364,16 @@ pub struct RedisBuckets {
     adjust: Script,
 }
 
-/// Shared by both scripts: Redis's clock, the slot now, and a window loaded (its expired
-/// slots deleted).
+/// Shared by both scripts: Redis's clock, a window loaded (its expired slots deleted) given
+/// its slot width, and the wait for room.
 fn window_lib() -> String {
     format!(
         r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local SLOT, SLOTS = {slot}, {slots}
-local cur = math.floor(now / SLOT)
-local function load(k)
+local SLOTS = {slots}
+local function load(k, slot)
+  local cur = math.floor(now / slot)
   local flat = redis.call('HGETALL', k)
   local r, tk, ur, ut, dead = {{}}, {{}}, 0, 0, {{}}
   for j = 1, #flat, 2 do
@@ -392,46 +392,48 @@ local function load(k)
   if #dead > 0 then redis.call('HDEL', k, unpack(dead)) end
   return r, tk, ur, ut
 end
--- Milliseconds until need more fits under limit (slot s leaves at (s + SLOTS) * SLOT).
-local function wait(slots, used, need, limit)
+-- Milliseconds until need more fits under limit (slot s leaves at (s + SLOTS) * slot).
+local function wait(slots, used, need, limit, slot)
   if limit <= 0 or used + need <= limit then return 0 end
+  local cur = math.floor(now / slot)
   local freed = 0
   for s = cur - SLOTS + 1, cur do
     freed = freed + (slots[s] or 0)
-    if used - math.min(freed, used) + need <= limit then return (s + SLOTS) * SLOT - now end
+    if used - math.min(freed, used) + need <= limit then return (s + SLOTS) * slot - now end
   end
-  return SLOTS * SLOT
+  return SLOTS * slot
 end
 ",
-        slot = crate::ratelimit::SLOT_MS,
         slots = crate::ratelimit::SLOTS,
     )
 }
 
 const ACQUIRE: &str = r"
--- KEYS: windows. ARGV[1]: tokens; ARGV[2i], ARGV[2i+1]: rpm and tpm of KEYS[i] (0: none).
+-- KEYS: windows. ARGV[1]: tokens; ARGV[3i-1], ARGV[3i], ARGV[3i+1]: rpm, tpm (0: none) and
+-- slot width of KEYS[i].
 -- Admitted: {0, then per window: requests used, tokens used, ms until each is all free}.
 -- Refused: {i, on tokens (0/1), requests used, tokens used, the two resets, retry ms}.
 local tokens = tonumber(ARGV[1])
 local st = {}
 for i, k in ipairs(KEYS) do
-  local rpm, tpm = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-  local r, tk, ur, ut = load(k)
+  local rpm, tpm, slot = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
+  local r, tk, ur, ut = load(k, slot)
   st[i] = {r, tk, ur, ut}
   if rpm > 0 and ur + 1 > rpm then
-    return {i, 0, ur, ut, wait(r, ur, rpm, rpm), wait(tk, ut, tpm, tpm), wait(r, ur, 1, rpm)}
+    return {i, 0, ur, ut, wait(r, ur, rpm, rpm, slot), wait(tk, ut, tpm, tpm, slot), wait(r, ur, 1, rpm, slot)}
   end
   if tpm > 0 then
     local need = math.max(1, math.min(tokens, tpm))
     if ut + need > tpm then
-      return {i, 1, ur, ut, wait(r, ur, rpm, rpm), wait(tk, ut, tpm, tpm), wait(tk, ut, need, tpm)}
+      return {i, 1, ur, ut, wait(r, ur, rpm, rpm, slot), wait(tk, ut, tpm, tpm, slot), wait(tk, ut, need, tpm, slot)}
     end
   end
 end
 local out = {0}
 for i, k in ipairs(KEYS) do
-  local rpm, tpm = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local rpm, tpm, slot = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
   local r, tk, ur, ut = st[i][1], st[i][2], st[i][3], st[i][4]
+  local cur = math.floor(now / slot)
   if rpm > 0 then
     r[cur] = (r[cur] or 0) + 1
     ur = ur + 1
@@ -442,26 +444,28 @@ for i, k in ipairs(KEYS) do
     ut = ut + tokens
     redis.call('HINCRBY', k, 't:' .. cur, tokens)
   end
-  redis.call('PEXPIRE', k, (SLOTS + 1) * SLOT)
+  redis.call('PEXPIRE', k, (SLOTS + 1) * slot)
   out[#out + 1] = ur
   out[#out + 1] = ut
-  out[#out + 1] = wait(r, ur, rpm, rpm)
-  out[#out + 1] = wait(tk, ut, tpm, tpm)
+  out[#out + 1] = wait(r, ur, rpm, rpm, slot)
+  out[#out + 1] = wait(tk, ut, tpm, tpm, slot)
 end
 return out
 ";
 
 const ADJUST: &str = r"
--- KEYS: windows. ARGV[1]: token delta; ARGV[2i], ARGV[2i+1]: rpm and tpm of KEYS[i]. Taking
--- more goes to the slot now; giving back comes off the newest slots first.
+-- KEYS: windows. ARGV[1]: token delta; ARGV[3i-1], ARGV[3i], ARGV[3i+1]: rpm, tpm and slot
+-- width of KEYS[i]. Taking more goes to the slot now; giving back comes off the newest slots
+-- first.
 local delta = tonumber(ARGV[1])
 for i, k in ipairs(KEYS) do
-  local tpm = tonumber(ARGV[2 * i + 1])
+  local tpm, slot = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
+  local cur = math.floor(now / slot)
   if tpm > 0 and delta ~= 0 and redis.call('EXISTS', k) == 1 then
     if delta > 0 then
       redis.call('HINCRBY', k, 't:' .. cur, delta)
     else
-      local _, tk = load(k)
+      local _, tk = load(k, slot)
       local give = -delta
       for s = cur, cur - SLOTS + 1, -1 do
         local v = tk[s] or 0
@@ -473,7 +477,7 @@ for i, k in ipairs(KEYS) do
         end
       end
     end
-    redis.call('PEXPIRE', k, (SLOTS + 1) * SLOT)
+    redis.call('PEXPIRE', k, (SLOTS + 1) * slot)
   end
 end
 return 0
@@ -500,7 +504,9 @@ impl RedisBuckets {
         inv.arg(first);
         for c in checks {
             inv.key(format!("{}window:{}", self.prefix, c.key));
-            inv.arg(c.rpm.unwrap_or(0)).arg(c.tpm.unwrap_or(0));
+            inv.arg(c.rpm.unwrap_or(0))
+                .arg(c.tpm.unwrap_or(0))
+                .arg(c.slot_ms);
         }
         inv
     }
@@ -561,6 +567,100 @@ impl RateBuckets for RedisBuckets {
         let mut con = self.con.clone();
         let _: i64 = inv.invoke_async(&mut con).await.map_err(unavailable)?;
         Ok(())
+    }
+}
+
+/// Calls running at once across every replica: one sorted set per quota, of holders scored by
+/// when their lease ends (Redis's clock), so a dead replica's calls stop counting once their
+/// leases lapse.
+pub struct RedisSlots {
+    con: ConnectionManager,
+    prefix: String,
+    take: Script,
+    renew: Script,
+}
+
+const SLOTS_TAKE: &str = r"
+-- KEYS: running sets. ARGV[1]: holder; ARGV[2]: lease ms; ARGV[2+i]: the limit of KEYS[i].
+-- Returns 0 when a slot of each was taken, else the index of the first full one.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[2])
+for i, k in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
+  if redis.call('ZCARD', k) >= tonumber(ARGV[2 + i]) then return i end
+end
+for _, k in ipairs(KEYS) do
+  redis.call('ZADD', k, now + lease, ARGV[1])
+  redis.call('PEXPIRE', k, lease * 2)
+end
+return 0
+";
+
+const SLOTS_RENEW: &str = r"
+-- KEYS: running sets. ARGV[1]: holder; ARGV[2]: lease ms. Only slots still held are renewed.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[2])
+for _, k in ipairs(KEYS) do
+  if redis.call('ZADD', k, 'XX', 'CH', now + lease, ARGV[1]) > 0 then
+    redis.call('PEXPIRE', k, lease * 2)
+  end
+end
+return 0
+";
+
+impl RedisSlots {
+    pub fn new(con: ConnectionManager, prefix: &str) -> RedisSlots {
+        RedisSlots {
+            con,
+            prefix: prefix.to_owned(),
+            take: Script::new(SLOTS_TAKE),
+            renew: Script::new(SLOTS_RENEW),
+        }
+    }
+
+    fn key(&self, k: &str) -> String {
+        format!("{}running:{k}", self.prefix)
+    }
+}
+
+#[async_trait]
+impl crate::quota::RunningSlots for RedisSlots {
+    async fn take(
+        &self,
+        slots: &[(String, u64)],
+        holder: &str,
+        lease_ms: u64,
+    ) -> StoreResult<Option<usize>> {
+        let mut inv = self.take.prepare_invoke();
+        inv.arg(holder).arg(lease_ms);
+        for (k, limit) in slots {
+            inv.key(self.key(k)).arg(*limit);
+        }
+        let mut con = self.con.clone();
+        let full: i64 = inv.invoke_async(&mut con).await.map_err(unavailable)?;
+        Ok((full > 0).then(|| (full - 1) as usize))
+    }
+
+    async fn renew(&self, keys: &[String], holder: &str, lease_ms: u64) -> StoreResult<()> {
+        let mut inv = self.renew.prepare_invoke();
+        inv.arg(holder).arg(lease_ms);
+        for k in keys {
+            inv.key(self.key(k));
+        }
+        let mut con = self.con.clone();
+        let _: i64 = inv.invoke_async(&mut con).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn release(&self, keys: &[String], holder: &str) -> StoreResult<()> {
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("ZREM").arg(self.key(k)).arg(holder).ignore();
+        }
+        let mut con = self.con.clone();
+        pipe.query_async::<()>(&mut con).await.map_err(unavailable)
     }
 }
 

@@ -189,6 +189,11 @@ async fn decide(
         Ok(Some(a)) => {
             crate::approval::audit(&layer, &a, if approve { "approve" } else { "deny" });
             layer.approvals_changed.notify_waiters();
+            layer
+                .core
+                .bus
+                .publish(tollgate_core::bus::topic::MCP_APPROVALS, a.id.clone())
+                .await;
             ok(&approval_view(&a, now))
         }
         Ok(None) => match store.get_approval(&id).await {
@@ -284,6 +289,18 @@ async fn approve_pin(
     let response = match &result {
         Ok(Some(p)) => {
             layer.pins.approved(&server, &tool, &p.sha256);
+            let notice = crate::pins::Approved {
+                server: server.clone(),
+                tool: tool.clone(),
+                sha256: p.sha256.clone(),
+            };
+            if let Ok(payload) = serde_json::to_string(&notice) {
+                layer
+                    .core
+                    .bus
+                    .publish(tollgate_core::bus::topic::MCP_PINS, payload)
+                    .await;
+            }
             ok(&pin_view(p))
         }
         Ok(None) => {

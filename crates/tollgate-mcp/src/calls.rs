@@ -16,6 +16,7 @@ use tollgate_core::config::DriftAction;
 use tollgate_core::context::RequestContext;
 use tollgate_core::otlp::{self, KeyValue as Kv};
 use tollgate_core::policy::{self, Decision};
+use tollgate_core::quota::Refusal;
 
 use crate::approval;
 use crate::federation::{self, Kind, Merged};
@@ -628,15 +629,29 @@ async fn route(
             let mut permit = None;
             if kind == Kind::Tools {
                 let quotas = &layer.state.load().config.quotas;
-                match layer.quotas.admit(
-                    quotas,
-                    &session.principal,
-                    &server,
-                    &entry.original,
-                    tollgate_core::time::now_ms(),
-                ) {
+                match layer
+                    .core
+                    .quotas
+                    .admit(
+                        quotas,
+                        &session.principal,
+                        &server,
+                        &entry.original,
+                        tollgate_core::time::now_ms(),
+                    )
+                    .await
+                {
                     Ok(p) => permit = Some(p),
-                    Err(refused) => {
+                    Err(Refusal::Unavailable(e)) => {
+                        record.decision = "quota";
+                        let answer = RpcError::new(jsonrpc::INTERNAL_ERROR, e.message.clone())
+                            .with_data(json!({"retryAfterSeconds": 1}))
+                            .to_message(id.clone());
+                        record.finish(layer, session, ctx, &answer);
+                        let _ = out.send(Out::Final(answer)).await;
+                        return;
+                    }
+                    Err(Refusal::Quota(refused)) => {
                         record.decision = "quota";
                         record.rule = Some(refused.quota.clone());
                         let secs = refused.retry_after.as_secs_f64().ceil() as u64;

@@ -47,7 +47,6 @@ pub struct McpLayer {
     /// not on the serving thread that happened to open the session.
     runtime: tokio::runtime::Handle,
     sealer: Sealer,
-    quotas: Arc<tollgate_core::quota::Quotas>,
     pins: pins::Pins,
     /// Woken when an approval is decided on this replica (held calls also poll the store).
     approvals_changed: tokio::sync::Notify,
@@ -117,7 +116,6 @@ impl McpLayer {
             client: upstream::http_client(),
             runtime: tokio::runtime::Handle::current(),
             sealer: Sealer::new(key),
-            quotas: Arc::default(),
             tokens: std::sync::Mutex::default(),
             pins: pins::Pins::default(),
             approvals_changed: tokio::sync::Notify::new(),
@@ -128,7 +126,7 @@ impl McpLayer {
             .core
             .metrics
             .register_collector(Box::new(SessionCollector(Arc::downgrade(&layer))));
-        layer.runtime.spawn(McpLayer::follow_ended(
+        layer.runtime.spawn(McpLayer::follow_notices(
             Arc::downgrade(&layer),
             layer.core.bus.subscribe(),
         ));
@@ -450,25 +448,50 @@ impl McpLayer {
         session.close().await;
     }
 
-    /// Drops the copies of sessions ended through other replicas, as their notices arrive.
-    async fn follow_ended(
+    /// Acts on other replicas' changes as their notices arrive: drops the copies of sessions
+    /// ended there, wakes calls held for an approval decided there, and takes in tool
+    /// definitions approved there. After a resync (notices may have been missed) held calls
+    /// look again and the known pins are read from the store.
+    async fn follow_notices(
         this: std::sync::Weak<Self>,
         mut notices: tokio::sync::broadcast::Receiver<tollgate_core::bus::Notice>,
     ) {
+        use tollgate_core::bus::topic;
         loop {
-            match notices.recv().await {
-                Ok(n) if n.topic == tollgate_core::bus::topic::MCP_SESSION_ENDED => {
-                    let Some(layer) = this.upgrade() else {
-                        return;
-                    };
+            let n = match notices.recv().await {
+                Ok(n) => n,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    tollgate_core::bus::Notice {
+                        topic: topic::RESYNC.to_owned(),
+                        payload: String::new(),
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            let Some(layer) = this.upgrade() else {
+                return;
+            };
+            match n.topic.as_str() {
+                topic::MCP_SESSION_ENDED => {
                     layer.ended.insert(&n.payload);
                     if let Some(s) = layer.sessions.remove(&n.payload) {
                         tracing::info!(session = %s.id, "MCP session ended through another replica");
                         s.close().await;
                     }
                 }
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                topic::MCP_APPROVALS => layer.approvals_changed.notify_waiters(),
+                topic::MCP_PINS => match serde_json::from_str::<pins::Approved>(&n.payload) {
+                    Ok(a) => layer.pins.approved(&a.server, &a.tool, &a.sha256),
+                    Err(e) => tracing::warn!(error = %e, "malformed pin notice ignored"),
+                },
+                topic::RESYNC => {
+                    layer.approvals_changed.notify_waiters();
+                    match layer.core.stores.mcp.tool_pins(None).await {
+                        Ok(stored) => layer.pins.refresh(&stored),
+                        Err(e) => tracing::warn!(error = %e, "cannot reread tool pins"),
+                    }
+                }
+                _ => {}
             }
         }
     }

@@ -215,10 +215,30 @@ impl Pins {
             .is_ok_and(|mut r| r.insert((server.to_owned(), tool.to_owned(), digest.to_owned())))
     }
 
-    /// After an admin approved a definition.
+    /// After an admin approved a definition (here or, by a notice, on another replica).
     pub fn approved(&self, server: &str, tool: &str, digest: &str) {
         self.remember(server, tool, digest);
     }
+
+    /// Takes in the store's approved digests for the tools this replica knows (after notices
+    /// may have been missed).
+    pub fn refresh(&self, stored: &[ToolPin]) {
+        if let Ok(mut k) = self.known.lock() {
+            for p in stored {
+                if let Some(d) = k.get_mut(&(p.server.clone(), p.tool.clone())) {
+                    d.clone_from(&p.sha256);
+                }
+            }
+        }
+    }
+}
+
+/// A definition approval as the change notice carries it.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Approved {
+    pub server: String,
+    pub tool: String,
+    pub sha256: String,
 }
 
 /// The action on drift for one server.

@@ -153,6 +153,10 @@ impl Gateway {
             tokio::spawn(core.budgets.clone().run_renewer(gw.stop.subscribe())),
         ));
         gw.background.push((
+            "quota-lease-renewer",
+            tokio::spawn(core.quotas.clone().run_renewer(gw.stop.subscribe())),
+        ));
+        gw.background.push((
             "a2a-registry-refresher",
             tokio::spawn(a2a.clone().run_registry_refresher(gw.stop.subscribe())),
         ));
