@@ -1,17 +1,19 @@
-"""MCP sessions outlive the replica that opened them: two tollgate processes share one store and
-one Redis; the official MCP SDK client talks through a load balancer (a TCP proxy here). When
-the replica holding the session is killed, the client's next calls reach the other replica,
-which reopens the session from its sealed id and carries on. A session the client deleted is
-never reopened, by any replica."""
+"""MCP sessions outlive the replica that opened them: two tollgate processes share one PostgreSQL
+database and one Redis; the official MCP SDK client talks through a load balancer (a TCP proxy
+here). When the replica holding the session is killed, the client's next calls reach the other
+replica, which reopens the session from its sealed id and carries on. A session the client
+deleted is never reopened, by any replica (a third replica checks that).
+
+The scratch database and Redis prefix come from the `stores` fixture of e2e/shared_stores.py
+(PostgreSQL at 127.0.0.1:5432, Redis at 127.0.0.1:6379), removed at the end of the module.
+Without the services the module is skipped, or fails with TOLLGATE_REQUIRE_SERVICES=1.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
 import time
-import uuid
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterator
@@ -21,39 +23,16 @@ import httpx
 import pytest
 from conftest import MASTER_KEY, Gateway, launch_gateway, new_key
 from mcp_client_util import connect, start_upstream, text_of
+from shared_stores import REDIS_HOST, REDIS_PORT, Stores, stores  # noqa: F401
 
 pytestmark = pytest.mark.anyio
 
 ACCEPT = "application/json, text/event-stream"
-REDIS = ("127.0.0.1", 6379)
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def _redis(*args: str) -> object:
-    """One command to the local Redis (RESP over a socket; enough for the cleanup here)."""
-    with socket.create_connection(REDIS, timeout=5) as s:
-        s.sendall(
-            f"*{len(args)}\r\n".encode()
-            + b"".join(f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args)
-        )
-        f = s.makefile("rb")
-        line = f.readline()
-        if line.startswith(b"*"):
-            return [f.readline() and f.readline().rstrip(b"\r\n").decode() for _ in range(int(line[1:]))]
-        return line.rstrip(b"\r\n").decode()
-
-
-def _redis_up() -> bool:
-    try:
-        return _redis("PING") == "+PONG"
-    except OSError as e:
-        if os.environ.get("TOLLGATE_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"Redis at {REDIS} is required (TOLLGATE_REQUIRE_SERVICES=1): {e}")
-        return False
 
 
 class Balancer:
@@ -96,8 +75,8 @@ CONFIG = """\
 listen: 127.0.0.1:0
 master_key: {master}
 storage:
-  database_url: sqlite://{db}
-  redis_url: redis://127.0.0.1:6379/
+  database_url: {database_url}
+  redis_url: redis://{redis_host}:{redis_port}/
   redis_prefix: "{prefix}"
 logging:
   level: info
@@ -109,14 +88,18 @@ mcp:
 
 
 @pytest.fixture
-def replicas(tmp_path: Path) -> Iterator[tuple[Gateway, Gateway, Gateway]]:
-    if not _redis_up():
-        pytest.skip("!!! Redis at 127.0.0.1:6379 is unreachable: the MCP failover tests need it")
-    prefix = f"tollgate-e2e:{uuid.uuid4().hex[:16]}:"
+def replicas(tmp_path: Path, stores: Stores) -> Iterator[tuple[Gateway, Gateway, Gateway]]:
+    """Three replicas on the module's scratch database and Redis prefix (whose keys the
+    `stores` fixture deletes at the end of the module), each in its own working directory."""
     with ExitStack() as stack:
         files = stack.enter_context(start_upstream("streamable-http", name="files"))
         config = CONFIG.format(
-            master=MASTER_KEY, db=tmp_path / "shared.db", prefix=prefix, files=files.url
+            master=MASTER_KEY,
+            database_url=stores.database_url,
+            redis_host=REDIS_HOST,
+            redis_port=REDIS_PORT,
+            prefix=stores.redis_prefix,
+            files=files.url,
         )
         gws = []
         for name in ("a", "b", "c"):
@@ -124,9 +107,6 @@ def replicas(tmp_path: Path) -> Iterator[tuple[Gateway, Gateway, Gateway]]:
             work.mkdir()
             gws.append(stack.enter_context(launch_gateway(work, config)))
         yield gws[0], gws[1], gws[2]
-    keys = _redis("KEYS", f"{prefix}*")
-    if isinstance(keys, list) and keys:
-        _redis("DEL", *keys)
 
 
 def _rpc(gw: Gateway, key: str, session: str | None, method: str, params: dict | None = None) -> httpx.Response:

@@ -16,28 +16,29 @@ the replicas from a thread pool. What is proved:
    replica within a second, although no replica polls the store in that time.
 4. A2A task routes are fleet-wide: a task started through a replica that is then killed is
    read and continued through the others, on the upstream agent replica that owns it.
+5. Execution quotas are fleet-wide: a key allowed 30 A2A sends a minute, sending 60 at once
+   spread over the three replicas, gets exactly 30 through; the rest are refused (429,
+   JSON-RPC -32050 naming the quota), and then every replica refuses it, although none was
+   sent more than 20 (a quota counted per replica would have admitted all 60).
 
 Tests that kill a replica kill an extra one started for the purpose, so the three stay up.
 
 Needs PostgreSQL (127.0.0.1:5432, user postgres, trust auth, database `test`) and Redis
 (127.0.0.1:6379). The module creates a scratch database and a Redis prefix, and removes both
-at the end. Without the services the module is skipped, or fails with
-TOLLGATE_REQUIRE_SERVICES=1.
+at the end (the `stores` fixture of e2e/shared_stores.py). Without the services the module is
+skipped, or fails with TOLLGATE_REQUIRE_SERVICES=1.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import os
-import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +48,8 @@ import httpx
 import pytest
 
 from conftest import MASTER_KEY, Gateway, launch_gateway, new_key
+from shared_stores import REDIS_HOST, REDIS_PORT, Stores, stores  # noqa: F401
 
-PG_HOST, PG_PORT, PG_USER, PG_ADMIN_DB = "127.0.0.1", 5432, "postgres", "test"
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 AGENT_SCRIPT = Path(__file__).resolve().parent / "a2a_agent.py"
 
 TIMEOUT = 30.0
@@ -64,6 +64,10 @@ INPUT_PER_MTOK = 100.0
 OUTPUT_PER_MTOK = 200.0
 BUDGET_USD = 0.05
 SLOW_LATENCY_S = 6.0
+
+QUOTA = "fleet-sends"  # a2a.quotas: SendMessage to `metered`, per key
+QUOTA_PER_MINUTE = 30
+QUOTA_CALLS = 60
 
 CONFIG = """\
 listen: 127.0.0.1:0
@@ -115,116 +119,18 @@ budgets:
     period: total
     limit_usd: 1
 a2a:
+  quotas:
+    - name: {quota}
+      match: ["metered/SendMessage"]
+      per: method
+      scope: key
+      per_minute: {quota_per_minute}
   agents:
     - name: pair
       urls: [{agent_a}, {agent_b}]
+    - name: metered
+      urls: [{agent_a}, {agent_b}]
 """
-
-
-# --- the shared stores ---------------------------------------------------------------------------
-
-
-def _unavailable(why: str) -> None:
-    """Fails with TOLLGATE_REQUIRE_SERVICES=1, else skips the module (loudly)."""
-    message = f"replica tests need PostgreSQL and Redis: {why}"
-    if os.environ.get("TOLLGATE_REQUIRE_SERVICES") == "1":
-        pytest.fail(message, pytrace=False)
-    warnings.warn(f"SKIPPING e2e/test_replicas.py: {message}")
-    pytest.skip(f"!!! {message} (set TOLLGATE_REQUIRE_SERVICES=1 to fail instead) !!!")
-
-
-class Redis:
-    """Just enough of a RESP client to check Redis is there and remove the module's keys."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.sock = socket.create_connection((host, port), timeout=5.0)
-        self.reader = self.sock.makefile("rb")
-
-    def close(self) -> None:
-        self.reader.close()
-        self.sock.close()
-
-    def call(self, *args: Any) -> Any:
-        parts = [b"*%d\r\n" % len(args)]
-        for a in args:
-            data = a if isinstance(a, bytes) else str(a).encode()
-            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        self.sock.sendall(b"".join(parts))
-        return self._reply()
-
-    def _reply(self) -> Any:
-        line = self.reader.readline()
-        if not line.endswith(b"\r\n"):
-            raise ConnectionError("redis closed the connection")
-        kind, body = line[:1], line[1:-2]
-        if kind == b"+":
-            return body.decode()
-        if kind == b"-":
-            raise RuntimeError(f"redis: {body.decode()}")
-        if kind == b":":
-            return int(body)
-        if kind == b"$":
-            n = int(body)
-            return None if n < 0 else self.reader.read(n + 2)[:-2]
-        if kind == b"*":
-            n = int(body)
-            return None if n < 0 else [self._reply() for _ in range(n)]
-        raise RuntimeError(f"redis: unexpected reply {line!r}")
-
-    def delete_prefix(self, prefix: str) -> int:
-        """Deletes every key starting with `prefix` (which holds no glob characters)."""
-        deleted, cursor = 0, b"0"
-        while True:
-            cursor, batch = self.call("SCAN", cursor, "MATCH", prefix + "*", "COUNT", 1000)
-            if batch:
-                deleted += self.call("DEL", *batch)
-            if cursor == b"0":
-                return deleted
-
-
-def psql(database: str, sql: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["psql", "-h", PG_HOST, "-p", str(PG_PORT), "-U", PG_USER, "-d", database,
-         "-v", "ON_ERROR_STOP=1", "-qAtc", sql],
-        capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PGCONNECT_TIMEOUT": "5"},
-    )
-
-
-@dataclass
-class Stores:
-    database_url: str
-    redis_prefix: str
-
-
-@pytest.fixture(scope="module")
-def stores() -> Iterator[Stores]:
-    """A scratch PostgreSQL database and Redis prefix, removed after the replicas stop."""
-    if shutil.which("psql") is None:
-        _unavailable("the psql client is not installed")
-    probe = psql(PG_ADMIN_DB, "SELECT 1")
-    if probe.returncode != 0:
-        _unavailable(f"PostgreSQL at {PG_HOST}:{PG_PORT} did not answer: {probe.stderr.strip()}")
-    try:
-        redis = Redis(REDIS_HOST, REDIS_PORT)
-        assert redis.call("PING") == "PONG"
-    except (OSError, AssertionError, RuntimeError) as e:
-        _unavailable(f"Redis at {REDIS_HOST}:{REDIS_PORT} did not answer: {e!r}")
-
-    tag = uuid.uuid4().hex[:12]
-    database = f"tollgate_e2e_{tag}"
-    prefix = f"tollgate-e2e:{tag}:"
-    try:
-        created = psql(PG_ADMIN_DB, f"CREATE DATABASE {database}")
-        assert created.returncode == 0, created.stderr
-        try:
-            yield Stores(f"postgres://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}", prefix)
-        finally:
-            dropped = psql(PG_ADMIN_DB, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-            redis.delete_prefix(prefix)
-            assert dropped.returncode == 0, dropped.stderr
-    finally:
-        redis.close()
 
 
 # --- the upstream agents -------------------------------------------------------------------------
@@ -238,7 +144,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def agents() -> Iterator[list[str]]:
-    """Two replicas (`r1`, `r2`) of e2e/a2a_agent.py, the upstream of the agent `pair`; yields
+    """Two replicas (`r1`, `r2`) of e2e/a2a_agent.py, the upstream of the agents `pair` and
+    `metered`; yields
     their URLs. Each keeps its tasks in its own memory, so a follow-up only succeeds on the
     replica that owns the task."""
     procs: list[tuple[subprocess.Popen, int]] = []
@@ -317,6 +224,8 @@ def launch_replica(
         output_price=OUTPUT_PER_MTOK,
         rpm=RPM,
         budget=BUDGET_USD,
+        quota=QUOTA,
+        quota_per_minute=QUOTA_PER_MINUTE,
         agent_a=agents[0],
         agent_b=agents[1],
     )
@@ -622,23 +531,33 @@ def test_revocation_reaches_every_replica_within_a_second(fleet: list[Replica]) 
 # --- 4. A2A --------------------------------------------------------------------------------------
 
 
-def rpc(replica: Replica, secret: str, method: str, params: dict) -> dict:
-    """A2A 1.0 JSON-RPC through a replica; returns the result (the call must succeed)."""
-    res = httpx.post(
-        f"{replica.origin}/a2a/pair/a2a/jsonrpc",
+def jsonrpc(
+    http: httpx.Client, replica: Replica, secret: str, method: str, params: dict, agent: str = "pair"
+) -> httpx.Response:
+    """A2A 1.0 JSON-RPC to `agent` through a replica; the response as it came."""
+    return http.post(
+        f"{replica.origin}/a2a/{agent}/a2a/jsonrpc",
         json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params},
         headers={"Authorization": f"Bearer {secret}", "A2A-Version": "1.0"},
-        timeout=TIMEOUT,
     )
+
+
+def rpc(replica: Replica, secret: str, method: str, params: dict) -> dict:
+    """A2A 1.0 JSON-RPC through a replica; returns the result (the call must succeed)."""
+    with httpx.Client(timeout=TIMEOUT) as http:
+        res = jsonrpc(http, replica, secret, method, params)
     assert res.status_code == 200, f"{method} via {replica.name}: {res.status_code} {res.text}"
     body = res.json()
     assert "result" in body, f"{method} via {replica.name}: {body}"
     return body["result"]
 
 
+def user_message(text: str, **ids: str) -> dict:
+    return {"messageId": str(uuid.uuid4()), "role": "ROLE_USER", "parts": [{"text": text}], **ids}
+
+
 def send(replica: Replica, secret: str, text: str, **ids: str) -> dict:
-    message = {"messageId": str(uuid.uuid4()), "role": "ROLE_USER", "parts": [{"text": text}], **ids}
-    result = rpc(replica, secret, "SendMessage", {"message": message})
+    result = rpc(replica, secret, "SendMessage", {"message": user_message(text, **ids)})
     assert "task" in result, result
     return result["task"]
 
@@ -669,3 +588,72 @@ def test_a2a_task_outlives_the_replica_that_started_it(fleet: list[Replica], spa
         assert status_text(done) == f"got '42' for 'ask' from {owner}", done
         final = rpc(then, secret, "GetTask", {"id": task["id"]})
         assert final["status"]["state"] == "TASK_STATE_COMPLETED", final
+
+
+# --- 5. execution quotas -------------------------------------------------------------------------
+
+
+def quota_refusal(res: httpx.Response) -> Optional[str]:
+    """Why `res` is not the quota's refusal (429, JSON-RPC -32050 naming it, RESOURCE_EXHAUSTED,
+    a Retry-After), or None if it is."""
+    try:
+        error = res.json()["error"]
+        (info,) = error["data"]
+        shaped = (
+            res.status_code == 429
+            and error["code"] == -32050
+            and QUOTA in error["message"]
+            and info["reason"] == "RESOURCE_EXHAUSTED"
+            and int(res.headers["retry-after"]) >= 1
+        )
+    except (ValueError, KeyError, TypeError):
+        shaped = False
+    return None if shaped else f"{res.status_code} {res.headers.get('retry-after')!r} {res.text}"
+
+
+def test_a2a_quota_holds_across_the_fleet(fleet: list[Replica], clients: Clients) -> None:
+    secret = new_key(fleet[0].gw)["secret"]
+    # The key is known everywhere first, so every refusal below is the quota's.
+    with httpx.Client(timeout=TIMEOUT) as http:
+
+        def known() -> None:
+            statuses = {r.name: chat(http, r, secret).status_code for r in fleet}
+            assert set(statuses.values()) == {200}, statuses
+
+        eventually(known, timeout=5)
+
+    def call(replica: Replica) -> tuple[str, httpx.Response]:
+        params = {"message": user_message("hello")}
+        return replica.name, jsonrpc(clients.get(), replica, secret, "SendMessage", params, "metered")
+
+    started = time.monotonic()
+    results = round_robin(fleet, QUOTA_CALLS, call)
+    elapsed = time.monotonic() - started
+    # Everything must land in one window for the expected count to be exactly the limit.
+    assert elapsed < 50, f"{QUOTA_CALLS} sends took {elapsed:.1f}s: too slow for a one-minute window"
+
+    admitted = [name for name, res in results if res.status_code == 200 and "result" in res.json()]
+    refused = [(name, res) for name, res in results if res.status_code != 200]
+    tally = {r.name: (admitted.count(r.name), sum(n == r.name for n, _ in refused)) for r in fleet}
+    assert len(admitted) == QUOTA_PER_MINUTE, (
+        f"{len(admitted)} of {QUOTA_CALLS} sends admitted in {elapsed:.1f}s; the fleet-wide quota "
+        f"is {QUOTA_PER_MINUTE}. (admitted, refused) per replica: {tally}"
+    )
+    assert len(refused) == QUOTA_CALLS - QUOTA_PER_MINUTE, f"neither admitted nor refused: {results}"
+    wrong = [(name, why) for name, res in refused if (why := quota_refusal(res)) is not None]
+    assert not wrong, wrong[:5]
+    for _, res in results:
+        if res.status_code == 200:
+            task = res.json()["result"]["task"]
+            assert task["status"]["state"] == "TASK_STATE_COMPLETED", task
+
+    # The quota is spent for the whole fleet: each replica refuses the key now, although none
+    # was sent more than 20 of the 60, so none could have spent the 30 alone.
+    with httpx.Client(timeout=TIMEOUT) as http:
+        after = {
+            r.name: quota_refusal(
+                jsonrpc(http, r, secret, "SendMessage", {"message": user_message("hello")}, "metered")
+            )
+            for r in fleet
+        }
+    assert after == {r.name: None for r in fleet}, after
