@@ -24,6 +24,7 @@ pub fn router(layer: Arc<A2aLayer>) -> Router {
             "/admin/v1/a2a/agents/{name}",
             get(show).put(put).delete(delete),
         )
+        .route("/admin/v1/a2a/agents/{name}/card", get(card))
         .with_state(layer)
 }
 
@@ -110,6 +111,29 @@ async fn show(
             .code("agent_not_found")
             .into_response(),
     }
+}
+
+/// The agent's card as its upstream serves it (fetched, or from the cache), unfiltered by
+/// policy: `{card, error}`.
+async fn card(
+    State(layer): State<Arc<A2aLayer>>,
+    headers: HeaderMap,
+    PathParam(name): PathParam,
+) -> Response {
+    if let Err(e) = layer.core.require_master(&headers).await {
+        return e.into_response();
+    }
+    let state = layer.state.load_full();
+    let Some(agent) = layer.find_agent(&state, &name) else {
+        return ApiError::not_found(format!("no agent named {name:?}"))
+            .code("agent_not_found")
+            .into_response();
+    };
+    let body = match layer.upstream_card(&agent, "").await {
+        Ok(fetched) => serde_json::json!({"card": fetched.card, "error": null}),
+        Err(e) => serde_json::json!({"card": null, "error": e.message}),
+    };
+    json_response(StatusCode::OK, body.to_string())
 }
 
 async fn put(

@@ -197,7 +197,7 @@ impl A2aLayer {
         all
     }
 
-    fn find_agent(&self, state: &LayerState, name: &str) -> Option<AgentConfig> {
+    pub(crate) fn find_agent(&self, state: &LayerState, name: &str) -> Option<AgentConfig> {
         state
             .config
             .agent(name)
@@ -318,7 +318,7 @@ impl A2aLayer {
 
     /// The upstream card, from memory while fresh. `version` is the caller's `A2A-Version`
     /// (agents may answer each version with another card shape).
-    async fn upstream_card(
+    pub(crate) async fn upstream_card(
         &self,
         agent: &AgentConfig,
         version: &str,

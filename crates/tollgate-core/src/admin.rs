@@ -33,7 +33,8 @@ pub fn router(core: Arc<Core>) -> Router {
         .with_state(core.clone())
         .merge(crate::directory::router(core.clone()))
         .merge(crate::spend::router(core.clone()))
-        .merge(crate::conversations::router(core))
+        .merge(crate::conversations::router(core.clone()))
+        .merge(crate::audit_admin::router(core))
 }
 
 #[derive(OpenApi)]
@@ -249,7 +250,7 @@ fn parse_expiry(at: Option<&str>, within: Option<&str>, now: i64) -> Result<Opti
     }
 }
 
-pub(crate) async fn body_json<T: for<'de> Deserialize<'de> + Default>(
+pub async fn body_json<T: for<'de> Deserialize<'de> + Default>(
     core: &Core,
     headers: &HeaderMap,
     body: Body,
@@ -261,7 +262,7 @@ pub(crate) async fn body_json<T: for<'de> Deserialize<'de> + Default>(
     parse_json(&bytes)
 }
 
-pub(crate) fn respond(result: Result<Response, ApiError>) -> Response {
+pub fn respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(IntoResponse::into_response)
 }
 

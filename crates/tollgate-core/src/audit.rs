@@ -285,3 +285,171 @@ mod tests {
         assert_ne!(changed.compute_hash(), r.hash);
     }
 }
+
+/// A field condition of an audit search: equal, or (written with a trailing `*`) starting with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+impl FieldMatch {
+    /// `mcp.*` is a prefix; anything else is exact.
+    pub fn parse(s: &str) -> FieldMatch {
+        match s.strip_suffix('*') {
+            Some(p) => FieldMatch::Prefix(p.to_owned()),
+            None => FieldMatch::Exact(s.to_owned()),
+        }
+    }
+
+    pub fn matches(&self, v: Option<&str>) -> bool {
+        match (self, v) {
+            (FieldMatch::Exact(e), Some(v)) => e == v,
+            (FieldMatch::Prefix(p), Some(v)) => v.starts_with(p.as_str()),
+            (_, None) => false,
+        }
+    }
+
+    /// SQLite's `GLOB` pattern for a prefix (case-sensitive, like the other engines):
+    /// `*`, `?` and `[` stand for themselves in brackets.
+    pub fn glob_pattern(prefix: &str) -> String {
+        let mut out = String::with_capacity(prefix.len() + 1);
+        for c in prefix.chars() {
+            match c {
+                '*' | '?' | '[' => {
+                    out.push('[');
+                    out.push(c);
+                    out.push(']');
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('*');
+        out
+    }
+
+    /// PostgreSQL's `LIKE` pattern for a prefix (with `\` escaping `%`, `_` and itself).
+    pub fn like_pattern(prefix: &str) -> String {
+        let mut out = String::with_capacity(prefix.len() + 1);
+        for c in prefix.chars() {
+            if matches!(c, '%' | '_' | '\\') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('%');
+        out
+    }
+}
+
+/// An audit search, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub action: Option<FieldMatch>,
+    pub principal: Option<FieldMatch>,
+    pub target: Option<FieldMatch>,
+    pub decision: Option<String>,
+    pub outcome: Option<String>,
+    pub conversation: Option<String>,
+    pub request_id: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Records with `seq < before` (keyset pagination, newest first).
+    pub before: Option<i64>,
+    pub limit: u32,
+}
+
+impl AuditQuery {
+    /// Whether `r` is one of the records this query asks for (the memory engine, and tests).
+    pub fn matches(&self, r: &AuditRecord) -> bool {
+        let eq =
+            |want: &Option<String>, v: Option<&str>| want.as_deref().is_none_or(|w| Some(w) == v);
+        let like =
+            |want: &Option<FieldMatch>, v: Option<&str>| want.as_ref().is_none_or(|m| m.matches(v));
+        like(&self.action, Some(&r.action))
+            && like(&self.principal, r.principal.as_deref())
+            && like(&self.target, r.target.as_deref())
+            && eq(&self.decision, r.decision.as_deref())
+            && eq(&self.outcome, Some(&r.outcome))
+            && eq(&self.conversation, r.conversation_id.as_deref())
+            && eq(&self.request_id, r.request_id.as_deref())
+            && self.since_ms.is_none_or(|t| r.time_ms >= t)
+            && self.until_ms.is_none_or(|t| r.time_ms < t)
+            && self.before.is_none_or(|b| r.seq < b)
+    }
+
+    /// The SQL condition for this query and its binds in order: SQLite's (`?`, `GLOB`) or,
+    /// with `postgres`, PostgreSQL's (`$1`..., `LIKE`). Column names are fixed here; values
+    /// are bound.
+    pub fn sql_where(&self, postgres: bool) -> (String, Vec<SqlBind>) {
+        let numbered = postgres;
+        let first = 1;
+        let mut conds = Vec::new();
+        let mut binds = Vec::new();
+        let mut next = first;
+        let mut ph = || {
+            let p = if numbered {
+                format!("${next}")
+            } else {
+                "?".to_owned()
+            };
+            next += 1;
+            p
+        };
+        for (col, m) in [
+            ("action", &self.action),
+            ("principal", &self.principal),
+            ("target", &self.target),
+        ] {
+            match m {
+                Some(FieldMatch::Exact(v)) => {
+                    conds.push(format!("{col} = {}", ph()));
+                    binds.push(SqlBind::Text(v.clone()));
+                }
+                Some(FieldMatch::Prefix(p)) if postgres => {
+                    conds.push(format!("{col} LIKE {} ESCAPE '\\'", ph()));
+                    binds.push(SqlBind::Text(FieldMatch::like_pattern(p)));
+                }
+                Some(FieldMatch::Prefix(p)) => {
+                    conds.push(format!("{col} GLOB {}", ph()));
+                    binds.push(SqlBind::Text(FieldMatch::glob_pattern(p)));
+                }
+                None => {}
+            }
+        }
+        for (col, v) in [
+            ("decision", &self.decision),
+            ("outcome", &self.outcome),
+            ("conversation_id", &self.conversation),
+            ("request_id", &self.request_id),
+        ] {
+            if let Some(v) = v {
+                conds.push(format!("{col} = {}", ph()));
+                binds.push(SqlBind::Text(v.clone()));
+            }
+        }
+        for (cond, v) in [
+            ("time_ms >=", self.since_ms),
+            ("time_ms <", self.until_ms),
+            ("seq <", self.before),
+        ] {
+            if let Some(v) = v {
+                conds.push(format!("{cond} {}", ph()));
+                binds.push(SqlBind::Int(v));
+            }
+        }
+        let sql = if conds.is_empty() {
+            "TRUE".to_owned()
+        } else {
+            conds.join(" AND ")
+        };
+        (sql, binds)
+    }
+}
+
+/// A value bound into a search's SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlBind {
+    Text(String),
+    Int(i64),
+}

@@ -1,4 +1,5 @@
-//! `GET /admin/v1/conversations/{id}`: one conversation across the three layers. The agent
+//! `GET /admin/v1/conversations/{id}`: one conversation across the three layers (and
+//! `GET /admin/v1/conversations`, the most expensive ones of a time range). The agent
 //! layer records every hop under the A2A `contextId`; agents calling models and tools through
 //! the gateway pass the same id (`x-tollgate-conversation-id`, which the agent layer sends them),
 //! so the ledger's model calls and the audit chain's tool calls join on it.
@@ -21,14 +22,17 @@ const LIMIT: u32 = 10_000;
 
 pub fn router(core: Arc<Core>) -> Router {
     Router::new()
+        .route("/admin/v1/conversations", get(list))
         .route("/admin/v1/conversations/{id}", get(conversation))
         .with_state(core)
 }
 
-fn audit_json(r: &AuditRecord) -> Value {
+pub(crate) fn audit_json(r: &AuditRecord) -> Value {
     json!({
         "seq": r.seq,
+        "time": crate::time::rfc3339(r.time_ms.div_euclid(1000)),
         "time_ms": r.time_ms,
+        "conversation_id": r.conversation_id,
         "request_id": r.request_id,
         "trace_id": r.trace_id,
         "principal": r.principal,
@@ -39,6 +43,56 @@ fn audit_json(r: &AuditRecord) -> Value {
         "outcome": r.outcome,
         "detail": serde_json::from_str::<Value>(&r.detail).unwrap_or(Value::Null),
     })
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<u32>,
+}
+
+/// Conversations with model calls in a time range (default the last 7 days), most expensive
+/// first: id, model calls, tokens and cost.
+async fn list(
+    State(core): State<Arc<Core>>,
+    headers: HeaderMap,
+    params: Result<axum::extract::Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(e) = core.require_master(&headers).await {
+        return e.into_response();
+    }
+    let p = match params {
+        Ok(axum::extract::Query(p)) => p,
+        Err(e) => return crate::error::ApiError::invalid(e.body_text()).into_response(),
+    };
+    let params = crate::spend::SpendParams {
+        group_by: Some("conversation".into()),
+        since: Some(p.since.unwrap_or_else(|| "7d".into())),
+        until: p.until,
+        limit: Some(p.limit.unwrap_or(50).clamp(1, 1000)),
+        ..Default::default()
+    };
+    match crate::spend::report(&core, &params).await {
+        Ok(r) => {
+            let data: Vec<Value> = r
+                .rows
+                .iter()
+                .filter_map(|row| {
+                    Some(json!({
+                        "conversation_id": row.group.as_ref()?,
+                        "model_calls": row.requests,
+                        "prompt_tokens": row.prompt_tokens,
+                        "completion_tokens": row.completion_tokens,
+                        "cost_usd": row.cost_usd,
+                    }))
+                })
+                .collect();
+            json_response(StatusCode::OK, json!({ "data": data }).to_string())
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn conversation(

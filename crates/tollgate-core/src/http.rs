@@ -70,6 +70,7 @@ pub fn route_label(path: &str) -> &'static str {
         p if p.starts_with("/mcp/") => "/mcp/{server}",
         p if p.starts_with("/.well-known/") => "/.well-known",
         p if p.starts_with("/admin/") => "/admin",
+        p if p == "/ui" || p.starts_with("/ui/") => "/ui",
         p if p.starts_with("/v1/") => "/v1/other",
         _ => "other",
     }

@@ -25,6 +25,12 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Whether this principal may use the admin API and console: the master key, or a key
+    /// whose user or team holds the `admin` role.
+    pub fn is_admin(&self) -> bool {
+        self.is_master || self.roles.iter().any(|r| r == "admin")
+    }
+
     pub fn master() -> Principal {
         Principal {
             key_id: None,

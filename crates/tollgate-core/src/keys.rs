@@ -182,7 +182,17 @@ impl KeyService {
 
     /// Resolves a presented secret to a principal. Never touches the store.
     pub fn authenticate(&self, secret: &str, now: i64) -> Result<Arc<Principal>, ApiError> {
-        let hash = hash_secret(secret);
+        self.principal_by_hash(&hash_secret(secret), now)
+    }
+
+    /// The principal whose secret hashes to `hash` (an admin console session holds the hash of
+    /// the secret it was opened with, so a revoked, disabled or rotated-away key ends it).
+    pub fn principal_by_hash(
+        &self,
+        hash: &SecretHash,
+        now: i64,
+    ) -> Result<Arc<Principal>, ApiError> {
+        let hash = *hash;
         if let Some(master) = self.master_hash.load().as_ref() {
             if bool::from(master.ct_eq(&hash)) {
                 return Ok(self.master.clone());

@@ -314,3 +314,137 @@ impl crate::batch::Sink<LedgerRecord> for LedgerSink {
 fn is_zero(v: &f64) -> bool {
     *v == 0.0
 }
+
+/// Upper bounds (exclusive, ms) of the latency classes the ledger keeps per record for the
+/// console's percentiles; the last class holds everything from the last bound up.
+pub const LATENCY_BOUNDS_MS: [u64; 15] = [
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000,
+];
+/// Latency classes: one per bound, and one above them.
+pub const LATENCY_CLASSES: usize = LATENCY_BOUNDS_MS.len() + 1;
+
+/// The latency class of `ms` (stored with each record).
+pub fn latency_class(ms: u64) -> usize {
+    LATENCY_BOUNDS_MS
+        .iter()
+        .position(|b| ms < *b)
+        .unwrap_or(LATENCY_BOUNDS_MS.len())
+}
+
+/// Whether a record counts as an error in the console's error rate: the request failed or its
+/// stream broke (a client cancelling is not the gateway's error).
+pub fn failed(r: &LedgerRecord) -> bool {
+    matches!(r.outcome.as_str(), "error" | "stream_failed")
+}
+
+/// Requests over time: `[since_ms, until_ms)` cut into buckets of `bucket_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsQuery {
+    pub since_ms: i64,
+    pub until_ms: i64,
+    pub bucket_ms: i64,
+}
+
+/// One bucket's totals, and its latencies by class.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StatsBucket {
+    /// The bucket's number from `since_ms`.
+    pub index: i64,
+    pub requests: u64,
+    pub errors: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+    pub latency: [u64; LATENCY_CLASSES],
+}
+
+impl StatsBucket {
+    pub fn add(&mut self, other: &StatsBucket) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.cost_usd += other.cost_usd;
+        for (a, b) in self.latency.iter_mut().zip(other.latency) {
+            *a += b;
+        }
+    }
+
+    /// The latency at quantile `q` (0-1), interpolated within its class; `None` without
+    /// requests. The top class is reported at its lower bound.
+    pub fn latency_quantile(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.latency.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = (q.clamp(0.0, 1.0) * total as f64).max(1.0);
+        let mut seen = 0u64;
+        for (class, n) in self.latency.iter().enumerate() {
+            if *n == 0 {
+                continue;
+            }
+            if (seen + n) as f64 >= rank {
+                let lo = if class == 0 {
+                    0
+                } else {
+                    LATENCY_BOUNDS_MS[class - 1]
+                };
+                let Some(hi) = LATENCY_BOUNDS_MS.get(class) else {
+                    return Some(lo as f64);
+                };
+                let within = (rank - seen as f64) / *n as f64;
+                return Some(lo as f64 + within * (*hi - lo) as f64);
+            }
+            seen += n;
+        }
+        None
+    }
+}
+
+/// [`StatsBucket`]s from records in memory (the memory engine; the SQL engines group in SQL).
+pub fn stats_of<'a>(
+    records: impl Iterator<Item = &'a LedgerRecord>,
+    q: &StatsQuery,
+) -> Vec<StatsBucket> {
+    let mut buckets: std::collections::BTreeMap<i64, StatsBucket> = Default::default();
+    for r in records.filter(|r| r.time_ms >= q.since_ms && r.time_ms < q.until_ms) {
+        let index = (r.time_ms - q.since_ms) / q.bucket_ms.max(1);
+        let b = buckets.entry(index).or_insert_with(|| StatsBucket {
+            index,
+            ..StatsBucket::default()
+        });
+        b.requests += 1;
+        b.errors += u64::from(failed(r));
+        b.prompt_tokens += r.prompt_tokens;
+        b.completion_tokens += r.completion_tokens;
+        b.cost_usd += r.cost_usd;
+        b.latency[latency_class(r.latency_ms)] += 1;
+    }
+    buckets.into_values().collect()
+}
+
+/// One SQL row of a stats query: bucket, latency class, requests, errors, prompt and
+/// completion tokens, cost.
+pub type StatsRow = (i64, Option<i64>, i64, i64, i64, i64, f64);
+
+/// Folds SQL rows into buckets.
+pub fn stats_from_rows(rows: Vec<StatsRow>) -> Vec<StatsBucket> {
+    let mut buckets: std::collections::BTreeMap<i64, StatsBucket> = Default::default();
+    for (index, class, n, errors, p, c, cost) in rows {
+        let b = buckets.entry(index).or_insert_with(|| StatsBucket {
+            index,
+            ..StatsBucket::default()
+        });
+        b.requests += n.max(0) as u64;
+        b.errors += errors.max(0) as u64;
+        b.prompt_tokens += p.max(0) as u64;
+        b.completion_tokens += c.max(0) as u64;
+        b.cost_usd += cost;
+        // Records from before the column existed have no class: count them, no latency.
+        if let Some(class) = class {
+            let i = (class.max(0) as usize).min(LATENCY_CLASSES - 1);
+            b.latency[i] += n.max(0) as u64;
+        }
+    }
+    buckets.into_values().collect()
+}

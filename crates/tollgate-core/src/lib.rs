@@ -4,11 +4,13 @@
 
 pub mod admin;
 pub mod audit;
+pub mod audit_admin;
 mod batch;
 pub mod budget;
 pub mod bus;
 pub mod canonical;
 pub mod config;
+pub mod console;
 pub mod context;
 pub mod conversations;
 #[cfg(test)]
@@ -83,6 +85,8 @@ pub struct Core {
     pub bus: Arc<crate::bus::Bus>,
     /// The gateway's own signing key (identity tokens, re-signed cards, push JWTs).
     pub signer: Arc<crate::signing::GatewayKey>,
+    /// Signs admin console session cookies (shared by every replica through the store).
+    pub console: crate::console::SessionKey,
     /// JWT verification, when `auth.jwt` is configured.
     jwt: ArcSwap<Option<Arc<JwtVerifier>>>,
     draining: AtomicBool,
@@ -165,6 +169,17 @@ impl Core {
             .await?;
         let signer =
             Arc::new(crate::signing::GatewayKey::from_stored(&stored).map_err(ApiError::internal)?);
+        let mut fresh = [0u8; 32];
+        getrandom::fill(&mut fresh)
+            .map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
+        let stored = stores
+            .meta
+            .set_meta_if_absent(crate::console::KEY_META, &crate::hex::encode(&fresh))
+            .await?;
+        let console = crate::console::SessionKey::new(
+            crate::hex::decode32(&stored)
+                .ok_or_else(|| ApiError::internal("the stored console session key is corrupt"))?,
+        );
         let metrics = Metrics::new();
         let failures = Arc::new(crate::degrade::SharedFailures::new(
             config.storage.on_redis_failure == crate::config::RedisFailure::FailOpen,
@@ -202,6 +217,7 @@ impl Core {
             shared,
             bus,
             signer,
+            console,
             jwt: ArcSwap::from_pointee(jwt),
             draining: AtomicBool::new(false),
         });
@@ -305,18 +321,55 @@ impl Core {
             .map_err(unauthenticated)
     }
 
-    /// Requires the master key (admin routes).
+    /// Requires an administrator (admin routes): the master key, a principal holding the
+    /// `admin` role, or an admin console session (its cookie and CSRF header).
     pub async fn require_master(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let principal = self.authenticate(headers).await?;
-        if principal.is_master {
+        let principal = match (http::credential(headers), crate::console::cookie(headers)) {
+            (None, Some(_)) => {
+                let (session, principal) = self.console_session(headers)?;
+                if !crate::console::csrf_ok(headers, &session) {
+                    return Err(ApiError::new(
+                        ErrorKind::PermissionDenied,
+                        "a console request must carry the session's x-tollgate-csrf header",
+                    )
+                    .code("csrf_failed"));
+                }
+                principal
+            }
+            _ => self.authenticate(headers).await?,
+        };
+        if principal.is_admin() {
             Ok(())
         } else {
             Err(ApiError::new(
                 ErrorKind::PermissionDenied,
-                "this endpoint requires the master key",
+                "this endpoint requires the master key or an admin principal",
             )
             .code("master_key_required"))
         }
+    }
+
+    /// The admin console session a request's cookie stands for, and its principal (still
+    /// valid now). The CSRF header is not checked here.
+    pub fn console_session(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<(crate::console::Session, Arc<Principal>), ApiError> {
+        let expired = || {
+            ApiError::new(
+                ErrorKind::Unauthenticated,
+                "the console session is missing, expired or no longer valid; sign in again",
+            )
+            .code("session_expired")
+        };
+        let cookie = crate::console::cookie(headers).ok_or_else(expired)?;
+        let now = time::now();
+        let session = self.console.verify(cookie, now).ok_or_else(expired)?;
+        let principal = self
+            .keys
+            .principal_by_hash(&session.hash, now)
+            .map_err(|_| expired())?;
+        Ok((session, principal))
     }
 
     pub fn set_draining(&self) {

@@ -20,6 +20,7 @@ use crate::Core;
 pub fn router(core: Arc<Core>) -> Router {
     Router::new()
         .route("/admin/v1/spend", get(spend))
+        .route("/admin/v1/stats", get(stats))
         .route("/admin/v1/budgets", get(budgets))
         .route("/admin/v1/budgets/{name}/reset", post(reset_budget))
         .with_state(core)
@@ -197,6 +198,132 @@ pub async fn spend(
             StatusCode::OK,
             serde_json::to_string(&r).unwrap_or_default(),
         ),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The query of `GET /admin/v1/stats`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct StatsParams {
+    /// Start of the range: RFC 3339, a date, or a duration back from now. Default `24h`.
+    pub since: Option<String>,
+    /// End of the range (exclusive), in the same forms. Default now.
+    pub until: Option<String>,
+    /// How many buckets to cut the range into, 1-500. Default 24.
+    pub buckets: Option<u32>,
+}
+
+fn latency_view(b: &crate::ledger::StatsBucket) -> serde_json::Value {
+    let q = |x| b.latency_quantile(x).map(|v| (v * 100.0).round() / 100.0);
+    serde_json::json!({"p50": q(0.5), "p90": q(0.9), "p99": q(0.99)})
+}
+
+/// Model requests over a time range from the ledger: totals (requests per second, error rate,
+/// latency percentiles, tokens, cost), a series of buckets, and spend today and this month
+/// (UTC). Percentiles are estimated from latency classes (see `ledger::LATENCY_BOUNDS_MS`).
+#[utoipa::path(get, path = "/admin/v1/stats", params(StatsParams),
+    responses((status = 200, description = "Totals and a time series"),
+              (status = 400, description = "Bad parameter", body = crate::admin::ErrorBody)),
+    tag = "spend")]
+pub async fn stats(
+    State(core): State<Arc<Core>>,
+    headers: HeaderMap,
+    params: Result<Query<StatsParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(e) = core.require_master(&headers).await {
+        return e.into_response();
+    }
+    let Query(p) = match params {
+        Ok(p) => p,
+        Err(e) => return ApiError::invalid(e.body_text()).into_response(),
+    };
+    let result = async {
+        let now_ms = crate::time::now_ms();
+        let since_ms = instant(Some(p.since.as_deref().unwrap_or("24h")), "since")?.unwrap_or(0);
+        let until_ms = instant(p.until.as_deref(), "until")?.unwrap_or(now_ms);
+        if until_ms <= since_ms {
+            return Err(ApiError::invalid("until must be after since").param("until"));
+        }
+        let n = i64::from(p.buckets.unwrap_or(24));
+        if !(1..=500).contains(&n) {
+            return Err(ApiError::invalid("buckets must be 1-500").param("buckets"));
+        }
+        // Whole seconds, so bucket starts read cleanly.
+        let per = (until_ms - since_ms + n - 1) / n;
+        let bucket_ms = ((per + 999) / 1000).max(1) * 1000;
+        core.ledger.flush().await;
+        let q = crate::ledger::StatsQuery {
+            since_ms,
+            until_ms,
+            bucket_ms,
+        };
+        let buckets = core.stores.ledger.ledger_stats(&q).await?;
+        let mut total = crate::ledger::StatsBucket::default();
+        for b in &buckets {
+            total.add(b);
+        }
+        let mut by_index: std::collections::HashMap<i64, &crate::ledger::StatsBucket> =
+            buckets.iter().map(|b| (b.index, b)).collect();
+        let count = (until_ms - since_ms + bucket_ms - 1) / bucket_ms;
+        let empty = crate::ledger::StatsBucket::default();
+        let series: Vec<serde_json::Value> = (0..count)
+            .map(|i| {
+                let b = by_index.remove(&i).unwrap_or(&empty);
+                serde_json::json!({
+                    "t": crate::time::rfc3339((since_ms + i * bucket_ms).div_euclid(1000)),
+                    "requests": b.requests,
+                    "errors": b.errors,
+                    "cost_usd": b.cost_usd,
+                    "latency_ms": latency_view(b),
+                })
+            })
+            .collect();
+        let spent_since = |from_ms: i64| {
+            let core = core.clone();
+            async move {
+                let rows = core
+                    .stores
+                    .ledger
+                    .spend(&SpendQuery {
+                        since_ms: from_ms,
+                        ..SpendQuery::default()
+                    })
+                    .await?;
+                Ok::<f64, ApiError>(rows.iter().map(|r| r.cost_usd).fold(0.0, |a, b| a + b))
+            }
+        };
+        let today = time::OffsetDateTime::from_unix_timestamp(now_ms.div_euclid(1000))
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .date();
+        let midnight = |d: time::Date| d.midnight().assume_utc().unix_timestamp() * 1000;
+        let month_start = today
+            .replace_day(1)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let seconds = (until_ms - since_ms) as f64 / 1000.0;
+        Ok(serde_json::json!({
+            "since": crate::time::rfc3339(since_ms.div_euclid(1000)),
+            "until": crate::time::rfc3339(until_ms.div_euclid(1000)),
+            "bucket_seconds": bucket_ms / 1000,
+            "totals": {
+                "requests": total.requests,
+                "errors": total.errors,
+                "error_rate": if total.requests == 0 { 0.0 } else { total.errors as f64 / total.requests as f64 },
+                "requests_per_s": total.requests as f64 / seconds,
+                "cost_usd": total.cost_usd,
+                "prompt_tokens": total.prompt_tokens,
+                "completion_tokens": total.completion_tokens,
+                "latency_ms": latency_view(&total),
+            },
+            "series": series,
+            "spend_today_usd": spent_since(midnight(today)).await?,
+            "spend_month_usd": spent_since(midnight(month_start)).await?,
+        }))
+    }
+    .await;
+    match result {
+        Ok(v) => json_response(StatusCode::OK, v.to_string()),
         Err(e) => e.into_response(),
     }
 }

@@ -29,12 +29,52 @@ pub fn router(layer: Arc<McpLayer>) -> Router {
         .route("/admin/v1/mcp/approvals/{id}", get(get_approval))
         .route("/admin/v1/mcp/approvals/{id}/approve", post(approve))
         .route("/admin/v1/mcp/approvals/{id}/deny", post(deny))
+        .route("/admin/v1/mcp/servers", get(list_servers))
         .route("/admin/v1/mcp/pins", get(list_pins))
         .route(
             "/admin/v1/mcp/pins/{server}/{tool}/approve",
             post(approve_pin),
         )
         .with_state(layer)
+}
+
+/// The configured upstream servers: transport and address (never credentials), drift action,
+/// and how many of their tools are pinned and how many drifted; open sessions on this replica.
+async fn list_servers(State(layer): State<Arc<McpLayer>>, headers: HeaderMap) -> Response {
+    if let Err(e) = layer.core.require_master(&headers).await {
+        return e.into_response();
+    }
+    let pins = match layer.core.stores.mcp.tool_pins(None).await {
+        Ok(p) => p,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let state = layer.state.load();
+    let servers: Vec<Value> = state
+        .config
+        .servers
+        .iter()
+        .map(|s| {
+            use tollgate_core::config::McpTransport;
+            let address = match &s.transport {
+                McpTransport::StreamableHttp { url, .. } | McpTransport::Sse { url, .. } => {
+                    url.clone()
+                }
+                McpTransport::Stdio { command, .. } => command.clone(),
+            };
+            let mine = pins.iter().filter(|p| p.server == s.name);
+            json!({
+                "name": s.name,
+                "transport": s.transport.kind(),
+                "address": address,
+                "timeout_ms": s.timeout.as_millis() as u64,
+                "on_drift": s.on_drift.unwrap_or(state.config.on_drift),
+                "oauth": s.oauth.is_some(),
+                "tools": mine.clone().count(),
+                "drifted": mine.filter(|p| p.pending_sha256.is_some()).count(),
+            })
+        })
+        .collect();
+    ok(&json!({"servers": servers, "sessions": layer.session_count()}))
 }
 
 fn ok(v: &Value) -> Response {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 mod serve;
+mod ui;
 
 use axum::middleware;
 use axum::Router;
@@ -85,12 +86,16 @@ impl Gateway {
             .merge(llm.router())
             .merge(mcp.router())
             .merge(a2a.router());
-        if admin_listen.is_none() {
-            app = app
+        let admin_routes = || {
+            Router::new()
                 .merge(admin::router(core.clone()))
                 .merge(llm.admin_router())
                 .merge(mcp.admin_router())
-                .merge(a2a.admin_router());
+                .merge(a2a.admin_router())
+                .merge(ui::router(core.clone()))
+        };
+        if admin_listen.is_none() {
+            app = app.merge(admin_routes());
         }
         let main = Server::start(
             "http",
@@ -105,15 +110,7 @@ impl Gateway {
         let mut servers = vec![main];
         let mut admin_addr = None;
         if let Some(a) = admin_listen {
-            let admin_app = shell(
-                Router::new()
-                    .merge(admin::router(core.clone()))
-                    .merge(llm.admin_router())
-                    .merge(mcp.admin_router())
-                    .merge(a2a.admin_router())
-                    .merge(ops_router(core.clone())),
-                &core,
-            );
+            let admin_app = shell(admin_routes().merge(ops_router(core.clone())), &core);
             // Admin traffic is light: one thread.
             let server = Server::start("admin", a, 1, header_timeout, admin_app, signals.clone())
                 .await

@@ -246,6 +246,13 @@ impl super::LedgerStore for MemoryStore {
     ) -> StoreResult<Vec<crate::ledger::SpendRow>> {
         self.with(|s| Ok(crate::ledger::aggregate(s.ledger.iter(), q)))
     }
+
+    async fn ledger_stats(
+        &self,
+        q: &crate::ledger::StatsQuery,
+    ) -> StoreResult<Vec<crate::ledger::StatsBucket>> {
+        self.with(|s| Ok(crate::ledger::stats_of(s.ledger.iter(), q)))
+    }
 }
 
 #[async_trait]
@@ -299,6 +306,18 @@ impl AuditStore for MemoryStore {
                 .get(super::AUDIT_HEAD)
                 .map(|v| super::parse_head(v))
                 .transpose()
+        })
+    }
+
+    async fn search_audit(&self, q: &crate::audit::AuditQuery) -> StoreResult<Vec<AuditRecord>> {
+        self.with(|s| {
+            Ok(s.audit
+                .iter()
+                .rev()
+                .filter(|r| q.matches(r))
+                .take(q.limit.clamp(1, 1000) as usize)
+                .cloned()
+                .collect())
         })
     }
 }

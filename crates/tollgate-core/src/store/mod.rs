@@ -185,6 +185,8 @@ pub trait AuditStore: Send + Sync + 'static {
     ) -> StoreResult<Vec<AuditRecord>>;
     /// The head recorded by the last append: `(seq, hash)`.
     async fn audit_head(&self) -> StoreResult<Option<(i64, String)>>;
+    /// Records matching a search, newest first, at most `q.limit` (1-1000).
+    async fn search_audit(&self, q: &crate::audit::AuditQuery) -> StoreResult<Vec<AuditRecord>>;
 }
 
 /// The spend ledger's storage: appends in batches, reads in time order.
@@ -200,6 +202,11 @@ pub trait LedgerStore: Send + Sync + 'static {
         &self,
         q: &crate::ledger::SpendQuery,
     ) -> StoreResult<Vec<crate::ledger::SpendRow>>;
+    /// Requests, errors, tokens, cost and latency classes per time bucket (the console).
+    async fn ledger_stats(
+        &self,
+        q: &crate::ledger::StatsQuery,
+    ) -> StoreResult<Vec<crate::ledger::StatsBucket>>;
 }
 
 /// One semantic-cache entry as stored (and as published to the other replicas).

@@ -59,6 +59,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "a2a_agents",
         include_str!("migrations/sqlite/0010_a2a_agents.sql"),
     ),
+    (
+        11,
+        "ledger_stats",
+        include_str!("migrations/sqlite/0011_ledger_stats.sql"),
+    ),
 ];
 
 const KEYS_SEQ: &str = "keys_seq";
@@ -631,6 +636,29 @@ impl AuditStore for SqliteStore {
             .map_err(unavailable)?;
         v.as_deref().map(parse_head).transpose()
     }
+
+    async fn search_audit(&self, q: &crate::audit::AuditQuery) -> StoreResult<Vec<AuditRecord>> {
+        let (cond, binds) = q.sql_where(false);
+        let limit = "?".to_owned();
+        let sql = format!(
+            "SELECT seq, time_ms, request_id, trace_id, conversation_id, principal, action, target,
+                    decision, rule, outcome, detail, prev_hash, hash
+             FROM audit_log WHERE {cond} ORDER BY seq DESC LIMIT {limit}"
+        );
+        let mut query = sqlx::query(&sql);
+        for b in binds {
+            query = match b {
+                crate::audit::SqlBind::Text(t) => query.bind(t),
+                crate::audit::SqlBind::Int(i) => query.bind(i),
+            };
+        }
+        let rows = query
+            .bind(i64::from(q.limit.clamp(1, 1000)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(audit_row).collect()
+    }
 }
 
 impl SqliteStore {
@@ -931,8 +959,9 @@ impl LedgerStore for SqliteStore {
             let json = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             sqlx::query(
                 "INSERT INTO ledger (time_ms, key_id, user_id, team_id, model, provider, cost_usd,
-                     conversation_id, agent, prompt_tokens, completion_tokens, record)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     conversation_id, agent, prompt_tokens, completion_tokens, record, failed,
+                     latency_class)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(r.time_ms)
             .bind(&r.key_id)
@@ -946,6 +975,8 @@ impl LedgerStore for SqliteStore {
             .bind(i64::try_from(r.prompt_tokens).unwrap_or(i64::MAX))
             .bind(i64::try_from(r.completion_tokens).unwrap_or(i64::MAX))
             .bind(json)
+            .bind(i64::from(crate::ledger::failed(r)))
+            .bind(crate::ledger::latency_class(r.latency_ms) as i64)
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
@@ -1030,6 +1061,26 @@ impl LedgerStore for SqliteStore {
         crate::ledger::sort_rows(&mut rows);
         rows.truncate(q.limit.clamp(1, 100_000) as usize);
         Ok(rows)
+    }
+
+    async fn ledger_stats(
+        &self,
+        q: &crate::ledger::StatsQuery,
+    ) -> StoreResult<Vec<crate::ledger::StatsBucket>> {
+        let rows = sqlx::query_as(
+            "SELECT (time_ms - ?1) / ?2 AS b, latency_class, COUNT(*), COALESCE(SUM(failed), 0),
+                    COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),
+                    COALESCE(SUM(cost_usd), 0.0)
+             FROM ledger WHERE time_ms >= ?1 AND time_ms < ?3
+             GROUP BY b, latency_class",
+        )
+        .bind(q.since_ms)
+        .bind(q.bucket_ms.max(1))
+        .bind(q.until_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(crate::ledger::stats_from_rows(rows))
     }
 }
 

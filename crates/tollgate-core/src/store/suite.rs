@@ -314,6 +314,117 @@ async fn audit_chain_appends_and_verifies() {
     }
 }
 
+/// The console's audit search agrees with the query's own matcher on every engine: exact and
+/// prefix fields (case-sensitive, wildcard characters literal), time, and newest-first pages.
+#[tokio::test]
+async fn audit_search_filters_and_pages_newest_first() {
+    use crate::audit::{AuditQuery, FieldMatch};
+    for (engine, s, _dir) in engines().await {
+        let events: Vec<_> = (0..40i64)
+            .map(|i| {
+                let mut ev = AuditEvent::new(
+                    [
+                        "mcp.tools/call",
+                        "a2a.call",
+                        "MCP.upper",
+                        "key.create",
+                        "a_b%c",
+                    ][(i % 5) as usize],
+                    if i % 3 == 0 { "failure" } else { "success" },
+                );
+                ev.principal = Some(format!("key:k{}", i % 4));
+                ev.target = Some(format!("agent{}/SendMessage", i % 2));
+                ev.decision = (i % 2 == 0).then(|| "allow".to_owned());
+                ev.conversation_id = (i % 6 == 0).then(|| "conv-1".to_owned());
+                (ev, 1_000 * i)
+            })
+            .collect();
+        s.audit.append_audit(&events).await.unwrap();
+        let all = s.audit.read_audit(0, 1000).await.unwrap();
+        let queries = [
+            AuditQuery::default(),
+            AuditQuery {
+                action: Some(FieldMatch::parse("mcp.*")),
+                ..Default::default()
+            },
+            AuditQuery {
+                action: Some(FieldMatch::parse("a_b%*")),
+                ..Default::default()
+            },
+            AuditQuery {
+                action: Some(FieldMatch::parse("a_*")),
+                principal: Some(FieldMatch::parse("key:k1")),
+                ..Default::default()
+            },
+            AuditQuery {
+                target: Some(FieldMatch::parse("agent1/*")),
+                outcome: Some("failure".into()),
+                decision: None,
+                ..Default::default()
+            },
+            AuditQuery {
+                decision: Some("allow".into()),
+                conversation: Some("conv-1".into()),
+                since_ms: Some(5_000),
+                until_ms: Some(30_000),
+                ..Default::default()
+            },
+            AuditQuery {
+                before: Some(30),
+                limit: 7,
+                ..Default::default()
+            },
+        ];
+        for q in queries {
+            let q = AuditQuery {
+                limit: if q.limit == 0 { 1000 } else { q.limit },
+                ..q
+            };
+            let got: Vec<i64> = s
+                .audit
+                .search_audit(&q)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.seq)
+                .collect();
+            let want: Vec<i64> = all
+                .iter()
+                .rev()
+                .filter(|r| q.matches(r))
+                .take(q.limit as usize)
+                .map(|r| r.seq)
+                .collect();
+            assert_eq!(got, want, "{engine}: {q:?}");
+            assert!(
+                !got.is_empty() || q.action.is_some(),
+                "{engine}: {q:?} found nothing"
+            );
+        }
+        // `mcp.*` is case-sensitive and `_`/`%` are literal.
+        let mcp = AuditQuery {
+            action: Some(FieldMatch::parse("mcp.*")),
+            limit: 1000,
+            ..Default::default()
+        };
+        assert_eq!(
+            s.audit.search_audit(&mcp).await.unwrap().len(),
+            8,
+            "{engine}"
+        );
+        let odd = AuditQuery {
+            action: Some(FieldMatch::parse("a_b%*")),
+            limit: 1000,
+            ..Default::default()
+        };
+        assert_eq!(
+            s.audit.search_audit(&odd).await.unwrap().len(),
+            8,
+            "{engine}"
+        );
+    }
+}
+
 /// A conversation's records come back by its id: audit events and ledger rows.
 #[tokio::test]
 async fn records_are_found_by_conversation() {
@@ -767,6 +878,81 @@ async fn spend_reports_group_filter_and_agree_with_the_records() {
             .await
             .unwrap();
         assert!(empty.is_empty(), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn ledger_stats_bucket_time_and_agree_with_the_records() {
+    use crate::ledger::{stats_of, LedgerRecord, StatsQuery};
+    const T0: i64 = 1_700_000_000_000;
+    for (name, s, _dir) in engines().await {
+        let records: Vec<LedgerRecord> = (0..60i64)
+            .map(|i| LedgerRecord {
+                time_ms: T0 + i * 1_000,
+                model: "m".into(),
+                prompt_tokens: 10,
+                completion_tokens: i as u64,
+                cost_usd: 0.001 * (i + 1) as f64,
+                latency_ms: [0, 3, 40, 700, 90_000][(i % 5) as usize],
+                status: if i % 7 == 0 { 502 } else { 200 },
+                outcome: match i % 7 {
+                    0 => "error",
+                    3 => "cancelled",
+                    _ => "ok",
+                }
+                .into(),
+                ..Default::default()
+            })
+            .collect();
+        s.ledger.append_ledger(&records).await.unwrap();
+        for q in [
+            StatsQuery {
+                since_ms: T0,
+                until_ms: T0 + 60_000,
+                bucket_ms: 10_000,
+            },
+            StatsQuery {
+                since_ms: T0 + 5_500,
+                until_ms: T0 + 30_000,
+                bucket_ms: 7_000,
+            },
+            StatsQuery {
+                since_ms: 0,
+                until_ms: T0,
+                bucket_ms: 1_000,
+            },
+        ] {
+            let got = s.ledger.ledger_stats(&q).await.unwrap();
+            let want = stats_of(records.iter(), &q);
+            assert_eq!(got.len(), want.len(), "{name}: {q:?}");
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.index, w.index, "{name}: {q:?}");
+                assert_eq!(g.requests, w.requests, "{name}: {q:?}");
+                assert_eq!(g.errors, w.errors, "{name}: {q:?}");
+                assert_eq!(g.completion_tokens, w.completion_tokens, "{name}: {q:?}");
+                assert_eq!(g.latency, w.latency, "{name}: {q:?}");
+                assert!((g.cost_usd - w.cost_usd).abs() < 1e-9, "{name}: {q:?}");
+            }
+        }
+        let all = s
+            .ledger
+            .ledger_stats(&StatsQuery {
+                since_ms: T0,
+                until_ms: T0 + 60_000,
+                bucket_ms: 60_000,
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 1, "{name}");
+        // i % 7 == 0: 9 of 60 failed; cancellations are not errors.
+        assert_eq!((all[0].requests, all[0].errors), (60, 9), "{name}");
+        // A fifth each at 0, 3, 40, 700 ms and past a minute.
+        assert_eq!(
+            all[0].latency_quantile(0.5),
+            Some(20.0 + 0.5 * 30.0),
+            "{name}"
+        );
+        assert_eq!(all[0].latency_quantile(1.0), Some(60_000.0), "{name}");
     }
 }
 

@@ -10,6 +10,7 @@ mod bus;
 mod cache;
 mod chat;
 mod cli;
+mod console;
 mod directory;
 mod harness;
 mod jwt;

@@ -1,0 +1,183 @@
+// MCP tools: the upstream servers (GET /admin/v1/mcp/servers), calls waiting for an approval
+// (grant or deny), every tool's pinned definition with drift to review and approve (GET
+// /admin/v1/mcp/pins), and the latest policy decisions (the audit chain, action mcp.*).
+
+import { get, post, enc } from './api.js';
+import {
+  h, clear, pageHeader, section, field, input, button, table, link, int, timeEl, relative,
+  statusBadge, badge, shortHash, openDialog, formDialog, errorBox, emptyState, loading, announce,
+  showError, formValues, jsonBlock, qs,
+} from './ui.js';
+
+export async function render(root, ctx) {
+  const servers = h('div', null, loading());
+  const approvals = h('div', null, loading());
+  const pins = h('div', null, loading());
+  const decisions = h('div', null, loading());
+  root.append(
+    pageHeader('MCP tools', 'The tool gateway: upstream MCP servers, their pinned tools, approvals and policy decisions.'),
+    section('Upstream servers', servers),
+    section('Pending approvals', approvals),
+    section('Tools and pins', pins),
+    section('Recent policy decisions', decisions));
+  await Promise.all([
+    loadServers(servers),
+    loadApprovals(approvals, ctx),
+    loadPins(pins, ctx),
+    loadDecisions(decisions),
+  ]);
+}
+
+function notConfigured(e) {
+  return e && e.status === 404 ? emptyState('The tool gateway is not configured (mcp: in the configuration).') : errorBox(e);
+}
+
+async function loadServers(box) {
+  try {
+    const r = await get('/admin/v1/mcp/servers');
+    clear(box);
+    const list = r.servers || [];
+    if (!list.length) {
+      box.append(emptyState('No upstream MCP servers are configured.'));
+      return;
+    }
+    box.append(table([
+      { label: 'Server', rowHeader: true, value: (s) => s.name },
+      { label: 'Transport', value: (s) => badge(s.transport, 'neutral') },
+      { label: 'Address', value: (s) => (s.url ? h('span', { class: 'mono small' }, s.url) : (s.command ? h('span', { class: 'mono small' }, s.command) : null)) },
+      { label: 'Tools', num: true, value: (s) => int(s.tools) },
+      { label: 'Drifted', num: true, value: (s) => (s.drifted ? badge(int(s.drifted), 'warn') : '0') },
+      { label: 'Decisions', hidden: true, value: (s) => link(`/ui/audit${qs({ action: 'mcp.*', target: `${s.name}/*` })}`, 'Calls', { 'aria-label': `Audit of calls to ${s.name}` }) },
+    ], list, { caption: 'Upstream MCP servers' }));
+  } catch (e) {
+    clear(box).append(notConfigured(e));
+  }
+}
+
+async function loadApprovals(box, ctx) {
+  try {
+    const r = await get(`/admin/v1/mcp/approvals${qs({ status: 'pending', limit: 100 })}`);
+    clear(box);
+    const list = r.approvals || [];
+    if (!list.length) {
+      box.append(emptyState('No tool call is waiting for an approval.'));
+      return;
+    }
+    box.append(table([
+      { label: 'Tool', rowHeader: true, value: (a) => h('span', { class: 'mono' }, `${a.server}/${a.tool}`) },
+      { label: 'Principal', value: (a) => a.principal },
+      { label: 'Rule', value: (a) => a.rule },
+      { label: 'Arguments', value: (a) => h('details', null, h('summary', null, `sha256 ${shortHash(a.args_sha256, 10)}`), jsonBlock(a.arguments, 'Arguments')) },
+      { label: 'Asked', value: (a) => timeEl(a.created_ms) },
+      { label: 'Expires', value: (a) => (a.expires_ms ? h('span', null, relative(a.expires_ms)) : null) },
+      { label: 'Decision', hidden: true, value: (a) => h('div', { class: 'row-actions' },
+        button('Approve', () => decide(a, 'approve', box, ctx), { small: true, kind: 'primary', ariaLabel: `Approve ${a.server}/${a.tool} for ${a.principal}` }),
+        button('Deny', () => decide(a, 'deny', box, ctx), { small: true, kind: 'danger', ariaLabel: `Deny ${a.server}/${a.tool} for ${a.principal}` })) },
+    ], list, { caption: 'Pending approvals' }));
+  } catch (e) {
+    clear(box).append(notConfigured(e));
+  }
+}
+
+function decide(a, verb, box, ctx) {
+  formDialog(`${verb === 'approve' ? 'Approve' : 'Deny'} ${a.server}/${a.tool}?`, [
+    h('p', null, `Asked by ${a.principal}${a.rule ? ` under rule ${a.rule}` : ''}. `,
+      verb === 'approve' ? 'The call can run once with exactly these arguments.' : 'The call is refused.'),
+    jsonBlock(a.arguments, 'Arguments'),
+    field('Note (optional)', input({ name: 'note', autocomplete: 'off' }), 'Recorded in the audit chain with your decision.'),
+  ], verb === 'approve' ? 'Approve call' : 'Deny call', async (form, d) => {
+    const v = formValues(form);
+    await post(`/admin/v1/mcp/approvals/${enc(a.id)}/${verb}`, v.note ? { note: v.note } : {});
+    d.close();
+    announce(`${verb === 'approve' ? 'Approved' : 'Denied'} ${a.server}/${a.tool}.`);
+    if (ctx.alive()) await loadApprovals(box, ctx);
+  }, { danger: verb === 'deny', wide: true });
+}
+
+async function loadPins(box, ctx) {
+  try {
+    const r = await get('/admin/v1/mcp/pins');
+    clear(box);
+    const list = r.pins || [];
+    if (!list.length) {
+      box.append(emptyState('No tool has been pinned yet: tools are pinned the first time the gateway lists them.'));
+      return;
+    }
+    list.sort((a, b) => (b.drift ? 1 : 0) - (a.drift ? 1 : 0) || `${a.server}/${a.tool}`.localeCompare(`${b.server}/${b.tool}`));
+    box.append(table([
+      { label: 'Tool', rowHeader: true, value: (p) => h('span', { class: 'mono' }, `${p.server}/${p.tool}`) },
+      { label: 'Description', value: (p) => (p.definition && p.definition.description ? h('span', { class: 'small' }, p.definition.description) : null) },
+      { label: 'Status', value: (p) => statusBadge(p.drift ? 'drifted' : 'pinned') },
+      { label: 'Pinned digest', value: (p) => h('span', { class: 'mono small', title: p.sha256 }, shortHash(p.sha256, 12)) },
+      { label: 'Pinned', value: (p) => timeEl(p.pinned_ms) },
+      { label: 'Drift', value: (p) => (p.drift
+        ? button('Review drift', () => reviewDrift(p, box, ctx), { small: true, kind: 'primary', ariaLabel: `Review drift of ${p.server}/${p.tool}` })
+        : h('details', null, h('summary', null, 'Definition'), jsonBlock(p.definition, `Definition of ${p.server}/${p.tool}`))) },
+    ], list, { caption: 'Pinned tools' }));
+  } catch (e) {
+    clear(box).append(notConfigured(e));
+  }
+}
+
+function diffView(diff) {
+  if (diff === null || diff === undefined) return emptyState('No diff recorded.');
+  if (typeof diff !== 'string') return jsonBlock(diff, 'Diff');
+  const pre = h('pre', { class: 'diff', tabindex: '0', 'aria-label': 'Definition diff' });
+  for (const line of diff.split('\n')) {
+    const cls = line.startsWith('+') ? 'add' : line.startsWith('-') ? 'del' : line.startsWith('@') ? 'hunk' : null;
+    pre.append(h('span', { class: cls }, line), '\n');
+  }
+  return pre;
+}
+
+function reviewDrift(p, box, ctx) {
+  openDialog(`Drift of ${p.server}/${p.tool}`, (d) => {
+    d.body.append(
+      h('p', null, `The upstream changed this tool’s definition (seen ${relative(p.drift.seen_ms)}). Calls follow the server’s on_drift rule until the new definition is approved.`),
+      h('p', { class: 'small' }, 'Pinned ', h('span', { class: 'mono' }, shortHash(p.sha256, 16)), ' → new ', h('span', { class: 'mono' }, shortHash(p.drift.sha256, 16))),
+      h('h3', null, 'Changes'),
+      diffView(p.drift.diff),
+      h('details', null, h('summary', null, 'New definition'), jsonBlock(p.drift.definition, 'New definition')));
+    d.actions.append(
+      button('Keep the pinned definition', () => d.close()),
+      button('Approve new definition', async () => {
+        try {
+          await post(`/admin/v1/mcp/pins/${enc(p.server)}/${enc(p.tool)}/approve`, { sha256: p.drift.sha256 });
+          d.close();
+          announce(`New definition of ${p.server}/${p.tool} approved and pinned.`);
+          if (ctx.alive()) await loadPins(box, ctx);
+        } catch (e) {
+          showError(e);
+        }
+      }, { kind: 'primary' }));
+  }, { wide: true });
+}
+
+async function loadDecisions(box) {
+  try {
+    const r = await get(`/admin/v1/audit${qs({ action: 'mcp.*', limit: 20 })}`);
+    clear(box);
+    const list = r.data || [];
+    if (!list.length) {
+      box.append(emptyState('No tool calls have been decided yet.'));
+      return;
+    }
+    box.append(decisionTable(list, 'Recent MCP policy decisions'),
+      h('p', { class: 'card-foot' }, link(`/ui/audit${qs({ action: 'mcp.*' })}`, 'All tool decisions in the audit log')));
+  } catch (e) {
+    clear(box).append(errorBox(e));
+  }
+}
+
+export function decisionTable(list, caption) {
+  return table([
+    { label: 'Time', rowHeader: true, value: (a) => timeEl(a.time || a.time_ms) },
+    { label: 'Principal', value: (a) => h('span', { class: 'mono small' }, a.principal || '–') },
+    { label: 'Action', value: (a) => a.action },
+    { label: 'Target', value: (a) => h('span', { class: 'mono small' }, a.target || '–') },
+    { label: 'Decision', value: (a) => statusBadge(a.decision) },
+    { label: 'Rule', value: (a) => a.rule },
+    { label: 'Outcome', value: (a) => statusBadge(a.outcome) },
+    { label: 'Latency', num: true, value: (a) => (a.detail && a.detail.latency_ms !== undefined ? `${Math.round(a.detail.latency_ms)} ms` : null) },
+  ], list, { caption });
+}
