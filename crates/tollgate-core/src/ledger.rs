@@ -448,3 +448,208 @@ pub fn stats_from_rows(rows: Vec<StatsRow>) -> Vec<StatsBucket> {
     }
     buckets.into_values().collect()
 }
+
+/// The hourly rollup (`ledger_hourly`): the SQL engines keep, in the same transaction as each
+/// append, per hour and (key, user, team, model, provider) the requests, errors, tokens, cost
+/// and latency classes, so reports over long ranges read thousands of rows, not millions.
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// Whether reports grouped and filtered by these dimensions can read the rollup (not by
+/// conversation or agent, which it does not keep; not for an empty filter value, which the
+/// rollup cannot tell from a missing one).
+pub fn rollup_serves(q: &SpendQuery) -> bool {
+    let kept = |d: Dimension| !matches!(d, Dimension::Conversation | Dimension::Agent);
+    q.group_by.is_none_or(kept)
+        && q.filter
+            .as_ref()
+            .is_none_or(|(d, v)| kept(*d) && !v.is_empty())
+}
+
+/// A range cut at whole hours: the raw rows before the first whole hour, the whole hours (read
+/// from the rollup), and the raw rows after the last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HourSplit {
+    pub head: Option<(i64, i64)>,
+    pub hours: Option<(i64, i64)>,
+    pub tail: Option<(i64, i64)>,
+}
+
+pub fn split_hours(since_ms: i64, until_ms: i64) -> HourSplit {
+    let up = |t: i64| {
+        t.checked_add(HOUR_MS - 1)
+            .map_or(i64::MAX, |v| v.div_euclid(HOUR_MS) * HOUR_MS)
+    };
+    let a = up(since_ms);
+    let b = if until_ms == i64::MAX {
+        i64::MAX
+    } else {
+        until_ms.div_euclid(HOUR_MS) * HOUR_MS
+    };
+    if a >= b {
+        return HourSplit {
+            head: (since_ms < until_ms).then_some((since_ms, until_ms)),
+            hours: None,
+            tail: None,
+        };
+    }
+    HourSplit {
+        head: (since_ms < a).then_some((since_ms, a)),
+        hours: Some((a, b)),
+        tail: (b < until_ms).then_some((b, until_ms)),
+    }
+}
+
+/// Adds report rows of the same query over adjacent ranges, group by group, then orders and
+/// cuts them as one report.
+pub fn merge_spend(parts: Vec<Vec<SpendRow>>, limit: u32) -> Vec<SpendRow> {
+    let mut groups: std::collections::HashMap<Option<String>, SpendRow> = Default::default();
+    for row in parts.into_iter().flatten() {
+        let g = groups.entry(row.group.clone()).or_insert_with(|| SpendRow {
+            group: row.group.clone(),
+            ..SpendRow::default()
+        });
+        g.requests += row.requests;
+        g.prompt_tokens += row.prompt_tokens;
+        g.completion_tokens += row.completion_tokens;
+        g.cost_usd += row.cost_usd;
+    }
+    let mut rows: Vec<SpendRow> = groups.into_values().filter(|r| r.requests > 0).collect();
+    sort_rows(&mut rows);
+    rows.truncate(limit.clamp(1, 100_000) as usize);
+    rows
+}
+
+/// One rollup row's increments, keyed by hour and dimensions (`""` for a missing one).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HourlyDelta {
+    pub requests: i64,
+    pub failed: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cost_usd: f64,
+    pub latency: [i64; LATENCY_CLASSES],
+}
+
+/// The key of a rollup row: hour, key, user, team, model, provider.
+pub type HourlyKey = (i64, String, String, String, String, String);
+
+/// A batch of records folded into rollup increments.
+pub fn hourly_deltas(records: &[LedgerRecord]) -> Vec<(HourlyKey, HourlyDelta)> {
+    let mut out: std::collections::HashMap<HourlyKey, HourlyDelta> = Default::default();
+    let s = |v: &Option<String>| v.clone().unwrap_or_default();
+    for r in records {
+        let key = (
+            r.time_ms.div_euclid(HOUR_MS) * HOUR_MS,
+            s(&r.key_id),
+            s(&r.user),
+            s(&r.team),
+            r.model.clone(),
+            s(&r.provider),
+        );
+        let d = out.entry(key).or_default();
+        d.requests += 1;
+        d.failed += i64::from(failed(r));
+        d.prompt_tokens += i64::try_from(r.prompt_tokens).unwrap_or(i64::MAX);
+        d.completion_tokens += i64::try_from(r.completion_tokens).unwrap_or(i64::MAX);
+        d.cost_usd += r.cost_usd;
+        d.latency[latency_class(r.latency_ms)] += 1;
+    }
+    out.into_iter().collect()
+}
+
+/// The rollup's latency columns, `l0` to `l15`.
+pub fn latency_columns() -> Vec<String> {
+    (0..LATENCY_CLASSES).map(|i| format!("l{i}")).collect()
+}
+
+/// Folds rollup rows `(bucket, requests, errors, prompt, completion, cost, l0..l15)` into
+/// buckets.
+pub fn stats_from_hourly(rows: Vec<(i64, Vec<i64>, f64)>) -> Vec<StatsBucket> {
+    let mut buckets: std::collections::BTreeMap<i64, StatsBucket> = Default::default();
+    for (index, counts, cost) in rows {
+        let b = buckets.entry(index).or_insert_with(|| StatsBucket {
+            index,
+            ..StatsBucket::default()
+        });
+        let at = |i: usize| counts.get(i).copied().unwrap_or(0).max(0) as u64;
+        b.requests += at(0);
+        b.errors += at(1);
+        b.prompt_tokens += at(2);
+        b.completion_tokens += at(3);
+        b.cost_usd += cost;
+        for (c, slot) in b.latency.iter_mut().enumerate() {
+            *slot += at(4 + c);
+        }
+    }
+    buckets.into_values().collect()
+}
+
+impl LedgerQuery {
+    /// The SQL condition for this query, naming only the bounds it sets (so the engine can pick
+    /// the index that fits: the id for plain paging, the conversation or the time otherwise),
+    /// and its binds in order: `after`, then `since_ms` and `until_ms` if set, then the
+    /// conversation if set. `$n` placeholders with `numbered`, else `?`.
+    pub fn sql_where(&self, numbered: bool) -> (String, Vec<crate::audit::SqlBind>) {
+        use crate::audit::SqlBind;
+        let mut n = 0;
+        let mut ph = || {
+            n += 1;
+            if numbered {
+                format!("${n}")
+            } else {
+                "?".to_owned()
+            }
+        };
+        let mut conds = vec![format!("id > {}", ph())];
+        let mut binds = vec![SqlBind::Int(self.after)];
+        if self.since_ms > 0 {
+            conds.push(format!("time_ms >= {}", ph()));
+            binds.push(SqlBind::Int(self.since_ms));
+        }
+        if self.until_ms < i64::MAX {
+            conds.push(format!("time_ms < {}", ph()));
+            binds.push(SqlBind::Int(self.until_ms));
+        }
+        if let Some(c) = &self.conversation {
+            conds.push(format!("conversation_id = {}", ph()));
+            binds.push(SqlBind::Text(c.clone()));
+        }
+        (conds.join(" AND "), binds)
+    }
+}
+
+#[cfg(test)]
+mod rollup_tests {
+    use super::*;
+
+    #[test]
+    fn ranges_split_at_whole_hours() {
+        const H: i64 = HOUR_MS;
+        assert_eq!(
+            split_hours(0, i64::MAX),
+            HourSplit {
+                head: None,
+                hours: Some((0, i64::MAX)),
+                tail: None
+            }
+        );
+        assert_eq!(
+            split_hours(10, 3 * H + 5),
+            HourSplit {
+                head: Some((10, H)),
+                hours: Some((H, 3 * H)),
+                tail: Some((3 * H, 3 * H + 5))
+            }
+        );
+        // Within one hour: raw rows only.
+        assert_eq!(
+            split_hours(H + 1, 2 * H - 1),
+            HourSplit {
+                head: Some((H + 1, 2 * H - 1)),
+                hours: None,
+                tail: None
+            }
+        );
+        assert_eq!(split_hours(5, 5).head, None);
+    }
+}

@@ -252,7 +252,16 @@ pub async fn stats(
         }
         // Whole seconds, so bucket starts read cleanly.
         let per = (until_ms - since_ms + n - 1) / n;
-        let bucket_ms = ((per + 999) / 1000).max(1) * 1000;
+        let mut bucket_ms = ((per + 999) / 1000).max(1) * 1000;
+        // Buckets of an hour or more start on whole hours: the store answers those from its
+        // hourly rollup instead of every record.
+        let (mut since_ms, mut until_ms) = (since_ms, until_ms);
+        let h = crate::ledger::HOUR_MS;
+        if bucket_ms >= h {
+            bucket_ms = (bucket_ms + h - 1) / h * h;
+            since_ms = since_ms.div_euclid(h) * h;
+            until_ms = until_ms.saturating_add(h - 1).div_euclid(h) * h;
+        }
         core.ledger.flush().await;
         let q = crate::ledger::StatsQuery {
             since_ms,

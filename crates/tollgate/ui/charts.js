@@ -1,13 +1,15 @@
 // Charts as inline SVG built with DOM calls (the CSP allows no inline script or style, and no
 // library is loaded). Each chart is an <svg role="img"> with a text summary as its name, native
 // tooltips (<title>) on the marks, a legend in HTML, and its data as a table under a disclosure
-// for screen readers and for copying. Colours come from app.css (classes s0..s5).
+// for screen readers and for copying. Colours come from app.css (classes s0..s5). The SVG is
+// drawn at its container's width in pixels (redrawn when that changes), so text keeps one
+// size whatever the layout.
 
 import { h, table } from './ui.js';
 
 const NS = 'http://www.w3.org/2000/svg';
-const W = 720;
-const PAD = { top: 12, right: 12, bottom: 26, left: 64 };
+const DEFAULT_W = 640;
+const PAD = { top: 12, right: 12, bottom: 26, left: 68 };
 
 function s(tag, attrs, ...children) {
   const el = document.createElementNS(NS, tag);
@@ -22,37 +24,43 @@ function s(tag, attrs, ...children) {
   return el;
 }
 
-/** A round upper bound for an axis: 1, 2, 2.5 or 5 times a power of ten. */
-function niceMax(v) {
-  if (!(v > 0)) return 1;
-  const p = 10 ** Math.floor(Math.log10(v));
+/**
+ * The axis top and tick step: a round step (1, 2, 2.5 or 5 times a power of ten; whole
+ * numbers for counts) with four ticks or fewer.
+ */
+function axis(max, integer) {
+  const ticks = 4;
+  if (!(max > 0)) return { top: integer ? ticks : 1, step: integer ? 1 : 0.25 };
+  const raw = max / ticks;
+  const p = 10 ** Math.floor(Math.log10(raw));
+  let step = 10 * p;
   for (const m of [1, 2, 2.5, 5, 10]) {
-    if (v <= m * p) return m * p;
+    if (raw <= m * p) { step = m * p; break; }
   }
-  return 10 * p;
+  if (integer) step = Math.max(1, Math.ceil(step));
+  return { top: step * Math.ceil(max / step - 1e-9), step };
 }
 
-function frame(height, max, yFormat) {
-  const svg = s('svg', { viewBox: `0 0 ${W} ${height}`, class: 'chart-svg', focusable: 'false' });
+function frame(width, height, ax, yFormat) {
+  const svg = s('svg', { viewBox: `0 0 ${width} ${height}`, width, height, class: 'chart-svg', focusable: 'false' });
   const plotH = height - PAD.top - PAD.bottom;
   const grid = s('g', { class: 'grid' });
-  const ticks = 4;
-  for (let i = 0; i <= ticks; i += 1) {
-    const v = (max / ticks) * i;
-    const y = PAD.top + plotH - (plotH * i) / ticks;
-    grid.append(s('line', { x1: PAD.left, x2: W - PAD.right, y1: y, y2: y, class: i === 0 ? 'axis' : 'gridline' }));
+  for (let v = 0; v <= ax.top + 1e-9; v += ax.step) {
+    const y = PAD.top + plotH - (plotH * v) / ax.top;
+    grid.append(s('line', { x1: PAD.left, x2: width - PAD.right, y1: y, y2: y, class: v === 0 ? 'axis' : 'gridline' }));
     grid.append(s('text', { x: PAD.left - 6, y: y + 4, class: 'tick', 'text-anchor': 'end' }, yFormat(v)));
   }
   svg.append(grid);
-  return { svg, plotH };
+  return { svg, plotH, plotW: width - PAD.left - PAD.right };
 }
 
-function xLabels(svg, xs, xFormat, height, slotW, offset) {
+function xLabels(svg, xs, xFormat, height, slotW) {
   const g = s('g', { class: 'xlabels' });
   const n = xs.length;
-  const every = Math.max(1, Math.ceil(n / 7));
+  // About one label per 70 px.
+  const every = Math.max(1, Math.ceil(n / Math.max(2, Math.floor((slotW * n) / 70))));
   for (let i = 0; i < n; i += every) {
-    const x = PAD.left + offset + i * slotW;
+    const x = PAD.left + slotW / 2 + i * slotW;
     g.append(s('text', { x, y: height - 8, class: 'tick', 'text-anchor': 'middle' }, xFormat(xs[i])));
   }
   svg.append(g);
@@ -71,69 +79,64 @@ function dataTable(caption, xLabel, xs, xFormat, seriesList, yFormat) {
       [{ label: xLabel, value: (r) => xFormat(r.x), rowHeader: true },
         ...seriesList.map((sr) => ({ label: sr.name, num: true, value: (r) => (r.vals[sr.name] === null || r.vals[sr.name] === undefined ? '–' : yFormat(r.vals[sr.name])) }))],
       xs.map((x, i) => ({ x, vals: Object.fromEntries(seriesList.map((sr) => [sr.name, sr.values[i]])) })),
-      { caption }));
+      { caption: `${caption}: data` }));
 }
 
-/**
- * Vertical bars over time, stacked when there are several series.
- * opts: {title, xs: [Date|string], series: [{name, values: [number]}], yFormat, xFormat,
- * height, summary}
- */
-export function barChart(opts) {
+function drawBars(opts, width) {
   const { xs, series } = opts;
   const height = opts.height || 220;
   const yFormat = opts.yFormat || String;
   const xFormat = opts.xFormat || String;
   const totals = xs.map((_, i) => series.reduce((a, sr) => a + (Number(sr.values[i]) || 0), 0));
-  const max = niceMax(Math.max(0, ...totals));
-  const { svg, plotH } = frame(height, max, yFormat);
-  const plotW = W - PAD.left - PAD.right;
+  const ax = axis(Math.max(0, ...totals), opts.integer);
+  const { svg, plotH, plotW } = frame(width, height, ax, yFormat);
   const slotW = plotW / Math.max(1, xs.length);
-  const barW = Math.max(1, slotW * 0.72);
+  const barW = Math.max(1, Math.min(48, slotW * 0.72));
   const bars = s('g', { class: 'bars' });
   xs.forEach((x, i) => {
     let base = 0;
     const tip = [xFormat(x, true), ...series.map((sr) => `${series.length > 1 ? `${sr.name}: ` : ''}${yFormat(Number(sr.values[i]) || 0)}`)].join('\n');
     const g = s('g', null, s('title', null, tip));
+    // A transparent hit area first, so the tooltip shows over empty buckets too.
+    g.append(s('rect', { x: PAD.left + i * slotW, y: PAD.top, width: slotW, height: plotH, class: 'hit' }));
     series.forEach((sr, k) => {
       const v = Number(sr.values[i]) || 0;
       if (v <= 0) return;
-      const y0 = PAD.top + plotH - (plotH * base) / max;
-      const hgt = (plotH * v) / max;
+      const y0 = PAD.top + plotH - (plotH * base) / ax.top;
+      const hgt = (plotH * v) / ax.top;
       base += v;
       g.append(s('rect', {
         x: PAD.left + i * slotW + (slotW - barW) / 2,
         y: y0 - hgt,
         width: barW,
-        height: Math.max(hgt, 0.5),
+        height: Math.max(hgt, 1),
         class: `bar s${k % 6}`,
       }));
     });
-    // A transparent hit area so the tooltip shows over empty buckets too.
-    g.append(s('rect', { x: PAD.left + i * slotW, y: PAD.top, width: slotW, height: plotH, class: 'hit' }));
     bars.append(g);
   });
   svg.append(bars);
-  xLabels(svg, xs, (x) => xFormat(x, false), height, slotW, slotW / 2);
-  return wrap(svg, opts, series, xs, xFormat, yFormat);
+  xLabels(svg, xs, (x) => xFormat(x, false), height, slotW);
+  return svg;
 }
 
-/**
- * Lines over time (gaps where a value is null).
- * opts: {title, xs, series: [{name, values}], yFormat, xFormat, height, summary}
- */
-export function lineChart(opts) {
+function drawLines(opts, width) {
   const { xs, series } = opts;
   const height = opts.height || 220;
   const yFormat = opts.yFormat || String;
   const xFormat = opts.xFormat || String;
   const all = series.flatMap((sr) => sr.values.filter((v) => v !== null && v !== undefined).map(Number));
-  const max = niceMax(Math.max(0, ...all));
-  const { svg, plotH } = frame(height, max, yFormat);
-  const plotW = W - PAD.left - PAD.right;
+  const ax = axis(Math.max(0, ...all), opts.integer);
+  const { svg, plotH, plotW } = frame(width, height, ax, yFormat);
   const slotW = plotW / Math.max(1, xs.length);
   const px = (i) => PAD.left + slotW / 2 + i * slotW;
-  const py = (v) => PAD.top + plotH - (plotH * v) / max;
+  const py = (v) => PAD.top + plotH - (plotH * v) / ax.top;
+  const hits = s('g');
+  xs.forEach((x, i) => {
+    const tip = [xFormat(x, true), ...series.map((sr) => `${sr.name}: ${sr.values[i] === null || sr.values[i] === undefined ? '–' : yFormat(sr.values[i])}`)].join('\n');
+    hits.append(s('g', null, s('title', null, tip), s('rect', { x: PAD.left + i * slotW, y: PAD.top, width: slotW, height: plotH, class: 'hit' })));
+  });
+  svg.append(hits);
   series.forEach((sr, k) => {
     let d = '';
     let pen = false;
@@ -148,27 +151,55 @@ export function lineChart(opts) {
     if (d) svg.append(s('path', { d, class: `line s${k % 6}` }));
     sr.values.forEach((v, i) => {
       if (v === null || v === undefined) return;
-      svg.append(s('circle', { cx: px(i), cy: py(Number(v)), r: 2.5, class: `dot s${k % 6}` }));
+      svg.append(s('circle', { cx: px(i), cy: py(Number(v)), r: 3, class: `dot s${k % 6}` }));
     });
   });
-  const hits = s('g');
-  xs.forEach((x, i) => {
-    const tip = [xFormat(x, true), ...series.map((sr) => `${sr.name}: ${sr.values[i] === null || sr.values[i] === undefined ? '–' : yFormat(sr.values[i])}`)].join('\n');
-    hits.append(s('rect', { x: PAD.left + i * slotW, y: PAD.top, width: slotW, height: plotH, class: 'hit' }, s('title', null, tip)));
-  });
-  svg.append(hits);
-  xLabels(svg, xs, (x) => xFormat(x, false), height, slotW, slotW / 2);
-  return wrap(svg, opts, series, xs, xFormat, yFormat);
+  xLabels(svg, xs, (x) => xFormat(x, false), height, slotW);
+  return svg;
 }
 
-function wrap(svg, opts, series, xs, xFormat, yFormat) {
-  svg.setAttribute('role', 'img');
-  svg.setAttribute('aria-label', opts.summary || opts.title);
+/** A figure whose SVG is drawn at the figure's own width, and redrawn when it changes. */
+function responsive(opts, draw) {
+  const label = opts.summary || opts.title;
+  const holder = h('div', { class: 'chart-holder', role: 'img', 'aria-label': label });
+  let drawn = 0;
+  const paint = (width) => {
+    const w = Math.max(240, Math.round(width));
+    if (Math.abs(w - drawn) < 2) return;
+    drawn = w;
+    const svg = draw(opts, w);
+    svg.setAttribute('aria-hidden', 'true');
+    holder.replaceChildren(svg);
+  };
+  paint(DEFAULT_W);
+  if (typeof ResizeObserver === 'function') {
+    const ro = new ResizeObserver((entries) => {
+      for (const e of entries) {
+        if (!holder.isConnected) { ro.disconnect(); return; }
+        if (e.contentRect.width > 0) paint(e.contentRect.width);
+      }
+    });
+    ro.observe(holder);
+  }
   return h('figure', { class: 'chart' },
     h('figcaption', { class: 'chart-title' }, opts.title),
-    legend(series.map((sr) => sr.name)),
-    svg,
-    dataTable(opts.title, opts.xLabel || 'Time', xs, (x) => xFormat(x, true), series, yFormat));
+    legend(opts.series.map((sr) => sr.name)),
+    holder,
+    dataTable(opts.title, opts.xLabel || 'Time', opts.xs, (x) => (opts.xFormat || String)(x, true), opts.series, opts.yFormat || String));
+}
+
+/**
+ * Vertical bars over time, stacked when there are several series.
+ * opts: {title, xs: [Date|string], series: [{name, values: [number]}], yFormat, xFormat,
+ * integer (whole-number ticks), height, summary, xLabel}
+ */
+export function barChart(opts) {
+  return responsive(opts, drawBars);
+}
+
+/** Lines over time (gaps where a value is null). Same options as barChart. */
+export function lineChart(opts) {
+  return responsive(opts, drawLines);
 }
 
 /**

@@ -5,13 +5,21 @@
 
 import { get, enc } from './api.js';
 import {
-  h, clear, pageHeader, section, table, link, timeEl, statusBadge, badge, dl, rawJson,
+  h, add, fill, clear, pageHeader, section, table, link, timeEl, statusBadge, badge, dl, rawJson,
   errorBox, emptyState, loading, loadMore, qs, ms,
 } from './ui.js';
 
+/** An agent's upstream address(es): `urls` (one per replica) or `url`. */
+function upstream(agent) {
+  if (!agent) return null;
+  const urls = [].concat(agent.urls || agent.url || []);
+  if (!urls.length) return null;
+  return h('span', { class: 'mono small' }, urls.join(', '));
+}
+
 export async function renderList(root, ctx) {
   const box = h('div', null, loading());
-  root.append(
+  add(root, 
     pageHeader('Agents', 'A2A agents behind the gateway at /a2a/{agent}: from the configuration (a2a.agents) or registered through the admin API.'),
     h('section', { class: 'card', 'aria-label': 'Agents' }, box));
   try {
@@ -20,19 +28,19 @@ export async function renderList(root, ctx) {
     clear(box);
     const list = r.agents || [];
     if (!list.length) {
-      box.append(emptyState('No agents are registered.'));
+      add(box, emptyState('No agents are registered.'));
       return;
     }
-    box.append(table([
+    add(box, table([
       { label: 'Agent', rowHeader: true, value: (a) => link(`/ui/agents/${enc(a.name)}`, a.name) },
       { label: 'Source', value: (a) => badge(a.source, 'neutral') },
-      { label: 'Upstream', value: (a) => (a.agent && a.agent.url ? h('span', { class: 'mono small' }, a.agent.url) : null) },
+      { label: 'Upstream', value: (a) => upstream(a.agent) },
       { label: 'Gateway address', value: (a) => h('span', { class: 'mono small' }, `/a2a/${a.name}`) },
       { label: 'Status', value: (a) => (a.error ? h('span', { class: 'inline-error small' }, [].concat(a.error).join('; ')) : statusBadge('active')) },
       { label: 'Updated', value: (a) => (a.updated_ms || a.created_ms ? timeEl(a.updated_ms || a.created_ms) : null) },
     ], list, { caption: 'Registered agents' }));
   } catch (e) {
-    clear(box).append(e.status === 404 ? emptyState('The agent gateway is not configured (a2a: in the configuration).') : errorBox(e));
+    fill(box, e.status === 404 ? emptyState('The agent gateway is not configured (a2a: in the configuration).') : errorBox(e));
   }
 }
 
@@ -41,7 +49,7 @@ export async function renderDetail(root, ctx) {
   const reg = h('div', null, loading());
   const card = h('div', null, loading());
   const calls = h('div', null, loading());
-  root.append(
+  add(root, 
     h('div', { class: 'page-header' }, h('div', null,
       h('p', { class: 'crumbs' }, link('/ui/agents', 'Agents'), ' / ', name),
       h('h1', null, name),
@@ -51,22 +59,23 @@ export async function renderDetail(root, ctx) {
     section('Recent calls', calls));
   await Promise.all([
     get(`/admin/v1/a2a/agents/${enc(name)}`).then((a) => {
-      clear(reg).append(
+      fill(reg, 
         dl([
           ['Source', a.source],
-          ['Upstream', a.agent && a.agent.url ? h('span', { class: 'mono' }, a.agent.url) : null],
+          ['Upstream', upstream(a.agent)],
+          ['Card', a.agent && a.agent.card_url ? h('span', { class: 'mono small' }, a.agent.card_url) : null],
           ['Created', a.created_ms ? timeEl(a.created_ms) : null],
           ['Updated', a.updated_ms ? timeEl(a.updated_ms) : null],
           ['Problems', a.error ? [].concat(a.error).join('; ') : null],
         ]),
         a.agent ? rawJson('Configuration (secrets redacted)', a.agent) : null);
-    }).catch((e) => clear(reg).append(errorBox(e))),
+    }).catch((e) => fill(reg, errorBox(e))),
     get(`/admin/v1/a2a/agents/${enc(name)}/card`).then((r) => {
       clear(card);
-      if (r.error) card.append(h('p', { class: 'inline-error' }, `The card could not be fetched: ${r.error}`));
-      if (r.card) card.append(cardView(r.card));
-      else if (!r.error) card.append(emptyState('No card.'));
-    }).catch((e) => clear(card).append(errorBox(e))),
+      if (r.error) add(card, h('p', { class: 'inline-error' }, `The card could not be fetched: ${r.error}`));
+      if (r.card) add(card, cardView(r.card));
+      else if (!r.error) add(card, emptyState('No card.'));
+    }).catch((e) => fill(card, errorBox(e))),
     recentCalls(calls, name),
   ]);
 }
@@ -104,14 +113,14 @@ async function recentCalls(box, name) {
     tbody);
   const empty = emptyState('No calls recorded yet.');
   empty.hidden = true;
-  box.append(h('div', { class: 'table-wrap' }, tableEl), empty);
+  add(box, h('div', { class: 'table-wrap' }, tableEl), empty);
   const pager = loadMore(async (before) => {
     const r = await get(`/admin/v1/audit${qs({ action: 'a2a.call', target: `${name}/*`, limit: 25, before })}`);
     return { items: r.data || [], next: r.next_before ?? null };
   }, (items) => {
     for (const a of items) {
       const d = a.detail || {};
-      tbody.append(h('tr', null,
+      add(tbody, h('tr', null,
         h('th', { scope: 'row' }, timeEl(a.time || a.time_ms)),
         h('td', { class: 'mono small' }, a.principal || '–'),
         h('td', null, d.method || (a.target || '').split('/').slice(1).join('/') || '–'),
@@ -123,7 +132,7 @@ async function recentCalls(box, name) {
     empty.hidden = tbody.childElementCount > 0;
     tableEl.hidden = tbody.childElementCount === 0;
   }, 'Older calls');
-  box.append(pager.el, h('p', { class: 'card-foot' }, link(`/ui/audit${qs({ action: 'a2a.*', target: `${name}/*` })}`, `Everything about ${name} in the audit log`)));
+  add(box, pager.el, h('p', { class: 'card-foot' }, link(`/ui/audit${qs({ action: 'a2a.*', target: `${name}/*` })}`, `Everything about ${name} in the audit log`)));
   await pager.next();
 }
 

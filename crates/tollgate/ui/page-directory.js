@@ -3,7 +3,7 @@
 
 import { get, post, patch, del, enc } from './api.js';
 import {
-  h, clear, pageHeader, field, input, select, button, table, link, usd, int, timeEl,
+  h, add, fill, clear, pageHeader, field, input, select, button, table, link, usd, int, timeEl,
   formDialog, confirmDialog, errorBox, emptyState, loading, announce, showError, formValues,
   splitList, qs,
 } from './ui.js';
@@ -51,18 +51,26 @@ function costCell(x) {
 
 export async function renderTeams(root, ctx) {
   const box = h('div', null, loading());
-  root.append(
+  add(root, 
     pageHeader('Teams', 'Teams group users and keys; policies can test a team’s roles, and budgets and rate limits can be per team.',
       button('Create team', () => teamDialog(null, () => ctx.navigate(location.pathname, { replace: true })), { kind: 'primary' })),
     h('section', { class: 'card', 'aria-label': 'Teams' }, box));
-  const [teams, spend, budgets] = await Promise.all([get('/admin/v1/teams'), spendBy('team'), budgetCounters('team')]);
+  let teams;
+  let spend;
+  let budgets;
+  try {
+    [teams, spend, budgets] = await Promise.all([get('/admin/v1/teams'), spendBy('team'), budgetCounters('team')]);
+  } catch (e) {
+    fill(box, errorBox(e));
+    return;
+  }
   if (!ctx.alive()) return;
   clear(box);
   if (!teams.length) {
-    box.append(emptyState('No teams yet.'));
+    add(box, emptyState('No teams yet.'));
     return;
   }
-  box.append(table([
+  add(box, table([
     { label: 'Team', rowHeader: true, value: (t) => h('span', null, t.name || t.id, t.name ? h('span', { class: 'muted mono small' }, ` ${t.id}`) : null) },
     { label: 'Tenant', value: (t) => t.tenant },
     { label: 'Roles', value: (t) => rolesText(t.roles) },
@@ -78,7 +86,7 @@ export async function renderTeams(root, ctx) {
 
 function teamDialog(team, done) {
   const fields = [
-    team ? null : field('Team ID', input({ name: 'id', required: true, autocomplete: 'off', pattern: '[A-Za-z0-9._:@-]+' }), 'A short, stable identifier, e.g. research.'),
+    team ? null : field('Team ID', input({ name: 'id', required: true, autocomplete: 'off', pattern: '[A-Za-z0-9._:@\\-]+' }), 'A short, stable identifier, e.g. research.'),
     field('Name', input({ name: 'name', value: team ? team.name : '', autocomplete: 'off' })),
     field('Tenant', input({ name: 'tenant', value: team ? team.tenant : '', autocomplete: 'off' })),
     field('Roles', input({ name: 'roles', value: team ? (team.roles || []).join(', ') : '', autocomplete: 'off' }), 'Separated by commas. Policies can test them.'),
@@ -113,18 +121,26 @@ async function remove(kind, id, path, ctx) {
 
 export async function renderUsers(root, ctx) {
   const box = h('div', null, loading());
-  root.append(
+  add(root, 
     pageHeader('Users', 'People or services that keys belong to; spend and budgets can be per user.',
       button('Create user', () => userDialog(null, () => ctx.navigate(location.pathname, { replace: true })), { kind: 'primary' })),
     h('section', { class: 'card', 'aria-label': 'Users' }, box));
-  const [users, spend, budgets] = await Promise.all([get('/admin/v1/users'), spendBy('user'), budgetCounters('user')]);
+  let users;
+  let spend;
+  let budgets;
+  try {
+    [users, spend, budgets] = await Promise.all([get('/admin/v1/users'), spendBy('user'), budgetCounters('user')]);
+  } catch (e) {
+    fill(box, errorBox(e));
+    return;
+  }
   if (!ctx.alive()) return;
   clear(box);
   if (!users.length) {
-    box.append(emptyState('No users yet.'));
+    add(box, emptyState('No users yet.'));
     return;
   }
-  box.append(table([
+  add(box, table([
     { label: 'User', rowHeader: true, value: (u) => h('span', null, u.name || u.id, u.name ? h('span', { class: 'muted mono small' }, ` ${u.id}`) : null) },
     { label: 'Email', value: (u) => u.email },
     { label: 'Team', value: (u) => u.team },

@@ -5,7 +5,7 @@
 
 import { get, post, patch, enc } from './api.js';
 import {
-  h, clear, pageHeader, section, field, input, select, checkbox, button, table, link, usd, int,
+  h, add, fill, clear, pageHeader, section, field, input, select, checkbox, button, table, link, usd, int,
   timeEl, relative, statusBadge, loadMore, formDialog, secretDialog, confirmDialog, dl,
   errorBox, emptyState, loading, announce, showError, formValues, splitList, qs, isoDate, rawJson,
 } from './ui.js';
@@ -43,7 +43,7 @@ export async function renderList(root, ctx) {
     tbody);
   const empty = emptyState('No virtual keys yet. Create one to give an application access without the master key.');
   empty.hidden = true;
-  root.append(
+  add(root, 
     pageHeader('Keys', 'Virtual keys for applications. A key’s secret is shown once, when it is created or rotated.', createBtn),
     h('section', { class: 'card', 'aria-label': 'Virtual keys' }, h('div', { class: 'table-wrap' }, tableEl), empty, usage));
 
@@ -58,11 +58,11 @@ export async function renderList(root, ctx) {
     await costsReady;
     return { items: r.data || [], next: r.next_after || null };
   }, (items) => {
-    for (const k of items) tbody.append(keyRow(k, costs[k.id]));
+    for (const k of items) add(tbody, keyRow(k, costs[k.id]));
     empty.hidden = tbody.childElementCount > 0;
     tableEl.hidden = tbody.childElementCount === 0;
   }, 'Load more keys');
-  root.querySelector('section').append(pager.el);
+  add(root.querySelector('section'), pager.el);
   await pager.next();
 }
 
@@ -125,7 +125,7 @@ export async function renderDetail(root, ctx) {
   const props = h('div', null, loading());
   const usageBox = h('div', null, loading());
   const budgetsBox = h('div', null, loading());
-  root.append(header,
+  add(root, header,
     section('Details', props),
     section('Usage, last 30 days', usageBox),
     section('Budgets counting this key', budgetsBox));
@@ -134,7 +134,7 @@ export async function renderDetail(root, ctx) {
   try {
     key = await get(`/admin/v1/keys/${enc(id)}`);
   } catch (e) {
-    clear(props).append(errorBox(e));
+    fill(props, errorBox(e));
     title.textContent = 'Key not found';
     clear(usageBox);
     clear(budgetsBox);
@@ -146,12 +146,12 @@ export async function renderDetail(root, ctx) {
     title.textContent = k.name || k.id;
     document.title = `${title.textContent} · tollgate console`;
     const actions = header.querySelector('.page-actions');
-    clear(actions).append(
+    fill(actions, 
       button('Edit', () => editKey(key, showKey)),
       button('Rotate secret', () => rotateKey(key, showKey), { disabled: key.status === 'revoked' }),
       button('Revoke', () => revokeKey(key, showKey), { kind: 'danger', disabled: key.status === 'revoked' }),
     );
-    clear(props).append(dl([
+    fill(props, dl([
       ['Status', statusBadge(k.status)],
       ['Key ID', h('span', { class: 'mono' }, k.id)],
       ['Secret prefix', k.secret_prefix ? h('span', { class: 'mono' }, `${k.secret_prefix}…`) : null],
@@ -177,10 +177,10 @@ async function usage(box, key) {
     const today = new Date();
     for (let i = 29; i >= 0; i -= 1) days.push(isoDate(new Date(today.getTime() - i * 86400000)));
     clear(box);
-    box.append(h('div', { class: 'tiles tiles-small' },
+    add(box, h('div', { class: 'tiles tiles-small' },
       h('div', { class: 'tile' }, h('div', { class: 'tile-label' }, 'Requests'), h('div', { class: 'tile-value' }, int(r.total_requests))),
       h('div', { class: 'tile' }, h('div', { class: 'tile-label' }, 'Cost'), h('div', { class: 'tile-value' }, usd(r.total_cost_usd)))));
-    box.append(h('div', { class: 'grid-2' },
+    add(box, h('div', { class: 'grid-2' },
       barChart({
         title: 'Cost per day', xLabel: 'Day', xs: days,
         summary: `Cost per day over the last 30 days: ${usd(r.total_cost_usd)} in total.`,
@@ -191,11 +191,11 @@ async function usage(box, key) {
         title: 'Requests per day', xLabel: 'Day', xs: days,
         summary: `Requests per day over the last 30 days: ${int(r.total_requests)} in total.`,
         series: [{ name: 'Requests', values: days.map((d) => (byDay[d] ? byDay[d].requests : 0)) }],
-        yFormat: int, xFormat: (d, long) => (long ? d : d.slice(5)), height: 180,
+        yFormat: int, integer: true, xFormat: (d, long) => (long ? d : d.slice(5)), height: 180,
       })));
-    box.append(h('p', { class: 'card-foot' }, link(`/ui/spend${qs({ group_by: 'model', filter_by: 'key', filter: key.id })}`, 'This key’s spend by model')));
+    add(box, h('p', { class: 'card-foot' }, link(`/ui/spend${qs({ group_by: 'model', filter_by: 'key', filter: key.id })}`, 'This key’s spend by model')));
   } catch (e) {
-    clear(box).append(errorBox(e));
+    fill(box, errorBox(e));
   }
 }
 
@@ -213,12 +213,12 @@ async function budgets(box, key) {
     }
     clear(box);
     if (!rows.length) {
-      box.append(emptyState('No budget has counted this key in its current period. Budgets are rules in the gateway’s configuration (budgets:); a key’s counter appears once it spends under one.'));
+      add(box, emptyState('No budget has counted this key in its current period. Budgets are rules in the gateway’s configuration (budgets:); a key’s counter appears once it spends under one.'));
       return;
     }
-    box.append(table([
-      { label: 'Budget', rowHeader: true, value: ({ b }) => b.name },
-      { label: 'Scope', value: ({ b, c }) => `${b.scope} ${c.id}` },
+    add(box, table([
+      { label: 'Budget', rowHeader: true, class: 'nowrap', value: ({ b }) => b.name },
+      { label: 'Counts', value: ({ b, c }) => (b.scope === 'key' ? 'this key' : `${b.scope} ${c.id}`) },
       { label: 'Period', value: ({ b }) => b.period },
       { label: 'Limit', num: true, value: ({ b }) => usd(b.limit_usd) },
       { label: 'Spent', num: true, value: ({ c }) => usd(c.spent_usd) },
@@ -238,7 +238,7 @@ async function budgets(box, key) {
       }, { small: true, ariaLabel: `Reset budget ${b.name} for ${c.id}` }) },
     ], rows, { caption: 'Budgets counting this key' }));
   } catch (e) {
-    clear(box).append(errorBox(e));
+    fill(box, errorBox(e));
   }
 }
 
@@ -278,7 +278,7 @@ async function editKey(key, done) {
 async function rotateKey(key, done) {
   formDialog(`Rotate the secret of “${key.name}”`, [
     h('p', null, 'A new secret replaces the current one. The old secret can keep working for a grace period so applications can switch over.'),
-    field('Old secret keeps working for', select([['', 'No grace period (stops now)'], ['5m', '5 minutes'], ['1h', '1 hour'], ['24h', '24 hours'], ['7d', '7 days']], '1h', { name: 'grace' })),
+    field('Old secret keeps working for', select([['', 'The configured default (keys.rotation_grace)'], ['0s', 'No time: it stops working now'], ['5m', '5 minutes'], ['1h', '1 hour'], ['24h', '24 hours'], ['7d', '7 days']], '', { name: 'grace' })),
   ], 'Rotate secret', async (form, d) => {
     const v = formValues(form);
     const r = await post(`/admin/v1/keys/${enc(key.id)}/rotate`, v.grace ? { grace: v.grace } : {});

@@ -4,17 +4,19 @@
 
 import { get, post, enc } from './api.js';
 import {
-  h, clear, pageHeader, section, field, input, button, table, link, int, timeEl, relative,
-  statusBadge, badge, shortHash, openDialog, formDialog, errorBox, emptyState, loading, announce,
+  h, add, fill, clear, pageHeader, section, field, input, button, table, link, int, timeEl, relative,
+  statusBadge, badge, shortHash, openDialog, formDialog, errorBox, emptyState, loading, announce, plural,
   showError, formValues, jsonBlock, qs,
 } from './ui.js';
+
+const TRANSPORTS = { http: 'Streamable HTTP', streamable_http: 'Streamable HTTP', sse: 'HTTP+SSE', stdio: 'stdio' };
 
 export async function render(root, ctx) {
   const servers = h('div', null, loading());
   const approvals = h('div', null, loading());
   const pins = h('div', null, loading());
   const decisions = h('div', null, loading());
-  root.append(
+  add(root, 
     pageHeader('MCP tools', 'The tool gateway: upstream MCP servers, their pinned tools, approvals and policy decisions.'),
     section('Upstream servers', servers),
     section('Pending approvals', approvals),
@@ -38,19 +40,25 @@ async function loadServers(box) {
     clear(box);
     const list = r.servers || [];
     if (!list.length) {
-      box.append(emptyState('No upstream MCP servers are configured.'));
+      add(box, emptyState('No upstream MCP servers are configured.'));
       return;
     }
-    box.append(table([
+    add(box, table([
       { label: 'Server', rowHeader: true, value: (s) => s.name },
-      { label: 'Transport', value: (s) => badge(s.transport, 'neutral') },
-      { label: 'Address', value: (s) => (s.url ? h('span', { class: 'mono small' }, s.url) : (s.command ? h('span', { class: 'mono small' }, s.command) : null)) },
+      { label: 'Transport', value: (s) => badge(TRANSPORTS[s.transport] || s.transport, 'neutral') },
+      { label: 'Address', value: (s) => {
+        const addr = s.url || s.address || s.command;
+        return addr ? h('span', { class: 'mono small' }, addr) : null;
+      } },
+      { label: 'On drift', value: (s) => s.on_drift },
+      { label: 'OAuth client', value: (s) => (s.oauth === undefined ? null : s.oauth ? 'yes' : 'no') },
       { label: 'Tools', num: true, value: (s) => int(s.tools) },
       { label: 'Drifted', num: true, value: (s) => (s.drifted ? badge(int(s.drifted), 'warn') : '0') },
       { label: 'Decisions', hidden: true, value: (s) => link(`/ui/audit${qs({ action: 'mcp.*', target: `${s.name}/*` })}`, 'Calls', { 'aria-label': `Audit of calls to ${s.name}` }) },
     ], list, { caption: 'Upstream MCP servers' }));
+    if (r.sessions !== undefined) add(box, h('p', { class: 'card-foot muted' }, `${plural(r.sessions, 'client session')} open on this replica.`));
   } catch (e) {
-    clear(box).append(notConfigured(e));
+    fill(box, notConfigured(e));
   }
 }
 
@@ -60,10 +68,10 @@ async function loadApprovals(box, ctx) {
     clear(box);
     const list = r.approvals || [];
     if (!list.length) {
-      box.append(emptyState('No tool call is waiting for an approval.'));
+      add(box, emptyState('No tool call is waiting for an approval.'));
       return;
     }
-    box.append(table([
+    add(box, table([
       { label: 'Tool', rowHeader: true, value: (a) => h('span', { class: 'mono' }, `${a.server}/${a.tool}`) },
       { label: 'Principal', value: (a) => a.principal },
       { label: 'Rule', value: (a) => a.rule },
@@ -75,7 +83,7 @@ async function loadApprovals(box, ctx) {
         button('Deny', () => decide(a, 'deny', box, ctx), { small: true, kind: 'danger', ariaLabel: `Deny ${a.server}/${a.tool} for ${a.principal}` })) },
     ], list, { caption: 'Pending approvals' }));
   } catch (e) {
-    clear(box).append(notConfigured(e));
+    fill(box, notConfigured(e));
   }
 }
 
@@ -100,11 +108,11 @@ async function loadPins(box, ctx) {
     clear(box);
     const list = r.pins || [];
     if (!list.length) {
-      box.append(emptyState('No tool has been pinned yet: tools are pinned the first time the gateway lists them.'));
+      add(box, emptyState('No tool has been pinned yet: tools are pinned the first time the gateway lists them.'));
       return;
     }
     list.sort((a, b) => (b.drift ? 1 : 0) - (a.drift ? 1 : 0) || `${a.server}/${a.tool}`.localeCompare(`${b.server}/${b.tool}`));
-    box.append(table([
+    add(box, table([
       { label: 'Tool', rowHeader: true, value: (p) => h('span', { class: 'mono' }, `${p.server}/${p.tool}`) },
       { label: 'Description', value: (p) => (p.definition && p.definition.description ? h('span', { class: 'small' }, p.definition.description) : null) },
       { label: 'Status', value: (p) => statusBadge(p.drift ? 'drifted' : 'pinned') },
@@ -115,7 +123,7 @@ async function loadPins(box, ctx) {
         : h('details', null, h('summary', null, 'Definition'), jsonBlock(p.definition, `Definition of ${p.server}/${p.tool}`))) },
     ], list, { caption: 'Pinned tools' }));
   } catch (e) {
-    clear(box).append(notConfigured(e));
+    fill(box, notConfigured(e));
   }
 }
 
@@ -125,20 +133,20 @@ function diffView(diff) {
   const pre = h('pre', { class: 'diff', tabindex: '0', 'aria-label': 'Definition diff' });
   for (const line of diff.split('\n')) {
     const cls = line.startsWith('+') ? 'add' : line.startsWith('-') ? 'del' : line.startsWith('@') ? 'hunk' : null;
-    pre.append(h('span', { class: cls }, line), '\n');
+    add(pre, h('span', { class: cls }, line), '\n');
   }
   return pre;
 }
 
 function reviewDrift(p, box, ctx) {
   openDialog(`Drift of ${p.server}/${p.tool}`, (d) => {
-    d.body.append(
+    add(d.body, 
       h('p', null, `The upstream changed this tool’s definition (seen ${relative(p.drift.seen_ms)}). Calls follow the server’s on_drift rule until the new definition is approved.`),
       h('p', { class: 'small' }, 'Pinned ', h('span', { class: 'mono' }, shortHash(p.sha256, 16)), ' → new ', h('span', { class: 'mono' }, shortHash(p.drift.sha256, 16))),
       h('h3', null, 'Changes'),
       diffView(p.drift.diff),
       h('details', null, h('summary', null, 'New definition'), jsonBlock(p.drift.definition, 'New definition')));
-    d.actions.append(
+    add(d.actions, 
       button('Keep the pinned definition', () => d.close()),
       button('Approve new definition', async () => {
         try {
@@ -155,17 +163,19 @@ function reviewDrift(p, box, ctx) {
 
 async function loadDecisions(box) {
   try {
-    const r = await get(`/admin/v1/audit${qs({ action: 'mcp.*', limit: 20 })}`);
+    // The audit API filters on one action (or prefix): take the tool layer's records and keep
+    // the decided calls and the approval events (not pins and sessions).
+    const r = await get(`/admin/v1/audit${qs({ action: 'mcp.*', limit: 200 })}`);
     clear(box);
-    const list = r.data || [];
+    const list = (r.data || []).filter((a) => a.decision || /^mcp\.approval\./.test(a.action)).slice(0, 25);
     if (!list.length) {
-      box.append(emptyState('No tool calls have been decided yet.'));
+      add(box, emptyState('No tool calls have been decided yet.'));
       return;
     }
-    box.append(decisionTable(list, 'Recent MCP policy decisions'),
+    add(box, decisionTable(list, 'Recent MCP policy decisions'),
       h('p', { class: 'card-foot' }, link(`/ui/audit${qs({ action: 'mcp.*' })}`, 'All tool decisions in the audit log')));
   } catch (e) {
-    clear(box).append(errorBox(e));
+    fill(box, errorBox(e));
   }
 }
 

@@ -4,7 +4,7 @@
 
 import { get } from './api.js';
 import {
-  h, clear, pageHeader, checkbox, tile, table, int, ms, num, statusBadge, errorBox, emptyState,
+  h, add, fill, clear, pageHeader, checkbox, tile, table, int, ms, num, statusBadge, errorBox, emptyState,
   loading, nextId,
 } from './ui.js';
 
@@ -15,7 +15,7 @@ export async function render(root, ctx) {
   const updated = h('span', { class: 'muted small', 'aria-live': 'off' });
   const tiles = h('div', { class: 'tiles tiles-small' });
   const groups = h('div', null, loading());
-  root.append(
+  add(root, 
     pageHeader('Models', 'Model groups, their targets and live health as this replica sees it. Groups are defined in the configuration (models:).',
       h('div', { class: 'inline-form' }, auto.el, updated)),
     tiles, groups);
@@ -30,7 +30,7 @@ export async function render(root, ctx) {
       updated.textContent = `Updated ${new Date().toISOString().slice(11, 19)} UTC`;
     } catch (e) {
       if (!ctx.alive()) return;
-      clear(groups).append(errorBox(e));
+      fill(groups, errorBox(e));
     }
     if (auto.box.checked && ctx.alive()) timer = setTimeout(load, REFRESH_MS);
   }
@@ -44,7 +44,7 @@ export async function render(root, ctx) {
     const targets = models.flatMap((m) => m.targets || []);
     const healthy = targets.filter((t) => t.health && t.health.state === 'healthy').length;
     const cooling = targets.filter((t) => t.health && t.health.state === 'cooldown').length;
-    clear(tiles).append(
+    fill(tiles, 
       tile('Model groups', int(models.length)),
       tile('Targets', int(targets.length)),
       tile('Healthy', int(healthy), null, healthy === targets.length ? 'ok' : null),
@@ -53,30 +53,37 @@ export async function render(root, ctx) {
     );
     clear(groups);
     if (!models.length) {
-      groups.append(emptyState('No model groups are configured.'));
+      add(groups, emptyState('No model groups are configured.'));
       return;
     }
     for (const m of models) {
       const id = nextId('model');
-      groups.append(h('section', { class: 'card', 'aria-labelledby': id },
+      add(groups, h('section', { class: 'card', 'aria-labelledby': id },
         h('div', { class: 'card-head' },
           h('h2', { id }, m.name),
           h('span', { class: 'muted' }, `strategy: ${m.strategy || 'default'}`,
             m.aliases && m.aliases.length ? ` · aliases: ${m.aliases.join(', ')}` : '')),
         table([
-          { label: 'Target', rowHeader: true, value: (t) => h('span', null, h('span', { class: 'mono' }, `${t.provider}/${t.model}`)) },
+          { label: 'Target', rowHeader: true, value: (t) => h('span', { class: 'mono' }, `${t.provider}/${t.model}`) },
           { label: 'State', value: (t) => h('span', null, statusBadge(t.health ? t.health.state : null),
-            t.provider_healthy === false ? h('span', { class: 'muted small' }, ' provider down') : null) },
+            t.provider_healthy === false ? h('div', { class: 'muted small' }, 'provider down') : null) },
           { label: 'Cooldown left', num: true, value: (t) => (t.health && t.health.available_in_ms ? ms(t.health.available_in_ms) : null) },
           { label: 'Latency (EWMA)', num: true, value: (t) => (t.health ? ms(t.health.latency_ewma_ms) : null) },
           { label: 'In flight', num: true, value: (t) => (t.health ? `${int(t.health.in_flight)}${t.max_concurrency ? ` / ${int(t.max_concurrency)}` : ''}` : null) },
-          { label: 'Requests this minute', num: true, value: (t) => (t.health ? `${int(t.health.requests_this_minute)}${t.rpm ? ` / ${int(t.rpm)}` : ''}` : null) },
-          { label: 'Tokens this minute', num: true, value: (t) => (t.health ? `${int(t.health.tokens_this_minute)}${t.tpm ? ` / ${int(t.tpm)}` : ''}` : null) },
-          { label: 'Failures (window)', num: true, value: (t) => (t.health ? int(t.health.failures_in_window) : null) },
+          { label: 'This minute', num: true, value: (t) => (t.health ? h('span', null,
+            `${int(t.health.requests_this_minute)}${t.rpm ? ` / ${int(t.rpm)}` : ''} req`,
+            h('div', { class: 'muted small' }, `${int(t.health.tokens_this_minute)}${t.tpm ? ` / ${int(t.tpm)}` : ''} tok`)) : null) },
+          { label: 'Failures', num: true, value: (t) => (t.health ? int(t.health.failures_in_window) : null) },
           { label: 'Cooldowns', num: true, value: (t) => (t.health ? int(t.health.cooldowns) : null) },
-          { label: 'Weight / priority', num: true, value: (t) => `${num(t.weight)} / ${int(t.priority)}` },
-          { label: 'Last error', value: (t) => (t.health && t.health.last_error ? h('span', { class: 'small' }, t.health.last_error) : null) },
-        ], m.targets || [], { caption: `Targets of ${m.name}` })));
+          { label: 'Weight', num: true, value: (t) => num(t.weight) },
+          { label: 'Priority', num: true, value: (t) => int(t.priority) },
+        ], m.targets || [], {
+          caption: `Targets of ${m.name}`,
+          after: (t, n) => (t.health && t.health.last_error
+            ? h('tr', { class: 'detail-row' }, h('td', { colspan: String(n) },
+              h('span', { class: 'muted small' }, `Last error of ${t.provider}/${t.model}: `), h('span', { class: 'small' }, t.health.last_error)))
+            : null),
+        })));
     }
   }
   await load();

@@ -4,8 +4,8 @@
 
 import { get, enc } from './api.js';
 import {
-  h, clear, pageHeader, section, field, select, button, tile, table, link, usd, int, pct, ms, num,
-  shortTime, isoDate, toDate, errorBox, emptyState, loading, announce, qs,
+  h, add, fill, clear, pageHeader, section, field, select, button, tile, table, link, usd, int, pct, ms, num,
+  shortTime, isoDate, toDate, errorBox, emptyState, loading, announce, qs, rate, plural,
 } from './ui.js';
 import { barChart, lineChart } from './charts.js';
 
@@ -34,7 +34,7 @@ export async function render(root, ctx) {
   const charts = h('div', { class: 'grid-2' });
   const tops = h('div', { class: 'grid-3' });
   const refresh = button('Refresh', () => load(true));
-  root.append(
+  add(root, 
     pageHeader('Overview', 'Model traffic through the gateway, from the spend ledger. Times are UTC.',
       h('div', { class: 'inline-form' }, field('Time range', rangeSelect), refresh)),
     tiles, charts, tops);
@@ -47,13 +47,13 @@ export async function render(root, ctx) {
   async function load(manual) {
     const [, , buckets] = RANGES.find(([r]) => r === range);
     tiles.setAttribute('aria-busy', 'true');
-    if (!tiles.firstChild) tiles.append(loading());
+    if (!tiles.firstChild) add(tiles, loading());
     let stats;
     try {
       stats = await get(`/admin/v1/stats${qs({ since: range, buckets })}`);
     } catch (e) {
       if (!ctx.alive()) return;
-      clear(tiles).append(errorBox(e));
+      fill(tiles, errorBox(e));
       tiles.setAttribute('aria-busy', 'false');
       return;
     }
@@ -71,9 +71,9 @@ function renderTiles(el, s) {
   const t = s.totals || {};
   const lat = t.latency_ms || {};
   const metric = (name, v) => h('span', { 'data-metric': name }, v);
-  clear(el).append(
-    tile('Requests', metric('requests', int(t.requests)), `${num(t.requests_per_s)} per second`),
-    tile('Error rate', metric('error-rate', pct(t.error_rate)), `${int(t.errors)} errors`, t.errors > 0 ? 'warn' : null),
+  fill(el, 
+    tile('Requests', metric('requests', int(t.requests)), rate(t.requests_per_s)),
+    tile('Error rate', metric('error-rate', pct(t.error_rate)), plural(t.errors || 0, 'error'), t.errors > 0 ? 'warn' : null),
     tile('Latency p50', metric('p50', ms(lat.p50))),
     tile('Latency p90', metric('p90', ms(lat.p90))),
     tile('Latency p99', metric('p99', ms(lat.p99))),
@@ -92,12 +92,12 @@ function renderCharts(el, s, range) {
   const total = series.reduce((a, p) => a + (p.requests || 0), 0);
   const cost = series.reduce((a, p) => a + (p.cost_usd || 0), 0);
   const per = s.bucket_seconds >= 3600 ? `${num(s.bucket_seconds / 3600)} h` : `${num(s.bucket_seconds / 60)} min`;
-  clear(el).append(
+  fill(el, 
     h('section', { class: 'card', 'aria-label': 'Requests over time' }, barChart({
       title: `Requests per ${per}`,
       summary: `Requests per ${per}: ${int(total)} in total, ${int(errs.reduce((a, b) => a + b, 0))} errors.`,
       xs, series: [{ name: 'Succeeded', values: reqs }, { name: 'Errors', values: errs }],
-      yFormat: (v) => int(v), xFormat,
+      yFormat: (v) => int(v), xFormat, integer: true,
     })),
     h('section', { class: 'card', 'aria-label': 'Cost over time' }, barChart({
       title: `Cost per ${per}`,
@@ -124,7 +124,7 @@ async function renderTops(el, range) {
   clear(el);
   const cards = kinds.map(([g, title]) => {
     const body = h('div', null, loading());
-    el.append(section(title, body));
+    add(el, section(title, body));
     return [g, title, body];
   });
   await Promise.all(cards.map(async ([g, title, body]) => {
@@ -135,17 +135,17 @@ async function renderTops(el, range) {
       if (g === 'key') names = await keyNames(rows.map((x) => x.group).filter(Boolean));
       clear(body);
       if (!rows.length) {
-        body.append(emptyState('No requests in this range.'));
+        add(body, emptyState('No requests in this range.'));
         return;
       }
-      body.append(table([
-        { label: g === 'model' ? 'Model' : g === 'key' ? 'Key' : 'Team', rowHeader: true, value: (x) => groupCell(g, x.group, names) },
+      add(body, table([
+        { label: g === 'model' ? 'Model' : g === 'key' ? 'Key' : 'Team', rowHeader: true, value: (x) => groupCell(g, x.group, names, true) },
         { label: 'Requests', num: true, value: (x) => int(x.requests) },
         { label: 'Cost', num: true, value: (x) => usd(x.cost_usd) },
       ], rows, { caption: title }),
       h('p', { class: 'card-foot' }, link(`/ui/spend${qs({ group_by: g, since: range })}`, `All ${g}s in the spend explorer`)));
     } catch (e) {
-      clear(body).append(errorBox(e));
+      fill(body, errorBox(e));
     }
   }));
 }
@@ -161,9 +161,11 @@ export async function keyNames(ids) {
   return out;
 }
 
-export function groupCell(g, value, names = {}) {
+/** A group's value as a cell: keys, conversations and agents link to their pages. */
+export function groupCell(g, value, names = {}, compact = false) {
   if (value === null || value === undefined || value === '') return h('span', { class: 'muted' }, g === 'key' ? '(master or JWT)' : '(none)');
   if (g === 'key') {
+    if (compact) return link(`/ui/keys/${enc(value)}`, names[value] || value, { title: value });
     return h('span', null, link(`/ui/keys/${enc(value)}`, names[value] || value),
       names[value] ? h('span', { class: 'muted mono small' }, ` ${value}`) : null);
   }

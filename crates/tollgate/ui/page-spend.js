@@ -5,7 +5,7 @@
 
 import { get, download } from './api.js';
 import {
-  h, clear, pageHeader, field, input, select, button, table, usd, int, pct, isoDate,
+  h, add, fill, clear, pageHeader, field, input, select, button, table, usd, int, pct, isoDate,
   errorBox, emptyState, loading, announce, showError, qs,
 } from './ui.js';
 import { barChart, rankBars } from './charts.js';
@@ -16,7 +16,7 @@ const DIMENSIONS = [
   ['provider', 'Provider'], ['agent', 'Agent'], ['conversation', 'Conversation'],
 ];
 const PERIODS = [
-  ['24h', 'Last 24 hours'], ['7d', 'Last 7 days'], ['30d', 'Last 30 days'], ['90d', 'Last 90 days'],
+  ['1h', 'Last hour'], ['24h', 'Last 24 hours'], ['7d', 'Last 7 days'], ['30d', 'Last 30 days'], ['90d', 'Last 90 days'],
   ['month', 'This month'], ['custom', 'Custom dates'],
 ];
 const SPLIT_TOP = 6;
@@ -63,7 +63,7 @@ function apiRange(state) {
     const first = `${isoDate(now).slice(0, 8)}01`;
     return { since: first, until: '', first, last: isoDate(now) };
   }
-  const days = { '24h': 1, '7d': 7, '30d': 30, '90d': 90 }[state.period] || 30;
+  const days = { '1h': 0, '24h': 1, '7d': 7, '30d': 30, '90d': 90 }[state.period] ?? 30;
   return { since: state.period, until: '', first: isoDate(new Date(now.getTime() - days * 86400000)), last: isoDate(now) };
 }
 
@@ -91,7 +91,7 @@ export async function render(root, ctx) {
   const splitSel = select([['', 'Not split'], ['model', 'Model'], ['team', 'Team'], ['key', 'Key'], ['provider', 'Provider']], state.split, { name: 'split' });
   const limitSel = select([['25', 'Top 25'], ['100', 'Top 100'], ['1000', 'Top 1,000']], state.limit, { name: 'limit' });
   const customBox = h('div', { class: 'field-group' }, field('From', sinceIn), field('To (inclusive)', untilIn));
-  const splitField = field('Split days by', splitSel, `Top ${SPLIT_TOP} of the range; needs no filter.`);
+  const splitField = field(`Split days by (top ${SPLIT_TOP})`, splitSel);
   const form = h('form', { class: 'filters', 'aria-label': 'Spend query' },
     field('Group by', groupSel),
     field('Period', periodSel),
@@ -133,7 +133,7 @@ export async function render(root, ctx) {
   const summary = h('div', { class: 'tiles tiles-small', 'aria-live': 'polite' });
   const chartBox = h('div');
   const tableBox = h('div', null, loading());
-  root.append(
+  add(root, 
     pageHeader('Spend', 'Cost and tokens from the spend ledger, by one dimension, over a date range (days are UTC).', exportBtn),
     h('section', { class: 'card', 'aria-label': 'Query' }, form),
     summary,
@@ -149,7 +149,7 @@ export async function render(root, ctx) {
     const r = await get(`/admin/v1/spend${qs({ ...base, limit: state.limit })}`);
     if (!ctx.alive()) return;
     const rows = r.rows || [];
-    clear(summary).append(
+    fill(summary, 
       h('div', { class: 'tile' }, h('div', { class: 'tile-label' }, 'Total cost'), h('div', { class: 'tile-value', 'data-metric': 'spend-total' }, usd(r.total_cost_usd))),
       h('div', { class: 'tile' }, h('div', { class: 'tile-label' }, 'Requests'), h('div', { class: 'tile-value', 'data-metric': 'spend-requests' }, int(r.total_requests))),
       h('div', { class: 'tile' }, h('div', { class: 'tile-label' }, 'Groups'), h('div', { class: 'tile-value' }, int(rows.length))),
@@ -164,7 +164,7 @@ export async function render(root, ctx) {
     renderChart(chartBox, state, range, rows, names);
     renderTable(tableBox, state, rows, r, names);
   } catch (e) {
-    clear(tableBox).append(errorBox(e));
+    fill(tableBox, errorBox(e));
     clear(chartBox);
   }
 }
@@ -172,7 +172,7 @@ export async function render(root, ctx) {
 function renderChart(box, state, range, rows, names) {
   clear(box);
   if (!rows.length) {
-    box.append(emptyState('Nothing was spent in this range.'));
+    add(box, emptyState('Nothing was spent in this range.'));
     return;
   }
   if (state.group_by === 'day') {
@@ -180,7 +180,7 @@ function renderChart(box, state, range, rows, names) {
     const by = Object.fromEntries(rows.map((x) => [x.group, x]));
     for (const d of Object.keys(by)) if (!days.includes(d)) days.push(d);
     days.sort();
-    box.append(barChart({
+    add(box, barChart({
       title: 'Cost per day', xLabel: 'Day', xs: days,
       summary: `Cost per day from ${days[0]} to ${days[days.length - 1]}.`,
       series: [{ name: 'Cost', values: days.map((d) => (by[d] ? by[d].cost_usd : 0)) }],
@@ -188,7 +188,7 @@ function renderChart(box, state, range, rows, names) {
     }));
     return;
   }
-  box.append(rankBars({
+  add(box, rankBars({
     title: `Cost by ${dimLabel(state.group_by).toLowerCase()} (top ${Math.min(rows.length, 15)})`,
     items: rows.slice(0, 15).map((x) => ({ label: x.group || '(none)', node: groupCell(state.group_by, x.group, names), value: x.cost_usd })),
     yFormat: usd,
@@ -198,12 +198,12 @@ function renderChart(box, state, range, rows, names) {
 function renderTable(box, state, rows, r, names) {
   clear(box);
   if (!rows.length) {
-    box.append(emptyState('No rows.'));
+    add(box, emptyState('No rows.'));
     return;
   }
   const sorted = state.group_by === 'day' ? [...rows].sort((a, b) => String(b.group).localeCompare(String(a.group))) : rows;
   const total = r.total_cost_usd || 0;
-  box.append(table([
+  add(box, table([
     { label: dimLabel(state.group_by), rowHeader: true, value: (x) => groupCell(state.group_by, x.group, names) },
     { label: 'Requests', num: true, value: (x) => int(x.requests) },
     { label: 'Prompt tokens', num: true, value: (x) => int(x.prompt_tokens) },
@@ -221,7 +221,7 @@ function renderTable(box, state, rows, r, names) {
       h('td', { class: 'num' }, total > 0 ? '100%' : '–')),
   }));
   if (rows.length >= Number(state.limit)) {
-    box.append(h('p', { class: 'muted' }, `Showing the top ${int(state.limit)} groups by cost; choose more rows to see the rest, or export the CSV.`));
+    add(box, h('p', { class: 'muted' }, `Showing the top ${int(state.limit)} groups by cost; choose more rows to see the rest, or export the CSV.`));
   }
 }
 
@@ -242,7 +242,7 @@ async function renderSplit(chartBox, tableBox, state, range, base, dayRows) {
   });
   const other = days.map((d, i) => Math.max(0, (totalBy[d] || 0) - series.reduce((a, sr) => a + sr.values[i], 0)));
   if (other.some((v) => v > 1e-12)) series.push({ name: 'Other', values: other });
-  clear(chartBox).append(barChart({
+  fill(chartBox, barChart({
     title: `Cost per day by ${dimLabel(state.split).toLowerCase()}`, xLabel: 'Day', xs: days,
     summary: `Cost per day, split by the top ${groups.length} ${dimLabel(state.split).toLowerCase()} groups.`,
     series, yFormat: usd, xFormat: (d, long) => (long ? d : d.slice(5)),
@@ -250,11 +250,11 @@ async function renderSplit(chartBox, tableBox, state, range, base, dayRows) {
   const rows = [...days].reverse().filter((d) => totalBy[d]);
   clear(tableBox);
   if (!rows.length) {
-    tableBox.append(emptyState('Nothing was spent in this range.'));
+    add(tableBox, emptyState('Nothing was spent in this range.'));
     return;
   }
   const idx = Object.fromEntries(days.map((d, i) => [d, i]));
-  tableBox.append(table([
+  add(tableBox, table([
     { label: 'Day', rowHeader: true, value: (d) => d },
     ...series.map((sr) => ({ label: sr.name, num: true, value: (d) => usd(sr.values[idx[d]]) })),
     { label: 'Total', num: true, value: (d) => usd(totalBy[d] || 0) },

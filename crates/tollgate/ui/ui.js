@@ -46,6 +46,16 @@ export function clear(el) {
   return el;
 }
 
+/** Appends children, skipping null, undefined and false (native append would print them). */
+export function add(el, ...children) {
+  return append(el, children);
+}
+
+/** Replaces an element's children. */
+export function fill(el, ...children) {
+  return append(clear(el), children);
+}
+
 let uid = 0;
 /** A fresh id for label/control pairs. */
 export function nextId(prefix = 'f') {
@@ -91,6 +101,20 @@ export function usd(n) {
     maximumFractionDigits: digits,
   }).format(a);
   return `${sign}$${s}`;
+}
+
+/** A rate given per second, in the unit that reads best: per second, minute or hour. */
+export function rate(perSecond) {
+  const v = Number(perSecond);
+  if (!Number.isFinite(v) || v === 0) return '0 per second';
+  if (v >= 0.1) return `${num(v)} per second`;
+  if (v * 60 >= 0.1) return `${num(v * 60)} per minute`;
+  return `${num(v * 3600)} per hour`;
+}
+
+/** "1 error", "2 errors" */
+export function plural(n, one, many) {
+  return `${int(n)} ${Number(n) === 1 ? one : (many || `${one}s`)}`;
 }
 
 export function pct(r) {
@@ -245,7 +269,9 @@ const TONES = {
 
 export function statusBadge(s) {
   if (s === null || s === undefined || s === '') return h('span', { class: 'muted' }, '–');
-  return badge(String(s).replace(/_/g, ' '), TONES[s] || 'neutral');
+  // A2A 1.0 task states come as TASK_STATE_COMPLETED; 0.3 ones as completed.
+  const key = String(s).replace(/^TASK_STATE_/, '').toLowerCase();
+  return badge(key.replace(/_/g, ' '), TONES[key] || 'neutral');
 }
 
 /** A labelled form control. `control` gets an id; returns the wrapping field. */
@@ -503,7 +529,7 @@ export function loadMore(fetchPage, onItems, label = 'Load more') {
       cursor = n;
       total += items.length;
       onItems(items);
-      info.textContent = n ? `${int(total)} shown` : `${int(total)} shown, no more`;
+      info.textContent = n ? '' : (total ? 'End of the list.' : '');
       btn.hidden = !n;
     } catch (e) {
       info.textContent = '';

@@ -840,6 +840,20 @@ async fn spend_reports_group_filter_and_agree_with_the_records() {
                 limit: 2,
                 ..Default::default()
             },
+            // Raw rows at both ends, the rollup's whole hours between.
+            SpendQuery {
+                group_by: Some(Dimension::Model),
+                since_ms: 1_700_000_000_000 - 1_000,
+                until_ms: 1_700_000_000_000 + DAY + 1,
+                ..Default::default()
+            },
+            SpendQuery {
+                group_by: Some(Dimension::Day),
+                filter: Some((Dimension::Team, "ml".into())),
+                since_ms: 1_700_000_000_000 + 1,
+                until_ms: 1_700_000_000_000 + 2 * DAY + 1,
+                ..Default::default()
+            },
         ];
         for q in &queries {
             let got = s.ledger.spend(q).await.unwrap();
@@ -920,6 +934,12 @@ async fn ledger_stats_bucket_time_and_agree_with_the_records() {
                 since_ms: 0,
                 until_ms: T0,
                 bucket_ms: 1_000,
+            },
+            // Whole hours: read from the hourly rollup.
+            StatsQuery {
+                since_ms: 1_699_999_200_000,
+                until_ms: 1_699_999_200_000 + 2 * crate::ledger::HOUR_MS,
+                bucket_ms: crate::ledger::HOUR_MS,
             },
         ] {
             let got = s.ledger.ledger_stats(&q).await.unwrap();
