@@ -1,4 +1,5 @@
-//! One suite for the shared-counter engines: budget counters and rate-limit buckets, run
+//! One suite for the shared engines: budget counters, rate-limit and quota windows, running
+//! slots and shared blobs, run
 //! against the in-process engines and Redis (127.0.0.1:6379, or `TOLLGATE_TEST_REDIS_URL`).
 //! When Redis is unreachable the Redis half says so loudly and is skipped, unless
 //! `TOLLGATE_REQUIRE_SERVICES=1` (CI), which makes it fail.
@@ -344,4 +345,33 @@ async fn windows_of_any_width_and_running_slots_hold_alike() {
         assert_eq!(slots.take(&one, "third", 60_000).await.unwrap(), Some(0));
         r.clean().await;
     }
+}
+
+#[tokio::test]
+async fn shared_blobs_round_trip_and_expire() {
+    use crate::redis_store::{RedisBlobs, SharedBlobs};
+    let Some(r) = Redis::open().await else {
+        return;
+    };
+    let blobs = RedisBlobs::new(r.con.clone(), &r.prefix);
+    assert_eq!(blobs.get("absent").await.unwrap(), None);
+    blobs
+        .put("entry", b"\x00bytes\xff", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let (value, ttl) = blobs.get("entry").await.unwrap().unwrap();
+    assert_eq!(value, b"\x00bytes\xff");
+    assert!(
+        ttl > Duration::from_secs(55) && ttl <= Duration::from_secs(60),
+        "{ttl:?}"
+    );
+    // A second put replaces the value and its TTL; an expired one is gone.
+    blobs
+        .put("entry", b"short", Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(blobs.get("entry").await.unwrap().unwrap().0, b"short");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(blobs.get("entry").await.unwrap(), None);
+    r.clean().await;
 }

@@ -6,7 +6,7 @@ import { get, post, enc } from './api.js';
 import {
   h, add, fill, clear, pageHeader, section, field, input, button, table, link, int, timeEl, relative,
   statusBadge, badge, shortHash, openDialog, formDialog, errorBox, emptyState, loading, announce, plural,
-  showError, formValues, jsonBlock, qs,
+  formValues, jsonBlock, qs,
 } from './ui.js';
 
 const TRANSPORTS = { http: 'Streamable HTTP', streamable_http: 'Streamable HTTP', sse: 'HTTP+SSE', stdio: 'stdio' };
@@ -127,35 +127,87 @@ async function loadPins(box, ctx) {
   }
 }
 
-function diffView(diff) {
-  if (diff === null || diff === undefined) return emptyState('No diff recorded.');
-  if (typeof diff !== 'string') return jsonBlock(diff, 'Diff');
-  const pre = h('pre', { class: 'diff', tabindex: '0', 'aria-label': 'Definition diff' });
-  for (const line of diff.split('\n')) {
-    const cls = line.startsWith('+') ? 'add' : line.startsWith('-') ? 'del' : line.startsWith('@') ? 'hunk' : null;
-    add(pre, h('span', { class: cls }, line), '\n');
+/** Shows invisible and format characters (zero-width spaces, bidi controls) as ⟦U+200B⟧. */
+function reveal(text) {
+  const out = h('span');
+  let plain = '';
+  for (const ch of text) {
+    const cp = ch.codePointAt(0);
+    const hidden = /\p{Cf}|\p{Zl}|\p{Zp}/u.test(ch) || (cp >= 0xe0000 && cp <= 0xe007f) || cp === 0x00a0 || (cp >= 0x2000 && cp <= 0x200a);
+    if (hidden) {
+      if (plain) add(out, plain);
+      plain = '';
+      add(out, h('mark', { class: 'hidden-char', title: 'an invisible character' }, `⟦U+${cp.toString(16).toUpperCase().padStart(4, '0')}⟧`));
+    } else {
+      plain += ch;
+    }
   }
-  return pre;
+  if (plain) add(out, plain);
+  return out;
+}
+
+function valueCell(v) {
+  if (v === undefined) return null;
+  const text = typeof v === 'string' ? JSON.stringify(v) : JSON.stringify(v, null, 1);
+  return h('code', { class: 'mono small diff-value' }, reveal(text));
+}
+
+/**
+ * The server's structured diff ({changed, schema_widened, hidden_characters, changes:
+ * [{path, change, old, new}]}), or a unified diff text from an older server.
+ */
+function diffView(diff) {
+  if (diff === null || diff === undefined) return emptyState('No diff recorded: nothing was approved before (a new or renamed tool).');
+  if (typeof diff === 'string') {
+    const pre = h('pre', { class: 'diff', tabindex: '0', 'aria-label': 'Definition diff' });
+    for (const line of diff.split('\n')) {
+      const cls = line.startsWith('+') ? 'add' : line.startsWith('-') ? 'del' : line.startsWith('@') ? 'hunk' : null;
+      add(pre, h('span', { class: cls }, line), '\n');
+    }
+    return pre;
+  }
+  const warnings = h('ul', { class: 'drift-warnings' });
+  if (diff.schema_widened) {
+    add(warnings, h('li', { class: 'bad' }, badge('schema widened', 'bad'), ' The input schema lost a constraint: the tool now accepts arguments the pinned definition refused.'));
+  }
+  for (const hc of diff.hidden_characters || []) {
+    add(warnings, h('li', { class: 'bad' }, badge('hidden character', 'bad'), ` ${hc.char} in ${hc.path}: text a person does not see but a model reads.`));
+  }
+  const changes = diff.changes || [];
+  return h('div', null,
+    warnings.childElementCount ? warnings : null,
+    diff.changed && diff.changed.length ? h('p', { class: 'small' }, `Changed: ${diff.changed.join(', ')}.`) : null,
+    changes.length ? table([
+      { label: 'Field', rowHeader: true, value: (c) => h('span', { class: 'mono small' }, c.path || '(whole definition)') },
+      { label: 'Change', value: (c) => badge(c.change, c.change === 'removed' ? 'bad' : c.change === 'added' ? 'warn' : 'neutral') },
+      { label: 'Pinned', value: (c) => valueCell(c.old) },
+      { label: 'New', value: (c) => valueCell(c.new) },
+    ], changes, { caption: 'Changed fields' }) : emptyState('No field changed.'));
 }
 
 function reviewDrift(p, box, ctx) {
   openDialog(`Drift of ${p.server}/${p.tool}`, (d) => {
-    add(d.body, 
+    const err = h('p', { class: 'inline-error', role: 'alert', hidden: true });
+    add(d.body,
       h('p', null, `The upstream changed this tool’s definition (seen ${relative(p.drift.seen_ms)}). Calls follow the server’s on_drift rule until the new definition is approved.`),
-      h('p', { class: 'small' }, 'Pinned ', h('span', { class: 'mono' }, shortHash(p.sha256, 16)), ' → new ', h('span', { class: 'mono' }, shortHash(p.drift.sha256, 16))),
-      h('h3', null, 'Changes'),
+      h('p', { class: 'small' }, 'Pinned ', h('span', { class: 'mono' }, p.sha256 ? shortHash(p.sha256, 16) : 'nothing yet'), ' → new ', h('span', { class: 'mono' }, shortHash(p.drift.sha256, 16))),
+      h('h3', null, 'What changed'),
       diffView(p.drift.diff),
-      h('details', null, h('summary', null, 'New definition'), jsonBlock(p.drift.definition, 'New definition')));
-    add(d.actions, 
+      h('details', null, h('summary', null, 'New definition'), jsonBlock(p.drift.definition, 'New definition')),
+      p.definition ? h('details', null, h('summary', null, 'Pinned definition'), jsonBlock(p.definition, 'Pinned definition')) : null,
+      err);
+    add(d.actions,
       button('Keep the pinned definition', () => d.close()),
       button('Approve new definition', async () => {
+        err.hidden = true;
         try {
           await post(`/admin/v1/mcp/pins/${enc(p.server)}/${enc(p.tool)}/approve`, { sha256: p.drift.sha256 });
           d.close();
           announce(`New definition of ${p.server}/${p.tool} approved and pinned.`);
           if (ctx.alive()) await loadPins(box, ctx);
         } catch (e) {
-          showError(e);
+          err.textContent = e.message;
+          err.hidden = false;
         }
       }, { kind: 'primary' }));
   }, { wide: true });
