@@ -113,8 +113,8 @@ async fn show(
     }
 }
 
-/// The agent's card as its upstream serves it (fetched, or from the cache), unfiltered by
-/// policy: `{card, error}`.
+/// The agent's card as the gateway serves it at `/a2a/{name}` (its upstream's, fetched or
+/// cached, with the gateway's URLs), unfiltered by policy: `{card, error}`.
 async fn card(
     State(layer): State<Arc<A2aLayer>>,
     headers: HeaderMap,
@@ -129,8 +129,8 @@ async fn card(
             .code("agent_not_found")
             .into_response();
     };
-    let body = match layer.upstream_card(&agent, "").await {
-        Ok(fetched) => serde_json::json!({"card": fetched.card, "error": null}),
+    let body = match layer.served_card(&agent, &headers).await {
+        Ok(card) => serde_json::json!({"card": card, "error": null}),
         Err(e) => serde_json::json!({"card": null, "error": e.message}),
     };
     json_response(StatusCode::OK, body.to_string())

@@ -318,7 +318,7 @@ impl A2aLayer {
 
     /// The upstream card, from memory while fresh. `version` is the caller's `A2A-Version`
     /// (agents may answer each version with another card shape).
-    pub(crate) async fn upstream_card(
+    async fn upstream_card(
         &self,
         agent: &AgentConfig,
         version: &str,
@@ -436,7 +436,7 @@ impl A2aLayer {
     }
 
     /// The card the gateway serves for `agent`.
-    async fn served_card(
+    pub(crate) async fn served_card(
         &self,
         agent: &AgentConfig,
         headers: &HeaderMap,

@@ -234,11 +234,10 @@ async function loadDecisions(box) {
 export function decisionTable(list, caption) {
   return table([
     { label: 'Time', rowHeader: true, value: (a) => timeEl(a.time || a.time_ms) },
-    { label: 'Principal', value: (a) => h('span', { class: 'mono small' }, a.principal || '–') },
+    { label: 'Principal', value: (a) => h('span', { class: 'mono small wrap-anywhere' }, a.principal || '–') },
     { label: 'Action', value: (a) => a.action },
     { label: 'Target', value: (a) => h('span', { class: 'mono small' }, a.target || '–') },
-    { label: 'Decision', value: (a) => statusBadge(a.decision) },
-    { label: 'Rule', value: (a) => a.rule },
+    { label: 'Decision and rule', value: (a) => h('span', null, statusBadge(a.decision), a.rule ? h('div', { class: 'muted small' }, a.rule) : null) },
     { label: 'Outcome', value: (a) => statusBadge(a.outcome) },
     { label: 'Latency', num: true, value: (a) => (a.detail && a.detail.latency_ms !== undefined ? `${Math.round(a.detail.latency_ms)} ms` : null) },
   ], list, { caption });

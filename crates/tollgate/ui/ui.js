@@ -263,7 +263,7 @@ export function badge(text, tone) {
 
 const TONES = {
   active: 'ok', healthy: 'ok', intact: 'ok', allow: 'ok', success: 'ok', ok: 'ok', approved: 'ok', completed: 'ok', pinned: 'ok', used: 'neutral',
-  disabled: 'neutral', expired: 'warn', pending: 'warn', half_open: 'warn', probing: 'warn', throttled: 'warn', at_capacity: 'warn', require_approval: 'warn', drifted: 'warn',
+  disabled: 'neutral', expired: 'warn', pending: 'warn', half_open: 'warn', probing: 'warn', throttled: 'warn', at_capacity: 'warn', require_approval: 'warn', drifted: 'warn', warn: 'warn', hide: 'warn', block: 'bad',
   revoked: 'bad', cooldown: 'bad', provider_down: 'bad', broken: 'bad', deny: 'bad', denied: 'bad', error: 'bad', failure: 'bad', quota: 'bad', drift_block: 'bad', failed: 'bad', stream_failed: 'bad', cancelled: 'warn',
 };
 

@@ -526,7 +526,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:4000";
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://tollgate-data/tollgate.db";
 
 /// The configuration `tollgate serve` uses when no file is given: embedded SQLite and the
-/// built-in mock provider serving `mock-echo`.
+/// built-in mock provider serving `mock-echo`, priced (as a small hosted model would be) so a
+/// newcomer sees spend tracking work.
 pub const EMBEDDED_DEFAULT: &str = "\
 listen: ${TOLLGATE_LISTEN:-127.0.0.1:4000}
 storage:
@@ -539,6 +540,11 @@ models:
     targets:
       - provider: mock
         model: echo
+prices:
+  - model: echo
+    provider: mock
+    input_per_mtok: 0.5
+    output_per_mtok: 1.5
 ";
 
 impl Config {

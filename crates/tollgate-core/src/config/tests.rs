@@ -23,6 +23,8 @@ fn embedded_default_serves_mock_echo() {
     assert_eq!(c.models[0].name, "mock-echo");
     assert!(matches!(c.providers[0].kind, ProviderKind::Mock(_)));
     assert!(c.master_key.is_none());
+    // Priced, so the console shows a newcomer's calls with a cost.
+    assert_eq!(c.prices.len(), 1);
 }
 
 #[test]
