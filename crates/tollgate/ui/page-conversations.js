@@ -12,7 +12,7 @@ import {
 const RANGES = [['24h', 'Last 24 hours'], ['7d', 'Last 7 days'], ['30d', 'Last 30 days']];
 
 export async function renderList(root, ctx) {
-  const range = RANGES.some(([r]) => r === ctx.query.get('since')) ? ctx.query.get('since') : '7d';
+  const range = RANGES.some(([r]) => r === ctx.query.get('since')) ? ctx.query.get('since') : '24h';
   const idIn = input({ name: 'id', autocomplete: 'off', required: true, class: 'mono wide-input', placeholder: 'the A2A contextId or x-tollgate-conversation-id' });
   const open = h('form', { class: 'inline-form', 'aria-label': 'Open a conversation' },
     field('Conversation ID', idIn),
