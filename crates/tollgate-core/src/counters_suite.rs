@@ -57,6 +57,22 @@ impl Redis {
     }
 }
 
+/// Waits (up to five seconds) until `check` holds: for leases and TTLs to run out.
+async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn counter_engines() -> (Vec<(&'static str, Arc<dyn SpendCounters>)>, Option<Redis>) {
     let mut v: Vec<(&'static str, Arc<dyn SpendCounters>)> =
         vec![("local", Arc::new(LocalCounters::default()))];
@@ -171,7 +187,11 @@ async fn lapsed_holds_are_reclaimed_and_renewed_ones_kept() {
         expires_ms: crate::time::now_ms() + 60_000,
     };
     c.renew(std::slice::from_ref(&k), &renewed).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Reading the counter reclaims lapsed holds too: wait until only the kept one is left.
+    until("the unrenewed hold lapses", || async {
+        c.list("lease@1", 0).await.unwrap()[0].1.reserved_usd == 0.25
+    })
+    .await;
     // Reserving reclaims lapsed holds first: 0.25 (kept) + 0.5 (new) = 0.75 reserved.
     let fresh = Hold::new(Duration::from_secs(30));
     assert_eq!(c.reserve(&[(&k, 1.0)], 0.5, &fresh).await.unwrap(), Ok(()));
@@ -335,8 +355,11 @@ async fn windows_of_any_width_and_running_slots_hold_alike() {
         let one = [("run:lapse".to_owned(), 1)];
         assert_eq!(slots.take(&one, "dead", 150).await.unwrap(), None);
         assert_eq!(slots.take(&one, "next", 150).await.unwrap(), Some(0));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(slots.take(&one, "next", 60_000).await.unwrap(), None);
+        // A refused take takes nothing, so asking until it is admitted is the check itself.
+        until("the dead holder's slot lapses", || async {
+            slots.take(&one, "next", 60_000).await.unwrap().is_none()
+        })
+        .await;
         // Renewing a released (or lapsed) holder does not bring it back.
         slots
             .renew(&["run:lapse".to_owned()], "dead", 60_000)
@@ -371,7 +394,9 @@ async fn shared_blobs_round_trip_and_expire() {
         .await
         .unwrap();
     assert_eq!(blobs.get("entry").await.unwrap().unwrap().0, b"short");
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    assert_eq!(blobs.get("entry").await.unwrap(), None);
+    until("the entry expires", || async {
+        blobs.get("entry").await.unwrap().is_none()
+    })
+    .await;
     r.clean().await;
 }

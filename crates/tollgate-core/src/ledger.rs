@@ -562,28 +562,6 @@ pub fn latency_columns() -> Vec<String> {
     (0..LATENCY_CLASSES).map(|i| format!("l{i}")).collect()
 }
 
-/// Folds rollup rows `(bucket, requests, errors, prompt, completion, cost, l0..l15)` into
-/// buckets.
-pub fn stats_from_hourly(rows: Vec<(i64, Vec<i64>, f64)>) -> Vec<StatsBucket> {
-    let mut buckets: std::collections::BTreeMap<i64, StatsBucket> = Default::default();
-    for (index, counts, cost) in rows {
-        let b = buckets.entry(index).or_insert_with(|| StatsBucket {
-            index,
-            ..StatsBucket::default()
-        });
-        let at = |i: usize| counts.get(i).copied().unwrap_or(0).max(0) as u64;
-        b.requests += at(0);
-        b.errors += at(1);
-        b.prompt_tokens += at(2);
-        b.completion_tokens += at(3);
-        b.cost_usd += cost;
-        for (c, slot) in b.latency.iter_mut().enumerate() {
-            *slot += at(4 + c);
-        }
-    }
-    buckets.into_values().collect()
-}
-
 impl LedgerQuery {
     /// The SQL condition for this query, naming only the bounds it sets (so the engine can pick
     /// the index that fits: the id for plain paging, the conversation or the time otherwise),

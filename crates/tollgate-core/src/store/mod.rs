@@ -4,6 +4,7 @@
 //! Every operation is atomic on its own. Nothing here runs on the request hot path: the key
 //! cache reads the store on change, never per request.
 
+mod ledger_sql;
 mod memory;
 mod postgres;
 mod sqlite;

@@ -11,6 +11,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqlitePool};
 
+use super::ledger_sql::Table;
+
 use crate::audit::{AuditEvent, AuditRecord, GENESIS};
 
 use super::{
@@ -67,6 +69,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 ];
 
 const KEYS_SEQ: &str = "keys_seq";
+const DIALECT: super::ledger_sql::Dialect = super::ledger_sql::Dialect::Sqlite;
 /// Audit records per INSERT: 14 binds each, well under SQLite's 32,766 variables.
 const AUDIT_ROWS_PER_INSERT: usize = 500;
 
@@ -982,31 +985,20 @@ impl LedgerStore for SqliteStore {
             .map_err(unavailable)?;
         }
         // The hourly rollup, in the same transaction: reports never see one without the other.
+        let upsert = super::ledger_sql::hourly_upsert(DIALECT);
         for ((hour, key, user, team, model, provider), d) in crate::ledger::hourly_deltas(records) {
-            let mut q = sqlx::query(
-                "INSERT INTO ledger_hourly (hour_ms, key_id, user_id, team_id, model, provider,
-                     requests, failed, prompt_tokens, completion_tokens, cost_usd,
-                     l0, l1, l2, l3, l4, l5, l6, l7, l8, l9, l10, l11, l12, l13, l14, l15)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (hour_ms, key_id, user_id, team_id, model, provider) DO UPDATE SET
-                     requests = ledger_hourly.requests + excluded.requests,
-                     failed = ledger_hourly.failed + excluded.failed,
-                     prompt_tokens = ledger_hourly.prompt_tokens + excluded.prompt_tokens,
-                     completion_tokens = ledger_hourly.completion_tokens + excluded.completion_tokens,
-                     cost_usd = ledger_hourly.cost_usd + excluded.cost_usd,
-                     l0 = ledger_hourly.l0 + excluded.l0, l1 = ledger_hourly.l1 + excluded.l1, l2 = ledger_hourly.l2 + excluded.l2, l3 = ledger_hourly.l3 + excluded.l3, l4 = ledger_hourly.l4 + excluded.l4, l5 = ledger_hourly.l5 + excluded.l5, l6 = ledger_hourly.l6 + excluded.l6, l7 = ledger_hourly.l7 + excluded.l7, l8 = ledger_hourly.l8 + excluded.l8, l9 = ledger_hourly.l9 + excluded.l9, l10 = ledger_hourly.l10 + excluded.l10, l11 = ledger_hourly.l11 + excluded.l11, l12 = ledger_hourly.l12 + excluded.l12, l13 = ledger_hourly.l13 + excluded.l13, l14 = ledger_hourly.l14 + excluded.l14, l15 = ledger_hourly.l15 + excluded.l15",
-            )
-            .bind(hour)
-            .bind(key)
-            .bind(user)
-            .bind(team)
-            .bind(model)
-            .bind(provider)
-            .bind(d.requests)
-            .bind(d.failed)
-            .bind(d.prompt_tokens)
-            .bind(d.completion_tokens)
-            .bind(d.cost_usd);
+            let mut q = sqlx::query(&upsert)
+                .bind(hour)
+                .bind(key)
+                .bind(user)
+                .bind(team)
+                .bind(model)
+                .bind(provider)
+                .bind(d.requests)
+                .bind(d.failed)
+                .bind(d.prompt_tokens)
+                .bind(d.completion_tokens)
+                .bind(d.cost_usd);
             for n in d.latency {
                 q = q.bind(n);
             }
@@ -1049,21 +1041,20 @@ impl LedgerStore for SqliteStore {
         q: &crate::ledger::SpendQuery,
     ) -> StoreResult<Vec<crate::ledger::SpendRow>> {
         if !crate::ledger::rollup_serves(q) {
-            return self.spend_raw(q).await;
+            return self
+                .spend_part(q, (q.since_ms, q.until_ms), Table::Rows)
+                .await;
         }
         let split = crate::ledger::split_hours(q.since_ms, q.until_ms);
         let mut parts = Vec::new();
         for (since_ms, until_ms) in [split.head, split.tail].into_iter().flatten() {
-            let part = crate::ledger::SpendQuery {
-                since_ms,
-                until_ms,
-                limit: 100_000,
-                ..q.clone()
-            };
-            parts.push(self.spend_raw(&part).await?);
+            parts.push(
+                self.spend_part(q, (since_ms, until_ms), Table::Rows)
+                    .await?,
+            );
         }
         if let Some(hours) = split.hours {
-            parts.push(self.spend_hourly(q, hours).await?);
+            parts.push(self.spend_part(q, hours, Table::Hourly).await?);
         }
         Ok(crate::ledger::merge_spend(parts, q.limit))
     }
@@ -1076,102 +1067,26 @@ impl LedgerStore for SqliteStore {
         if q.since_ms % h == 0 && q.bucket_ms % h == 0 && q.until_ms % h == 0 {
             return self.stats_hourly(q).await;
         }
-        let rows = sqlx::query_as(
-            "SELECT (time_ms - ?1) / ?2 AS b, latency_class, COUNT(*), COALESCE(SUM(failed), 0),
-                    COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),
-                    COALESCE(SUM(cost_usd), 0.0)
-             FROM ledger WHERE time_ms >= ?1 AND time_ms < ?3
-             GROUP BY b, latency_class",
-        )
-        .bind(q.since_ms)
-        .bind(q.bucket_ms.max(1))
-        .bind(q.until_ms)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?;
+        let rows = sqlx::query_as(&super::ledger_sql::stats_rows(DIALECT))
+            .bind(q.since_ms)
+            .bind(q.bucket_ms.max(1))
+            .bind(q.until_ms)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
         Ok(crate::ledger::stats_from_rows(rows))
     }
 }
 
 impl SqliteStore {
-    async fn spend_raw(
-        &self,
-        q: &crate::ledger::SpendQuery,
-    ) -> StoreResult<Vec<crate::ledger::SpendRow>> {
-        use crate::ledger::Dimension;
-        // Column names come from this closed match, never from input.
-        let column = |d: Dimension| match d {
-            Dimension::Key => "key_id",
-            Dimension::User => "user_id",
-            Dimension::Team => "team_id",
-            Dimension::Model => "model",
-            Dimension::Provider => "provider",
-            Dimension::Conversation => "conversation_id",
-            Dimension::Agent => "agent",
-            Dimension::Day => "strftime('%Y-%m-%d', time_ms / 1000, 'unixepoch')",
-        };
-        let group = q.group_by.map_or("NULL", column);
-        let mut sql = format!(
-            "SELECT {group} AS g, COUNT(*), COALESCE(SUM(prompt_tokens), 0),
-                    COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cost_usd), 0.0)
-             FROM ledger WHERE time_ms >= ? AND time_ms < ?"
-        );
-        if let Some((dim, _)) = &q.filter {
-            sql.push_str(&format!(" AND {} = ?", column(*dim)));
-        }
-        sql.push_str(" GROUP BY g");
-        let mut query = sqlx::query_as::<_, (Option<String>, i64, i64, i64, f64)>(&sql)
-            .bind(q.since_ms)
-            .bind(q.until_ms);
-        if let Some((_, value)) = &q.filter {
-            query = query.bind(value);
-        }
-        let rows = query.fetch_all(&self.pool).await.map_err(unavailable)?;
-        let mut rows: Vec<crate::ledger::SpendRow> = rows
-            .into_iter()
-            // An empty table still yields the one total row with zero requests.
-            .filter(|r| r.1 > 0)
-            .map(|(group, n, p, c, cost)| crate::ledger::SpendRow {
-                group,
-                requests: n as u64,
-                prompt_tokens: p as u64,
-                completion_tokens: c as u64,
-                cost_usd: cost,
-            })
-            .collect();
-        crate::ledger::sort_rows(&mut rows);
-        rows.truncate(q.limit.clamp(1, 100_000) as usize);
-        Ok(rows)
-    }
-
-    /// A report over whole hours from the rollup (missing dimensions are stored as `''`).
-    async fn spend_hourly(
+    /// A spend report over `range` from the rows or the rollup (unsorted, uncut).
+    async fn spend_part(
         &self,
         q: &crate::ledger::SpendQuery,
         (since_ms, until_ms): (i64, i64),
+        table: Table,
     ) -> StoreResult<Vec<crate::ledger::SpendRow>> {
-        use crate::ledger::Dimension;
-        // Column names come from this closed match, never from input.
-        let column = |d: Dimension| match d {
-            Dimension::Key => "key_id",
-            Dimension::User => "user_id",
-            Dimension::Team => "team_id",
-            Dimension::Model => "model",
-            Dimension::Provider => "provider",
-            Dimension::Day => "strftime('%Y-%m-%d', hour_ms / 1000, 'unixepoch')",
-            // Not kept in the rollup (`rollup_serves` routes these to the raw rows).
-            Dimension::Conversation | Dimension::Agent => "NULL",
-        };
-        let group = q.group_by.map_or("NULL", column);
-        let mut sql = format!(
-            "SELECT {group} AS g, COALESCE(SUM(requests), 0), COALESCE(SUM(prompt_tokens), 0),
-                    COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cost_usd), 0.0)
-             FROM ledger_hourly WHERE hour_ms >= ? AND hour_ms < ?"
-        );
-        if let Some((dim, _)) = &q.filter {
-            sql.push_str(&format!(" AND {} = ?", column(*dim)));
-        }
-        sql.push_str(" GROUP BY g");
+        let sql = super::ledger_sql::spend(q, table, DIALECT);
         let mut query = sqlx::query_as::<_, (Option<String>, i64, i64, i64, f64)>(&sql)
             .bind(since_ms)
             .bind(until_ms);
@@ -1179,17 +1094,7 @@ impl SqliteStore {
             query = query.bind(value);
         }
         let rows = query.fetch_all(&self.pool).await.map_err(unavailable)?;
-        Ok(rows
-            .into_iter()
-            .filter(|r| r.1 > 0)
-            .map(|(group, n, p, c, cost)| crate::ledger::SpendRow {
-                group: group.filter(|g| !g.is_empty()),
-                requests: n as u64,
-                prompt_tokens: p as u64,
-                completion_tokens: c as u64,
-                cost_usd: cost,
-            })
-            .collect())
+        Ok(super::ledger_sql::spend_rows(rows))
     }
 
     /// Stats from the rollup, for hour-aligned ranges and buckets.
@@ -1197,33 +1102,14 @@ impl SqliteStore {
         &self,
         q: &crate::ledger::StatsQuery,
     ) -> StoreResult<Vec<crate::ledger::StatsBucket>> {
-        let rows = sqlx::query(
-            "SELECT (hour_ms - ?1) / ?2 AS b, COALESCE(SUM(requests), 0), COALESCE(SUM(failed), 0), COALESCE(SUM(prompt_tokens), 0),
-                    COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cost_usd), 0.0),
-                    COALESCE(SUM(l0), 0), COALESCE(SUM(l1), 0), COALESCE(SUM(l2), 0), COALESCE(SUM(l3), 0), COALESCE(SUM(l4), 0), COALESCE(SUM(l5), 0), COALESCE(SUM(l6), 0), COALESCE(SUM(l7), 0), COALESCE(SUM(l8), 0), COALESCE(SUM(l9), 0), COALESCE(SUM(l10), 0), COALESCE(SUM(l11), 0), COALESCE(SUM(l12), 0), COALESCE(SUM(l13), 0), COALESCE(SUM(l14), 0), COALESCE(SUM(l15), 0)
-             FROM ledger_hourly WHERE hour_ms >= ?1 AND hour_ms < ?3
-             GROUP BY b",
-        )
-        .bind(q.since_ms)
-        .bind(q.bucket_ms.max(1))
-        .bind(q.until_ms)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let b: i64 = row.try_get(0).map_err(unavailable)?;
-            let mut counts = Vec::with_capacity(20);
-            for i in 1..=4 {
-                counts.push(row.try_get::<i64, _>(i).map_err(unavailable)?);
-            }
-            let cost: f64 = row.try_get(5).map_err(unavailable)?;
-            for i in 6..6 + crate::ledger::LATENCY_CLASSES {
-                counts.push(row.try_get::<i64, _>(i).map_err(unavailable)?);
-            }
-            out.push((b, counts, cost));
-        }
-        Ok(crate::ledger::stats_from_hourly(out))
+        let rows = sqlx::query_as(&super::ledger_sql::stats_hourly(DIALECT))
+            .bind(q.since_ms)
+            .bind(q.bucket_ms.max(1))
+            .bind(q.until_ms)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(super::ledger_sql::hourly_buckets(rows))
     }
 }
 
