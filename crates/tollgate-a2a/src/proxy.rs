@@ -486,6 +486,22 @@ pub async fn handle(
             return res;
         }
     };
+    // A streaming method holds one of the caller's stream slots while the stream is open.
+    let slot = if op.streams {
+        match layer.core.open_stream(&principal) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                let e = A2aError::from(e);
+                call.decision = "limit";
+                call.error = Some(e.message.clone());
+                call.status = e.status.as_u16();
+                call.finish();
+                return refuse(&e, shape, &rpc_id);
+            }
+        }
+    } else {
+        None
+    };
 
     // Route: the owner of the task, else of the conversation, else a new replica.
     let owner = principal
@@ -715,15 +731,18 @@ pub async fn handle(
             call: Some(call),
             rpc,
         };
-        return out
+        let res = out
             .body(Body::new(tap))
             .unwrap_or_else(|_| Response::new(Body::empty()));
+        return match slot {
+            Some(s) => tollgate_core::http::hold_while_body(res, s),
+            None => res,
+        };
     }
     // A whole answer: read it (bounded), learn the ids, pass it on unchanged.
-    let bytes = match http_body_util::Limited::new(rbody, MAX_BODY)
-        .collect()
-        .await
-    {
+    let max = usize::try_from(layer.core.config().limits.max_upstream_response_size)
+        .unwrap_or(usize::MAX);
+    let bytes = match http_body_util::Limited::new(rbody, max).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) => {
             let e = A2aError::new(

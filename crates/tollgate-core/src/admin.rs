@@ -16,7 +16,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::audit::AuditEvent;
 use crate::context::RequestContext;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 use crate::http::{json_response, parse_json, read_body, PathParam};
 use crate::keys::NewKey;
 use crate::store::{KeyRecord, KeyUpdate, Page};
@@ -29,6 +29,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/admin/v1/keys/{id}", get(get_key).patch(update_key))
         .route("/admin/v1/keys/{id}/revoke", post(revoke_key))
         .route("/admin/v1/keys/{id}/rotate", post(rotate_key))
+        .route("/admin/v1/master-key/rotate", post(rotate_master_key))
         .route("/admin/v1/openapi.json", get(openapi))
         .with_state(core.clone())
         .merge(crate::directory::router(core.clone()))
@@ -40,7 +41,7 @@ pub fn router(core: Arc<Core>) -> Router {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tollgate admin API", description = "Manage tollgate's virtual keys. Every call needs the master key as a bearer token."),
-    paths(list_keys, create_key, get_key, update_key, revoke_key, rotate_key,
+    paths(list_keys, create_key, get_key, update_key, revoke_key, rotate_key, rotate_master_key,
           crate::directory::list_teams, crate::directory::create_team, crate::directory::get_team,
           crate::directory::update_team, crate::directory::delete_team,
           crate::directory::list_users, crate::directory::create_user, crate::directory::get_user,
@@ -466,6 +467,43 @@ async fn revoke_key(
     )
 }
 
+/// Replace a generated (stored) master key with a fresh one, shown once. Only the master key
+/// itself may do this (not an admin-role key or a console session). The old key stops working
+/// at once here and on every replica at its next key refresh. 409 while the master key comes
+/// from the config.
+#[utoipa::path(post, path = "/admin/v1/master-key/rotate",
+    responses((status = 200, body = RotatedMasterKey), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn rotate_master_key(
+    State(core): State<Arc<Core>>,
+    rid: Option<Extension<RequestContext>>,
+    headers: HeaderMap,
+) -> Response {
+    respond(
+        async {
+            let presented = crate::http::credential(&headers).unwrap_or_default();
+            if !core.keys.is_master(presented) {
+                return Err(ApiError::new(
+                    ErrorKind::PermissionDenied,
+                    "only the master key itself may rotate the master key",
+                )
+                .code("master_key_required"));
+            }
+            let result = core.keys.rotate_master(core.stores.meta.as_ref()).await;
+            audit(&core, &rid, "master_key.rotate", "master", &result).await;
+            let master_key = result?;
+            tracing::warn!("the master key was rotated; the old one no longer works");
+            Ok(ok_json(StatusCode::OK, &RotatedMasterKey { master_key }))
+        }
+        .await,
+    )
+}
+
+#[derive(Serialize, ToSchema)]
+struct RotatedMasterKey {
+    /// The new master key. Shown once: only its hash is stored.
+    master_key: String,
+}
+
 /// Issue a new secret. The old one keeps working for the grace period.
 #[utoipa::path(post, path = "/admin/v1/keys/{id}/rotate", params(("id" = String, Path)), request_body = RotateKeyRequest,
     responses((status = 200, body = CreatedKey), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -518,6 +556,7 @@ mod tests {
             "/admin/v1/keys/{id}",
             "/admin/v1/keys/{id}/revoke",
             "/admin/v1/keys/{id}/rotate",
+            "/admin/v1/master-key/rotate",
         ] {
             assert!(doc["paths"].get(p).is_some(), "missing {p}");
         }

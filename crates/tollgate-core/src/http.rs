@@ -99,7 +99,21 @@ pub async fn shell(State(core): State<Arc<Core>>, mut req: Request, next: Next) 
     // Built before the handler runs: if the client goes away mid-request the handler's future
     // is dropped, and so is this guard.
     let guard = InFlight(gauge);
-    let mut res = next.run(req).await;
+    let cors = crate::cors::check(
+        &core.config().cors,
+        req.method(),
+        req.uri().path(),
+        req.headers(),
+    );
+    let mut res = match cors {
+        crate::cors::Cors::Preflight(res) => res,
+        crate::cors::Cors::Allow(added) => {
+            let mut res = next.run(req).await;
+            res.headers_mut().extend(added);
+            res
+        }
+        crate::cors::Cors::None => next.run(req).await,
+    };
     let elapsed = start.elapsed();
     res.headers_mut().insert(REQUEST_ID, rid.clone());
     if let Some(t) = trace_header {
@@ -154,6 +168,19 @@ pub async fn shell(State(core): State<Arc<Core>>, mut req: Request, next: Next) 
     )
 }
 
+/// A response whose body keeps `guard` alive until the body is done or dropped (a stream slot,
+/// say: it is held for as long as the client reads).
+pub fn hold_while_body<G: Send + Unpin + 'static>(res: Response, guard: G) -> Response {
+    let (parts, body) = res.into_parts();
+    Response::from_parts(
+        parts,
+        Body::new(GuardedBody {
+            inner: body,
+            _guard: guard,
+        }),
+    )
+}
+
 struct InFlight(Gauge<i64, std::sync::atomic::AtomicI64>);
 
 impl Drop for InFlight {
@@ -162,12 +189,12 @@ impl Drop for InFlight {
     }
 }
 
-struct GuardedBody {
+struct GuardedBody<G> {
     inner: Body,
-    _guard: InFlight,
+    _guard: G,
 }
 
-impl http_body::Body for GuardedBody {
+impl<G: Unpin> http_body::Body for GuardedBody<G> {
     type Data = Bytes;
     type Error = axum::Error;
 
@@ -187,7 +214,8 @@ impl http_body::Body for GuardedBody {
     }
 }
 
-/// Reads a whole request body within the configured size (413) and time (408) limits.
+/// Reads a whole request body within the configured size (413) and time (408) limits, and
+/// refuses JSON nested deeper than `limits.max_json_depth` (400).
 pub async fn read_body(
     headers: &HeaderMap,
     body: Body,
@@ -199,7 +227,11 @@ pub async fn read_body(
     )
     .await
     {
-        Ok(r) => r,
+        Ok(Ok(bytes)) => {
+            check_json_depth(&bytes, limits.max_json_depth)?;
+            Ok(bytes)
+        }
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(ApiError::new(
             ErrorKind::RequestTimeout,
             format!(
@@ -234,6 +266,47 @@ async fn read_limited(headers: &HeaderMap, body: Body, limit: u64) -> Result<Byt
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => Err(ApiError::invalid(format!("cannot read request body: {e}")).code("bad_body")),
     }
+}
+
+/// Refuses a body whose arrays and objects nest deeper than `max`. One pass over the bytes,
+/// before any parser recurses into them; text that is not JSON passes (its parser reports it).
+pub fn check_json_depth(bytes: &[u8], max: usize) -> Result<(), ApiError> {
+    match json_depth_exceeds(bytes, max) {
+        None => Ok(()),
+        Some(at) => Err(ApiError::invalid(format!(
+            "JSON nests deeper than the limit of {max} levels (at byte {at})"
+        ))
+        .code("json_too_deep")),
+    }
+}
+
+/// The offset at which nesting first goes past `max`, if it does.
+pub fn json_depth_exceeds(bytes: &[u8], max: usize) -> Option<usize> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return Some(i);
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Parses a JSON body into `T`, reporting the position of malformed input.
@@ -289,6 +362,20 @@ pub fn json_response(status: http::StatusCode, body: impl Into<Bytes>) -> Respon
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_depth_counts_structure_not_strings() {
+        assert_eq!(json_depth_exceeds(br#"{"a":[1,{"b":2}]}"#, 3), None);
+        assert_eq!(json_depth_exceeds(br#"{"a":[1,{"b":2}]}"#, 2), Some(8));
+        // Brackets and escaped quotes inside strings are text.
+        assert_eq!(json_depth_exceeds(br#"{"a":"[[[[\"{{{{"}"#, 1), None);
+        assert_eq!(json_depth_exceeds(br#"["\\",[[]]]"#, 2), Some(7));
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        assert!(check_json_depth(deep.as_bytes(), 64).is_err());
+        assert!(check_json_depth(deep.as_bytes(), 65).is_ok());
+        // Not JSON at all: left to the parser.
+        assert_eq!(json_depth_exceeds(b"hello", 1), None);
+    }
 
     #[test]
     fn credentials() {

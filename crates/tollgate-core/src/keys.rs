@@ -112,6 +112,9 @@ pub struct KeyService {
     refreshing: tokio::sync::Mutex<()>,
     /// Tells the other replicas about writes made here.
     bus: Arc<crate::bus::Bus>,
+    /// Where the master key's hash lives, when this process follows a stored (not configured)
+    /// master key: a rotation by another process or replica is picked up on refresh.
+    stored_master: ArcSwap<Option<Arc<dyn MetaStore>>>,
 }
 
 /// The outcome of settling which master key a process uses.
@@ -138,6 +141,7 @@ impl KeyService {
             seen_seq: AtomicI64::new(-1),
             refreshing: tokio::sync::Mutex::new(()),
             bus: crate::bus::Bus::local(),
+            stored_master: ArcSwap::from_pointee(None),
         };
         svc.refresh().await?;
         Ok(svc)
@@ -154,9 +158,10 @@ impl KeyService {
     pub async fn settle_master(
         &self,
         configured: Option<&str>,
-        meta: &dyn MetaStore,
+        meta: &Arc<dyn MetaStore>,
     ) -> Result<MasterKey, ApiError> {
         if let Some(k) = configured {
+            self.stored_master.store(Arc::new(None));
             let hash = hash_secret(k);
             // Replace any stored (e.g. generated) key: if the configured one is removed later,
             // the last key the operator chose keeps working, not an older one.
@@ -173,11 +178,52 @@ impl KeyService {
         let hash = crate::hex::decode32(&stored)
             .ok_or_else(|| ApiError::internal("stored master key hash is corrupt"))?;
         self.master_hash.store(Arc::new(Some(hash)));
+        self.stored_master.store(Arc::new(Some(meta.clone())));
         Ok(if stored == fresh_hex {
             MasterKey::Generated(fresh)
         } else {
             MasterKey::Stored
         })
+    }
+
+    /// Replaces a stored master key with a fresh one, returned once (only its hash is kept). The
+    /// old key stops working here at once and on other replicas at their next refresh (at once
+    /// with a bus). Refused while the master key comes from the config: change it there.
+    pub async fn rotate_master(&self, meta: &dyn MetaStore) -> Result<String, ApiError> {
+        if self.stored_master.load().is_none() {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                "the master key comes from the config (master_key or TOLLGATE_MASTER_KEY): change it there and reload",
+            )
+            .code("master_key_configured"));
+        }
+        let fresh = mint_secret("tg-master-")?;
+        let hash = hash_secret(&fresh);
+        meta.set_meta(MASTER_HASH_META, &crate::hex::encode(&hash))
+            .await?;
+        self.master_hash.store(Arc::new(Some(hash)));
+        self.bus
+            .publish(crate::bus::topic::KEYS, String::new())
+            .await;
+        Ok(fresh)
+    }
+
+    /// Follows a stored master key's rotation by another process.
+    async fn reload_stored_master(&self) -> Result<(), StoreError> {
+        let Some(meta) = self.stored_master.load_full().as_ref().clone() else {
+            return Ok(());
+        };
+        if let Some(hash) = meta
+            .get_meta(MASTER_HASH_META)
+            .await?
+            .and_then(|h| crate::hex::decode32(&h))
+        {
+            if self.master_hash.load().as_ref() != &Some(hash) {
+                tracing::info!("the stored master key was rotated; following it");
+                self.master_hash.store(Arc::new(Some(hash)));
+            }
+        }
+        Ok(())
     }
 
     /// Resolves a presented secret to a principal. Never touches the store.
@@ -276,6 +322,7 @@ impl KeyService {
 
     /// Refreshes only if the store changed since the last refresh.
     pub async fn refresh_if_changed(&self) -> Result<bool, StoreError> {
+        self.reload_stored_master().await?;
         let seq = self.store.change_seq().await?;
         if seq == self.seen_seq.load(Ordering::Acquire) {
             return Ok(false);
@@ -587,23 +634,35 @@ mod tests {
     #[tokio::test]
     async fn master_key_generated_once_then_stored() {
         let (svc, store) = service().await;
-        let MasterKey::Generated(k) = svc.settle_master(None, store.as_ref()).await.unwrap() else {
+        let meta: Arc<dyn MetaStore> = store.clone();
+        let MasterKey::Generated(k) = svc.settle_master(None, &meta).await.unwrap() else {
             panic!("expected a generated key");
         };
         assert!(svc.is_master(&k));
         assert!(svc.authenticate(&k, 0).unwrap().is_master);
         let svc2 = KeyService::new(store.clone(), store.clone()).await.unwrap();
         assert!(matches!(
-            svc2.settle_master(None, store.as_ref()).await.unwrap(),
+            svc2.settle_master(None, &meta).await.unwrap(),
             MasterKey::Stored
         ));
         assert!(svc2.is_master(&k));
+
+        // Rotation: the new key works at once here, and on the other process at its refresh.
+        let rotated = svc.rotate_master(meta.as_ref()).await.unwrap();
+        assert!(svc.is_master(&rotated) && !svc.is_master(&k));
+        assert!(svc2.is_master(&k), "not yet refreshed");
+        svc2.refresh_if_changed().await.unwrap();
+        assert!(svc2.is_master(&rotated) && !svc2.is_master(&k));
+
         let svc3 = KeyService::new(store.clone(), store.clone()).await.unwrap();
-        svc3.settle_master(Some("configured-master-key"), store.as_ref())
+        svc3.settle_master(Some("configured-master-key"), &meta)
             .await
             .unwrap();
         assert!(svc3.is_master("configured-master-key"));
-        assert!(!svc3.is_master(&k));
+        assert!(!svc3.is_master(&rotated));
+        // A configured master key is rotated in the config, not here.
+        let refused = svc3.rotate_master(meta.as_ref()).await.unwrap_err();
+        assert_eq!(refused.code, Some("master_key_configured"));
     }
 
     /// Counts store reads, to prove authentication never touches the store.

@@ -13,6 +13,7 @@ pub mod config;
 pub mod console;
 pub mod context;
 pub mod conversations;
+pub mod cors;
 #[cfg(test)]
 mod counters_suite;
 pub mod degrade;
@@ -36,6 +37,7 @@ pub mod signing;
 pub mod spend;
 pub mod spill;
 pub mod store;
+pub mod streams;
 pub mod telemetry;
 pub mod time;
 pub mod webhook;
@@ -87,6 +89,8 @@ pub struct Core {
     pub signer: Arc<crate::signing::GatewayKey>,
     /// Signs admin console session cookies (shared by every replica through the store).
     pub console: crate::console::SessionKey,
+    /// Open streams per principal (`limits.max_streams_per_key`).
+    pub streams: crate::streams::StreamSlots,
     /// JWT verification, when `auth.jwt` is configured.
     jwt: ArcSwap<Option<Arc<JwtVerifier>>>,
     draining: AtomicBool,
@@ -113,10 +117,7 @@ impl Core {
                 .with_bus(bus.clone()),
         );
         let master = keys
-            .settle_master(
-                config.master_key.as_ref().map(|k| k.expose()),
-                stores.meta.as_ref(),
-            )
+            .settle_master(config.master_key.as_ref().map(|k| k.expose()), &stores.meta)
             .await?;
         // The writer task lives as long as the runtime; `flush` at shutdown commits its queue.
         let spill = Some(config.storage.spill_dir.as_path());
@@ -218,10 +219,20 @@ impl Core {
             bus,
             signer,
             console,
+            streams: Default::default(),
             jwt: ArcSwap::from_pointee(jwt),
             draining: AtomicBool::new(false),
         });
         Ok((core, master))
+    }
+
+    /// Takes one of `principal`'s stream slots (`limits.max_streams_per_key`).
+    pub fn open_stream(
+        &self,
+        principal: &Principal,
+    ) -> Result<crate::streams::StreamSlot, ApiError> {
+        let max = self.config().limits.max_streams_per_key;
+        self.streams.open(principal, max)
     }
 
     /// The current configuration. Hold the returned `Arc` for the whole request so a reload
@@ -249,7 +260,7 @@ impl Core {
         match (&config.master_key, &self.config().master_key) {
             (Some(new), old) if old.as_ref() != Some(new) => {
                 self.keys
-                    .settle_master(Some(new.expose()), self.stores.meta.as_ref())
+                    .settle_master(Some(new.expose()), &self.stores.meta)
                     .await?;
             }
             // Falling back to a stored or generated key on reload could lock operators out

@@ -185,6 +185,8 @@ pub struct LlmState {
     patterns: Vec<Arc<ModelRoute>>,
     /// Groups in config order, for `/v1/models` and the health view.
     order: Vec<Arc<ModelRoute>>,
+    /// `limits.max_upstream_response_size` the providers were built with.
+    max_response: usize,
 }
 
 impl LlmState {
@@ -225,16 +227,19 @@ impl LlmState {
     /// targets keep their health.
     pub fn build(config: &Config, previous: Option<&LlmState>) -> Result<LlmState, String> {
         let mut providers = HashMap::new();
+        let max_response =
+            usize::try_from(config.limits.max_upstream_response_size).unwrap_or(usize::MAX);
         for p in &config.providers {
             let kept = previous
+                .filter(|prev| prev.max_response == max_response)
                 .and_then(|prev| prev.providers.get(&p.name))
                 .filter(|(cfg, _)| cfg == p)
                 .map(|(_, provider)| provider.clone());
             let provider = match kept {
                 Some(provider) => provider,
                 None => {
-                    let built =
-                        Provider::build(p).map_err(|e| format!("provider {:?}: {e}", p.name))?;
+                    let built = Provider::build(p, max_response)
+                        .map_err(|e| format!("provider {:?}: {e}", p.name))?;
                     let named = Arc::new(NamedProvider {
                         name: Arc::from(p.name.as_str()),
                         provider: built,
@@ -285,6 +290,7 @@ impl LlmState {
             models,
             patterns,
             order,
+            max_response,
         })
     }
 
@@ -824,6 +830,16 @@ async fn call_model(
             .param("stream")
             .into());
     }
+    // A stream holds one of the key's stream slots for as long as the client reads it.
+    let mut slot = if envelope.stream {
+        Some(core.open_stream(&principal)?)
+    } else {
+        None
+    };
+    let mut held = |res: Response| match slot.take() {
+        Some(s) => tollgate_core::http::hold_while_body(res, s),
+        None => res,
+    };
     let overridden = fallback_override(&state, &principal, headers)?;
     let plan = route
         .cache
@@ -845,7 +861,7 @@ async fn call_model(
         if let Some(entry) = hit {
             let mark = HeaderValue::from_static("hit");
             if let Some(res) = cached.serve(&entry.response, entry.cost_usd, mark, None)? {
-                return Ok(res);
+                return Ok(held(res));
             }
         }
     }
@@ -880,7 +896,7 @@ async fn call_model(
                             if let Some(res) =
                                 cached.serve(&entry.response, entry.cost_usd, mark, Some(score))?
                             {
-                                return Ok(res);
+                                return Ok(held(res));
                             }
                         }
                     }
@@ -921,7 +937,7 @@ async fn call_model(
             if let Some(p) = plan {
                 res = fill_cache(layer, endpoint, &route_name, p, semantic_fill, res).await;
             }
-            Ok(res)
+            Ok(held(res))
         }
         Err(mut f) => {
             if !limits.is_empty() {

@@ -173,6 +173,14 @@ fn origin_allowed(headers: &HeaderMap, cfg: &McpConfig) -> bool {
         .is_some_and(|u| u.to_ascii_lowercase() == origin)
 }
 
+/// An origin `cors.allowed_origins` lets browser apps call from (CORS opens it to every API).
+fn cross_origin_allowed(headers: &HeaderMap, cors: &tollgate_core::config::CorsConfig) -> bool {
+    headers
+        .get(ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|o| cors.allows(o))
+}
+
 fn accepts(headers: &HeaderMap, what: &str) -> bool {
     let Some(accept) = headers.get(ACCEPT).and_then(|v| v.to_str().ok()) else {
         return true;
@@ -186,7 +194,9 @@ fn accepts(headers: &HeaderMap, what: &str) -> bool {
 async fn serve(layer: Arc<McpLayer>, name: Option<String>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let state = layer.state.load_full();
-    if !origin_allowed(&parts.headers, &state.config) {
+    let cors = &layer.core.config().cors;
+    if !origin_allowed(&parts.headers, &state.config) && !cross_origin_allowed(&parts.headers, cors)
+    {
         return refuse(
             RpcError::new(jsonrpc::INVALID_REQUEST, "this Origin is not allowed")
                 .with_status(StatusCode::FORBIDDEN),
@@ -588,6 +598,12 @@ async fn get_stream(
         Ok(s) => s,
         Err(e) => return refuse(e, Value::Null),
     };
+    // The GET stream holds one of the key's stream slots while it is open.
+    let slot = match layer.core.open_stream(&principal) {
+        Ok(s) => s,
+        Err(e) => return refuse(e.into(), Value::Null),
+    };
+    let hold = |res| tollgate_core::http::hold_while_body(res, slot);
     let prime = session.version.as_str() >= "2025-11-25";
     if let Some(last) = headers.get(LAST_EVENT_ID).and_then(|v| v.to_str().ok()) {
         let Some((n, seq)) = parse_event_id(last) else {
@@ -606,7 +622,10 @@ async fn get_stream(
                 Value::Null,
             );
         };
-        return with_session(sse_response(stream.attach(Some(seq), false)), &session.id);
+        return hold(with_session(
+            sse_response(stream.attach(Some(seq), false)),
+            &session.id,
+        ));
     }
     let standalone = session.standalone();
     if standalone.is_attached() {
@@ -619,7 +638,10 @@ async fn get_stream(
             Value::Null,
         );
     }
-    with_session(sse_response(standalone.attach(None, prime)), &session.id)
+    hold(with_session(
+        sse_response(standalone.attach(None, prime)),
+        &session.id,
+    ))
 }
 
 async fn delete(

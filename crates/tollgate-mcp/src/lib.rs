@@ -99,6 +99,7 @@ impl State {
 impl McpLayer {
     /// Builds the layer; the sealing key comes from the store so every replica shares it.
     pub async fn new(core: Arc<Core>, config: &Config) -> Result<Arc<McpLayer>, String> {
+        upstream::set_max_message(&config.limits);
         let mut fresh = [0u8; 32];
         getrandom::fill(&mut fresh).map_err(|e| format!("no randomness: {e}"))?;
         let stored = core
@@ -136,6 +137,7 @@ impl McpLayer {
     /// Swaps in a new config. Open sessions keep the upstreams they were opened with; new
     /// sessions and every policy decision use the new one.
     pub fn reload(&self, config: &Config) -> Result<(), String> {
+        upstream::set_max_message(&config.limits);
         self.state.store(Arc::new(State::new(config)?));
         Ok(())
     }

@@ -79,7 +79,7 @@ impl Gateway {
             kill: kill.subscribe(),
         };
         let workers = config.worker_count();
-        let header_timeout = config.limits.header_read_timeout;
+        let conn_limits = serve::ConnLimits::from_config(&config.limits);
 
         let mut app = Router::new()
             .merge(ops_router(core.clone()))
@@ -101,7 +101,7 @@ impl Gateway {
             "http",
             listen,
             workers,
-            header_timeout,
+            conn_limits,
             shell(app, &core),
             signals.clone(),
         )
@@ -112,7 +112,7 @@ impl Gateway {
         if let Some(a) = admin_listen {
             let admin_app = shell(admin_routes().merge(ops_router(core.clone())), &core);
             // Admin traffic is light: one thread.
-            let server = Server::start("admin", a, 1, header_timeout, admin_app, signals.clone())
+            let server = Server::start("admin", a, 1, conn_limits, admin_app, signals.clone())
                 .await
                 .map_err(|e| e.context("admin.listen"))?;
             admin_addr = Some(server.addr);

@@ -190,6 +190,9 @@ enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Replace a generated master key with a fresh one, printed once. Running gateways follow
+    /// at their next key refresh. Not for a master key set in the config or environment.
+    RotateMaster,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -434,6 +437,19 @@ async fn keys(arg: &ConfigArg, command: KeysCommand) -> anyhow::Result<ExitCode>
                 .await;
             let (key, secret) = rotated.map_err(fail)?;
             print_secret(&KeyView::from_record(&key, now), &secret, json)?;
+        }
+        KeysCommand::RotateMaster => {
+            // Settle first so a configured key is recognised (and refused) as such.
+            svc.settle_master(config.master_key.as_ref().map(|k| k.expose()), &stores.meta)
+                .await
+                .map_err(fail)?;
+            let rotated = svc.rotate_master(stores.meta.as_ref()).await;
+            audit_log
+                .record(record("master_key.rotate", "master", rotated.is_ok()))
+                .await;
+            let fresh = rotated.map_err(fail)?;
+            println!("{fresh}");
+            eprintln!("The new master key is shown only this once; the old one no longer works.");
         }
     }
     audit_log.flush().await;

@@ -8,18 +8,47 @@
 //! "address in use" a hard error.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// What every connection is held to (from `limits`; they take effect on restart).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Time to send a request head; for HTTP/1.1 also the wait for the next request.
+    pub header_read_timeout: Duration,
+    /// Largest request head.
+    pub max_header_size: usize,
+    /// Most header fields in a request.
+    pub max_headers: usize,
+    /// A connection with no bytes moving either way is asked to close (HTTP/2 GOAWAY, or
+    /// HTTP/1.1 close once no request is in flight).
+    pub idle_timeout: Duration,
+}
+
+impl ConnLimits {
+    pub fn from_config(l: &tollgate_core::config::LimitsConfig) -> ConnLimits {
+        ConnLimits {
+            header_read_timeout: l.header_read_timeout,
+            max_header_size: usize::try_from(l.max_header_size).unwrap_or(usize::MAX),
+            max_headers: l.max_headers,
+            idle_timeout: l.idle_timeout,
+        }
+    }
+}
 
 /// A running set of serving threads.
 pub struct Server {
@@ -52,7 +81,7 @@ impl Server {
         name: &'static str,
         addr: SocketAddr,
         workers: usize,
-        header_read_timeout: Duration,
+        limits: ConnLimits,
         app: Router,
         signals: Signals,
     ) -> anyhow::Result<Server> {
@@ -76,7 +105,7 @@ impl Server {
                         .enable_all()
                         .build()
                     {
-                        Ok(rt) => rt.block_on(worker(rx, load, app, signals, header_read_timeout)),
+                        Ok(rt) => rt.block_on(worker(rx, load, app, signals, limits)),
                         Err(e) => tracing::error!(error = %e, "cannot start a worker runtime"),
                     }
                     // The runtime is dropped here, closing whatever a hard stop left open.
@@ -159,16 +188,23 @@ async fn worker(
     load: Arc<AtomicUsize>,
     app: Router,
     signals: Signals,
-    header_read_timeout: Duration,
+    limits: ConnLimits,
 ) {
     let mut builder = ConnBuilder::new(TokioExecutor::new());
     // Without a timer hyper enforces no header-read deadline: slow-header clients could hold
-    // connections forever.
+    // connections forever. hyper answers a head larger than its read buffer with 431.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
-    let graceful = GracefulShutdown::new();
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_size.max(8192))
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
+    let mut conns = JoinSet::new();
     let stopped = raised(signals.stop.clone());
     tokio::pin!(stopped);
     loop {
@@ -183,6 +219,8 @@ async fn worker(
                 Some(s) => s,
                 None => break,
             },
+            // Reap finished connections so the set stays as small as the open ones.
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
         let stream = match TcpStream::from_std(std_stream) {
             Ok(s) => s,
@@ -194,21 +232,135 @@ async fn worker(
         };
         // Small request/response exchanges: do not let Nagle hold them back.
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        let load = load.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+        let (builder, app, load) = (builder.clone(), app.clone(), load.clone());
+        let stop = signals.stop.clone();
+        conns.spawn(async move {
+            serve_connection(&builder, stream, app, stop, limits.idle_timeout).await;
             load.fetch_sub(1, Ordering::Relaxed);
         });
     }
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = async { while conns.join_next().await.is_some() {} } => {}
         _ = raised(signals.kill.clone()) => {}
+    }
+}
+
+/// Serves one connection until it ends; asks it to close gracefully when the server stops or
+/// when no byte has moved for `idle`.
+async fn serve_connection(
+    builder: &ConnBuilder<TokioExecutor>,
+    stream: TcpStream,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+    idle: Duration,
+) {
+    let origin = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let io = IdleIo {
+        inner: stream,
+        origin,
+        last: last.clone(),
+    };
+    let conn =
+        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(app));
+    tokio::pin!(conn);
+    let mut closing = false;
+    let idle_deadline = || origin + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+    let timer = tokio::time::sleep_until(idle_deadline());
+    tokio::pin!(timer);
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.wait_for(|v| *v), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = &mut timer, if !closing => {
+                let deadline = idle_deadline();
+                if deadline <= Instant::now() {
+                    tracing::debug!("closing an idle connection");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                } else {
+                    timer.as_mut().reset(deadline);
+                }
+            }
+        }
+    }
+}
+
+/// A socket that records when bytes last moved (milliseconds since `origin`), for the idle
+/// timeout. One clock read per read or write that moved bytes.
+struct IdleIo {
+    inner: TcpStream,
+    origin: Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl IdleIo {
+    fn touch(&self) {
+        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for IdleIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for IdleIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

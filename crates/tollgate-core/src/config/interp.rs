@@ -92,6 +92,12 @@ fn expand(input: &str, env: Lookup) -> Result<(String, bool), String> {
                 .find('}')
                 .ok_or_else(|| format!("unterminated `${{` in {input:?}"))?;
             let expr = &body[..end];
+            if let Some(path) = expr.strip_prefix("file:") {
+                out.push_str(&read_secret_file(path)?);
+                expressions += 1;
+                rest = &body[end + 1..];
+                continue;
+            }
             let (name, default) = match expr.split_once(":-") {
                 Some((name, default)) => (name, Some(default)),
                 None => (expr, None),
@@ -126,6 +132,17 @@ fn expand(input: &str, env: Lookup) -> Result<(String, bool), String> {
     Ok((out, expressions == 1 && !literal))
 }
 
+/// `${file:PATH}`: the file's content without its trailing line break (how secret files from
+/// Docker, Kubernetes or systemd credentials are written). Read again on every reload, so
+/// replacing the file and reloading rotates the secret. The error names the path, never content.
+fn read_secret_file(path: &str) -> Result<String, String> {
+    if path.is_empty() {
+        return Err("`${file:}` needs a path".to_owned());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+}
+
 /// Re-reads a whole-value expansion as a YAML scalar (number, bool); structures stay strings.
 fn rescalar(s: String) -> Value {
     if s.is_empty() {
@@ -155,6 +172,26 @@ mod tests {
         let mut errors = Vec::new();
         interpolate(&mut v, &mut Vec::new(), &env, &mut errors);
         (v, errors)
+    }
+
+    #[test]
+    fn file_values_are_read_without_their_line_break() {
+        let dir = std::env::temp_dir().join(format!("tg-interp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("key");
+        std::fs::write(&secret, "sk-from-file\n").unwrap();
+        let yaml = format!(
+            "a: ${{file:{p}}}\nb: Bearer ${{file:{p}}}\n",
+            p = secret.display()
+        );
+        let (v, errors) = run(&yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(v["a"], Value::String("sk-from-file".into()));
+        assert_eq!(v["b"], Value::String("Bearer sk-from-file".into()));
+        let (_, errors) = run("a: ${file:/nonexistent/tollgate-secret}\n");
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].message.contains("/nonexistent/tollgate-secret"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

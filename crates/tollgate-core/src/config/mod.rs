@@ -140,6 +140,39 @@ pub struct Config {
     /// The agent layer (`/a2a`); off while no agent is configured.
     #[serde(skip_serializing_if = "A2aConfig::is_empty")]
     pub a2a: A2aConfig,
+    /// Cross-origin access for browser apps to `/v1`, `/mcp` and `/a2a`; off while no origin
+    /// is listed. Never for `/admin` or `/ui`.
+    #[serde(skip_serializing_if = "CorsConfig::is_off")]
+    pub cors: CorsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CorsConfig {
+    /// Exact origins (`https://app.example.com`), lowercased, or `*` for any.
+    pub allowed_origins: Vec<String>,
+    /// Request headers a cross-origin request may send (lowercased).
+    pub allowed_headers: Vec<String>,
+    /// Response headers a cross-origin script may read (lowercased).
+    pub exposed_headers: Vec<String>,
+    /// Whether cookies and HTTP auth may ride along (`Access-Control-Allow-Credentials`).
+    pub allow_credentials: bool,
+    /// How long a browser may cache a preflight answer.
+    #[serde(with = "units::duration")]
+    pub max_age: Duration,
+}
+
+impl CorsConfig {
+    pub fn is_off(&self) -> bool {
+        self.allowed_origins.is_empty()
+    }
+
+    /// Whether `origin` (as the browser sent it) may call.
+    pub fn allows(&self, origin: &str) -> bool {
+        let origin = origin.trim_end_matches('/');
+        self.allowed_origins
+            .iter()
+            .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    }
 }
 
 /// The response cache shared by every model group that enables it.
@@ -334,6 +367,22 @@ pub struct LimitsConfig {
     /// How long a client may take to send a request's body.
     #[serde(with = "units::duration")]
     pub body_read_timeout: Duration,
+    /// Largest request head (request line and headers); larger ones get 431.
+    #[serde(with = "units::size")]
+    pub max_header_size: u64,
+    /// Most header fields in one request.
+    pub max_headers: usize,
+    /// Deepest nesting of arrays and objects in a JSON request body.
+    pub max_json_depth: usize,
+    /// How long a connection may stay open with no bytes moving either way and no request in
+    /// flight.
+    #[serde(with = "units::duration")]
+    pub idle_timeout: Duration,
+    /// Streams (SSE responses) one principal may hold open at once on a replica; 0 is no limit.
+    pub max_streams_per_key: usize,
+    /// Largest whole (non-streamed) upstream response, and largest single streamed event.
+    #[serde(with = "units::size")]
+    pub max_upstream_response_size: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -717,10 +766,19 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
         body_read_timeout: raw_limits
             .body_read_timeout
             .unwrap_or(Duration::from_secs(60)),
+        max_header_size: raw_limits.max_header_size.unwrap_or(64 * 1024),
+        max_headers: raw_limits.max_headers.unwrap_or(100),
+        max_json_depth: raw_limits.max_json_depth.unwrap_or(64),
+        idle_timeout: raw_limits.idle_timeout.unwrap_or(Duration::from_secs(120)),
+        max_streams_per_key: raw_limits.max_streams_per_key.unwrap_or(64),
+        max_upstream_response_size: raw_limits
+            .max_upstream_response_size
+            .unwrap_or(16 * 1024 * 1024),
     };
     for (field, d) in [
         ("header_read_timeout", limits.header_read_timeout),
         ("body_read_timeout", limits.body_read_timeout),
+        ("idle_timeout", limits.idle_timeout),
     ] {
         if d.is_zero() {
             errors.push(FieldError::new(
@@ -733,6 +791,31 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
         errors.push(FieldError::new(
             "limits.max_body_size",
             "must be greater than 0",
+        ));
+    }
+    // hyper reads the request head into one buffer, which it will not make smaller than 8 KiB.
+    if !(8 * 1024..=16 * 1024 * 1024).contains(&limits.max_header_size) {
+        errors.push(FieldError::new(
+            "limits.max_header_size",
+            "must be between 8KiB and 16MiB",
+        ));
+    }
+    if !(1..=1000).contains(&limits.max_headers) {
+        errors.push(FieldError::new(
+            "limits.max_headers",
+            "must be between 1 and 1000",
+        ));
+    }
+    if !(2..=128).contains(&limits.max_json_depth) {
+        errors.push(FieldError::new(
+            "limits.max_json_depth",
+            "must be between 2 and 128",
+        ));
+    }
+    if limits.max_upstream_response_size < 64 * 1024 {
+        errors.push(FieldError::new(
+            "limits.max_upstream_response_size",
+            "must be at least 64KiB",
         ));
     }
 
@@ -1254,6 +1337,7 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
     models::validate_semantic(&models, &cache, errors);
     let mcp = mcp::validate(raw.mcp, errors);
     let a2a = a2a::validate(raw.a2a, errors);
+    let cors = validate_cors(raw.cors.unwrap_or_default(), errors);
     Config {
         listen,
         workers,
@@ -1276,6 +1360,101 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
         cache,
         mcp,
         a2a,
+        cors,
+    }
+}
+
+/// Request headers the model, tool and agent APIs' clients send.
+const CORS_HEADERS: &[&str] = &[
+    "authorization",
+    "content-type",
+    "x-api-key",
+    "anthropic-version",
+    "anthropic-beta",
+    "openai-beta",
+    "openai-organization",
+    "openai-project",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "last-event-id",
+    "a2a-version",
+    "a2a-extensions",
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+    "x-tollgate-cache",
+    "x-tollgate-conversation-id",
+    "x-tollgate-fallbacks",
+];
+
+/// Response headers worth reading from a script.
+const CORS_EXPOSED: &[&str] = &[
+    "x-request-id",
+    "x-tollgate-trace-id",
+    "x-tollgate-cache",
+    "x-tollgate-cost-usd",
+    "x-tollgate-model",
+    "x-tollgate-provider",
+    "mcp-session-id",
+    "retry-after",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+];
+
+fn validate_cors(raw: raw::RawCors, errors: &mut Vec<FieldError>) -> CorsConfig {
+    let mut allowed_origins = Vec::new();
+    for (i, o) in raw
+        .allowed_origins
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let o = o.trim().trim_end_matches('/').to_ascii_lowercase();
+        let valid = o == "*"
+            || ((o.starts_with("http://") || o.starts_with("https://"))
+                && !o["https://".len().min(o.len())..].contains('/')
+                && o.split("://").nth(1).is_some_and(|h| !h.is_empty()));
+        if !valid {
+            errors.push(FieldError::new(
+                format!("cors.allowed_origins[{i}]"),
+                "must be `*` or an origin like https://app.example.com (scheme and host, no path)",
+            ));
+        }
+        allowed_origins.push(o);
+    }
+    let headers =
+        |list: Option<Vec<String>>, field: &str, default: &[&str], errors: &mut Vec<FieldError>| {
+            let list = list.unwrap_or_else(|| default.iter().map(|h| (*h).to_owned()).collect());
+            let mut out = Vec::new();
+            for (i, h) in list.into_iter().enumerate() {
+                let h = h.trim().to_ascii_lowercase();
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    errors.push(FieldError::new(
+                        format!("cors.{field}[{i}]"),
+                        "is not a valid header name",
+                    ));
+                }
+                out.push(h);
+            }
+            out
+        };
+    let allowed_headers = headers(raw.allowed_headers, "allowed_headers", CORS_HEADERS, errors);
+    let exposed_headers = headers(raw.exposed_headers, "exposed_headers", CORS_EXPOSED, errors);
+    let allow_credentials = raw.allow_credentials.unwrap_or(false);
+    if allow_credentials && allowed_origins.iter().any(|o| o == "*") {
+        errors.push(FieldError::new(
+            "cors.allow_credentials",
+            "cannot be true while allowed_origins has `*` (browsers refuse it; list the origins)",
+        ));
+    }
+    CorsConfig {
+        allowed_origins,
+        allowed_headers,
+        exposed_headers,
+        allow_credentials,
+        max_age: raw.max_age.unwrap_or(Duration::from_secs(600)),
     }
 }
 

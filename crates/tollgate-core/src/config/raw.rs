@@ -34,6 +34,18 @@ pub struct RawConfig {
     pub cache: Option<RawCache>,
     pub mcp: Option<RawMcp>,
     pub a2a: Option<RawA2a>,
+    pub cors: Option<RawCors>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    pub allowed_origins: Option<Vec<String>>,
+    pub allowed_headers: Option<Vec<String>>,
+    pub exposed_headers: Option<Vec<String>>,
+    pub allow_credentials: Option<bool>,
+    #[serde(default, with = "units::duration")]
+    pub max_age: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -246,6 +258,15 @@ pub struct RawLimits {
     pub header_read_timeout: Option<Duration>,
     #[serde(default, with = "units::duration")]
     pub body_read_timeout: Option<Duration>,
+    #[serde(default, with = "units::size")]
+    pub max_header_size: Option<u64>,
+    pub max_headers: Option<usize>,
+    pub max_json_depth: Option<usize>,
+    #[serde(default, with = "units::duration")]
+    pub idle_timeout: Option<Duration>,
+    pub max_streams_per_key: Option<usize>,
+    #[serde(default, with = "units::size")]
+    pub max_upstream_response_size: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

@@ -335,25 +335,29 @@ impl Provider {
         }
     }
 
-    pub fn build(cfg: &ProviderConfig) -> Result<Provider, String> {
+    /// `max_response`: the largest whole answer read from an HTTP upstream.
+    pub fn build(cfg: &ProviderConfig, max_response: usize) -> Result<Provider, String> {
         Ok(match &cfg.kind {
             ProviderKind::OpenAi(s) | ProviderKind::Azure(s) => Provider::Http(Box::new(
-                HttpProvider::new(Flavor::OpenAi, s, &cfg.timeouts)?,
+                HttpProvider::new(Flavor::OpenAi, s, &cfg.timeouts, max_response)?,
             )),
             ProviderKind::Bedrock(s) => Provider::Http(Box::new(HttpProvider::new(
                 Flavor::Bedrock,
                 s,
                 &cfg.timeouts,
+                max_response,
             )?)),
             ProviderKind::Gemini(s) => Provider::Http(Box::new(HttpProvider::new(
                 Flavor::Gemini,
                 s,
                 &cfg.timeouts,
+                max_response,
             )?)),
             ProviderKind::Anthropic(s) => Provider::Http(Box::new(HttpProvider::new(
                 Flavor::Anthropic,
                 s,
                 &cfg.timeouts,
+                max_response,
             )?)),
             ProviderKind::Mock(s) => Provider::Mock(MockProvider::new(s.clone())),
         })

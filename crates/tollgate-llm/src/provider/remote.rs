@@ -23,9 +23,6 @@ use super::{error_message, Call, Endpoint, ProviderError, Reply, StreamEnd, Usag
 use crate::stream::{ForwardStream, Prepended, RawUsage};
 use crate::translate::{self, Dialect, Loss, Translator};
 
-/// The largest non-streaming upstream body accepted.
-const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
-
 /// Upstream response headers worth relaying to the client.
 fn relay_header(name: &HeaderName) -> bool {
     let n = name.as_str();
@@ -56,6 +53,8 @@ pub struct HttpProvider {
     /// uses share an event loop.
     clients: ThreadLocal<HttpClient>,
     timeouts: Timeouts,
+    /// Largest whole (non-streamed) answer read from the upstream (`limits.max_upstream_response_size`).
+    max_response: usize,
     /// Pre-built URIs per endpoint (chat, embeddings, responses, messages) for the non-Azure
     /// scheme.
     uris: Option<[Uri; 4]>,
@@ -88,6 +87,7 @@ impl HttpProvider {
         flavor: Flavor,
         s: &HttpSettings,
         timeouts: &Timeouts,
+        max_response: usize,
     ) -> Result<HttpProvider, String> {
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -170,6 +170,7 @@ impl HttpProvider {
             headers,
             clients: ThreadLocal::new(),
             timeouts: timeouts.clone(),
+            max_response,
             uris,
             aws: s.aws.as_ref().map(|a| {
                 (
@@ -468,7 +469,7 @@ impl HttpProvider {
         }
 
         let remaining = self.timeouts.request.saturating_sub(started.elapsed());
-        let body = read_limited(incoming, remaining, MAX_UPSTREAM_BODY).await?;
+        let body = read_limited(incoming, remaining, self.max_response).await?;
         let upstream = started.elapsed();
         drop(on_end);
         let (body, usage) = match translate {

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tollgate_core::config::Secret;
 
 use super::oauth::TokenSource;
-use super::{authorize, id_key, HttpClient, Inbound, Related, UpstreamError, MAX_MESSAGE};
+use super::{authorize, id_key, HttpClient, Inbound, Related, UpstreamError};
 use crate::sse;
 
 const SESSION: HeaderName = HeaderName::from_static("mcp-session-id");
@@ -154,7 +154,7 @@ impl HttpConn {
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("text/event-stream"));
             if !is_sse {
-                let body = Limited::new(res.into_body(), MAX_MESSAGE)
+                let body = Limited::new(res.into_body(), super::max_message())
                     .collect()
                     .await
                     .map_err(|e| UpstreamError::Closed(e.to_string()))?
@@ -163,7 +163,7 @@ impl HttpConn {
                     .map_err(|e| UpstreamError::Protocol(format!("invalid JSON: {e}")))?;
                 return Ok(value);
             }
-            let mut parser = sse::Parser::new(MAX_MESSAGE);
+            let mut parser = sse::Parser::new(super::max_message());
             let mut body = res.into_body();
             let mut resumed = 0;
             loop {
@@ -381,7 +381,7 @@ impl Listener {
             }
             backoff = Duration::from_millis(250);
             let mut body = res.into_body();
-            let mut parser = sse::Parser::new(MAX_MESSAGE);
+            let mut parser = sse::Parser::new(super::max_message());
             while let Some(Ok(frame)) = body.frame().await {
                 let Some(chunk) = frame.data_ref() else {
                     continue;

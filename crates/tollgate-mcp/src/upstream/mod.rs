@@ -27,8 +27,19 @@ pub use self::mux::MuxConn;
 
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// The most bytes one upstream message may take.
-pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// The most bytes one upstream message may take: `limits.max_upstream_response_size`, set by
+/// the layer from the config it runs (one tool layer per process).
+static MAX_MESSAGE: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(16 * 1024 * 1024);
+
+pub fn max_message() -> usize {
+    MAX_MESSAGE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+pub fn set_max_message(limits: &tollgate_core::config::LimitsConfig) {
+    let n = usize::try_from(limits.max_upstream_response_size).unwrap_or(usize::MAX);
+    MAX_MESSAGE.store(n, std::sync::atomic::Ordering::Relaxed);
+}
 
 pub fn http_client() -> HttpClient {
     let mut http = HttpConnector::new();

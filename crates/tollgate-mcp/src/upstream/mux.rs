@@ -25,7 +25,7 @@ use tokio::sync::{oneshot, Mutex as AsyncMutex};
 use tokio::task::JoinHandle;
 use tollgate_core::config::Secret;
 
-use super::{id_key, Connect, HttpClient, Inbound, UpstreamError, MAX_MESSAGE};
+use super::{id_key, Connect, HttpClient, Inbound, UpstreamError};
 use crate::sse;
 
 type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>;
@@ -336,7 +336,7 @@ async fn read_lines(
 ) {
     let mut lines = stdout.lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        if line.len() > MAX_MESSAGE {
+        if line.len() > super::max_message() {
             tracing::warn!(server = %server, "stdio upstream sent an oversized message; dropped");
             continue;
         }
@@ -370,7 +370,7 @@ async fn read_sse(
     endpoint: oneshot::Sender<String>,
 ) {
     let mut endpoint = Some(endpoint);
-    let mut parser = sse::Parser::new(MAX_MESSAGE);
+    let mut parser = sse::Parser::new(super::max_message());
     'stream: while let Some(Ok(frame)) = body.frame().await {
         let Some(chunk) = frame.data_ref() else {
             continue;

@@ -14,6 +14,7 @@ mod console;
 mod directory;
 mod harness;
 mod jwt;
+mod limits;
 mod ops;
 mod passthrough;
 mod policy;
