@@ -8,7 +8,7 @@
 
 mod admin;
 pub mod affinity;
-mod card;
+pub mod card;
 mod error;
 pub mod ops;
 mod proxy;

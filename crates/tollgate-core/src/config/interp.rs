@@ -132,7 +132,7 @@ fn expand(input: &str, env: Lookup) -> Result<(String, bool), String> {
     Ok((out, expressions == 1 && !literal))
 }
 
-/// `${file:PATH}`: the file's content without its trailing line break (how secret files from
+/// `${file:PATH}`: the file's content without trailing line breaks (how secret files from
 /// Docker, Kubernetes or systemd credentials are written). Read again on every reload, so
 /// replacing the file and reloading rotates the secret. The error names the path, never content.
 fn read_secret_file(path: &str) -> Result<String, String> {

@@ -38,6 +38,10 @@ pub struct McpConfig {
     /// What happens when an upstream's tool definition differs from the pinned one.
     pub on_drift: DriftAction,
     pub approvals: ApprovalsConfig,
+    /// When set, the only commands stdio servers may run (exact strings as written in
+    /// `command`); any other fails validation, so no reload can spawn something else.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stdio_allowlist: Vec<String>,
     pub audit: McpAuditConfig,
 }
 
@@ -146,6 +150,7 @@ impl Default for McpConfig {
             virtual_servers: Vec::new(),
             quotas: Vec::new(),
             on_drift: DriftAction::Warn,
+            stdio_allowlist: Vec::new(),
             approvals: ApprovalsConfig {
                 wait: Duration::from_secs(120),
                 ttl: Duration::from_secs(3600),
@@ -283,6 +288,15 @@ pub(super) fn validate(raw: Option<RawMcp>, errors: &mut Vec<FieldError>) -> Mcp
         }
     };
     let request_timeout = raw.request_timeout.unwrap_or(defaults.request_timeout);
+    let stdio_allowlist = raw.stdio_allowlist.unwrap_or_default();
+    for (i, c) in stdio_allowlist.iter().enumerate() {
+        if c.trim().is_empty() {
+            errors.push(FieldError::new(
+                format!("mcp.stdio_allowlist[{i}]"),
+                "must not be empty",
+            ));
+        }
+    }
     let mut servers = Vec::new();
     let mut names = HashSet::new();
     let mut prefixes = HashSet::new();
@@ -388,6 +402,11 @@ pub(super) fn validate(raw: Option<RawMcp>, errors: &mut Vec<FieldError>) -> Mcp
                 let command = s.command.unwrap_or_default();
                 if command.trim().is_empty() {
                     errors.push(FieldError::new(at("command"), "required for stdio servers"));
+                } else if !stdio_allowlist.is_empty() && !stdio_allowlist.contains(&command) {
+                    errors.push(FieldError::new(
+                        at("command"),
+                        format!("{command:?} is not in mcp.stdio_allowlist"),
+                    ));
                 }
                 let mut env = BTreeMap::new();
                 for (k, StringLike(v)) in s.env.unwrap_or_default() {
@@ -587,6 +606,7 @@ pub(super) fn validate(raw: Option<RawMcp>, errors: &mut Vec<FieldError>) -> Mcp
     };
     McpConfig {
         on_drift,
+        stdio_allowlist,
         approvals,
         audit,
         quotas,

@@ -617,9 +617,17 @@ impl Config {
 
     /// Parses and validates YAML text. `source` names it in errors.
     pub fn parse(text: &str, source: &str, env: Lookup) -> Result<Config, ConfigError> {
+        // Errors are printed, logged and audited: they must never carry a value from the file,
+        // which may be a secret written in the wrong place.
         let fail = |errors: Vec<FieldError>| ConfigError {
             source: source.to_owned(),
-            errors,
+            errors: errors
+                .into_iter()
+                .map(|mut e| {
+                    e.message = scrub_values(&e.message);
+                    e
+                })
+                .collect(),
         };
         let mut tree: serde_norway::Value = if text.trim().is_empty() {
             serde_norway::Value::Mapping(Default::default())
@@ -656,6 +664,32 @@ impl Config {
     pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
         self.providers.iter().find(|p| p.name == name)
     }
+}
+
+/// Removes the values serde quotes in its type errors (`invalid type: string "Bearer sk-...",
+/// expected a map` becomes `invalid type: a string, expected a map`).
+fn scrub_values(message: &str) -> String {
+    const QUOTED: &str = "string \"";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(QUOTED) {
+        out.push_str(&rest[..at]);
+        out.push_str("a string");
+        let tail = &rest[at + QUOTED.len()..];
+        // The value ends at the first quote not escaped by a backslash.
+        let mut escaped = false;
+        let end = tail
+            .char_indices()
+            .find(|&(_, c)| {
+                let closes = c == '"' && !escaped;
+                escaped = c == '\\' && !escaped;
+                closes
+            })
+            .map_or(tail.len(), |(i, _)| i + 1);
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> Config {

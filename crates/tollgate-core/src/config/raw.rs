@@ -64,6 +64,7 @@ pub struct RawMcp {
     pub on_drift: Option<String>,
     pub approvals: Option<RawApprovals>,
     pub audit: Option<RawMcpAudit>,
+    pub stdio_allowlist: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -409,6 +409,13 @@ fn mcp_servers_are_validated() {
         "upstream credentials are redacted"
     );
 
+    // An allowlist confines stdio commands to what it names.
+    let listed = ok.replace("mcp:\n", "mcp:\n  stdio_allowlist: [python3]\n");
+    assert_eq!(parse(&listed).unwrap().mcp.stdio_allowlist, ["python3"]);
+    let err =
+        parse(&ok.replace("mcp:\n", "mcp:\n  stdio_allowlist: [/usr/bin/node]\n")).unwrap_err();
+    assert_eq!(error_paths(&err), ["mcp.servers[1].command"]);
+
     let err = parse("mcp:\n  prefix: sometimes\n  servers:\n    - name: a\n      url: http://x/mcp\n      command: y\n    - name: b\n    - name: b\n      url: ftp://x\n    - name: c\n      transport: carrier-pigeon\n      url: http://x\n  virtual_servers:\n    - name: v\n      servers: [nowhere]\n      auth: maybe\n").unwrap_err();
     assert_eq!(
         error_paths(&err),
@@ -531,4 +538,23 @@ fn postgres_urls_are_accepted_and_their_passwords_redacted() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("postgres://"), "{err}");
+}
+
+#[test]
+fn errors_never_quote_values_from_the_file() {
+    let err = parse(
+        "providers:\n  - name: p\n    kind: openai\n    base_url: http://x\n    headers: \"Authorization: Bearer sk-secret-123\"\ntelemetry:\n  otlp:\n    endpoint: http://c\n    headers: \"x-token=otlp-secret-456\"\n",
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(!text.contains("sk-secret-123"), "{text}");
+    assert!(!text.contains("otlp-secret-456"), "{text}");
+    assert!(
+        text.contains("invalid type"),
+        "the error still says what is wrong: {text}"
+    );
+    assert_eq!(
+        super::scrub_values(r#"invalid type: string "a \"q\" b", expected a map"#),
+        "invalid type: a string, expected a map"
+    );
 }
