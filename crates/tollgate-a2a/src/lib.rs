@@ -441,10 +441,23 @@ impl A2aLayer {
         agent: &AgentConfig,
         headers: &HeaderMap,
     ) -> Result<Value, A2aError> {
-        let version = headers
-            .get("a2a-version")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        // Only the versions the gateway speaks: the card cache and the stored digests are keyed
+        // on it, so an arbitrary header value must not mint new entries.
+        let header = headers.get("a2a-version").and_then(|v| v.to_str().ok());
+        let version = match ops::Version::from_header(header) {
+            Some(_) => header.map(str::trim).unwrap_or(""),
+            None => {
+                return Err(A2aError::new(
+                    StatusCode::BAD_REQUEST,
+                    error::VERSION_NOT_SUPPORTED,
+                    "VERSION_NOT_SUPPORTED",
+                    format!(
+                        "A2A-Version {:?} is not supported; use 0.3 or 1.0",
+                        header.unwrap_or_default()
+                    ),
+                ))
+            }
+        };
         let fetched = self.upstream_card(agent, version).await?;
         let mut c = card::rewrite(&fetched.card, agent, &self.base_url(headers));
         if fetched.signed {
@@ -480,6 +493,18 @@ async fn catalog(State(layer): State<Arc<A2aLayer>>, headers: HeaderMap) -> Resp
         Ok(p) => p,
         Err(e) => return rest_error(&e),
     };
+    let asked = headers.get("a2a-version").and_then(|v| v.to_str().ok());
+    if ops::Version::from_header(asked).is_none() {
+        return rest_error(&A2aError::new(
+            StatusCode::BAD_REQUEST,
+            error::VERSION_NOT_SUPPORTED,
+            "VERSION_NOT_SUPPORTED",
+            format!(
+                "A2A-Version {:?} is not supported; use 0.3 or 1.0",
+                asked.unwrap_or_default()
+            ),
+        ));
+    }
     let state = layer.state.load_full();
     let base = layer.base_url(&headers);
     let all = layer.agents(&state);
@@ -509,20 +534,53 @@ async fn catalog(State(layer): State<Arc<A2aLayer>>, headers: HeaderMap) -> Resp
     tollgate_core::http::json_response(StatusCode::OK, json!({"agents": agents}).to_string())
 }
 
+type PathResult<T> = Result<axum::extract::Path<T>, axum::extract::rejection::PathRejection>;
+
+/// A 400 in the A2A REST shape for a malformed path.
+fn bad_path(why: impl Into<String>) -> Response {
+    rest_error(&A2aError::new(
+        StatusCode::BAD_REQUEST,
+        error::INVALID_REQUEST,
+        "INVALID_ARGUMENT",
+        why,
+    ))
+}
+
+/// Whether a (decoded) path below an agent may be forwarded to it: no `.` or `..` segments (a
+/// decoded `%2e%2e%2f` must not walk out of the agent's base path), nothing that would change
+/// the URL's structure (`?`, `#`, `\`), no spaces or control characters.
+pub(crate) fn forwardable(rest: &str) -> bool {
+    rest.split('/').all(|seg| seg != "." && seg != "..")
+        && !rest
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || matches!(c, '?' | '#' | '\\'))
+}
+
 async fn agent_root(
     State(layer): State<Arc<A2aLayer>>,
-    axum::extract::Path(agent): axum::extract::Path<String>,
+    path: PathResult<String>,
     req: Request,
 ) -> Response {
-    serve(layer, agent, String::new(), req).await
+    match path {
+        Ok(axum::extract::Path(agent)) => serve(layer, agent, String::new(), req).await,
+        Err(e) => bad_path(format!("invalid path: {e}")),
+    }
 }
 
 async fn agent_path(
     State(layer): State<Arc<A2aLayer>>,
-    axum::extract::Path((agent, rest)): axum::extract::Path<(String, String)>,
+    path: PathResult<(String, String)>,
     req: Request,
 ) -> Response {
-    serve(layer, agent, format!("/{rest}"), req).await
+    match path {
+        Ok(axum::extract::Path((agent, rest))) if forwardable(&rest) => {
+            serve(layer, agent, format!("/{rest}"), req).await
+        }
+        Ok(_) => {
+            bad_path("the path has a `.` or `..` segment or characters that cannot be forwarded")
+        }
+        Err(e) => bad_path(format!("invalid path: {e}")),
+    }
 }
 
 async fn serve(layer: Arc<A2aLayer>, name: String, rest: String, req: Request) -> Response {

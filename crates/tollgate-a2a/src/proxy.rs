@@ -240,7 +240,12 @@ pub async fn handle(
     let bytes = if parts.method == Method::GET || parts.method == Method::DELETE {
         Bytes::new()
     } else {
-        match tollgate_core::http::read_body(&parts.headers, body, &limits).await {
+        // A repeated key is refused: the gateway and the agent could read different values.
+        let read = match tollgate_core::http::read_body(&parts.headers, body, &limits).await {
+            Ok(b) => tollgate_core::http::check_duplicate_keys(&b).map(|()| b),
+            Err(e) => Err(e),
+        };
+        match read {
             Ok(b) => b,
             Err(e) => {
                 let shape = if rest_op.is_some() {

@@ -350,10 +350,21 @@ fn token_of(headers: &HeaderMap) -> Option<&str> {
 /// `POST /a2a/_push/{id}`: an agent's notification for a caller.
 pub async fn callback(
     State(layer): State<Arc<A2aLayer>>,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    path: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
+    let refuse = |status: StatusCode, why: &str| {
+        tollgate_core::http::json_response(status, json!({"error": why}).to_string())
+    };
+    let Ok(axum::extract::Path(id)) = path else {
+        return refuse(StatusCode::BAD_REQUEST, "invalid path");
+    };
+    let limits = layer.core.config().limits.clone();
+    let body = match tollgate_core::http::read_body(&headers, body, &limits).await {
+        Ok(b) => b,
+        Err(e) => return refuse(e.status(), &e.message),
+    };
     let not_found = || {
         tollgate_core::http::json_response(
             StatusCode::NOT_FOUND,

@@ -151,11 +151,13 @@ pub struct UpdateUserRequest {
 }
 
 fn check_id(id: &str, allow_at: bool) -> Result<(), ApiError> {
+    // Ids end up in URL paths: `.` and `..` are not ids.
     let ok = !id.is_empty()
         && id.len() <= 128
         && id.chars().all(|c| {
             c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') || (allow_at && c == '@')
-        });
+        })
+        && !id.chars().all(|c| c == '.');
     if ok {
         Ok(())
     } else {
@@ -186,11 +188,14 @@ async fn finish_change(
     id: &str,
     result: Result<bool, crate::store::StoreError>,
 ) -> Result<(), ApiError> {
-    let result = result.map_err(ApiError::from);
+    // Nothing changed is a refusal (404), and the audit record says so.
+    let result = match result.map_err(ApiError::from) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(not_found(kind, id)),
+        Err(e) => Err(e),
+    };
     audit(core, ctx, &format!("{kind}.{action}"), id, &result).await;
-    if !result? {
-        return Err(not_found(kind, id));
-    }
+    result?;
     refreshed(core).await;
     Ok(())
 }
@@ -347,6 +352,8 @@ async fn delete_team(
     respond(
         async {
             core.require_master(&headers).await?;
+            // Deleting what does not exist changes nothing, not even the change counter.
+            find_team(&core, &id).await?;
             let result = core.stores.directory.delete_team(&id).await;
             finish_change(&core, &ctx, "team", "delete", &id, result).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
@@ -496,6 +503,7 @@ async fn delete_user(
     respond(
         async {
             core.require_master(&headers).await?;
+            find_user(&core, &id).await?;
             let result = core.stores.directory.delete_user(&id).await;
             finish_change(&core, &ctx, "user", "delete", &id, result).await?;
             Ok(StatusCode::NO_CONTENT.into_response())

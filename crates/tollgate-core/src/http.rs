@@ -105,6 +105,25 @@ pub async fn shell(State(core): State<Arc<Core>>, mut req: Request, next: Next) 
         req.uri().path(),
         req.headers(),
     );
+    let http1 = req.version() < http::Version::HTTP_2;
+    // RFC 9112 3.2: an HTTP/1.1 request with no Host, several, or an invalid one is a 400 (the
+    // Host is used to build URLs the gateway hands out, such as agent card endpoints).
+    if req.version() == http::Version::HTTP_11 && !host_ok(req.headers()) {
+        let e =
+            ApiError::invalid("the request needs exactly one valid Host header").code("bad_host");
+        let mut res = shaped_error(req.uri().path(), e);
+        res.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        return res;
+    }
+    // A path or query whose percent-escapes do not decode to UTF-8 names nothing: refuse it
+    // here, once, in the API's shape (rather than each extractor's plain-text rejection or a
+    // lossy decode).
+    if !decodes_to_utf8(req.uri().path()) || !req.uri().query().is_none_or(decodes_to_utf8) {
+        let e =
+            ApiError::invalid("the URL's percent-escapes are not valid UTF-8").code("invalid_path");
+        return shaped_error(req.uri().path(), e);
+    }
     let mut res = match cors {
         crate::cors::Cors::Preflight(res) => res,
         crate::cors::Cors::Allow(added) => {
@@ -121,6 +140,12 @@ pub async fn shell(State(core): State<Arc<Core>>, mut req: Request, next: Next) 
     }
 
     let status = res.status();
+    // A body refused for its size or slowness was not read to its end, so the connection
+    // cannot carry another request: say so rather than closing it unannounced.
+    if http1 && matches!(status.as_u16(), 408 | 413) {
+        res.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let tag = res
         .extensions()
         .get::<ResponseTag>()
@@ -212,6 +237,76 @@ impl<G: Unpin> http_body::Body for GuardedBody<G> {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// An error in the shape of the API `path` belongs to: JSON-RPC for `/mcp` and `/a2a`,
+/// Anthropic's for `/v1/messages`, otherwise the OpenAI-style `{"error": {...}}` the admin API
+/// shares.
+pub fn shaped_error(path: &str, e: ApiError) -> Response {
+    let under = |p: &str| {
+        path.strip_prefix(p)
+            .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+    };
+    if under("/mcp") || under("/a2a") {
+        let status = e.status();
+        let code = if status == http::StatusCode::BAD_REQUEST {
+            -32600
+        } else {
+            -32603
+        };
+        let body = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": null,
+            "error": {"code": code, "message": e.message},
+        });
+        let mut res = json_response(status, body.to_string());
+        res.extensions_mut().insert(ErrorMark(e.kind));
+        return res;
+    }
+    if under("/v1/messages") {
+        return e.into_anthropic_response();
+    }
+    e.into_response()
+}
+
+/// Whether every `%XX` escape in `s` decodes, and the result is UTF-8.
+fn decodes_to_utf8(s: &str) -> bool {
+    if !s.contains('%') {
+        return true;
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&out).is_ok()
+}
+
+/// Exactly one Host header, holding a host and optional port (no user info, no path).
+fn host_ok(headers: &HeaderMap) -> bool {
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    let (Some(host), None) = (hosts.next(), hosts.next()) else {
+        return false;
+    };
+    host.to_str()
+        .ok()
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .is_some_and(|a| !a.as_str().contains('@') && !a.host().is_empty())
 }
 
 /// Reads a whole request body within the configured size (413) and time (408) limits, and
@@ -309,6 +404,77 @@ pub fn json_depth_exceeds(bytes: &[u8], max: usize) -> Option<usize> {
     None
 }
 
+/// Refuses a JSON document in which an object names the same key twice. Parsers disagree on
+/// which copy wins (serde keeps the last, others the first), so a message like
+/// `{"method":"ping","method":"tools/call"}` could mean one thing to a policy and another to the
+/// upstream. Text that is not JSON passes (its parser reports it).
+pub fn check_duplicate_keys(bytes: &[u8]) -> Result<(), ApiError> {
+    match serde_json::from_slice::<NoDuplicates>(bytes) {
+        Err(e) if e.to_string().starts_with(DUPLICATE) => {
+            Err(ApiError::invalid(e.to_string()).code("duplicate_key"))
+        }
+        _ => Ok(()),
+    }
+}
+
+const DUPLICATE: &str = "duplicate key";
+
+/// Walks any JSON value, failing on the first object with a repeated key.
+struct NoDuplicates;
+
+impl<'de> serde::Deserialize<'de> for NoDuplicates {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicatesVisitor)
+    }
+}
+
+struct NoDuplicatesVisitor;
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicatesVisitor {
+    type Value = NoDuplicates;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+    fn visit_unit<E>(self) -> Result<NoDuplicates, E> {
+        Ok(NoDuplicates)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<NoDuplicates, A::Error> {
+        while seq.next_element::<NoDuplicates>()?.is_some() {}
+        Ok(NoDuplicates)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<NoDuplicates, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            map.next_value::<NoDuplicates>()?;
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "{DUPLICATE} {key:?} in a JSON object"
+                )));
+            }
+        }
+        Ok(NoDuplicates)
+    }
+}
+
 /// Parses a JSON body into `T`, reporting the position of malformed input.
 pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::from_json(&e))
@@ -362,6 +528,41 @@ pub fn json_response(status: http::StatusCode, body: impl Into<Bytes>) -> Respon
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_escapes_must_decode_to_utf8() {
+        assert!(decodes_to_utf8("/admin/v1/keys") && decodes_to_utf8("a%20b%C3%A9"));
+        assert!(
+            decodes_to_utf8("100%") && decodes_to_utf8("%zz"),
+            "not escapes: literal"
+        );
+        assert!(!decodes_to_utf8("/a2a/%ff/x") && !decodes_to_utf8("after=%C3"));
+    }
+
+    #[test]
+    fn hosts_must_be_one_valid_authority() {
+        let h = |values: &[&'static str]| {
+            let mut m = HeaderMap::new();
+            for v in values {
+                m.append(http::header::HOST, HeaderValue::from_static(v));
+            }
+            host_ok(&m)
+        };
+        assert!(h(&["gw.example.com"]) && h(&["127.0.0.1:4000"]) && h(&["[::1]:80"]));
+        assert!(!h(&[]) && !h(&["a", "b"]) && !h(&["a b/c"]) && !h(&["user@host"]) && !h(&[""]));
+    }
+
+    #[test]
+    fn duplicate_keys_are_found_at_any_depth() {
+        assert!(check_duplicate_keys(br#"{"a":1,"b":{"a":2},"c":[{"x":1},{"x":2}]}"#).is_ok());
+        let e = check_duplicate_keys(br#"{"method":"ping","method":"tools/call"}"#).unwrap_err();
+        assert_eq!(e.code, Some("duplicate_key"));
+        assert!(check_duplicate_keys(br#"[{"p":{"q":1,"q":2}}]"#).is_err());
+        // Escaped spellings of the same key are the same key.
+        assert!(check_duplicate_keys(br#"{"id":1,"\u0069d":2}"#).is_err());
+        // Not JSON: left to the parser.
+        assert!(check_duplicate_keys(b"{nope").is_ok());
+    }
 
     #[test]
     fn json_depth_counts_structure_not_strings() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE, HOST, ORIGIN, WWW_AUTHENTICATE};
@@ -29,8 +29,9 @@ const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
 pub fn router(layer: Arc<McpLayer>) -> Router {
     Router::new()
-        .route("/mcp", get(root).post(root).delete(root))
-        .route("/mcp/{name}", get(named).post(named).delete(named))
+        // Every method reaches `serve`, so a wrong one is refused in JSON-RPC's shape.
+        .route("/mcp", any(root))
+        .route("/mcp/{name}", any(named))
         .route("/.well-known/oauth-protected-resource", get(metadata_root))
         .route(
             "/.well-known/oauth-protected-resource/mcp",
@@ -49,10 +50,17 @@ async fn root(State(layer): State<Arc<McpLayer>>, req: Request) -> Response {
 
 async fn named(
     State(layer): State<Arc<McpLayer>>,
-    PathParam(name): PathParam,
+    name: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
     req: Request,
 ) -> Response {
-    serve(layer, Some(name), req).await
+    match name {
+        Ok(axum::extract::Path(name)) => serve(layer, Some(name), req).await,
+        Err(e) => refuse(
+            RpcError::new(jsonrpc::INVALID_REQUEST, format!("invalid path: {e}"))
+                .with_status(StatusCode::BAD_REQUEST),
+            Value::Null,
+        ),
+    }
 }
 
 /// A JSON-RPC error as the whole HTTP answer.
@@ -337,6 +345,13 @@ async fn post(
         Ok(b) => b,
         Err(e) => return refuse(RpcError::from(e), Value::Null),
     };
+    // A repeated key is refused: the policy and the upstream could read different values.
+    if let Err(e) = tollgate_core::http::check_duplicate_keys(&bytes) {
+        return refuse(
+            RpcError::new(jsonrpc::INVALID_REQUEST, e.message),
+            Value::Null,
+        );
+    }
     let msg: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(e) => {
@@ -534,6 +549,26 @@ fn with_session(mut res: Response, id: &str) -> Response {
     res
 }
 
+/// The shape `initialize` params must have (MCP's `InitializeRequest`): checked here, before a
+/// session is opened or anything reaches an upstream.
+fn check_initialize(params: &Value) -> Result<(), &'static str> {
+    let Some(p) = params.as_object() else {
+        return Err(
+            "initialize needs params: an object with protocolVersion, capabilities and clientInfo",
+        );
+    };
+    if !p.get("protocolVersion").is_some_and(Value::is_string) {
+        return Err("params.protocolVersion must be a string");
+    }
+    if p.get("capabilities").is_some_and(|c| !c.is_object()) {
+        return Err("params.capabilities must be an object");
+    }
+    if p.get("clientInfo").is_some_and(|c| !c.is_object()) {
+        return Err("params.clientInfo must be an object");
+    }
+    Ok(())
+}
+
 async fn initialize(
     layer: Arc<McpLayer>,
     target: Target,
@@ -542,6 +577,9 @@ async fn initialize(
 ) -> Response {
     let id = msg.get("id").cloned().unwrap_or(Value::Null);
     let params = jsonrpc::params(&msg).clone();
+    if let Err(why) = check_initialize(&params) {
+        return refuse(RpcError::new(jsonrpc::INVALID_PARAMS, why), id);
+    }
     let asked = params
         .get("protocolVersion")
         .and_then(Value::as_str)

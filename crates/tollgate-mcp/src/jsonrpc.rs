@@ -36,6 +36,12 @@ pub fn classify(msg: &Value) -> Result<Kind, &'static str> {
     if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return Err("\"jsonrpc\" must be \"2.0\"");
     }
+    if obj
+        .get("params")
+        .is_some_and(|p| !p.is_object() && !p.is_array())
+    {
+        return Err("\"params\" must be an object or an array");
+    }
     let id_ok = |id: &Value| id.is_string() || id.is_i64() || id.is_u64();
     match (obj.get("method"), obj.get("id")) {
         (Some(Value::String(_)), None) => Ok(Kind::Notification),

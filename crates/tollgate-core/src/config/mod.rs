@@ -1492,11 +1492,13 @@ fn validate_cors(raw: raw::RawCors, errors: &mut Vec<FieldError>) -> CorsConfig 
     }
 }
 
+/// Names end up in URL paths (`/mcp/{name}`, `/a2a/{name}`): `.` and `..` are not names.
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !s.chars().all(|c| c == '.')
 }
 
 fn fallback_addr() -> SocketAddr {
