@@ -3,7 +3,8 @@
 # model into ./.venv, the pinned npm packages into e2e/node and Debian's Chromium, checks
 # formatting and lints, builds, runs the Rust unit and integration tests, then the end-to-end
 # suite driven by the official SDKs, the MCP conformance suite and (for the admin console) a
-# real browser.
+# real browser, and a short run of every fuzz target (cargo-fuzz, installed pinned into
+# target/tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +46,9 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked
 fi
+
+echo "== fuzz smoke run (every cargo-fuzz target, 10 s each)"
+./scripts/fuzz-smoke.sh 10
 
 echo "== end-to-end tests (official SDKs)"
 TOLLGATE_BIN="$PWD/target/debug/tollgate" .venv/bin/python -m pytest e2e -q -p no:cacheprovider
