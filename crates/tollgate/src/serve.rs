@@ -207,27 +207,13 @@ async fn worker(
     let mut conns = JoinSet::new();
     let stopped = raised(signals.stop.clone());
     tokio::pin!(stopped);
-    loop {
-        let std_stream = tokio::select! {
-            // Connections already handed over are still served (briefly: graceful shutdown
-            // closes them after their first response).
-            _ = &mut stopped => match inbox.try_recv() {
-                Ok(s) => s,
-                Err(_) => break,
-            },
-            s = inbox.recv() => match s {
-                Some(s) => s,
-                None => break,
-            },
-            // Reap finished connections so the set stays as small as the open ones.
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-        };
+    let adopt = |conns: &mut JoinSet<()>, std_stream: std::net::TcpStream| {
         let stream = match TcpStream::from_std(std_stream) {
             Ok(s) => s,
             Err(e) => {
                 load.fetch_sub(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "cannot adopt a connection");
-                continue;
+                return;
             }
         };
         // Small request/response exchanges: do not let Nagle hold them back.
@@ -238,6 +224,25 @@ async fn worker(
             serve_connection(&builder, stream, app, stop, limits.idle_timeout).await;
             load.fetch_sub(1, Ordering::Relaxed);
         });
+    };
+    loop {
+        let next = tokio::select! {
+            // Taken once: a finished future is never polled again.
+            _ = &mut stopped => None,
+            s = inbox.recv() => s.map(Some),
+            // Reap finished connections so the set stays as small as the open ones.
+            Some(_) = conns.join_next(), if !conns.is_empty() => Some(None),
+        };
+        match next {
+            None => break,
+            Some(Some(s)) => adopt(&mut conns, s),
+            Some(None) => {}
+        }
+    }
+    // Connections already handed over are still served (briefly: graceful shutdown closes
+    // them after their first response).
+    while let Ok(s) = inbox.try_recv() {
+        adopt(&mut conns, s);
     }
     tokio::select! {
         _ = async { while conns.join_next().await.is_some() {} } => {}
