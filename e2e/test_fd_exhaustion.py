@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 import resource
 import socket
-import time
 from pathlib import Path
 
 import httpx
 
-from conftest import MASTER_KEY, launch_gateway
+from conftest import MASTER_KEY, launch_gateway, wait_for
 
 CONFIG = """\
 listen: 127.0.0.1:0
@@ -35,17 +34,6 @@ models:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def wait_for(what: str, check, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def chat(client: httpx.Client, origin: str, key: str) -> httpx.Response:

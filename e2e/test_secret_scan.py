@@ -54,13 +54,11 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -71,11 +69,11 @@ import anyio
 import httpx
 import openai
 import pytest
-from conftest import Gateway, _binary, launch_gateway
+from conftest import Gateway, _binary, launch_gateway, wait_for
 from mcp import MCPError
 from mcp_client_util import UPSTREAM_SCRIPT, connect, start_upstream, text_of
+from test_a2a_gateway import Agent, start_agent
 
-AGENT_SCRIPT = Path(__file__).resolve().parent / "a2a_agent.py"
 TIMEOUT = 30.0
 WINDOW = 16  # a leaked run of this many random characters counts as a leak (64+ bits)
 OAUTH_CLIENT_ID = "scan-gateway-client"
@@ -288,62 +286,6 @@ def recorder() -> Iterator[Recorder]:
 # --- the A2A agent -----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Agent:
-    proc: subprocess.Popen
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def seen(self) -> list[dict[str, Any]]:
-        res = httpx.get(f"{self.url}/_seen", timeout=10)
-        res.raise_for_status()
-        return res.json()
-
-
-@contextlib.contextmanager
-def start_agent(name: str) -> Iterator[Agent]:
-    """Runs e2e/a2a_agent.py until the block exits; waits for its `READY <port>` line."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(AGENT_SCRIPT), "--port", str(port), "--name", name],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        text=True,
-        bufsize=1,
-    )
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.strip() == f"READY {port}":
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        deadline = time.monotonic() + 30
-        while not ready.wait(0.1):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"agent {name} did not start (exit status {proc.poll()})", pytrace=False)
-        yield Agent(proc=proc, port=port)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 # --- the config --------------------------------------------------------------------------------
 
 CONFIG = """\
@@ -510,18 +452,6 @@ def render(s: Secrets, key_file: Path, db: Path, provider_mock: str, rec: Record
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Polls `check` until it returns something truthy; fails naming `what` on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}", pytrace=False)
-        time.sleep(0.1)
 
 
 def wrong_variants(key: str) -> list[str]:

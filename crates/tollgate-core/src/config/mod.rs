@@ -380,7 +380,7 @@ pub struct LimitsConfig {
     pub idle_timeout: Duration,
     /// Streams (SSE responses) one principal may hold open at once on a replica; 0 is no limit.
     pub max_streams_per_key: usize,
-    /// Largest whole (non-streamed) upstream response, and largest single streamed event.
+    /// Largest whole (non-streamed) upstream answer, and largest single MCP stream message.
     #[serde(with = "units::size")]
     pub max_upstream_response_size: u64,
 }

@@ -161,39 +161,43 @@ async fn open_streams_per_key_are_bounded_and_given_back() {
     drop(second);
 }
 
+/// A GET with a bearer key and a browser `Origin`.
+async fn get_from(
+    t: &crate::harness::TestGateway,
+    path: &str,
+    key: &str,
+    origin: &str,
+) -> tollgate_testkit::TestResponse {
+    let auth = format!("Bearer {key}");
+    t.client
+        .send(
+            Method::GET,
+            path,
+            &[("authorization", &auth), ("origin", origin)],
+            "",
+        )
+        .await
+}
+
+const APP: &str = "https://app.example.com";
+
 #[tokio::test]
 async fn cors_is_off_by_default_and_scoped_when_on() {
     let t = start(MOCK).await;
     let key = t.any_key().await;
-    let auth = format!("Bearer {key}");
-    let res = t
-        .client
-        .send(
-            Method::GET,
-            "/v1/models",
-            &[
-                ("authorization", &auth),
-                ("origin", "https://app.example.com"),
-            ],
-            "",
-        )
-        .await;
+    let res = get_from(&t, "/v1/models", &key, APP).await;
     assert_eq!(res.status, 200);
     assert!(res.header("access-control-allow-origin").is_none());
 
-    let t = start(&format!(
-        "{MOCK}cors:\n  allowed_origins: [https://app.example.com]\n"
-    ))
-    .await;
+    let t = start(&format!("{MOCK}cors:\n  allowed_origins: [{APP}]\n")).await;
     let key = t.any_key().await;
-    let auth = format!("Bearer {key}");
     let preflight = t
         .client
         .send(
             Method::OPTIONS,
             "/v1/chat/completions",
             &[
-                ("origin", "https://app.example.com"),
+                ("origin", APP),
                 ("access-control-request-method", "POST"),
                 (
                     "access-control-request-headers",
@@ -204,69 +208,21 @@ async fn cors_is_off_by_default_and_scoped_when_on() {
         )
         .await;
     assert_eq!(preflight.status, 204);
-    assert_eq!(
-        preflight.header("access-control-allow-origin"),
-        Some("https://app.example.com")
-    );
-    let res = t
-        .client
-        .send(
-            Method::GET,
-            "/v1/models",
-            &[
-                ("authorization", &auth),
-                ("origin", "https://app.example.com"),
-            ],
-            "",
-        )
-        .await;
+    assert_eq!(preflight.header("access-control-allow-origin"), Some(APP));
+    let res = get_from(&t, "/v1/models", &key, APP).await;
     assert_eq!(res.status, 200);
-    assert_eq!(
-        res.header("access-control-allow-origin"),
-        Some("https://app.example.com")
-    );
+    assert_eq!(res.header("access-control-allow-origin"), Some(APP));
     assert!(res
         .header("access-control-expose-headers")
         .is_some_and(|h| h.contains("x-request-id")));
     // Errors carry the headers too, so the page can read them.
-    let res = t
-        .client
-        .send(
-            Method::GET,
-            "/v1/models",
-            &[
-                ("authorization", "Bearer nope"),
-                ("origin", "https://app.example.com"),
-            ],
-            "",
-        )
-        .await;
+    let res = get_from(&t, "/v1/models", "nope", APP).await;
     assert_eq!(res.status, 401);
     assert!(res.header("access-control-allow-origin").is_some());
     // Another origin, and the admin API, never get CORS headers.
-    let res = t
-        .client
-        .send(
-            Method::GET,
-            "/v1/models",
-            &[("authorization", &auth), ("origin", "https://evil.example")],
-            "",
-        )
-        .await;
+    let res = get_from(&t, "/v1/models", &key, "https://evil.example").await;
     assert!(res.header("access-control-allow-origin").is_none());
-    let master = format!("Bearer {MASTER}");
-    let res = t
-        .client
-        .send(
-            Method::GET,
-            "/admin/v1/keys",
-            &[
-                ("authorization", &master),
-                ("origin", "https://app.example.com"),
-            ],
-            "",
-        )
-        .await;
+    let res = get_from(&t, "/admin/v1/keys", MASTER, APP).await;
     assert_eq!(res.status, 200);
     assert!(res.header("access-control-allow-origin").is_none());
 }
@@ -327,4 +283,40 @@ async fn a_generated_master_key_rotates() {
         .post_json("/admin/v1/master-key/rotate", MASTER, &json!({}))
         .await;
     assert_eq!(res.status, 409, "{}", res.text());
+}
+
+#[tokio::test]
+async fn upstream_answers_over_the_limit_fail_the_call() {
+    use tollgate_testkit::{chat_completion, MockUpstream, Reply};
+    let up = MockUpstream::start().await;
+    let yaml = format!(
+        "providers:\n  - name: up\n    kind: openai\n    base_url: {}\n    api_key: k\nmodels:\n  - name: m\n    targets: [{{provider: up}}]\n    retry: {{attempts: 1}}\nlimits:\n  max_upstream_response_size: 64KiB\n",
+        up.base_url()
+    );
+    let t = start(&yaml).await;
+    let key = t.any_key().await;
+    // Within the limit: served.
+    up.push(Reply::raw(
+        200,
+        &chat_completion("m", "small", 1, 1).to_string(),
+    ));
+    let res = t
+        .client
+        .post_json("/v1/chat/completions", &key, &chat_body("m", "hi"))
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    // 100 KiB of answer: the read stops at the limit and the call fails as an upstream error.
+    let big = chat_completion("m", &"x".repeat(100 * 1024), 1, 1).to_string();
+    up.push(Reply::raw(200, &big));
+    let res = t
+        .client
+        .post_json("/v1/chat/completions", &key, &chat_body("m", "hi"))
+        .await;
+    assert_eq!(res.status, 502, "{}", res.text());
+    assert_eq!(
+        res.json()["error"]["type"],
+        "upstream_error",
+        "{}",
+        res.text()
+    );
 }
