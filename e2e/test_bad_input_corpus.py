@@ -1394,19 +1394,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         yield env
 
 
-# hyper's HTTP/1 parser (httparse) takes a bare LF as a line end, as RFC 9112 section 2.2
-# permits, so these are served; a front proxy that does not would see different headers. Known,
-# documented in docs/security.md; fixing it needs a stricter parser than hyper offers.
-BARE_LF = pytest.mark.xfail(strict=True, reason="hyper accepts a bare LF as a line terminator")
-
-
-def _marked(c: Case):
-    if "-wire-bare-lf-line-endings" in c.id or "-wire-bare-lf-injects-authorization" in c.id:
-        return pytest.param(c, marks=BARE_LF, id=c.id)
-    return pytest.param(c, id=c.id)
-
-
-@pytest.mark.parametrize("case", [_marked(c) for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_bad_input_is_refused_cleanly(env: Env, case: Case) -> None:
     if case.layer == "a2a":
         env.agent.clear()

@@ -23,6 +23,7 @@ use tollgate_core::context::{RequestContext, TraceContext, CONVERSATION_ID};
 use tollgate_core::identity::Principal;
 use tollgate_core::otlp::{self, KeyValue as Kv};
 use tollgate_core::quota::Refusal;
+use tollgate_core::redact::Echoes;
 
 use crate::affinity::{Kind, Route};
 use crate::error::{self, A2aError, Shape};
@@ -626,6 +627,12 @@ pub async fn handle(
         .map(|q| format!("?{q}"))
         .unwrap_or_default();
     let url = format!("{base_url}{rest}{query}");
+    // What the gateway sends the agent as credentials, cut out of its whole answers.
+    let mut echoes = Echoes::default();
+    echoes.add(token.as_bytes());
+    for v in agent.headers.values() {
+        echoes.add_header_value(v.expose().as_bytes());
+    }
     let mut up = http::Request::builder()
         .method(parts.method.clone())
         .uri(url.as_str());
@@ -761,7 +768,7 @@ pub async fn handle(
             return refuse(&e, shape, &rpc_id);
         }
     };
-    let mut bytes = bytes;
+    let mut bytes = echoes.scrub_bytes(bytes);
     if let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) {
         inspect(&mut call, &v, rpc);
         // Answers that would show the caller more than its own: other callers' tasks, the

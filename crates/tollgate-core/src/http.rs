@@ -66,6 +66,8 @@ pub fn route_label(path: &str) -> &'static str {
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
         "/mcp" => "/mcp",
+        "/a2a" => "/a2a",
+        p if p.starts_with("/a2a/") => "/a2a",
         p if p.starts_with("/v1/models/") => "/v1/models/{model}",
         p if p.starts_with("/mcp/") => "/mcp/{server}",
         p if p.starts_with("/.well-known/") => "/.well-known",
@@ -106,32 +108,38 @@ pub async fn shell(State(core): State<Arc<Core>>, mut req: Request, next: Next) 
         req.headers(),
     );
     let http1 = req.version() < http::Version::HTTP_2;
-    // RFC 9112 3.2: an HTTP/1.1 request with no Host, several, or an invalid one is a 400 (the
-    // Host is used to build URLs the gateway hands out, such as agent card endpoints).
-    if req.version() == http::Version::HTTP_11 && !host_ok(req.headers()) {
-        let e =
-            ApiError::invalid("the request needs exactly one valid Host header").code("bad_host");
-        let mut res = shaped_error(req.uri().path(), e);
-        res.headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        return res;
-    }
-    // A path or query whose percent-escapes do not decode to UTF-8 names nothing: refuse it
-    // here, once, in the API's shape (rather than each extractor's plain-text rejection or a
-    // lossy decode).
-    if !decodes_to_utf8(req.uri().path()) || !req.uri().query().is_none_or(decodes_to_utf8) {
-        let e =
-            ApiError::invalid("the URL's percent-escapes are not valid UTF-8").code("invalid_path");
-        return shaped_error(req.uri().path(), e);
-    }
-    let mut res = match cors {
-        crate::cors::Cors::Preflight(res) => res,
-        crate::cors::Cors::Allow(added) => {
-            let mut res = next.run(req).await;
-            res.headers_mut().extend(added);
+    let mut res = match refusal(&req) {
+        Some(res) => res,
+        None => {
+            let limit = core.config().limits.request_timeout;
+            let (added, run) = match cors {
+                crate::cors::Cors::Preflight(res) => (None, Err(res)),
+                crate::cors::Cors::Allow(added) => (Some(added), Ok(next.run(req))),
+                crate::cors::Cors::None => (None, Ok(next.run(req))),
+            };
+            let mut res = match run {
+                Err(preflight) => preflight,
+                Ok(run) => match tokio::time::timeout(limit, run).await {
+                    Ok(res) => res,
+                    // The handler is dropped, as if the client had gone away.
+                    Err(_) => shaped_error(
+                        route,
+                        ApiError::new(
+                            crate::error::ErrorKind::UpstreamTimeout,
+                            format!(
+                                "the gateway gave up on this request after {} s (limits.request_timeout)",
+                                limit.as_secs_f64()
+                            ),
+                        )
+                        .code("request_timeout"),
+                    ),
+                },
+            };
+            if let Some(added) = added {
+                res.headers_mut().extend(added);
+            }
             res
         }
-        crate::cors::Cors::None => next.run(req).await,
     };
     let elapsed = start.elapsed();
     res.headers_mut().insert(REQUEST_ID, rid.clone());
@@ -237,6 +245,30 @@ impl<G: Unpin> http_body::Body for GuardedBody<G> {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// What the shell refuses before any handler sees the request, in the shape of the API the
+/// path belongs to.
+fn refusal(req: &Request) -> Option<Response> {
+    // RFC 9112 3.2: an HTTP/1.1 request with no Host, several, or an invalid one is a 400 (the
+    // Host is used to build URLs the gateway hands out, such as agent card endpoints).
+    if req.version() == http::Version::HTTP_11 && !host_ok(req.headers()) {
+        let e =
+            ApiError::invalid("the request needs exactly one valid Host header").code("bad_host");
+        let mut res = shaped_error(req.uri().path(), e);
+        res.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        return Some(res);
+    }
+    // A path or query whose percent-escapes do not decode to UTF-8 names nothing: refuse it
+    // here, once, in the API's shape (rather than each extractor's plain-text rejection or a
+    // lossy decode).
+    if !decodes_to_utf8(req.uri().path()) || !req.uri().query().is_none_or(decodes_to_utf8) {
+        let e =
+            ApiError::invalid("the URL's percent-escapes are not valid UTF-8").code("invalid_path");
+        return Some(shaped_error(req.uri().path(), e));
+    }
+    None
 }
 
 /// An error in the shape of the API `path` belongs to: JSON-RPC for `/mcp` and `/a2a`,

@@ -32,6 +32,7 @@ pub mod otlp;
 pub mod policy;
 pub mod quota;
 pub mod ratelimit;
+pub mod redact;
 pub mod redis_store;
 pub mod signing;
 pub mod spend;
@@ -462,17 +463,16 @@ async fn metrics(State(core): State<Arc<Core>>, headers: HeaderMap) -> Response 
 
 /// The fallback for paths no layer serves.
 pub async fn not_found(uri: ::http::Uri) -> Response {
-    ApiError::not_found(format!("no route for {}", uri.path()))
-        .code("route_not_found")
-        .into_response()
+    let e = ApiError::not_found(format!("no route for {}", uri.path())).code("route_not_found");
+    crate::http::shaped_error(uri.path(), e)
 }
 
 /// The fallback for a known path called with the wrong method.
 pub async fn method_not_allowed(method: ::http::Method, uri: ::http::Uri) -> Response {
-    ApiError::new(
+    let e = ApiError::new(
         ErrorKind::MethodNotAllowed,
         format!("{method} is not allowed on {}", uri.path()),
     )
-    .code("method_not_allowed")
-    .into_response()
+    .code("method_not_allowed");
+    crate::http::shaped_error(uri.path(), e)
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 mod serve;
 mod ui;
+mod wire;
 
 use axum::middleware;
 use axum::Router;

@@ -25,6 +25,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::wire::LineEnds;
+
 /// What every connection is held to (from `limits`; they take effect on restart).
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
@@ -221,7 +223,7 @@ async fn worker(
         let (builder, app, load) = (builder.clone(), app.clone(), load.clone());
         let stop = signals.stop.clone();
         conns.spawn(async move {
-            serve_connection(&builder, stream, app, stop, limits.idle_timeout).await;
+            serve_connection(&builder, stream, app, stop, limits).await;
             load.fetch_sub(1, Ordering::Relaxed);
         });
     };
@@ -257,14 +259,17 @@ async fn serve_connection(
     stream: TcpStream,
     app: Router,
     mut stop: watch::Receiver<bool>,
-    idle: Duration,
+    limits: ConnLimits,
 ) {
+    let idle = limits.idle_timeout;
     let origin = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
-    let io = IdleIo {
+    let io = ConnIo {
         inner: stream,
         origin,
         last: last.clone(),
+        // hyper's own head limit: a longer head is hyper's to refuse.
+        line_ends: LineEnds::new(limits.max_header_size.max(8192)),
     };
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(app));
@@ -299,22 +304,24 @@ async fn serve_connection(
     }
 }
 
-/// A socket that records when bytes last moved (milliseconds since `origin`), for the idle
-/// timeout. One clock read per read or write that moved bytes.
-struct IdleIo {
+/// A client socket as hyper sees it: records when bytes last moved (milliseconds since
+/// `origin`, for the idle timeout; one clock read per read or write that moved bytes), and
+/// holds HTTP/1 request heads to CRLF line ends ([`LineEnds`]).
+struct ConnIo {
     inner: TcpStream,
     origin: Instant,
     last: Arc<AtomicU64>,
+    line_ends: LineEnds,
 }
 
-impl IdleIo {
+impl ConnIo {
     fn touch(&self) {
         let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last.store(ms, Ordering::Relaxed);
     }
 }
 
-impl AsyncRead for IdleIo {
+impl AsyncRead for ConnIo {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
@@ -324,12 +331,13 @@ impl AsyncRead for IdleIo {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.touch();
+            self.line_ends.scan(&mut buf.filled_mut()[before..]);
         }
         r
     }
 }
 
-impl AsyncWrite for IdleIo {
+impl AsyncWrite for ConnIo {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,

@@ -367,6 +367,11 @@ pub struct LimitsConfig {
     /// How long a client may take to send a request's body.
     #[serde(with = "units::duration")]
     pub body_read_timeout: Duration,
+    /// The longest the gateway works on a request before its answer begins (its status and
+    /// headers; a stream then runs under the idle timeouts). Bounds retries, fallbacks, held
+    /// approvals and slow upstreams together; 504 when it passes.
+    #[serde(with = "units::duration")]
+    pub request_timeout: Duration,
     /// Largest request head (request line and headers); larger ones get 431.
     #[serde(with = "units::size")]
     pub max_header_size: u64,
@@ -800,6 +805,9 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
         body_read_timeout: raw_limits
             .body_read_timeout
             .unwrap_or(Duration::from_secs(60)),
+        request_timeout: raw_limits
+            .request_timeout
+            .unwrap_or(Duration::from_secs(15 * 60)),
         max_header_size: raw_limits.max_header_size.unwrap_or(64 * 1024),
         max_headers: raw_limits.max_headers.unwrap_or(100),
         max_json_depth: raw_limits.max_json_depth.unwrap_or(64),
@@ -812,6 +820,7 @@ fn validate(raw: raw::RawConfig, env: Lookup, errors: &mut Vec<FieldError>) -> C
     for (field, d) in [
         ("header_read_timeout", limits.header_read_timeout),
         ("body_read_timeout", limits.body_read_timeout),
+        ("request_timeout", limits.request_timeout),
         ("idle_timeout", limits.idle_timeout),
     ] {
         if d.is_zero() {

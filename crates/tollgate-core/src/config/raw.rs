@@ -259,6 +259,8 @@ pub struct RawLimits {
     pub header_read_timeout: Option<Duration>,
     #[serde(default, with = "units::duration")]
     pub body_read_timeout: Option<Duration>,
+    #[serde(default, with = "units::duration")]
+    pub request_timeout: Option<Duration>,
     #[serde(default, with = "units::size")]
     pub max_header_size: Option<u64>,
     pub max_headers: Option<usize>,

@@ -18,6 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use thread_local::ThreadLocal;
 use tollgate_core::config::{HttpSettings, Timeouts};
 use tollgate_core::error::ApiError;
+use tollgate_core::redact::Echoes;
 
 use super::{error_message, Call, Endpoint, ProviderError, Reply, StreamEnd, Usage};
 use crate::stream::{ForwardStream, Prepended, RawUsage};
@@ -60,6 +61,8 @@ pub struct HttpProvider {
     uris: Option<[Uri; 4]>,
     /// Bedrock: the credentials and region every request is signed with.
     aws: Option<(super::sigv4::Credentials, String)>,
+    /// The credentials above, cut out of the upstream's error answers.
+    echoes: Echoes,
 }
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -163,7 +166,16 @@ impl HttpProvider {
         } else {
             None
         };
+        let mut echoes = Echoes::from_headers(&headers);
+        if let Some(a) = &s.aws {
+            echoes.add(a.access_key_id.expose().as_bytes());
+            echoes.add(a.secret_access_key.expose().as_bytes());
+            if let Some(t) = &a.session_token {
+                echoes.add(t.expose().as_bytes());
+            }
+        }
         Ok(HttpProvider {
+            echoes,
             flavor,
             base_url: s.base_url.clone(),
             api_version: azure.then(|| s.api_version.clone()).flatten(),
@@ -375,9 +387,11 @@ impl HttpProvider {
 
         if !parts.status.is_success() {
             let remaining = self.timeouts.request.saturating_sub(started.elapsed());
-            let mut body = read_limited(incoming, remaining, 1024 * 1024)
+            let body = read_limited(incoming, remaining, 1024 * 1024)
                 .await
                 .unwrap_or_default();
+            // Relayed to the client and logged: an upstream quoting our key must not.
+            let mut body = self.echoes.scrub_bytes(body);
             let message = error_message(&body);
             if let Some((from, _)) = translate {
                 // Relayed in the client's dialect, not the upstream's.

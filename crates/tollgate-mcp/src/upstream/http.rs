@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tollgate_core::config::Secret;
+use tollgate_core::redact::Echoes;
 
 use super::oauth::TokenSource;
 use super::{authorize, id_key, HttpClient, Inbound, Related, UpstreamError};
@@ -120,6 +121,17 @@ impl HttpConn {
         req
     }
 
+    /// An error answer's text, without the credentials this connection sends (an upstream
+    /// quoting them would put them in the gateway's logs and the client's error).
+    async fn error_text(&self, res: http::Response<hyper::body::Incoming>) -> String {
+        let text = read_text(res).await;
+        let mut echoes = Echoes::from_headers(&self.headers);
+        if let Some(bearer) = self.auth.as_ref().and_then(|a| a.current()) {
+            echoes.add_header_value(bearer.as_bytes());
+        }
+        echoes.scrub(&text).into_owned()
+    }
+
     fn has_session(&self) -> bool {
         self.state
             .lock()
@@ -141,7 +153,10 @@ impl HttpConn {
                 return Err(UpstreamError::SessionExpired);
             }
             if !status.is_success() {
-                return Err(UpstreamError::Status(status.as_u16(), read_text(res).await));
+                return Err(UpstreamError::Status(
+                    status.as_u16(),
+                    self.error_text(res).await,
+                ));
             }
             if status == StatusCode::ACCEPTED {
                 return Err(UpstreamError::Protocol(
@@ -204,7 +219,7 @@ impl HttpConn {
         if !res.status().is_success() {
             return Err(UpstreamError::Status(
                 res.status().as_u16(),
-                read_text(res).await,
+                self.error_text(res).await,
             ));
         }
         Ok(res.into_body())
@@ -219,7 +234,10 @@ impl HttpConn {
             return Err(UpstreamError::SessionExpired);
         }
         if !status.is_success() {
-            return Err(UpstreamError::Status(status.as_u16(), read_text(res).await));
+            return Err(UpstreamError::Status(
+                status.as_u16(),
+                self.error_text(res).await,
+            ));
         }
         Ok(())
     }
@@ -405,6 +423,69 @@ impl Listener {
                 return;
             }
             tokio::time::sleep(backoff).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// An upstream that refuses every request with 401 and quotes the request head back.
+    async fn quoting_upstream() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 401 Unauthorized\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    head.len()
+                );
+                let _ = s.write_all(&[answer.as_bytes(), &head].concat()).await;
+            }
+        });
+        format!("http://{addr}/mcp")
+    }
+
+    #[tokio::test]
+    async fn an_upstream_quoting_the_gateways_credential_is_cut() {
+        let url = quoting_upstream().await;
+        let headers = BTreeMap::from([
+            (
+                "authorization".to_owned(),
+                Secret::new("Bearer mcp-upstream-secret-1"),
+            ),
+            ("x-api-key".to_owned(), Secret::new("mcp-api-key-22")),
+        ]);
+        let conn = HttpConn::new(
+            super::super::http_client(),
+            &url,
+            &headers,
+            None,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let err = conn
+            .send(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await
+            .unwrap_err();
+        let UpstreamError::Status(401, text) = &err else {
+            panic!("{err}");
+        };
+        assert!(text.contains("[redacted]"), "{text}");
+        let shown = err.to_string();
+        for secret in ["mcp-upstream-secret-1", "mcp-api-key-22"] {
+            assert!(!shown.contains(secret), "{shown}");
         }
     }
 }

@@ -37,7 +37,7 @@ impl TokenSource {
         }
     }
 
-    fn current(&self) -> Option<HeaderValue> {
+    pub(crate) fn current(&self) -> Option<HeaderValue> {
         let c = self.cached.lock().ok()?;
         c.as_ref()
             .filter(|(_, until)| Instant::now() < *until)

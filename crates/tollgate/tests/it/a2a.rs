@@ -51,7 +51,7 @@ async fn agents_registered_through_the_admin_api_are_served() {
     let up = MockUpstream::start().await;
     let t = start("a2a:\n  agents:\n    - name: fixed\n      url: http://127.0.0.1:9\n").await;
     let spec = json!({"url": up.base_url(), "methods": ["SendMessage", "GetTask"],
-        "headers": {"x-agent-key": "s3cret"}});
+        "headers": {"x-agent-key": "agent-s3cret-key"}});
     let res = t
         .client
         .send(
@@ -72,11 +72,19 @@ async fn agents_registered_through_the_admin_api_are_served() {
     assert_eq!(res.status, 200, "{}", res.text());
     assert_eq!(res.json()["result"]["task"]["id"], "t1");
     let seen = up.requests();
-    assert_eq!(seen[0].headers["x-agent-key"], "s3cret");
+    assert_eq!(seen[0].headers["x-agent-key"], "agent-s3cret-key");
     assert!(seen[0].headers["authorization"]
         .to_str()
         .unwrap()
         .starts_with("Bearer ey"));
+    // An agent quoting the credential the gateway sent it does not hand it to the caller.
+    up.push(Reply::json(
+        401,
+        json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32001, "message": "bad key agent-s3cret-key"}}),
+    ));
+    let res = rpc(&t, "dyn", MASTER, &send("hi", None, None)).await;
+    assert_eq!(res.status, 401, "{}", res.text());
+    assert_eq!(res.json()["error"]["message"], "bad key [redacted]");
     // The allow-list applies.
     let cancel = json!({"jsonrpc": "2.0", "id": 2, "method": "CancelTask", "params": {"id": "t1"}});
     let res = rpc(&t, "dyn", MASTER, &cancel).await;

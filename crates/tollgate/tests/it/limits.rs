@@ -44,6 +44,27 @@ async fn oversized_heads_get_431() {
 }
 
 #[tokio::test]
+async fn heads_with_bare_lf_line_ends_get_400() {
+    let t = start(MOCK).await;
+    let answer = raw_exchange(t.gw.addr, b"GET /healthz HTTP/1.1\nhost: x\n\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // A second request pipelined behind a body full of LFs is still checked.
+    let pipelined = b"POST /healthz HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\n\n\n\n\
+        GET /healthz HTTP/1.1\r\nhost: x\nauthorization: Bearer y\r\n\r\n";
+    let answer = raw_exchange(t.gw.addr, pipelined).await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 2, "{answer}");
+    assert!(answer.contains("HTTP/1.1 400 Bad Request"), "{answer}");
+    // CRLF heads are served as ever.
+    let answer = raw_exchange(
+        t.gw.addr,
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
 async fn deep_json_is_refused_before_parsing_in_each_api_shape() {
     let t = start(&format!("{MOCK}limits:\n  max_json_depth: 8\n")).await;
     let key = t.any_key().await;
@@ -159,6 +180,64 @@ async fn open_streams_per_key_are_bounded_and_given_back() {
     })
     .await;
     drop(second);
+}
+
+#[tokio::test]
+async fn a_request_is_given_up_after_the_request_timeout_in_each_api_shape() {
+    // One provider that never answers in time, one whose stream starts at once and then runs
+    // past the limit.
+    let yaml = "providers:\n  - name: stuck\n    kind: mock\n    mock: {latency: 1h}\n  - name: slow\n    kind: mock\n    mock: {chunks: 6, latency: 1500ms}\nmodels:\n  - name: stuck\n    targets: [{provider: stuck}]\n  - name: slow\n    targets: [{provider: slow}]\nlimits:\n  request_timeout: 400ms\n";
+    let t = start(yaml).await;
+    let key = t.any_key().await;
+    let res = t
+        .client
+        .post_json("/v1/chat/completions", &key, &chat_body("stuck", "hi"))
+        .await;
+    assert_eq!(res.status, 504, "{}", res.text());
+    assert_eq!(
+        res.json()["error"]["code"],
+        "request_timeout",
+        "{}",
+        res.text()
+    );
+
+    let res = t
+        .client
+        .post_json(
+            "/v1/messages",
+            &key,
+            &json!({"model": "stuck", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(res.status, 504, "{}", res.text());
+    assert_eq!(
+        res.json()["type"],
+        "error",
+        "Anthropic's shape: {}",
+        res.text()
+    );
+
+    // A stream whose answer began in time runs to its end (1.5 s, past the 400 ms limit).
+    let stream = t.open_stream(&key, "slow", "one two three").await;
+    assert_eq!(stream.status(), 200);
+    let body = http_body_util::BodyExt::collect(stream.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+
+    // The gateway is still serving; the timed-out call counts as a failed request.
+    assert_eq!(t.client.get("/v1/models", &key).await.status, 200);
+    let metrics = t.client.get("/metrics", MASTER).await.text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tollgate_requests_total")
+                && l.contains("route=\"/v1/chat/completions\"")
+                && l.contains("status=\"504\"")),
+        "{metrics}"
+    );
 }
 
 /// A GET with a bearer key and a browser `Origin`.

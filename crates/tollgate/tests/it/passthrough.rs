@@ -327,6 +327,29 @@ async fn upstream_failures_map_to_502_504_and_relay_client_errors() {
     );
     assert_eq!(res.json()["error"]["code"], "upstream_auth_failed");
 
+    // An upstream that quotes the gateway's own key back: neither the message nor a relayed
+    // body carries it to the client.
+    up.push(Reply::json(
+        401,
+        json!({"error": {"message": "Incorrect API key provided: sk-upstream-secret"}}),
+    ));
+    let res = call().await;
+    assert_eq!(res.status, 502);
+    assert!(!res.text().contains("sk-upstream-secret"), "{}", res.text());
+    assert!(res.text().contains("[redacted]"), "{}", res.text());
+    up.push(Reply::raw(
+        400,
+        r#"{"error":{"message":"bad request from Bearer sk-upstream-secret","type":"invalid_request_error"}}"#,
+    ));
+    let res = call().await;
+    assert_eq!(res.status, 400);
+    assert_eq!(
+        res.json()["error"]["message"],
+        "bad request from [redacted]",
+        "{}",
+        res.text()
+    );
+
     up.push(Reply::json(200, json!({})).delayed(Duration::from_secs(5)));
     let res = call().await;
     assert_eq!(res.status, 504);
