@@ -1,11 +1,15 @@
 //! Admin console sessions: a signed, stateless cookie standing for the secret an
 //! administrator signed in with, and the CSRF token bound to it.
 //!
-//! The cookie (`tollgate_session`) holds `v1.{expires}.{secret hash}.{mac}`: the expiry (unix
-//! seconds), the SHA-256 of the master key or virtual key used to sign in, and an HMAC-SHA256
-//! over both under a key kept in the store (`console.session_key`), so every replica accepts
-//! it. Each request resolves the hash again, so rotating the master key, or revoking,
-//! disabling or rotating away the virtual key, ends its sessions at once. The cookie is
+//! The cookie (`tollgate_session`) holds `v2.{issued}.{expires}.{secret hash}.{mac}`: when it
+//! was issued (unix milliseconds), its expiry (unix seconds), the SHA-256 of the master key or
+//! virtual key used to sign in, and an HMAC-SHA256 over all three under a key kept in the store
+//! (`console.session_key`), so every replica accepts it. Each request resolves the hash again,
+//! so rotating the master key, or revoking, disabling or rotating away the virtual key, ends
+//! its sessions at once. Signing out records the time in the store
+//! (`console.signed_out.{hash}`): every session of that secret issued until then ends, on
+//! every replica (the cookie itself cannot be recalled). Sign-in attempts that fail are
+//! counted per client address: [`SIGN_IN_FAILURES`] in [`SIGN_IN_WINDOW_MS`], then 429. The cookie is
 //! `HttpOnly` and `SameSite=Strict`, and `Secure` unless the console is reached on a loopback
 //! name over plain HTTP. A cookie alone authorizes nothing: every request it authenticates
 //! must also carry `x-tollgate-csrf`, a second HMAC over the cookie that only the console's own
@@ -29,6 +33,15 @@ pub const LIFETIME_SECS: i64 = 12 * 3600;
 
 /// The store's meta entry holding the signing key.
 pub const KEY_META: &str = "console.session_key";
+/// Failed sign-ins one client address may make in [`SIGN_IN_WINDOW_MS`] before it must wait.
+pub const SIGN_IN_FAILURES: u64 = 10;
+/// The window failed sign-ins are counted over.
+pub const SIGN_IN_WINDOW_MS: i64 = 5 * 60 * 1000;
+
+/// The store's meta entry recording when the secret hashing to `hash` last signed out.
+pub fn signed_out_meta(hash: &SecretHash) -> String {
+    format!("console.signed_out.{}", crate::hex::encode(hash))
+}
 
 pub struct SessionKey([u8; 32]);
 
@@ -36,6 +49,8 @@ pub struct SessionKey([u8; 32]);
 #[derive(Debug, Clone, PartialEq)]
 pub struct Session {
     pub hash: SecretHash,
+    /// When the cookie was issued, in unix milliseconds.
+    pub issued_ms: i64,
     pub expires: i64,
     pub csrf: String,
 }
@@ -58,17 +73,20 @@ impl SessionKey {
         m.finalize().into_bytes().into()
     }
 
-    /// A cookie value for the secret hashing to `hash`, valid until `expires`.
-    pub fn issue(&self, hash: &SecretHash, expires: i64) -> (String, Session) {
-        let exp = expires.to_string();
+    /// A cookie value for the secret hashing to `hash`, issued at `issued_ms` and valid until
+    /// `expires`.
+    pub fn issue(&self, hash: &SecretHash, issued_ms: i64, expires: i64) -> (String, Session) {
+        let (iat, exp) = (issued_ms.to_string(), expires.to_string());
         let h = crate::hex::encode(hash);
-        let mac = crate::hex::encode(&self.mac(&[b"v1", exp.as_bytes(), h.as_bytes()]));
-        let value = format!("v1.{exp}.{h}.{mac}");
+        let mac =
+            crate::hex::encode(&self.mac(&[b"v2", iat.as_bytes(), exp.as_bytes(), h.as_bytes()]));
+        let value = format!("v2.{iat}.{exp}.{h}.{mac}");
         let csrf = self.csrf(&value);
         (
             value,
             Session {
                 hash: *hash,
+                issued_ms,
                 expires,
                 csrf,
             },
@@ -82,12 +100,18 @@ impl SessionKey {
     /// The session a cookie value stands for, if its signature holds and it has not expired.
     pub fn verify(&self, value: &str, now: i64) -> Option<Session> {
         let mut it = value.split('.');
-        let (Some("v1"), Some(exp), Some(h), Some(mac), None) =
-            (it.next(), it.next(), it.next(), it.next(), it.next())
-        else {
+        let (Some("v2"), Some(iat), Some(exp), Some(h), Some(mac), None) = (
+            it.next(),
+            it.next(),
+            it.next(),
+            it.next(),
+            it.next(),
+            it.next(),
+        ) else {
             return None;
         };
-        let expected = crate::hex::encode(&self.mac(&[b"v1", exp.as_bytes(), h.as_bytes()]));
+        let expected =
+            crate::hex::encode(&self.mac(&[b"v2", iat.as_bytes(), exp.as_bytes(), h.as_bytes()]));
         if !bool::from(expected.as_bytes().ct_eq(mac.as_bytes())) {
             return None;
         }
@@ -98,6 +122,7 @@ impl SessionKey {
         let hash = crate::hex::decode32(h)?;
         Some(Session {
             hash,
+            issued_ms: iat.parse().ok()?,
             expires,
             csrf: self.csrf(value),
         })
@@ -142,19 +167,22 @@ mod tests {
     #[test]
     fn sessions_verify_expire_and_resist_tampering() {
         let key = SessionKey::new([7; 32]);
-        let (value, s) = key.issue(&[1; 32], 1_000);
+        let (value, s) = key.issue(&[1; 32], 500_123, 1_000);
         assert_eq!(key.verify(&value, 999), Some(s.clone()));
+        assert_eq!(s.issued_ms, 500_123);
         assert_eq!(key.verify(&value, 1_000), None, "expired");
-        // Another key, a longer life, another hash: all refused.
+        // Another key, a longer life, a later issue time, another hash: all refused.
         assert_eq!(SessionKey::new([8; 32]).verify(&value, 0), None);
-        let longer = value.replacen("1000", "9999", 1);
+        let longer = value.replacen(".1000.", ".9999.", 1);
         assert_eq!(key.verify(&longer, 0), None);
+        let later = value.replacen("500123", "900123", 1);
+        assert_eq!(key.verify(&later, 0), None);
         let other = value.replacen(&"01".repeat(32), &"02".repeat(32), 1);
         assert_eq!(key.verify(&other, 0), None);
-        assert_eq!(key.verify("v1.1000", 0), None);
+        assert_eq!(key.verify("v2.1.1000", 0), None);
         assert_eq!(key.verify(&format!("{value}.x"), 0), None);
         // The CSRF token is bound to the cookie.
-        let (value2, s2) = key.issue(&[1; 32], 2_000);
+        let (value2, s2) = key.issue(&[1; 32], 500_123, 2_000);
         assert_ne!(s.csrf, s2.csrf);
         assert_ne!(value, value2);
     }
@@ -162,7 +190,7 @@ mod tests {
     #[test]
     fn the_cookie_is_found_among_others_and_csrf_must_match() {
         let key = SessionKey::new([7; 32]);
-        let (value, s) = key.issue(&[1; 32], 1_000);
+        let (value, s) = key.issue(&[1; 32], 0, 1_000);
         let mut h = HeaderMap::new();
         h.insert(
             http::header::COOKIE,
@@ -203,7 +231,9 @@ mod api {
     use crate::audit::AuditEvent;
     use crate::context::RequestContext;
     use crate::error::{ApiError, ErrorKind};
+    use crate::http::PeerAddr;
     use crate::identity::Principal;
+    use crate::ratelimit::{Admission, BucketCheck};
     use crate::Core;
 
     #[derive(Deserialize, Default)]
@@ -259,6 +289,7 @@ mod api {
     pub(super) async fn login(
         State(core): State<Arc<Core>>,
         rid: Option<Extension<RequestContext>>,
+        peer: Option<Extension<PeerAddr>>,
         headers: HeaderMap,
         body: Body,
     ) -> Response {
@@ -271,6 +302,40 @@ mod api {
                         "key is required: the master key or an admin's API key",
                     )
                     .param("key"));
+                }
+                // Every attempt takes one from the address's allowance of failures; one that
+                // succeeds gives it back.
+                let address =
+                    peer.map_or_else(|| "unknown".to_owned(), |p| p.0 .0.ip().to_string());
+                let attempts = [BucketCheck {
+                    key: format!("console-sign-in\u{1f}{address}"),
+                    rpm: None,
+                    tpm: Some(super::SIGN_IN_FAILURES),
+                    slot_ms: super::SIGN_IN_WINDOW_MS / (crate::ratelimit::SLOTS as i64 - 1),
+                }];
+                let now_ms = crate::time::now_ms();
+                match core.buckets.acquire(&attempts, 1, now_ms).await {
+                    Ok(Admission::Admitted(_)) => {}
+                    Ok(Admission::Refused { retry_after, .. }) => {
+                        core.audit
+                            .record(audited(&rid, "console.login", "unknown", false))
+                            .await;
+                        let secs = retry_after.as_secs().max(1);
+                        return Err(ApiError::new(
+                            ErrorKind::LimitExceeded,
+                            format!(
+                                "too many failed sign-ins from this address; try again in {secs} s"
+                            ),
+                        )
+                        .code("too_many_sign_ins")
+                        .with_upstream_headers(vec![(
+                            http::header::RETRY_AFTER,
+                            HeaderValue::from(secs),
+                        )]));
+                    }
+                    // The counter is defence in depth; its store failing must not lock
+                    // administrators out.
+                    Err(e) => tracing::warn!(error = %e, "cannot count console sign-in attempts"),
                 }
                 let now = crate::time::now();
                 let principal = match core.keys.authenticate(secret, now) {
@@ -292,8 +357,11 @@ mod api {
                     )
                     .code("master_key_required"));
                 }
+                let _ = core.buckets.adjust(&attempts, -1, now_ms).await;
                 let hash = crate::keys::hash_secret(secret);
-                let (cookie, session) = core.console.issue(&hash, now + LIFETIME_SECS);
+                let (cookie, session) =
+                    core.console
+                        .issue(&hash, crate::time::now_ms(), now + LIFETIME_SECS);
                 core.audit
                     .record(audited(&rid, "console.login", &principal.label(), true))
                     .await;
@@ -313,7 +381,7 @@ mod api {
     }
 
     pub(super) async fn session(State(core): State<Arc<Core>>, headers: HeaderMap) -> Response {
-        match core.console_session(&headers) {
+        match core.console_session(&headers).await {
             Ok((session, principal)) => {
                 let mut res = axum::Json(view(&session, &principal)).into_response();
                 res.headers_mut().insert(
@@ -331,8 +399,10 @@ mod api {
         rid: Option<Extension<RequestContext>>,
         headers: HeaderMap,
     ) -> Response {
-        let who = match core.console_session(&headers) {
-            Ok((session, principal)) if super::csrf_ok(&headers, &session) => principal.label(),
+        let (session, who) = match core.console_session(&headers).await {
+            Ok((session, principal)) if super::csrf_ok(&headers, &session) => {
+                (session, principal.label())
+            }
             Ok(_) => {
                 return ApiError::new(
                     ErrorKind::PermissionDenied,
@@ -343,6 +413,16 @@ mod api {
             }
             Err(e) => return e.into_response(),
         };
+        // Every session of this secret issued until now ends, on every replica.
+        let now_ms = crate::time::now_ms().max(session.issued_ms);
+        if let Err(e) = core
+            .stores
+            .meta
+            .set_meta(&super::signed_out_meta(&session.hash), &now_ms.to_string())
+            .await
+        {
+            return ApiError::from(e).into_response();
+        }
         core.audit
             .record(audited(&rid, "console.logout", &who, true))
             .await;

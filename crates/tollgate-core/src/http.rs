@@ -53,6 +53,11 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
+/// The address a request's connection came from (set by the listener; absent in tests that
+/// call the router directly).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// A fixed label for each known path, so metrics cardinality stays bounded.
 pub fn route_label(path: &str) -> &'static str {
     match path {

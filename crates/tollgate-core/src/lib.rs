@@ -90,6 +90,9 @@ pub struct Core {
     pub signer: Arc<crate::signing::GatewayKey>,
     /// Signs admin console session cookies (shared by every replica through the store).
     pub console: crate::console::SessionKey,
+    /// The sliding-window counters rate limits and quotas use (in Redis when configured);
+    /// also counts failed console sign-ins.
+    pub buckets: Arc<dyn crate::ratelimit::RateBuckets>,
     /// Open streams per principal (`limits.max_streams_per_key`).
     pub streams: crate::streams::StreamSlots,
     /// JWT verification, when `auth.jwt` is configured.
@@ -202,9 +205,13 @@ impl Core {
             failures.clone(),
         ));
         quotas.set_lease(config.storage.reservation_lease);
-        let rate_limits =
-            crate::ratelimit::RateLimits::new(&config.rate_limits, buckets, failures.clone());
+        let rate_limits = crate::ratelimit::RateLimits::new(
+            &config.rate_limits,
+            buckets.clone(),
+            failures.clone(),
+        );
         let core = Arc::new(Core {
+            buckets,
             shared_failures: failures,
             budgets,
             rate_limits,
@@ -338,7 +345,7 @@ impl Core {
     pub async fn require_master(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let principal = match (http::credential(headers), crate::console::cookie(headers)) {
             (None, Some(_)) => {
-                let (session, principal) = self.console_session(headers)?;
+                let (session, principal) = self.console_session(headers).await?;
                 if !crate::console::csrf_ok(headers, &session) {
                     return Err(ApiError::new(
                         ErrorKind::PermissionDenied,
@@ -363,7 +370,7 @@ impl Core {
 
     /// The admin console session a request's cookie stands for, and its principal (still
     /// valid now). The CSRF header is not checked here.
-    pub fn console_session(
+    pub async fn console_session(
         &self,
         headers: &HeaderMap,
     ) -> Result<(crate::console::Session, Arc<Principal>), ApiError> {
@@ -381,6 +388,16 @@ impl Core {
             .keys
             .principal_by_hash(&session.hash, now)
             .map_err(|_| expired())?;
+        // Signed out since this session began (on any replica).
+        let signed_out = self
+            .stores
+            .meta
+            .get_meta(&crate::console::signed_out_meta(&session.hash))
+            .await?
+            .and_then(|v| v.parse::<i64>().ok());
+        if signed_out.is_some_and(|at| session.issued_ms <= at) {
+            return Err(expired());
+        }
         Ok((session, principal))
     }
 

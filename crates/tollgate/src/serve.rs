@@ -25,6 +25,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use hyper::body::Incoming;
+use tollgate_core::http::PeerAddr;
+
 use crate::wire::LineEnds;
 
 /// What every connection is held to (from `limits`; they take effect on restart).
@@ -271,6 +274,10 @@ async fn serve_connection(
         // hyper's own head limit: a longer head is hyper's to refuse.
         line_ends: LineEnds::new(limits.max_header_size.max(8192)),
     };
+    let app = WithPeer {
+        app,
+        peer: io.inner.peer_addr().ok(),
+    };
     let conn =
         builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(app));
     tokio::pin!(conn);
@@ -301,6 +308,31 @@ async fn serve_connection(
                 }
             }
         }
+    }
+}
+
+/// The app, with each request marked with the address its connection came from
+/// ([`PeerAddr`]; per-address limits such as console sign-in attempts use it).
+#[derive(Clone)]
+struct WithPeer {
+    app: Router,
+    peer: Option<SocketAddr>,
+}
+
+impl tower_service::Service<http::Request<Incoming>> for WithPeer {
+    type Response = <Router as tower_service::Service<http::Request<Incoming>>>::Response;
+    type Error = <Router as tower_service::Service<http::Request<Incoming>>>::Error;
+    type Future = <Router as tower_service::Service<http::Request<Incoming>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        tower_service::Service::<http::Request<Incoming>>::poll_ready(&mut self.app, cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<Incoming>) -> Self::Future {
+        if let Some(peer) = self.peer {
+            req.extensions_mut().insert(PeerAddr(peer));
+        }
+        self.app.call(req)
     }
 }
 

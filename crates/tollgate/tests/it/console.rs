@@ -155,7 +155,7 @@ async fn sign_in_sets_a_cookie_that_needs_its_csrf_header() {
     assert_eq!(res.status, 200);
 
     // A forged or altered cookie is no session.
-    let forged = cookie.replacen("v1.", "v1.9", 1);
+    let forged = cookie.replacen("v2.", "v2.9", 1);
     let res = console(
         &t,
         Method::GET,
@@ -200,6 +200,18 @@ async fn sign_in_sets_a_cookie_that_needs_its_csrf_header() {
     .await;
     assert_eq!(res.status, 204);
     assert!(res.header("set-cookie").unwrap().contains("Max-Age=0"));
+    // The cookie is recalled on the server too: a copy kept after signing out is no session.
+    let res = console(
+        &t,
+        Method::GET,
+        "/admin/v1/keys",
+        &cookie,
+        Some(&csrf),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 401, "{}", res.text());
+    assert_eq!(res.json()["error"]["code"], "session_expired");
     let audit = t
         .client
         .get("/admin/v1/audit?action=console.*", MASTER)
@@ -225,6 +237,66 @@ async fn sign_in_sets_a_cookie_that_needs_its_csrf_header() {
             ("console.login", "failure"),
         ]
     );
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn signing_out_ends_earlier_sessions_and_failed_sign_ins_are_throttled() {
+    let t = start(MOCK).await;
+    // Two sessions of the master key (two browsers); signing out of one ends both, and a new
+    // sign-in afterwards works.
+    let (a, b) = (login(&t, MASTER).await, login(&t, MASTER).await);
+    let (cookie_a, cookie_b) = (cookie_of(&a), cookie_of(&b));
+    let csrf_a = a.json()["csrf"].as_str().unwrap().to_owned();
+    let res = console(
+        &t,
+        Method::POST,
+        "/ui/api/logout",
+        &cookie_a,
+        Some(&csrf_a),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 204);
+    for cookie in [&cookie_a, &cookie_b] {
+        let res = console(
+            &t,
+            Method::GET,
+            "/ui/api/session",
+            cookie,
+            None,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(res.status, 401, "{}", res.text());
+    }
+    let c = login(&t, MASTER).await;
+    assert_eq!(c.status, 200);
+    let res = console(
+        &t,
+        Method::GET,
+        "/ui/api/session",
+        &cookie_of(&c),
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+
+    // Successful sign-ins do not count; ten failures from one address do, and then even the
+    // right key waits.
+    for _ in 0..10 {
+        assert_eq!(login(&t, "tg-wrong-guess").await.status, 401);
+    }
+    let res = login(&t, MASTER).await;
+    assert_eq!(res.status, 429, "{}", res.text());
+    assert_eq!(res.json()["error"]["code"], "too_many_sign_ins");
+    let wait: u64 = res.header("retry-after").unwrap().parse().unwrap();
+    // The window is five minutes, counted in slots of ten seconds.
+    assert!((1..=310).contains(&wait), "{wait}");
+    assert!(res.header("set-cookie").is_none());
+    // The API keys themselves are not affected.
+    assert_eq!(t.client.get("/admin/v1/keys", MASTER).await.status, 200);
     t.gw.shutdown().await;
 }
 
