@@ -46,6 +46,21 @@ async fn console(
     t.client.send(method, path, &headers, body).await
 }
 
+/// The admin API refuses the session `cookie` stands for as ended.
+async fn assert_session_ended(t: &TestGateway, cookie: &str, csrf: &str) {
+    let res = console(
+        t,
+        Method::GET,
+        "/admin/v1/keys",
+        cookie,
+        Some(csrf),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(res.status, 401, "{}", res.text());
+    assert_eq!(res.json()["error"]["code"], "session_expired");
+}
+
 #[tokio::test]
 async fn the_console_is_served_with_a_strict_policy_and_pages_fall_back_to_the_app() {
     let t = start(MOCK).await;
@@ -201,17 +216,7 @@ async fn sign_in_sets_a_cookie_that_needs_its_csrf_header() {
     assert_eq!(res.status, 204);
     assert!(res.header("set-cookie").unwrap().contains("Max-Age=0"));
     // The cookie is recalled on the server too: a copy kept after signing out is no session.
-    let res = console(
-        &t,
-        Method::GET,
-        "/admin/v1/keys",
-        &cookie,
-        Some(&csrf),
-        Value::Null,
-    )
-    .await;
-    assert_eq!(res.status, 401, "{}", res.text());
-    assert_eq!(res.json()["error"]["code"], "session_expired");
+    assert_session_ended(&t, &cookie, &csrf).await;
     let audit = t
         .client
         .get("/admin/v1/audit?action=console.*", MASTER)
@@ -327,17 +332,7 @@ async fn admin_principals_sign_in_and_lose_their_session_with_their_key() {
         .post_json(&format!("/admin/v1/keys/{id}/revoke"), MASTER, &json!({}))
         .await;
     assert_eq!(res.status, 200);
-    let res = console(
-        &t,
-        Method::GET,
-        "/admin/v1/keys",
-        &cookie,
-        Some(&csrf),
-        Value::Null,
-    )
-    .await;
-    assert_eq!(res.status, 401, "{}", res.text());
-    assert_eq!(res.json()["error"]["code"], "session_expired");
+    assert_session_ended(&t, &cookie, &csrf).await;
     t.gw.shutdown().await;
 }
 
