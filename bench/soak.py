@@ -64,7 +64,7 @@ E2E = REPO / "e2e"
 if str(E2E) not in sys.path:
     sys.path.insert(0, str(E2E))
 
-from conftest import MASTER_KEY, Gateway, launch_gateway  # noqa: E402
+from conftest import CONFIG_HEAD, MASTER_KEY, Gateway, launch_gateway  # noqa: E402
 from mcp_client_util import start_upstream  # noqa: E402
 from test_a2a_gateway import start_agent  # noqa: E402
 
@@ -81,11 +81,7 @@ FD_MARGIN_FRACTION = 0.20
 KINDS = ["chat", "stream", "cancel", "flaky", "mcp", "a2a"]
 MODEL_KINDS = {"chat", "stream", "cancel", "flaky"}
 
-CONFIG = """\
-listen: 127.0.0.1:0
-master_key: {master}
-storage:
-  database_url: sqlite://{db}
+CONFIG = CONFIG_HEAD + """\
 logging:
   level: warn
 providers:

@@ -31,11 +31,16 @@ SHUTDOWN_TIMEOUT = 10.0
 LISTEN_RE = re.compile(r"^tollgate listening on (http://127\.0\.0\.1:(\d+))\s*$")
 PROVIDER_MOCK_RE = re.compile(r"^provider mock listening on (http://127\.0\.0\.1:\d+)\s*$")
 
-CONFIG_TEMPLATE = """\
+# How every e2e config begins: an ephemeral port, the test master key and a SQLite store in
+# the test's directory (`{master}` and `{db}` are filled in with `str.format`).
+CONFIG_HEAD = """\
 listen: 127.0.0.1:0
 master_key: {master}
 storage:
   database_url: sqlite://{db}
+"""
+
+CONFIG_TEMPLATE = CONFIG_HEAD + """\
 logging:
   level: warn
 cache:

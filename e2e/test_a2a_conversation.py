@@ -17,18 +17,14 @@ import httpx
 import openai
 import pytest
 from a2a_probe import make_client, resolve_card, send_for_task, send_request, user_message
-from conftest import MASTER_KEY, launch_gateway, new_key
+from conftest import CONFIG_HEAD, MASTER_KEY, launch_gateway, new_key
 from mcp_client_util import start_upstream, text_of
 from mcp_client_util import connect as mcp_connect
 from test_a2a_gateway import start_agent
 
 pytestmark = pytest.mark.anyio
 
-CONFIG = """\
-listen: 127.0.0.1:0
-master_key: {master}
-storage:
-  database_url: sqlite://{db}
+CONFIG = CONFIG_HEAD + """\
 logging:
   level: warn
 providers:

@@ -37,7 +37,7 @@ from typing import Callable, Iterator, Optional, Union
 
 import httpx
 import pytest
-from conftest import MASTER_KEY, Gateway, launch_gateway
+from conftest import CONFIG_HEAD, MASTER_KEY, Gateway, launch_gateway
 from mcp_client_util import start_upstream
 from test_a2a_gateway import Agent, start_agent
 
@@ -45,11 +45,7 @@ LIMIT = 256 * 1024  # limits.max_body_size below
 CASE_TIMEOUT = 5.0  # seconds for a whole answer: longer is a hang
 PIPELINE_GRACE = 0.25  # how long to wait for an answer to a smuggled or pipelined request
 
-CONFIG = """\
-listen: 127.0.0.1:0
-master_key: {master}
-storage:
-  database_url: sqlite://{db}
+CONFIG = CONFIG_HEAD + """\
 logging:
   level: warn
 limits:

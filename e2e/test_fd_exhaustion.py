@@ -14,13 +14,9 @@ from pathlib import Path
 
 import httpx
 
-from conftest import MASTER_KEY, launch_gateway, wait_for
+from conftest import CONFIG_HEAD, MASTER_KEY, launch_gateway, wait_for
 
-CONFIG = """\
-listen: 127.0.0.1:0
-master_key: {master}
-storage:
-  database_url: sqlite://{db}
+CONFIG = CONFIG_HEAD + """\
 logging:
   level: warn
 providers:

@@ -11,15 +11,11 @@ import time
 
 import httpx
 import pytest
-from conftest import MASTER_KEY, Gateway, launch_gateway, new_key
+from conftest import CONFIG_HEAD, MASTER_KEY, Gateway, launch_gateway, new_key
 from mcp_client_util import start_upstream
 from test_mcp_gateway import ACCEPT, auth, initialize, post
 
-CONFIG = """\
-listen: 127.0.0.1:0
-master_key: {master}
-storage:
-  database_url: sqlite://{db}
+CONFIG = CONFIG_HEAD + """\
 logging:
   level: warn
 limits:

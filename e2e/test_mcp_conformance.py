@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import MASTER_KEY, _binary, launch_gateway
+from conftest import CONFIG_HEAD, MASTER_KEY, _binary, launch_gateway
 
 NODE_MODULES = Path(__file__).resolve().parent / "node" / "node_modules"
 NODE = NODE_MODULES / "node" / "bin" / "node"
@@ -27,11 +27,7 @@ pytestmark = pytest.mark.skipif(
     reason="npm pins not installed: run `npm ci --prefix e2e/node`",
 )
 
-CONFIG = """\
-listen: 127.0.0.1:0
-master_key: {master}
-storage:
-  database_url: sqlite://{db}
+CONFIG = CONFIG_HEAD + """\
 logging:
   level: warn
 mcp:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MASTER_KEY, Gateway, launch_gateway, new_key
+from conftest import CONFIG_HEAD, MASTER_KEY, Gateway, launch_gateway, new_key
 from mcp.client.session import ClientRequestContext
 from mcp.types import (
     BlobResourceContents,
@@ -198,11 +198,7 @@ def everything_over_http(marker: str) -> Iterator[NodeServer]:
 
 # --- The gateway -----------------------------------------------------------------------------------
 
-CONFIG = """\
-listen: 127.0.0.1:0
-master_key: {master}
-storage:
-  database_url: sqlite://{db}
+CONFIG = CONFIG_HEAD + """\
 logging:
   level: warn
 mcp:

@@ -16,7 +16,7 @@ from typing import Iterator
 import anyio
 import httpx
 import pytest
-from conftest import MASTER_KEY, Gateway, _binary, launch_gateway, new_key
+from conftest import CONFIG_HEAD, MASTER_KEY, Gateway, _binary, launch_gateway, new_key
 from mcp import MCPError
 from mcp.types import TextResourceContents
 from mcp_client_util import (
@@ -38,11 +38,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-CONFIG = """\
-listen: 127.0.0.1:0
-master_key: {master}
-storage:
-  database_url: sqlite://{db}
+CONFIG = CONFIG_HEAD + """\
 logging:
   level: warn
 mcp:

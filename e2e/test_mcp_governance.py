@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 from pathlib import Path
 
 import anyio
 import pytest
-from conftest import MASTER_KEY, Gateway, launch_gateway, new_key
+from conftest import CONFIG_HEAD, MASTER_KEY, Gateway, launch_gateway, new_key
 from mcp import MCPError
 from mcp.client.session import ClientRequestContext
 from mcp.types import ElicitRequestParams, ElicitResult
@@ -39,11 +38,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-CONFIG = """\
-listen: 127.0.0.1:0
-master_key: {master}
-storage:
-  database_url: sqlite://{db}
+CONFIG = CONFIG_HEAD + """\
 logging:
   level: warn
 mcp:

@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from conftest import MASTER_KEY, Gateway, launch_gateway, new_key
+from conftest import CONFIG_HEAD, MASTER_KEY, Gateway, launch_gateway, new_key
 from mcp import MCPError
 from mcp_client_util import Upstream, connect, start_upstream, text_of
 
@@ -29,11 +29,7 @@ SECRET_ENV = "E2E_MCP_OAUTH_SECRET"
 SCOPE = "tools.read tools.call"
 ACCEPT = "application/json, text/event-stream"
 
-CONFIG = """\
-listen: 127.0.0.1:0
-master_key: {master}
-storage:
-  database_url: sqlite://{db}
+CONFIG = CONFIG_HEAD + """\
 logging:
   level: warn
 mcp:

@@ -69,7 +69,7 @@ import anyio
 import httpx
 import openai
 import pytest
-from conftest import Gateway, _binary, launch_gateway, wait_for
+from conftest import CONFIG_HEAD, Gateway, _binary, launch_gateway, wait_for
 from mcp import MCPError
 from mcp_client_util import UPSTREAM_SCRIPT, connect, start_upstream, text_of
 from test_a2a_gateway import Agent, start_agent
@@ -288,11 +288,7 @@ def recorder() -> Iterator[Recorder]:
 
 # --- the config --------------------------------------------------------------------------------
 
-CONFIG = """\
-listen: 127.0.0.1:0
-master_key: {master}
-storage:
-  database_url: sqlite://{db}
+CONFIG = CONFIG_HEAD + """\
 logging:
   level: trace
   format: json

@@ -33,7 +33,7 @@ import httpx
 import openai
 import pytest
 from a2a_probe import make_client, resolve_card, send_for_task, send_request, user_message
-from conftest import MASTER_KEY, REPO, launch_gateway, new_key
+from conftest import CONFIG_HEAD, MASTER_KEY, REPO, launch_gateway, new_key
 from mcp_client_util import connect as mcp_connect
 from mcp_client_util import start_upstream, text_of
 from test_a2a_gateway import start_agent
@@ -49,11 +49,7 @@ CHROMIUM = Path(os.environ.get("CHROMIUM") or "/usr/bin/chromium")
 ARTIFACTS_COPY = REPO / "target" / "ui-artifacts"
 FLOW_TIMEOUT = 300
 
-CONFIG = """\
-listen: 127.0.0.1:0
-master_key: {master}
-storage:
-  database_url: sqlite://{db}
+CONFIG = CONFIG_HEAD + """\
 logging:
   level: warn
 providers:

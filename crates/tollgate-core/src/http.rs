@@ -196,14 +196,7 @@ pub async fn shell(State(core): State<Arc<Core>>, mut req: Request, next: Next) 
         ),
     }
     // The in-flight gauge drops when the body is done, so streams count until they end.
-    let (parts, body) = res.into_parts();
-    Response::from_parts(
-        parts,
-        Body::new(GuardedBody {
-            inner: body,
-            _guard: guard,
-        }),
-    )
+    hold_while_body(res, guard)
 }
 
 /// A response whose body keeps `guard` alive until the body is done or dropped (a stream slot,
