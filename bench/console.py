@@ -2,7 +2,7 @@
 """The admin console on a large store: seeds a SQLite store with one million ledger rows (30
 days of traffic over 200 keys, 50 users, 10 teams, 8 models, 5,000 conversations) and 2,000
 audit records (key creations through the API), lets tollgate migrate it (building the hourly
-rollup from the rows), then times every API call the console's pages make, and prints a table
+and conversation rollups from the rows), then times every API call the console's pages make, and prints a table
 against the 300 ms page target.
 
     bench/console.py                      # uses target/release/tollgate, else target/debug
@@ -118,12 +118,13 @@ def seed(db: Path) -> None:
     con.executescript(
         """
         DROP TABLE ledger_hourly;
+        DROP TABLE ledger_conversations;
         DROP INDEX IF EXISTS ledger_model_time;
         DROP INDEX IF EXISTS audit_log_action;
         DROP INDEX IF EXISTS audit_log_principal;
         ALTER TABLE ledger DROP COLUMN failed;
         ALTER TABLE ledger DROP COLUMN latency_class;
-        DELETE FROM tollgate_migrations WHERE version = 11;
+        DELETE FROM tollgate_migrations WHERE version IN (11, 13);
         """
     )
 

@@ -11,7 +11,8 @@ waiting for an approval, and tool definitions that drifted (as in test_mcp_gover
 
 The browser then does what a newcomer does: opens /ui, signs in with the master key (by
 keyboard), creates a key, calls mock-echo with it, and finds the call and its cost on the
-overview, the spend explorer and the key's page; it visits every page (accessibility checks and
+overview, the spend explorer and the key's page; gives the key a budget and a requests-per-minute
+limit of its own in the edit form and sees the second call within the minute refused; it visits every page (accessibility checks and
 a full-page screenshot each), checks that a change without the CSRF header is refused, and
 signs out. Screenshots go to the test's tmp dir and are copied to target/ui-artifacts/.
 
@@ -268,11 +269,16 @@ async def test_a_newcomer_signs_in_creates_a_key_and_sees_its_spend(tmp_path: Pa
                 assert page in shots, f"no screenshot of {page}: {sorted(shots)}"
                 assert (ARTIFACTS_COPY / f"{page}.png").stat().st_size > 10_000
 
-            # The server's side of the same story: the key the browser created, used once, and
-            # the console's sign-ins (the refused one too) and sign-out in the audit chain.
+            # The server's side of the same story: the key the browser created, used twice (the
+            # call it looked for, then one under the limits it was given; the refused third call
+            # is not recorded), its limits edited and cleared, and the console's sign-ins (the
+            # refused one too) and sign-out in the audit chain.
             key_id = summary["key"]["id"]
             spend = gw.admin("GET", f"/admin/v1/spend?filter_by=key&filter={key_id}").json()
-            assert spend["total_requests"] == 1 and spend["total_cost_usd"] > 0, spend
+            assert spend["total_requests"] == 2 and spend["total_cost_usd"] > 0, spend
+            updates = gw.admin("GET", f"/admin/v1/audit?action=key.update&target={key_id}").json()["data"]
+            assert len(updates) == 2, updates
+            assert gw.admin("GET", f"/admin/v1/keys/{key_id}").json()["limits"] == {}
             audit = gw.admin("GET", "/admin/v1/audit?action=console.*&limit=50").json()["data"]
             seen = {(r["action"], r["outcome"]) for r in audit}
             assert ("console.login", "success") in seen, audit

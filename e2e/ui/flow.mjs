@@ -436,6 +436,50 @@ async function run() {
     return { requests: tiles[0], cost: tiles[1] };
   });
 
+  await step('give the key limits of its own, and they hold', async () => {
+    await page.getByRole('button', { name: 'Edit' }).click();
+    const dlg = page.getByRole('dialog', { name: /Edit key/ });
+    await dlg.waitFor();
+    const limits = dlg.getByRole('group', { name: 'Limits of this key' });
+    await limits.getByLabel('Budget, USD').fill('5');
+    await limits.getByLabel('Budget period').selectOption('daily');
+    await limits.getByLabel('Requests per minute').fill('1');
+    await shot('key-edit-limits');
+    await dlg.getByRole('button', { name: 'Save changes' }).click();
+    await dlg.waitFor({ state: 'detached' });
+    const props = await page.locator('dl.props').innerText();
+    check(/\$5\.00 per day/.test(props) && /1 request\/min/.test(props), `the key page does not show its limits: ${props}`);
+    // The key's own budget is listed with the spend so far (read from the ledger).
+    const own = page.getByRole('table', { name: 'Budgets counting this key' }).getByRole('row', { name: /this key’s own/ });
+    await own.waitFor();
+    const ownText = await own.innerText();
+    check(/\$5\.00/.test(ownText), `the key's own budget row shows no limit: ${ownText}`);
+    // One request a minute: the first call goes through, the second is refused.
+    const call = () => fetch(`${ORIGIN}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${secret}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'mock-echo', messages: [{ role: 'user', content: 'limited' }] }),
+    });
+    const first = await call();
+    await first.text();
+    const second = await call();
+    const refusal = await second.json();
+    check(first.status === 200, `the first call under the key's rpm got ${first.status}`);
+    check(second.status === 429 && refusal.error && refusal.error.code === 'rate_limit_exceeded',
+      `the second call within a minute was not refused: ${second.status} ${JSON.stringify(refusal)}`);
+    await visit('key-detail-limits');
+    // Limits cleared again: the form sends none.
+    await page.getByRole('button', { name: 'Edit' }).click();
+    await dlg.waitFor();
+    await limits.getByLabel('Budget, USD').fill('');
+    await limits.getByLabel('Requests per minute').fill('');
+    await dlg.getByRole('button', { name: 'Save changes' }).click();
+    await dlg.waitFor({ state: 'detached' });
+    const cleared = await page.locator('dl.props').innerText();
+    check(/none of its own/.test(cleared), `the limits were not cleared: ${cleared}`);
+    return { limited: second.status, refusal: refusal.error.message };
+  });
+
   await step('every other page', async () => {
     const visited = [];
     const nav = page.getByRole('navigation', { name: 'Console' });

@@ -19,7 +19,7 @@ use crate::context::RequestContext;
 use crate::error::{ApiError, ErrorKind};
 use crate::http::{json_response, parse_json, read_body, PathParam};
 use crate::keys::NewKey;
-use crate::store::{KeyRecord, KeyUpdate, Page};
+use crate::store::{KeyLimits, KeyRecord, KeyUpdate, Page};
 use crate::Core;
 
 /// The admin routes, to be mounted on the main listener or on `admin.listen`.
@@ -29,6 +29,8 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/admin/v1/keys/{id}", get(get_key).patch(update_key))
         .route("/admin/v1/keys/{id}/revoke", post(revoke_key))
         .route("/admin/v1/keys/{id}/rotate", post(rotate_key))
+        .route("/admin/v1/keys/{id}/budget", get(key_budget))
+        .route("/admin/v1/keys/{id}/budget/reset", post(reset_key_budget))
         .route("/admin/v1/master-key/rotate", post(rotate_master_key))
         .route("/admin/v1/openapi.json", get(openapi))
         .with_state(core.clone())
@@ -42,12 +44,13 @@ pub fn router(core: Arc<Core>) -> Router {
 #[openapi(
     info(title = "tollgate admin API", description = "Manage tollgate's virtual keys. Every call needs the master key as a bearer token."),
     paths(list_keys, create_key, get_key, update_key, revoke_key, rotate_key, rotate_master_key,
+          key_budget, reset_key_budget,
           crate::directory::list_teams, crate::directory::create_team, crate::directory::get_team,
           crate::directory::update_team, crate::directory::delete_team,
           crate::directory::list_users, crate::directory::create_user, crate::directory::get_user,
           crate::directory::update_user, crate::directory::delete_user,
           crate::spend::spend, crate::spend::budgets, crate::spend::reset_budget),
-    components(schemas(KeyView, KeyStatus, CreateKeyRequest, UpdateKeyRequest, RotateKeyRequest, CreatedKey, KeyList, ErrorBody, ErrorDetail,
+    components(schemas(KeyView, KeyStatus, KeyLimits, crate::config::Period, CreateKeyRequest, UpdateKeyRequest, RotateKeyRequest, CreatedKey, KeyList, ErrorBody, ErrorDetail,
           crate::directory::TeamView, crate::directory::UserView, crate::directory::CreateTeamRequest,
           crate::directory::UpdateTeamRequest, crate::directory::CreateUserRequest, crate::directory::UpdateUserRequest,
           crate::spend::SpendReport, crate::spend::SpendRowView, crate::spend::ResetRequest)),
@@ -115,6 +118,8 @@ pub struct KeyView {
     pub revoked_at: Option<String>,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The key's own budget and rate limits, on top of the configured ones.
+    pub limits: KeyLimits,
     /// The first characters of the current secret, to recognise it.
     pub secret_prefix: String,
     pub created_at: String,
@@ -143,6 +148,7 @@ impl KeyView {
             status,
             revoked_at: k.revoked_at.map(crate::time::rfc3339),
             metadata: k.metadata.clone(),
+            limits: k.limits.clone(),
             secret_prefix: k.secret_prefix.clone(),
             created_at: crate::time::rfc3339(k.created_at),
             updated_at: crate::time::rfc3339(k.updated_at),
@@ -168,6 +174,9 @@ pub struct CreateKeyRequest {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The key's own budget and rate limits; omitted: none.
+    #[serde(default)]
+    pub limits: KeyLimits,
 }
 
 /// A partial update. Absent fields stay; `null` clears `user`, `team` and `expires_at`.
@@ -189,6 +198,8 @@ pub struct UpdateKeyRequest {
     pub enabled: Option<bool>,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Replaces the key's own limits as a whole (`{}`: none).
+    pub limits: Option<KeyLimits>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -357,6 +368,7 @@ async fn create_key(
                     expires_at,
                     enabled: req.enabled.unwrap_or(true),
                     metadata: req.metadata,
+                    limits: req.limits,
                 })
                 .await;
             let target = result.as_ref().map_or(name, |(r, _)| r.id.clone());
@@ -427,6 +439,7 @@ async fn update_key(
                         expires_at,
                         enabled: req.enabled,
                         metadata: req.metadata,
+                        limits: req.limits,
                     },
                 )
                 .await;
@@ -539,6 +552,63 @@ async fn rotate_key(
     )
 }
 
+/// The budget the key's own `limits` set, with its spend, reservations and what remains in
+/// the current period: `{"data": budget}`, or `{"data": null}` when the key sets none.
+#[utoipa::path(get, path = "/admin/v1/keys/{id}/budget", params(("id" = String, Path)),
+    responses((status = 200, description = "The key's own budget (same shape as an entry of /admin/v1/budgets), or null"),
+               (status = 404, body = ErrorBody)))]
+async fn key_budget(
+    State(core): State<Arc<Core>>,
+    headers: HeaderMap,
+    PathParam(id): PathParam,
+) -> Response {
+    respond(
+        async {
+            core.require_master(&headers).await?;
+            let key = core.keys.get(&id).await?;
+            let report = core.budgets.key_report(&key.id, &key.limits).await?;
+            Ok(ok_json(
+                StatusCode::OK,
+                &serde_json::json!({ "data": report }),
+            ))
+        }
+        .await,
+    )
+}
+
+/// Restart the spend the key's own budget counts from zero, now (persisted and audited).
+#[utoipa::path(post, path = "/admin/v1/keys/{id}/budget/reset", params(("id" = String, Path)),
+    responses((status = 200, description = "Reset"),
+              (status = 404, description = "No such key, or it sets no budget", body = ErrorBody)))]
+async fn reset_key_budget(
+    State(core): State<Arc<Core>>,
+    rid: Option<Extension<RequestContext>>,
+    headers: HeaderMap,
+    PathParam(id): PathParam,
+) -> Response {
+    respond(
+        async {
+            core.require_master(&headers).await?;
+            let key = core.keys.get(&id).await?;
+            let result = core.budgets.reset_key(&key.id, &key.limits).await;
+            audit(
+                &core,
+                &rid,
+                "budget.reset",
+                &format!("key:{id}:{id}"),
+                &result,
+            )
+            .await;
+            result?;
+            Ok(ok_json(
+                StatusCode::OK,
+                &serde_json::json!({"budget": format!("key:{id}"), "id": id, "reset": true}),
+            ))
+        }
+        .await,
+    )
+}
+
 async fn openapi(State(core): State<Arc<Core>>, headers: HeaderMap) -> Response {
     match core.require_master(&headers).await {
         Ok(()) => json_response(StatusCode::OK, openapi_json()),
@@ -556,11 +626,14 @@ mod tests {
             "/admin/v1/keys/{id}",
             "/admin/v1/keys/{id}/revoke",
             "/admin/v1/keys/{id}/rotate",
+            "/admin/v1/keys/{id}/budget",
+            "/admin/v1/keys/{id}/budget/reset",
             "/admin/v1/master-key/rotate",
         ] {
             assert!(doc["paths"].get(p).is_some(), "missing {p}");
         }
         assert!(doc["components"]["schemas"]["CreateKeyRequest"].is_object());
+        assert!(doc["components"]["schemas"]["KeyLimits"].is_object());
         assert!(doc["components"]["securitySchemes"]["master_key"].is_object());
     }
 }

@@ -24,7 +24,7 @@ use crate::config::{BudgetConfig, Period, Scope};
 use crate::error::{ApiError, ErrorKind};
 use crate::glob::Glob;
 use crate::ledger::{Dimension, SpendQuery};
-use crate::store::{LedgerStore, MetaStore, StoreResult};
+use crate::store::{KeyLimits, LedgerStore, MetaStore, StoreResult};
 
 /// Who and what a request is, as budgets and rate limits see it.
 #[derive(Debug, Clone, Copy, Default)]
@@ -36,12 +36,22 @@ pub struct Subject<'a> {
     pub model: &'a str,
     pub conversation: Option<&'a str>,
     pub agent: Option<&'a str>,
+    /// The calling key's own limits, if it has any.
+    pub key_limits: Option<&'a KeyLimits>,
 }
 
 /// The id every `global` counter has.
 pub const GLOBAL_ID: &str = "*";
 
 impl<'a> Subject<'a> {
+    /// A request by a key, as far as the key's own limits care.
+    pub fn of_key(key_id: &'a str) -> Subject<'a> {
+        Subject {
+            key: Some(key_id),
+            ..Subject::default()
+        }
+    }
+
     /// The request's id in a scope; `None` when it has none (a JWT principal has no key).
     pub fn id(&self, scope: Scope) -> Option<&'a str> {
         match scope {
@@ -371,6 +381,25 @@ fn counter_name(c: &BudgetConfig) -> String {
     format!("{}@{hex}", c.name)
 }
 
+/// The budget a key's own `limits.budget_usd` sets: a rule of scope `key` that matches only
+/// that key, named `key:{id}` (a name no configured budget can have).
+fn key_rule(key_id: &str, limits: &KeyLimits) -> Option<Arc<Rule>> {
+    let cfg = BudgetConfig {
+        name: format!("key:{key_id}"),
+        scope: Scope::Key,
+        matches: vec![key_id.to_owned()],
+        models: Vec::new(),
+        period: limits.period(),
+        limit_usd: limits.budget_usd?,
+        alerts: None,
+    };
+    Some(Arc::new(Rule {
+        name: Arc::from(counter_name(&cfg)),
+        selector: Selector::new(cfg.scope, &cfg.matches, &cfg.models),
+        cfg,
+    }))
+}
+
 fn meta_reset_key(budget: &str, id: &str) -> String {
     format!("budget_reset:{budget}:{id}")
 }
@@ -568,7 +597,14 @@ impl Budgets {
         s: &Subject<'_>,
         estimate_usd: f64,
     ) -> Result<Option<Reservation>, ApiError> {
-        let rules = self.rules.load_full();
+        let mut rules = self.rules.load_full();
+        if let Some(own) = s
+            .key
+            .zip(s.key_limits)
+            .and_then(|(id, limits)| key_rule(id, limits))
+        {
+            rules = Arc::new(rules.iter().cloned().chain([own]).collect());
+        }
         if rules.is_empty() {
             return Ok(None);
         }
@@ -633,24 +669,45 @@ impl Budgets {
         let rules = self.rules.load_full();
         let mut out = Vec::with_capacity(rules.len());
         for r in rules.iter() {
-            let (start, end) = period_bounds(r.cfg.period, now_ms);
-            let counters = self.counters.list(&r.name, start).await?;
-            out.push(BudgetReport {
-                budget: r.cfg.clone(),
-                period_start: crate::time::rfc3339(start / 1000),
-                resets_at: end.map(|e| crate::time::rfc3339(e / 1000)),
-                counters: counters
-                    .into_iter()
-                    .map(|(k, s)| CounterReport {
-                        id: k.id,
-                        spent_usd: s.spent_usd,
-                        reserved_usd: s.reserved_usd,
-                        remaining_usd: (r.cfg.limit_usd - s.spent_usd).max(0.0),
-                    })
-                    .collect(),
-            });
+            out.push(self.report_rule(r, now_ms).await?);
         }
         Ok(out)
+    }
+
+    async fn report_rule(&self, r: &Rule, now_ms: i64) -> StoreResult<BudgetReport> {
+        let (start, end) = period_bounds(r.cfg.period, now_ms);
+        let counters = self.counters.list(&r.name, start).await?;
+        Ok(BudgetReport {
+            budget: r.cfg.clone(),
+            period_start: crate::time::rfc3339(start / 1000),
+            resets_at: end.map(|e| crate::time::rfc3339(e / 1000)),
+            counters: counters
+                .into_iter()
+                .map(|(k, s)| CounterReport {
+                    id: k.id,
+                    spent_usd: s.spent_usd,
+                    reserved_usd: s.reserved_usd,
+                    remaining_usd: (r.cfg.limit_usd - s.spent_usd).max(0.0),
+                })
+                .collect(),
+        })
+    }
+
+    /// The budget a key's own limits set, with its counter in the current period (read from
+    /// the ledger if no request has used it yet). `None`: the key sets no budget.
+    pub async fn key_report(
+        &self,
+        key_id: &str,
+        limits: &KeyLimits,
+    ) -> StoreResult<Option<BudgetReport>> {
+        let Some(rule) = key_rule(key_id, limits) else {
+            return Ok(None);
+        };
+        let now_ms = crate::time::now_ms();
+        let rules = [rule];
+        let applied = Self::applicable(&rules, &Subject::of_key(key_id), now_ms);
+        self.ensure_seeded(&rules, &applied).await?;
+        self.report_rule(&rules[0], now_ms).await.map(Some)
     }
 
     /// An operator reset: the budget's spend for `id` starts from zero now. Persisted, so a
@@ -662,9 +719,24 @@ impl Budgets {
                 ApiError::not_found(format!("no budget named {budget:?}")).code("budget_not_found")
             );
         };
+        self.reset_rule(rule, id).await
+    }
+
+    /// Resets the budget a key's own limits set, like [`Budgets::reset`].
+    pub async fn reset_key(&self, key_id: &str, limits: &KeyLimits) -> Result<(), ApiError> {
+        let Some(rule) = key_rule(key_id, limits) else {
+            return Err(
+                ApiError::not_found(format!("key {key_id:?} has no budget of its own"))
+                    .code("budget_not_found"),
+            );
+        };
+        self.reset_rule(&rule, key_id).await
+    }
+
+    async fn reset_rule(&self, rule: &Rule, id: &str) -> Result<(), ApiError> {
         let now_ms = crate::time::now_ms();
         self.meta
-            .set_meta(&meta_reset_key(budget, id), &now_ms.to_string())
+            .set_meta(&meta_reset_key(&rule.cfg.name, id), &now_ms.to_string())
             .await?;
         let key = CounterKey {
             budget: rule.name.clone(),

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use crate::audit::AuditRecord;
 use crate::http::{json_response, PathParam};
+use crate::ledger::ConversationQuery;
 use crate::Core;
 
 /// The most records of each kind one answer holds.
@@ -53,8 +54,9 @@ struct ListParams {
     limit: Option<u32>,
 }
 
-/// Conversations with model calls in a time range (default the last 7 days), most expensive
-/// first: id, model calls, tokens and cost.
+/// Conversations with a model call in a time range (default the last 7 days), most expensive
+/// first: id, first and last model call, and their model calls, tokens and cost in all. Read
+/// from the conversation rollup: one row per conversation, however many calls it made.
 async fn list(
     State(core): State<Arc<Core>>,
     headers: HeaderMap,
@@ -67,31 +69,39 @@ async fn list(
         Ok(axum::extract::Query(p)) => p,
         Err(e) => return crate::error::ApiError::invalid(e.body_text()).into_response(),
     };
-    let params = crate::spend::SpendParams {
-        group_by: Some("conversation".into()),
-        since: Some(p.since.unwrap_or_else(|| "7d".into())),
-        until: p.until,
-        limit: Some(p.limit.unwrap_or(50).clamp(1, 1000)),
-        ..Default::default()
+    let q = match (
+        crate::spend::instant(Some(p.since.as_deref().unwrap_or("7d")), "since"),
+        crate::spend::instant(p.until.as_deref(), "until"),
+    ) {
+        (Ok(since), Ok(until)) => ConversationQuery {
+            since_ms: since.unwrap_or(0),
+            until_ms: until.unwrap_or(i64::MAX),
+            limit: p.limit.unwrap_or(50).clamp(1, 1000),
+        },
+        (Err(e), _) | (_, Err(e)) => return e.into_response(),
     };
-    match crate::spend::report(&core, &params).await {
-        Ok(r) => {
-            let data: Vec<Value> = r
-                .rows
+    core.ledger.flush().await;
+    match core.stores.ledger.conversations(&q).await {
+        Ok(rows) => {
+            let time = |ms: i64| crate::time::rfc3339(ms.div_euclid(1000));
+            let data: Vec<Value> = rows
                 .iter()
-                .filter_map(|row| {
-                    Some(json!({
-                        "conversation_id": row.group.as_ref()?,
-                        "model_calls": row.requests,
-                        "prompt_tokens": row.prompt_tokens,
-                        "completion_tokens": row.completion_tokens,
-                        "cost_usd": row.cost_usd,
-                    }))
+                .map(|c| {
+                    json!({
+                        "conversation_id": c.conversation_id,
+                        "first_at": time(c.first_ms),
+                        "last_at": time(c.last_ms),
+                        "model_calls": c.requests,
+                        "failed": c.failed,
+                        "prompt_tokens": c.prompt_tokens,
+                        "completion_tokens": c.completion_tokens,
+                        "cost_usd": c.cost_usd,
+                    })
                 })
                 .collect();
             json_response(StatusCode::OK, json!({ "data": data }).to_string())
         }
-        Err(e) => e.into_response(),
+        Err(e) => crate::error::ApiError::from(e).into_response(),
     }
 }
 

@@ -1,8 +1,10 @@
 //! Who is calling. Every authenticated request resolves to a [`Principal`]; the layers decide
 //! on it and never on raw credentials.
 
+use std::sync::Arc;
+
 use crate::glob::Glob;
-use crate::store::KeyRecord;
+use crate::store::{KeyLimits, KeyRecord};
 
 #[derive(Debug, Clone)]
 pub struct Principal {
@@ -20,6 +22,8 @@ pub struct Principal {
     /// the current actor first. Empty when the principal acts for itself.
     pub delegation: Vec<String>,
     pub is_master: bool,
+    /// The key's own budget and rate limits (virtual keys only).
+    pub limits: Option<Arc<KeyLimits>>,
     /// Model patterns this principal may use; empty means every model.
     models: Vec<Glob>,
 }
@@ -43,6 +47,7 @@ impl Principal {
             agent: None,
             delegation: Vec::new(),
             is_master: true,
+            limits: None,
             models: Vec::new(),
         }
     }
@@ -69,6 +74,7 @@ impl Principal {
             agent: None,
             delegation: Vec::new(),
             is_master: false,
+            limits: (!key.limits.is_empty()).then(|| Arc::new(key.limits.clone())),
             models: crate::keys::compile_patterns(&key.models),
         }
     }
@@ -121,6 +127,7 @@ impl Principal {
             agent,
             delegation: Vec::new(),
             is_master: false,
+            limits: None,
             models: Vec::new(),
         }
     }

@@ -21,8 +21,8 @@ use crate::error::{ApiError, ErrorKind};
 use crate::glob::Glob;
 use crate::identity::Principal;
 use crate::store::{
-    DirectoryStore, KeyRecord, KeySecret, KeyStore, KeyUpdate, MetaStore, Page, SecretHash,
-    StoreError, TeamRecord, UserRecord,
+    DirectoryStore, KeyLimits, KeyRecord, KeySecret, KeyStore, KeyUpdate, MetaStore, Page,
+    SecretHash, StoreError, TeamRecord, UserRecord,
 };
 
 /// Every virtual key secret starts with this, so leaked keys are recognisable by scanners.
@@ -98,6 +98,7 @@ pub struct NewKey {
     pub expires_at: Option<i64>,
     pub enabled: bool,
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub limits: KeyLimits,
 }
 
 pub struct KeyService {
@@ -403,7 +404,7 @@ impl KeyService {
     }
 
     pub async fn create(&self, new: NewKey) -> Result<(KeyRecord, String), ApiError> {
-        validate_key_fields(Some(&new.name), new.models.iter())?;
+        validate_key_fields(Some(&new.name), new.models.iter(), Some(&new.limits))?;
         self.check_refs(new.user.as_deref(), new.team.as_deref())
             .await?;
         let secret = mint_secret(KEY_PREFIX)?;
@@ -418,6 +419,7 @@ impl KeyService {
             enabled: new.enabled,
             revoked_at: None,
             metadata: new.metadata,
+            limits: new.limits,
             secret_prefix: shown_prefix(&secret),
             created_at: now,
             updated_at: now,
@@ -447,7 +449,11 @@ impl KeyService {
     }
 
     pub async fn update(&self, id: &str, update: &KeyUpdate) -> Result<KeyRecord, ApiError> {
-        validate_key_fields(update.name.as_ref(), update.models.iter().flatten())?;
+        validate_key_fields(
+            update.name.as_ref(),
+            update.models.iter().flatten(),
+            update.limits.as_ref(),
+        )?;
         self.check_refs(
             update.user.as_ref().and_then(|u| u.as_deref()),
             update.team.as_ref().and_then(|t| t.as_deref()),
@@ -503,7 +509,11 @@ fn key_not_found(id: &str) -> ApiError {
 fn validate_key_fields<'a>(
     name: Option<&String>,
     models: impl Iterator<Item = &'a String>,
+    limits: Option<&KeyLimits>,
 ) -> Result<(), ApiError> {
+    if let Some((field, problem)) = limits.and_then(|l| l.problems().into_iter().next()) {
+        return Err(ApiError::invalid(format!("{field} {problem}")).param(field));
+    }
     if let Some(name) = name {
         if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
             return Err(ApiError::invalid(

@@ -554,7 +554,86 @@ pub fn hourly_deltas(records: &[LedgerRecord]) -> Vec<(HourlyKey, HourlyDelta)> 
         d.cost_usd += r.cost_usd;
         d.latency[latency_class(r.latency_ms)] += 1;
     }
-    out.into_iter().collect()
+    // In key order: concurrent appends (replicas sharing PostgreSQL) lock rows in one order.
+    let mut out: Vec<_> = out.into_iter().collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// The conversations active in `[since_ms, until_ms)` (a model call in it, by their first and
+/// last), most expensive first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConversationQuery {
+    pub since_ms: i64,
+    pub until_ms: i64,
+    pub limit: u32,
+}
+
+/// One conversation's model calls, all of them (not only those in the queried range).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConversationSummary {
+    pub conversation_id: String,
+    pub first_ms: i64,
+    pub last_ms: i64,
+    pub requests: i64,
+    pub failed: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cost_usd: f64,
+}
+
+impl ConversationSummary {
+    fn add(&mut self, r: &LedgerRecord) {
+        if self.requests == 0 {
+            self.first_ms = r.time_ms;
+            self.last_ms = r.time_ms;
+        }
+        self.first_ms = self.first_ms.min(r.time_ms);
+        self.last_ms = self.last_ms.max(r.time_ms);
+        self.requests += 1;
+        self.failed += i64::from(failed(r));
+        self.prompt_tokens += i64::try_from(r.prompt_tokens).unwrap_or(i64::MAX);
+        self.completion_tokens += i64::try_from(r.completion_tokens).unwrap_or(i64::MAX);
+        self.cost_usd += r.cost_usd;
+    }
+}
+
+/// A batch of records folded per conversation (records without one are left out): the
+/// increments of the conversation rollup, or (over every record) the conversations themselves.
+pub fn conversation_totals<'a>(
+    records: impl IntoIterator<Item = &'a LedgerRecord>,
+) -> Vec<ConversationSummary> {
+    let mut out: std::collections::HashMap<&str, ConversationSummary> = Default::default();
+    for r in records {
+        let Some(id) = r.conversation_id.as_deref() else {
+            continue;
+        };
+        out.entry(id)
+            .or_insert_with(|| ConversationSummary {
+                conversation_id: id.to_owned(),
+                ..Default::default()
+            })
+            .add(r);
+    }
+    // In id order: concurrent appends lock rollup rows in one order.
+    let mut out: Vec<_> = out.into_values().collect();
+    out.sort_by(|a, b| a.conversation_id.cmp(&b.conversation_id));
+    out
+}
+
+/// The conversations a query lists, from their totals (the memory engine, and tests' reference).
+pub fn list_conversations(
+    mut all: Vec<ConversationSummary>,
+    q: &ConversationQuery,
+) -> Vec<ConversationSummary> {
+    all.retain(|c| c.last_ms >= q.since_ms && c.first_ms < q.until_ms);
+    all.sort_by(|a, b| {
+        b.cost_usd
+            .total_cmp(&a.cost_usd)
+            .then_with(|| a.conversation_id.cmp(&b.conversation_id))
+    });
+    all.truncate(q.limit as usize);
+    all
 }
 
 /// The rollup's latency columns, `l0` to `l15`.

@@ -387,20 +387,36 @@ impl RateLimits {
         tokens: u64,
     ) -> Result<Option<Permit>, ApiError> {
         let rules = self.rules.load();
-        if rules.is_empty() {
+        // The key's own limit, like a rule of scope `key` that matches only this key.
+        let own = s
+            .key
+            .zip(s.key_limits)
+            .filter(|(_, l)| l.rpm.is_some() || l.tpm.is_some());
+        if rules.is_empty() && own.is_none() {
             return Ok(None);
         }
-        let checks: Vec<BucketCheck> = rules
-            .iter()
-            .filter_map(|r| {
-                let id = r.selector.select(s)?;
-                Some(BucketCheck::minute(
+        let mut names: Vec<std::borrow::Cow<'_, str>> = Vec::new();
+        let mut checks: Vec<BucketCheck> = Vec::new();
+        for r in rules.iter() {
+            if let Some(id) = r.selector.select(s) {
+                names.push(r.cfg.name.as_str().into());
+                checks.push(BucketCheck::minute(
                     format!("{}\u{1f}{id}", r.cfg.name),
                     r.cfg.rpm,
                     r.cfg.tpm,
-                ))
-            })
-            .collect();
+                ));
+            }
+        }
+        if let Some((id, limits)) = own {
+            // `key:` cannot start a configured rule's name.
+            let name = format!("key:{id}");
+            checks.push(BucketCheck::minute(
+                format!("{name}\u{1f}{id}"),
+                limits.rpm,
+                limits.tpm,
+            ));
+            names.push(name.into());
+        }
         if checks.is_empty() {
             return Ok(None);
         }
@@ -429,11 +445,7 @@ impl RateLimits {
                 view,
                 retry_after,
             } => {
-                let name = rules
-                    .iter()
-                    .filter(|r| r.selector.select(s).is_some())
-                    .nth(index)
-                    .map_or("?", |r| r.cfg.name.as_str());
+                let name = names.get(index).map_or("?", |n| n.as_ref());
                 let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
                 let (what, limit, unit) = if on_tokens {
                     ("tokens per min (TPM)", view.tpm.unwrap_or(0), "tokens")

@@ -76,7 +76,7 @@ fn dimension(name: &str, param: &str) -> Result<Dimension, ApiError> {
     })
 }
 
-fn instant(v: Option<&str>, param: &str) -> Result<Option<i64>, ApiError> {
+pub(crate) fn instant(v: Option<&str>, param: &str) -> Result<Option<i64>, ApiError> {
     v.map(|s| crate::time::parse_instant(s).map_err(|e| ApiError::invalid(e).param(param)))
         .transpose()
 }

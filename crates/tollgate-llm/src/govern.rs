@@ -39,6 +39,7 @@ fn subject<'a>(principal: &'a Principal, ctx: &'a RequestContext, model: &'a str
         model,
         conversation: ctx.conversation_id.as_deref(),
         agent: principal.agent.as_deref(),
+        key_limits: principal.limits.as_deref(),
     }
 }
 
@@ -59,7 +60,7 @@ pub async fn admit(
     endpoint: Endpoint,
     headers: &mut HeaderMap,
 ) -> Result<Option<SharedHold>, ApiError> {
-    if core.budgets.is_empty() && core.rate_limits.is_empty() {
+    if core.budgets.is_empty() && core.rate_limits.is_empty() && principal.limits.is_none() {
         return Ok(None);
     }
     let s = subject(principal, ctx, &envelope.model);
@@ -75,7 +76,11 @@ pub async fn admit(
         reservation: None,
         permit,
     };
-    if !core.budgets.is_empty() {
+    let own_budget = principal
+        .limits
+        .as_ref()
+        .is_some_and(|l| l.budget_usd.is_some());
+    if own_budget || !core.budgets.is_empty() {
         // An upper bound: a token is at least one byte, so the body's length bounds the
         // prompt, and the output is bounded by `max_tokens` (or the model's maximum).
         let estimate = state.max_price(route, capture).map_or(0.0, |p| {

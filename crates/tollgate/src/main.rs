@@ -170,6 +170,18 @@ enum KeysCommand {
         /// Metadata as key=value, repeatable.
         #[arg(long = "metadata", value_parser = parse_kv)]
         metadata: Vec<(String, String)>,
+        /// The key's own spend limit in USD per `--budget-period`.
+        #[arg(long)]
+        budget_usd: Option<f64>,
+        /// `daily`, `weekly`, `monthly` (the default) or `total`.
+        #[arg(long, value_parser = parse_period)]
+        budget_period: Option<tollgate_core::config::Period>,
+        /// The key's own limit on requests per minute.
+        #[arg(long)]
+        rpm: Option<u64>,
+        /// The key's own limit on tokens per minute.
+        #[arg(long)]
+        tpm: Option<u64>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -193,6 +205,11 @@ enum KeysCommand {
     /// Replace a generated master key with a fresh one, printed once. Running gateways follow
     /// at their next key refresh. Not for a master key set in the config or environment.
     RotateMaster,
+}
+
+fn parse_period(s: &str) -> Result<tollgate_core::config::Period, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| format!("{s:?} is not one of daily, weekly, monthly, total"))
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -341,6 +358,10 @@ async fn keys(arg: &ConfigArg, command: KeysCommand) -> anyhow::Result<ExitCode>
             models,
             expires_in,
             metadata,
+            budget_usd,
+            budget_period,
+            rpm,
+            tpm,
             json,
         } => {
             let expires_at = match expires_in {
@@ -363,6 +384,12 @@ async fn keys(arg: &ConfigArg, command: KeysCommand) -> anyhow::Result<ExitCode>
                         .into_iter()
                         .map(|(k, v)| (k, serde_json::Value::String(v)))
                         .collect(),
+                    limits: tollgate_core::store::KeyLimits {
+                        budget_usd,
+                        budget_period,
+                        rpm,
+                        tpm,
+                    },
                 })
                 .await;
             let target = created

@@ -38,17 +38,14 @@ export async function renderList(root, ctx) {
       add(box, emptyState('No conversation in this range. Requests join a conversation with the x-tollgate-conversation-id header, or through an A2A contextId.'));
       return;
     }
-    // With first/last times the list reads by recency; without them it is ordered by cost.
-    const timed = rows.some((c) => c.first || c.last);
-    if (!timed) add(box, h('p', { class: 'muted small' }, 'Most expensive first.'));
+    add(box, h('p', { class: 'muted small' }, 'Most expensive first; model calls, tokens and cost count the whole conversation.'));
     add(box, table([
       { label: 'Conversation', rowHeader: true, value: (c) => link(`/ui/conversations/${enc(c.conversation_id)}`, c.conversation_id, { class: 'mono' }) },
-      ...(timed ? [
-        { label: 'First', value: (c) => (c.first ? timeEl(c.first) : null) },
-        { label: 'Last', value: (c) => (c.last ? timeEl(c.last) : null) },
-      ] : []),
+      { label: 'First call', value: (c) => (c.first_at ? timeEl(c.first_at) : null) },
+      { label: 'Last call', value: (c) => (c.last_at ? timeEl(c.last_at) : null) },
       { label: 'Model calls', num: true, value: (c) => int(c.model_calls) },
       { label: 'Tokens', num: true, value: (c) => (c.prompt_tokens !== undefined ? int((c.prompt_tokens || 0) + (c.completion_tokens || 0)) : null) },
+      { label: 'Failed', num: true, value: (c) => int(c.failed || 0) },
       { label: 'Cost', num: true, value: (c) => usd(c.cost_usd) },
     ], rows, { caption: 'Conversations' }));
   } catch (e) {

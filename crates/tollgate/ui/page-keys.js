@@ -1,7 +1,8 @@
 // Keys: the virtual keys (GET /admin/v1/keys, paged with after/next_after), their cost over
-// the last 30 days, and creating one (the secret is shown once). A key's page: its fields,
-// edit (PATCH), rotate (new secret shown once), revoke, daily usage for 30 days and the
-// budgets that count it, with reset.
+// the last 30 days, and creating one (the secret is shown once) with its own limits. A key's
+// page: its fields and limits, edit (PATCH), rotate (new secret shown once), revoke, daily
+// usage for 30 days, and the budgets that count it (its own and the configured ones), with
+// reset.
 
 import { get, post, patch, enc } from './api.js';
 import {
@@ -80,6 +81,53 @@ function keyRow(k, cost) {
     h('td', null, k.expires_at ? timeEl(k.expires_at) : h('span', { class: 'muted' }, 'never')));
 }
 
+const PERIODS = [['monthly', 'per month'], ['weekly', 'per week (from Monday)'], ['daily', 'per day'], ['total', 'in total (never resets)']];
+
+// The key's own limits as form fields; `limits` prefills them.
+function limitFields(limits = {}) {
+  const num = (name, value, attrs) => input({ name, type: 'number', inputmode: 'decimal', autocomplete: 'off', value: value ?? '', ...attrs });
+  return h('fieldset', { class: 'fieldset' },
+    h('legend', null, 'Limits of this key'),
+    h('p', { class: 'hint' }, 'On top of the gateway’s configured budgets and rate limits. Leave a field empty for no limit.'),
+    h('div', { class: 'field-row' },
+      field('Budget, USD', num('budget_usd', limits.budget_usd, { min: '0', step: 'any', placeholder: 'no limit' }),
+        'Spend allowed per period; over it requests get 429 budget_exceeded.'),
+      field('Budget period', select(PERIODS, limits.budget_period || 'monthly', { name: 'budget_period' }))),
+    h('div', { class: 'field-row' },
+      field('Requests per minute', num('rpm', limits.rpm, { min: '1', step: '1', placeholder: 'no limit' })),
+      field('Tokens per minute', num('tpm', limits.tpm, { min: '1', step: '1', placeholder: 'no limit' }))));
+}
+
+// The limits the form holds, as the admin API takes them; throws on a bad number.
+function limitsFrom(v) {
+  const out = {};
+  const positive = (name, label, integer) => {
+    if (v[name] === '' || v[name] === undefined) return;
+    const n = Number(v[name]);
+    if (!Number.isFinite(n) || n <= 0 || (integer && !Number.isInteger(n))) {
+      throw new Error(`${label} must be ${integer ? 'a whole number of at least 1' : 'a number above 0'}, or empty for no limit.`);
+    }
+    out[name] = n;
+  };
+  positive('budget_usd', 'Budget', false);
+  positive('rpm', 'Requests per minute', true);
+  positive('tpm', 'Tokens per minute', true);
+  if (out.budget_usd !== undefined) out.budget_period = v.budget_period || 'monthly';
+  return out;
+}
+
+export function limitsText(l) {
+  const parts = [];
+  if (!l) return parts;
+  if (l.budget_usd !== undefined) {
+    const per = (PERIODS.find(([p]) => p === (l.budget_period || 'monthly')) || [])[1] || '';
+    parts.push(`${usd(l.budget_usd)} ${per}`);
+  }
+  if (l.rpm !== undefined) parts.push(`${int(l.rpm)} ${l.rpm === 1 ? 'request' : 'requests'}/min`);
+  if (l.tpm !== undefined) parts.push(`${int(l.tpm)} ${l.tpm === 1 ? 'token' : 'tokens'}/min`);
+  return parts;
+}
+
 function teamSelect(teams, value, name = 'team') {
   return select([['', '(none)'], ...teams.map((t) => [t.id, t.name ? `${t.name} (${t.id})` : t.id])], value || '', { name });
 }
@@ -98,10 +146,11 @@ async function createKey(onCreated) {
     field('Team', teamSelect(teams)),
     field('User', userSelect(users)),
     field('Expires', select([['', 'Never'], ['1d', 'In 1 day'], ['7d', 'In 7 days'], ['30d', 'In 30 days'], ['90d', 'In 90 days'], ['365d', 'In 1 year']], '', { name: 'expires_in' })),
+    limitFields(),
   ], 'Create key', async (form, d) => {
     const v = formValues(form);
     if (!v.name) throw new Error('Give the key a name.');
-    const body = { name: v.name, models: splitList(v.models) };
+    const body = { name: v.name, models: splitList(v.models), limits: limitsFrom(v) };
     if (v.team) body.team = v.team;
     if (v.user) body.user = v.user;
     if (v.expires_in) body.expires_in = v.expires_in;
@@ -147,7 +196,7 @@ export async function renderDetail(root, ctx) {
     document.title = `${title.textContent} · tollgate console`;
     const actions = header.querySelector('.page-actions');
     fill(actions, 
-      button('Edit', () => editKey(key, showKey)),
+      button('Edit', () => editKey(key, (k) => { showKey(k); budgets(budgetsBox, k); })),
       button('Rotate secret', () => rotateKey(key, showKey), { disabled: key.status === 'revoked' }),
       button('Revoke', () => revokeKey(key, showKey), { kind: 'danger', disabled: key.status === 'revoked' }),
     );
@@ -156,6 +205,7 @@ export async function renderDetail(root, ctx) {
       ['Key ID', h('span', { class: 'mono' }, k.id)],
       ['Secret prefix', k.secret_prefix ? h('span', { class: 'mono' }, `${k.secret_prefix}…`) : null],
       ['Models', modelsText(k.models)],
+      ['Limits', limitsText(k.limits).join(' · ') || h('span', { class: 'muted' }, 'none of its own')],
       ['Team', k.team ? k.team : null],
       ['User', k.user ? k.user : null],
       ['Enabled', k.enabled ? 'yes' : 'no'],
@@ -201,8 +251,15 @@ async function usage(box, key) {
 
 async function budgets(box, key) {
   try {
-    const r = await get('/admin/v1/budgets');
+    const [r, own] = await Promise.all([
+      get('/admin/v1/budgets'),
+      get(`/admin/v1/keys/${enc(key.id)}/budget`),
+    ]);
     const rows = [];
+    if (own && own.data) {
+      for (const c of own.data.counters || []) rows.push({ b: own.data, c, own: true });
+      if (!(own.data.counters || []).length) rows.push({ b: own.data, c: { id: key.id, spent_usd: 0, reserved_usd: 0, remaining_usd: own.data.limit_usd }, own: true });
+    }
     for (const b of r.data || []) {
       for (const c of b.counters || []) {
         const counts = (b.scope === 'key' && c.id === key.id)
@@ -213,11 +270,12 @@ async function budgets(box, key) {
     }
     clear(box);
     if (!rows.length) {
-      add(box, emptyState('No budget has counted this key in its current period. Budgets are rules in the gateway’s configuration (budgets:); a key’s counter appears once it spends under one.'));
+      add(box, emptyState('No budget has counted this key in its current period. Give the key a budget of its own (Edit), or add rules to the gateway’s configuration (budgets:); a key’s counter appears there once it spends under one.'));
       return;
     }
+    const resetUrl = ({ b, own: mine }) => (mine ? `/admin/v1/keys/${enc(key.id)}/budget/reset` : `/admin/v1/budgets/${enc(b.name)}/reset`);
     add(box, table([
-      { label: 'Budget', rowHeader: true, class: 'nowrap', value: ({ b }) => b.name },
+      { label: 'Budget', rowHeader: true, class: 'nowrap', value: ({ b, own: mine }) => (mine ? 'this key’s own' : b.name) },
       { label: 'Counts', value: ({ b, c }) => (b.scope === 'key' ? 'this key' : `${b.scope} ${c.id}`) },
       { label: 'Period', value: ({ b }) => b.period },
       { label: 'Limit', num: true, value: ({ b }) => usd(b.limit_usd) },
@@ -226,16 +284,18 @@ async function budgets(box, key) {
       { label: 'Remaining', num: true, value: ({ c }) => usd(c.remaining_usd) },
       { label: 'Used', value: ({ b, c }) => meter(c.spent_usd, b.limit_usd) },
       { label: 'Resets', value: ({ b }) => (b.resets_at ? timeEl(b.resets_at) : null) },
-      { label: 'Actions', hidden: true, value: ({ b, c }) => button('Reset', async () => {
-        if (!(await confirmDialog(`Reset budget “${b.name}”?`, `This sets the spend counted for ${b.scope} ${c.id} in the current period back to zero.`, 'Reset counter', true))) return;
+      { label: 'Actions', hidden: true, value: (row) => button('Reset', async () => {
+        const { b, c, own: mine } = row;
+        const what = mine ? 'this key’s own budget' : `budget “${b.name}”`;
+        if (!(await confirmDialog(`Reset ${what}?`, `This sets the spend counted for ${b.scope} ${c.id} in the current period back to zero.`, 'Reset counter', true))) return;
         try {
-          await post(`/admin/v1/budgets/${enc(b.name)}/reset`, { id: c.id });
-          announce(`Budget ${b.name} reset for ${c.id}.`);
+          await post(resetUrl(row), mine ? {} : { id: c.id });
+          announce(`Budget ${mine ? 'of this key' : b.name} reset for ${c.id}.`);
           await budgets(box, key);
         } catch (e) {
           box.prepend(errorBox(e));
         }
-      }, { small: true, ariaLabel: `Reset budget ${b.name} for ${c.id}` }) },
+      }, { small: true, ariaLabel: `Reset ${row.own ? 'this key’s own budget' : `budget ${row.b.name}`} for ${row.c.id}` }) },
     ], rows, { caption: 'Budgets counting this key' }));
   } catch (e) {
     fill(box, errorBox(e));
@@ -258,6 +318,7 @@ async function editKey(key, done) {
     field('Team', teamSelect(teams, key.team)),
     field('User', userSelect(users, key.user)),
     enabled.el,
+    limitFields(key.limits),
   ], 'Save changes', async (form, d) => {
     const v = formValues(form);
     if (!v.name) throw new Error('The name cannot be empty.');
@@ -267,6 +328,7 @@ async function editKey(key, done) {
       team: v.team || null,
       user: v.user || null,
       enabled: enabled.box.checked,
+      limits: limitsFrom(v),
     };
     const k = await patch(`/admin/v1/keys/${enc(key.id)}`, body);
     d.close();

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::raw::{RawBudget, RawPeriod, RawPrice, RawRateLimit, RawScope};
 use super::FieldError;
@@ -75,7 +75,7 @@ impl From<RawScope> for Scope {
 }
 
 /// When a budget starts over. Periods are calendar periods in UTC; weeks start on Monday.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Period {
     Daily,

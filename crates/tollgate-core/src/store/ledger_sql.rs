@@ -1,6 +1,6 @@
 //! The ledger's report SQL, written once for both SQL engines: spend reports and request
-//! statistics over the rows (`ledger`) or the hourly rollup (`ledger_hourly`), and the
-//! rollup's upsert. Column names come from closed matches, never from input; values are bound.
+//! statistics over the rows (`ledger`) or the hourly rollup (`ledger_hourly`), the conversation
+//! list (`ledger_conversations`), and the rollups' upserts. Column names come from closed matches, never from input; values are bound.
 
 use crate::ledger::{
     latency_columns, Dimension, SpendQuery, SpendRow, StatsBucket, LATENCY_CLASSES,
@@ -246,4 +246,68 @@ pub fn hourly_upsert(dialect: Dialect) -> String {
         values.join(", "),
         adds.join(", ")
     )
+}
+
+/// The conversation rollup's upsert: 8 values (conversation, first and last time, requests,
+/// failed, prompt and completion tokens, cost) merged into the row.
+pub fn conversation_upsert(dialect: Dialect) -> String {
+    let (least, greatest) = match dialect {
+        Dialect::Sqlite => ("min", "max"),
+        Dialect::Postgres => ("LEAST", "GREATEST"),
+    };
+    let values: Vec<String> = (1..=8).map(|n| dialect.param(n)).collect();
+    let adds: Vec<String> = [
+        "requests",
+        "failed",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+    ]
+    .iter()
+    .map(|c| format!("{c} = ledger_conversations.{c} + excluded.{c}"))
+    .collect();
+    format!(
+        "INSERT INTO ledger_conversations (conversation_id, first_ms, last_ms, requests, failed,
+             prompt_tokens, completion_tokens, cost_usd) VALUES ({})
+         ON CONFLICT (conversation_id) DO UPDATE SET
+             first_ms = {least}(ledger_conversations.first_ms, excluded.first_ms),
+             last_ms = {greatest}(ledger_conversations.last_ms, excluded.last_ms), {}",
+        values.join(", "),
+        adds.join(", ")
+    )
+}
+
+/// The conversations active in `[$1, $2)`, most expensive first, at most `$3`.
+pub fn conversation_list(dialect: Dialect) -> String {
+    format!(
+        "SELECT conversation_id, first_ms, last_ms, requests, failed, prompt_tokens,
+                completion_tokens, cost_usd
+         FROM ledger_conversations WHERE last_ms >= {} AND first_ms < {}
+         ORDER BY cost_usd DESC, conversation_id LIMIT {}",
+        dialect.param(1),
+        dialect.param(2),
+        dialect.param(3)
+    )
+}
+
+/// A row of [`conversation_list`].
+pub type ConversationRow = (String, i64, i64, i64, i64, i64, i64, f64);
+
+pub fn conversation_rows(rows: Vec<ConversationRow>) -> Vec<crate::ledger::ConversationSummary> {
+    rows.into_iter()
+        .map(
+            |(conversation_id, first_ms, last_ms, requests, failed, prompt, completion, cost)| {
+                crate::ledger::ConversationSummary {
+                    conversation_id,
+                    first_ms,
+                    last_ms,
+                    requests,
+                    failed,
+                    prompt_tokens: prompt,
+                    completion_tokens: completion,
+                    cost_usd: cost,
+                }
+            },
+        )
+        .collect()
 }

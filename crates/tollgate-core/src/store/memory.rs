@@ -6,7 +6,6 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::sqlite::apply_update;
 use super::{
     ApprovalBinding, ApprovalRecord, AuditStore, DirectoryStore, KeyRecord, KeySecret, KeyStore,
     KeyUpdate, McpStore, MetaStore, Page, SecretHash, StoreError, StoreResult, TeamRecord, ToolPin,
@@ -99,7 +98,7 @@ impl KeyStore for MemoryStore {
             let Some(key) = s.keys.get_mut(id) else {
                 return Ok(None);
             };
-            apply_update(key, update, now);
+            update.apply(key, now);
             let out = key.clone();
             s.seq += 1;
             Ok(Some(out))
@@ -252,6 +251,18 @@ impl super::LedgerStore for MemoryStore {
         q: &crate::ledger::StatsQuery,
     ) -> StoreResult<Vec<crate::ledger::StatsBucket>> {
         self.with(|s| Ok(crate::ledger::stats_of(s.ledger.iter(), q)))
+    }
+
+    async fn conversations(
+        &self,
+        q: &crate::ledger::ConversationQuery,
+    ) -> StoreResult<Vec<crate::ledger::ConversationSummary>> {
+        self.with(|s| {
+            Ok(crate::ledger::list_conversations(
+                crate::ledger::conversation_totals(s.ledger.iter()),
+                q,
+            ))
+        })
     }
 }
 

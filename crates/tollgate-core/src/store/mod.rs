@@ -64,9 +64,63 @@ pub struct KeyRecord {
     pub enabled: bool,
     pub revoked_at: Option<i64>,
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The key's own spend and rate limits, on top of the configured ones.
+    #[serde(default)]
+    pub limits: KeyLimits,
     pub secret_prefix: String,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+/// A key's own limits, enforced like a `budgets[]` / `rate_limits[]` rule of scope `key` that
+/// matches only this key, on top of every configured rule that covers it. Unset: no limit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLimits {
+    /// Spend limit in USD per `budget_period`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
+    /// When the budget starts over (calendar periods in UTC); `monthly` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_period: Option<crate::config::Period>,
+    /// Requests per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    /// Tokens (prompt and completion) per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+}
+
+impl KeyLimits {
+    pub fn is_empty(&self) -> bool {
+        self.budget_usd.is_none() && self.rpm.is_none() && self.tpm.is_none()
+    }
+
+    /// The budget's period: `monthly` unless set.
+    pub fn period(&self) -> crate::config::Period {
+        self.budget_period.unwrap_or(crate::config::Period::Monthly)
+    }
+
+    /// Every problem with these limits, as `(field, message)`.
+    pub fn problems(&self) -> Vec<(&'static str, &'static str)> {
+        let mut out = Vec::new();
+        if self
+            .budget_usd
+            .is_some_and(|b| !(b.is_finite() && b > 0.0 && b <= 1e12))
+        {
+            out.push(("limits.budget_usd", "must be a number of USD above 0"));
+        }
+        if self.budget_period.is_some() && self.budget_usd.is_none() {
+            out.push(("limits.budget_period", "needs limits.budget_usd"));
+        }
+        if self.rpm == Some(0) {
+            out.push(("limits.rpm", "must be at least 1"));
+        }
+        if self.tpm == Some(0) {
+            out.push(("limits.tpm", "must be at least 1"));
+        }
+        out
+    }
 }
 
 /// One secret of a key; several exist during a rotation's grace period.
@@ -86,6 +140,52 @@ pub struct KeyUpdate {
     pub expires_at: Option<Option<i64>>,
     pub enabled: Option<bool>,
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Replaces the key's own limits as a whole.
+    pub limits: Option<KeyLimits>,
+}
+
+impl KeyUpdate {
+    /// Applies the update to a stored key, as of `now` (unix seconds).
+    pub fn apply(&self, key: &mut KeyRecord, now: i64) {
+        if let Some(v) = &self.name {
+            key.name = v.clone();
+        }
+        if let Some(v) = &self.user {
+            key.user = v.clone();
+        }
+        if let Some(v) = &self.team {
+            key.team = v.clone();
+        }
+        if let Some(v) = &self.models {
+            key.models = v.clone();
+        }
+        if let Some(v) = self.expires_at {
+            key.expires_at = v;
+        }
+        if let Some(v) = self.enabled {
+            key.enabled = v;
+        }
+        if let Some(v) = &self.metadata {
+            key.metadata = v.clone();
+        }
+        if let Some(v) = &self.limits {
+            key.limits = v.clone();
+        }
+        key.updated_at = now;
+    }
+}
+
+/// A key's limits as the `keys.limits` column holds them: JSON, or NULL for none.
+fn key_limits_json(l: &KeyLimits) -> Option<String> {
+    (!l.is_empty())
+        .then(|| serde_json::to_string(l).ok())
+        .flatten()
+}
+
+fn key_limits_from_json(v: Option<&str>) -> StoreResult<KeyLimits> {
+    v.map_or(Ok(KeyLimits::default()), |v| {
+        serde_json::from_str(v).map_err(|e| StoreError::Corrupt(format!("keys.limits: {e}")))
+    })
 }
 
 /// Keyset pagination over keys ordered by `(created_at, id)`.
@@ -208,6 +308,11 @@ pub trait LedgerStore: Send + Sync + 'static {
         &self,
         q: &crate::ledger::StatsQuery,
     ) -> StoreResult<Vec<crate::ledger::StatsBucket>>;
+    /// The conversations with a model call in a range, with their totals, most expensive first.
+    async fn conversations(
+        &self,
+        q: &crate::ledger::ConversationQuery,
+    ) -> StoreResult<Vec<crate::ledger::ConversationSummary>>;
 }
 
 /// One semantic-cache entry as stored (and as published to the other replicas).

@@ -48,6 +48,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "ledger_stats",
         include_str!("migrations/postgres/0008_ledger_stats.sql"),
     ),
+    (
+        9,
+        "key_limits",
+        include_str!("migrations/postgres/0009_key_limits.sql"),
+    ),
+    (
+        10,
+        "ledger_conversations",
+        include_str!("migrations/postgres/0010_ledger_conversations.sql"),
+    ),
 ];
 
 const KEYS_SEQ: &str = "keys_seq";
@@ -150,12 +160,13 @@ fn bump_seq_sql() -> &'static str {
 }
 
 const KEY_COLUMNS: &str = "id, name, user_id, team_id, models, expires_at, enabled, revoked_at, \
-                           metadata, secret_prefix, created_at, updated_at";
+                           metadata, limits, secret_prefix, created_at, updated_at";
 
 fn key_from_row(row: &PgRow) -> StoreResult<KeyRecord> {
     let get = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
     let models: String = row.try_get("models").map_err(get)?;
     let metadata: String = row.try_get("metadata").map_err(get)?;
+    let limits: Option<String> = row.try_get("limits").map_err(get)?;
     Ok(KeyRecord {
         id: row.try_get("id").map_err(get)?,
         name: row.try_get("name").map_err(get)?,
@@ -168,6 +179,7 @@ fn key_from_row(row: &PgRow) -> StoreResult<KeyRecord> {
         revoked_at: row.try_get("revoked_at").map_err(get)?,
         metadata: serde_json::from_str(&metadata)
             .map_err(|e| StoreError::Corrupt(format!("keys.metadata: {e}")))?,
+        limits: super::key_limits_from_json(limits.as_deref())?,
         secret_prefix: row.try_get("secret_prefix").map_err(get)?,
         created_at: row.try_get("created_at").map_err(get)?,
         updated_at: row.try_get("updated_at").map_err(get)?,
@@ -199,8 +211,8 @@ impl KeyStore for PostgresStore {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         sqlx::query(
             "INSERT INTO keys (id, name, user_id, team_id, models, expires_at, enabled, revoked_at,
-                               metadata, secret_prefix, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                               metadata, secret_prefix, created_at, updated_at, limits)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&key.id)
         .bind(&key.name)
@@ -214,6 +226,7 @@ impl KeyStore for PostgresStore {
         .bind(&key.secret_prefix)
         .bind(key.created_at)
         .bind(key.updated_at)
+        .bind(super::key_limits_json(&key.limits))
         .execute(&mut *tx)
         .await
         .map_err(|e| match &e {
@@ -279,11 +292,11 @@ impl KeyStore for PostgresStore {
         let Some(mut key) = self.fetch_key(&mut *tx, id).await? else {
             return Ok(None);
         };
-        apply_update(&mut key, update, now);
+        update.apply(&mut key, now);
         sqlx::query(
             "UPDATE keys SET name = $1, user_id = $2, team_id = $3, models = $4, expires_at = $5,
-                             enabled = $6, metadata = $7, updated_at = $8
-             WHERE id = $9",
+                             enabled = $6, metadata = $7, updated_at = $8, limits = $9
+             WHERE id = $10",
         )
         .bind(&key.name)
         .bind(&key.user)
@@ -293,6 +306,7 @@ impl KeyStore for PostgresStore {
         .bind(key.enabled)
         .bind(json(&key.metadata))
         .bind(key.updated_at)
+        .bind(super::key_limits_json(&key.limits))
         .bind(id)
         .execute(&mut *tx)
         .await
@@ -445,31 +459,6 @@ impl KeyStore for PostgresStore {
             .map_err(unavailable)?;
         Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
     }
-}
-
-pub(super) fn apply_update(key: &mut KeyRecord, u: &KeyUpdate, now: i64) {
-    if let Some(v) = &u.name {
-        key.name = v.clone();
-    }
-    if let Some(v) = &u.user {
-        key.user = v.clone();
-    }
-    if let Some(v) = &u.team {
-        key.team = v.clone();
-    }
-    if let Some(v) = &u.models {
-        key.models = v.clone();
-    }
-    if let Some(v) = u.expires_at {
-        key.expires_at = v;
-    }
-    if let Some(v) = u.enabled {
-        key.enabled = v;
-    }
-    if let Some(v) = &u.metadata {
-        key.metadata = v.clone();
-    }
-    key.updated_at = now;
 }
 
 #[async_trait]
@@ -949,6 +938,21 @@ impl LedgerStore for PostgresStore {
             }
             q.execute(&mut *tx).await.map_err(unavailable)?;
         }
+        let upsert = super::ledger_sql::conversation_upsert(DIALECT);
+        for c in crate::ledger::conversation_totals(records) {
+            sqlx::query(&upsert)
+                .bind(c.conversation_id)
+                .bind(c.first_ms)
+                .bind(c.last_ms)
+                .bind(c.requests)
+                .bind(c.failed)
+                .bind(c.prompt_tokens)
+                .bind(c.completion_tokens)
+                .bind(c.cost_usd)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
         tx.commit().await.map_err(unavailable)
     }
 
@@ -1020,6 +1024,20 @@ impl LedgerStore for PostgresStore {
             .await
             .map_err(unavailable)?;
         Ok(crate::ledger::stats_from_rows(rows))
+    }
+
+    async fn conversations(
+        &self,
+        q: &crate::ledger::ConversationQuery,
+    ) -> StoreResult<Vec<crate::ledger::ConversationSummary>> {
+        let rows = sqlx::query_as(&super::ledger_sql::conversation_list(DIALECT))
+            .bind(q.since_ms)
+            .bind(q.until_ms)
+            .bind(i64::from(q.limit.clamp(1, 10_000)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(super::ledger_sql::conversation_rows(rows))
     }
 }
 

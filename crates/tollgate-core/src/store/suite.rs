@@ -106,6 +106,7 @@ fn key(id: &str, created_at: i64) -> KeyRecord {
         enabled: true,
         revoked_at: None,
         metadata,
+        limits: Default::default(),
         secret_prefix: "tg-abc".into(),
         created_at,
         updated_at: created_at,
@@ -174,6 +175,12 @@ async fn update_revoke_and_change_seq() {
                     name: Some("renamed".into()),
                     user: Some(None),
                     enabled: Some(false),
+                    limits: Some(KeyLimits {
+                        budget_usd: Some(2.5),
+                        budget_period: Some(crate::config::Period::Daily),
+                        rpm: Some(60),
+                        tpm: None,
+                    }),
                     ..Default::default()
                 },
                 5,
@@ -182,6 +189,7 @@ async fn update_revoke_and_change_seq() {
             .unwrap()
             .unwrap();
         assert_eq!(updated.name, "renamed");
+        assert_eq!(updated.limits.rpm, Some(60), "{engine}");
         assert_eq!(updated.user, None);
         assert!(!updated.enabled);
         assert_eq!(
@@ -193,6 +201,25 @@ async fn update_revoke_and_change_seq() {
             s.keys.get_key("k").await.unwrap(),
             Some(updated),
             "{engine}"
+        );
+        let cleared = s
+            .keys
+            .update_key(
+                "k",
+                &KeyUpdate {
+                    limits: Some(KeyLimits::default()),
+                    ..Default::default()
+                },
+                6,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(cleared.limits.is_empty(), "{engine}");
+        assert_eq!(
+            s.keys.get_key("k").await.unwrap().map(|k| k.limits),
+            Some(KeyLimits::default()),
+            "{engine}: no limits read back as none"
         );
         assert!(s.keys.change_seq().await.unwrap() > seq1);
 
@@ -896,6 +923,86 @@ async fn spend_reports_group_filter_and_agree_with_the_records() {
 }
 
 #[tokio::test]
+async fn the_conversation_list_agrees_with_the_records_across_batches() {
+    use crate::ledger::{conversation_totals, list_conversations, ConversationQuery, LedgerRecord};
+    const HOUR: i64 = 3_600_000;
+    const T0: i64 = 1_700_000_000_000;
+    for (name, s, _dir) in engines().await {
+        let mut records = Vec::new();
+        for i in 0..60i64 {
+            records.push(LedgerRecord {
+                // Conversation c{i % 6} calls every 6 hours, each a little later than the last.
+                time_ms: T0 + i * HOUR + i,
+                model: "m".into(),
+                conversation_id: (i % 7 != 0).then(|| format!("c{}", i % 6)),
+                prompt_tokens: 10 + i as u64,
+                completion_tokens: i as u64,
+                cost_usd: 0.001 * ((i % 6) + 1) as f64,
+                outcome: if i % 10 == 3 { "error" } else { "ok" }.into(),
+                ..Default::default()
+            });
+        }
+        // In three batches, out of time order: the rollup keeps the first and last call.
+        for part in [&records[40..], &records[..20], &records[20..40]] {
+            s.ledger.append_ledger(part).await.unwrap();
+        }
+        let all = conversation_totals(&records);
+        assert_eq!(all.len(), 6);
+        let queries = [
+            ConversationQuery {
+                since_ms: 0,
+                until_ms: i64::MAX,
+                limit: 100,
+            },
+            // Only conversations with a call in the first 5 hours, then in the last 10.
+            ConversationQuery {
+                since_ms: 0,
+                until_ms: T0 + 5 * HOUR,
+                limit: 100,
+            },
+            ConversationQuery {
+                since_ms: T0 + 50 * HOUR,
+                until_ms: i64::MAX,
+                limit: 3,
+            },
+            ConversationQuery {
+                since_ms: T0 + 100 * HOUR,
+                until_ms: i64::MAX,
+                limit: 10,
+            },
+        ];
+        for q in &queries {
+            let got = s.ledger.conversations(q).await.unwrap();
+            let want = list_conversations(all.clone(), q);
+            assert_eq!(got.len(), want.len(), "{name}: {q:?}");
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.conversation_id, w.conversation_id, "{name}: {q:?}");
+                assert_eq!(
+                    (g.first_ms, g.last_ms, g.requests, g.failed),
+                    (w.first_ms, w.last_ms, w.requests, w.failed),
+                    "{name}: {q:?}"
+                );
+                assert_eq!(
+                    (g.prompt_tokens, g.completion_tokens),
+                    (w.prompt_tokens, w.completion_tokens),
+                    "{name}: {q:?}"
+                );
+                assert!((g.cost_usd - w.cost_usd).abs() < 1e-9, "{name}: {q:?}");
+            }
+        }
+        let top = s.ledger.conversations(&queries[0]).await.unwrap();
+        assert_eq!(top[0].conversation_id, "c5", "{name}: the dearest first");
+        assert!(top.iter().any(|c| c.failed > 0), "{name}");
+        assert!(s
+            .ledger
+            .conversations(&queries[3])
+            .await
+            .unwrap()
+            .is_empty());
+    }
+}
+
+#[tokio::test]
 async fn ledger_stats_bucket_time_and_agree_with_the_records() {
     use crate::ledger::{stats_of, LedgerRecord, StatsQuery};
     const T0: i64 = 1_700_000_000_000;
@@ -1221,4 +1328,60 @@ async fn approvals_are_decided_once_bound_and_used_once() {
             "{engine}"
         );
     }
+}
+
+/// A store written before the conversation rollup existed gets it built from its rows when
+/// the new version opens it.
+#[tokio::test]
+async fn the_conversation_rollup_is_built_from_older_rows_on_upgrade() {
+    use crate::ledger::{ConversationQuery, LedgerRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let records: Vec<LedgerRecord> = (0..9i64)
+        .map(|i| LedgerRecord {
+            time_ms: 1_000 + i,
+            model: "m".into(),
+            conversation_id: Some(format!("c{}", i % 3)),
+            cost_usd: 0.5,
+            ..Default::default()
+        })
+        .collect();
+    store.append_ledger(&records).await.unwrap();
+    // As the previous version left it: no rollup table, the migration not applied.
+    sqlx::raw_sql(
+        "DROP TABLE ledger_conversations; DELETE FROM tollgate_migrations WHERE version = 13",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    drop(store);
+    let store = SqliteStore::open(&path).await.unwrap();
+    let list = store
+        .conversations(&ConversationQuery {
+            since_ms: 0,
+            until_ms: i64::MAX,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    let ids: Vec<(&str, i64, i64, i64)> = list
+        .iter()
+        .map(|c| {
+            (
+                c.conversation_id.as_str(),
+                c.requests,
+                c.first_ms,
+                c.last_ms,
+            )
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("c0", 3, 1_000, 1_006),
+            ("c1", 3, 1_001, 1_007),
+            ("c2", 3, 1_002, 1_008)
+        ]
+    );
 }

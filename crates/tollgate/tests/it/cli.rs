@@ -221,6 +221,34 @@ async fn embedded_default_serves_mock_echo_and_keys_cli_shares_the_store() {
 
     let (ok, out, _) = run(&["keys", "list"], dir.path());
     assert!(ok && out.contains(&id) && out.contains("active"), "{out}");
+    // A key with limits of its own from the CLI; a bad one is refused with the field.
+    let (ok, out, err) = run(
+        &[
+            "keys",
+            "create",
+            "--name",
+            "capped",
+            "--budget-usd",
+            "2.5",
+            "--budget-period",
+            "weekly",
+            "--rpm",
+            "30",
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert!(ok, "{err}");
+    let capped: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        capped["key"]["limits"],
+        serde_json::json!({"budget_usd": 2.5, "budget_period": "weekly", "rpm": 30})
+    );
+    let (ok, _, err) = run(
+        &["keys", "create", "--name", "bad", "--tpm", "0"],
+        dir.path(),
+    );
+    assert!(!ok && err.contains("limits.tpm"), "{err}");
     let (ok, out, _) = run(
         &["keys", "rotate", &id, "--grace", "0s", "--json"],
         dir.path(),

@@ -591,3 +591,191 @@ async fn replicas_share_one_budget_and_one_rate_limit_through_redis() {
     assert_eq!(admitted, 10);
     clean_redis(&prefix).await;
 }
+
+async fn patch_key(t: &TestGateway, id: &str, body: &Value) -> TestResponse {
+    t.client
+        .send(
+            Method::PATCH,
+            &format!("/admin/v1/keys/{id}"),
+            &[("authorization", &format!("Bearer {MASTER}"))],
+            body.to_string(),
+        )
+        .await
+}
+
+async fn key_budget(t: &TestGateway, id: &str) -> Value {
+    let res = t
+        .client
+        .get(&format!("/admin/v1/keys/{id}/budget"), MASTER)
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    res.json()["data"].clone()
+}
+
+#[tokio::test]
+async fn a_key_s_own_limits_are_enforced_edited_and_reset_through_the_admin_api() {
+    let t = start(PRICED_MOCK).await;
+    let body = ask_body(1);
+
+    // Requests per minute of its own: two pass, the third is refused with OpenAI's shape.
+    let (limited_id, limited) = t
+        .key(json!({"name": "limited", "limits": {"rpm": 2}}))
+        .await;
+    for remaining in ["1", "0"] {
+        let res = chat(&t, &limited, &body).await;
+        assert_eq!(res.status, 200, "{}", res.text());
+        assert_eq!(res.header("x-ratelimit-limit-requests"), Some("2"));
+        assert_eq!(
+            res.header("x-ratelimit-remaining-requests"),
+            Some(remaining)
+        );
+    }
+    let res = chat(&t, &limited, &body).await;
+    assert_eq!(res.status, 429, "{}", res.text());
+    let err = &res.json()["error"];
+    assert_eq!(err["code"], "rate_limit_exceeded");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("key:{limited_id}")),
+        "{err}"
+    );
+    // A key without limits is not limited, and carries no rate-limit headers.
+    let free = t.any_key().await;
+    let res = chat(&t, &free, &body).await;
+    assert_eq!(res.status, 200);
+    assert!(res.header("x-ratelimit-limit-requests").is_none());
+    // Lifting the limit applies to the next request, without a restart.
+    let res = patch_key(&t, &limited_id, &json!({"limits": {}})).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.json()["limits"], json!({}));
+    assert_eq!(chat(&t, &limited, &body).await.status, 200);
+
+    // A daily budget of its own: spent until refused, then raised, then reset.
+    let (id, key) = t
+        .key(json!({"name": "capped", "limits": {"budget_usd": 0.05, "budget_period": "daily"}}))
+        .await;
+    let mut served = 0;
+    let refusal = loop {
+        let res = chat(&t, &key, &body).await;
+        if res.status != 200 {
+            break res;
+        }
+        served += 1;
+        assert!(served < 100);
+    };
+    assert_eq!(refusal.status, 429, "{}", refusal.text());
+    let err = &refusal.json()["error"];
+    assert_eq!(err["code"], "budget_exceeded");
+    let msg = err["message"].as_str().unwrap();
+    assert!(msg.contains(&format!("key:{id}")), "{msg}");
+    assert!(refusal.header("x-tollgate-budget-reset").is_some());
+    let (spent, _, limit) = amounts(msg);
+    assert_eq!(limit, 0.05);
+    assert!(spent >= 0.05, "{msg}");
+    let report = key_budget(&t, &id).await;
+    assert_eq!(report["period"], "daily");
+    assert_eq!(report["limit_usd"], 0.05);
+    assert_eq!(report["counters"][0]["id"], id.as_str());
+    assert!(report["counters"][0]["spent_usd"].as_f64().unwrap() >= 0.05);
+    // The key's spend also stays inside every other key's budget: `free` was never capped.
+    assert_eq!(chat(&t, &free, &body).await.status, 200);
+
+    // A higher limit applies to the spend so far.
+    let res = patch_key(
+        &t,
+        &id,
+        &json!({"limits": {"budget_usd": 10, "budget_period": "daily", "rpm": 1000}}),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.json()["limits"]["budget_usd"], 10.0);
+    assert_eq!(chat(&t, &key, &body).await.status, 200);
+    assert!(
+        key_budget(&t, &id).await["counters"][0]["spent_usd"]
+            .as_f64()
+            .unwrap()
+            > 0.05
+    );
+    // An operator reset starts it from zero, and is audited.
+    let res = t
+        .client
+        .post_json(
+            &format!("/admin/v1/keys/{id}/budget/reset"),
+            MASTER,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        key_budget(&t, &id).await["counters"][0]["spent_usd"].as_f64(),
+        Some(0.0)
+    );
+    eventually("the reset in the audit log", || async {
+        let res = t
+            .client
+            .get("/admin/v1/audit?action=budget.reset", MASTER)
+            .await;
+        res.text().contains(&format!("key:{id}:{id}"))
+    })
+    .await;
+    // Without a budget there is nothing to report or reset.
+    assert_eq!(key_budget(&t, &limited_id).await, Value::Null);
+    let res = t
+        .client
+        .post_json(
+            &format!("/admin/v1/keys/{limited_id}/budget/reset"),
+            MASTER,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(res.status, 404, "{}", res.text());
+
+    // Bad limits are refused (with the field that is wrong, where it is one); nothing is
+    // created or changed.
+    for (limits, param) in [
+        (json!({"budget_usd": -1}), Some("limits.budget_usd")),
+        (json!({"budget_usd": 0}), Some("limits.budget_usd")),
+        (json!({"rpm": 0}), Some("limits.rpm")),
+        (json!({"tpm": 0}), Some("limits.tpm")),
+        (
+            json!({"budget_period": "weekly"}),
+            Some("limits.budget_period"),
+        ),
+        (json!({"rpm": -1}), None),
+        (json!({"budget_period": "hourly", "budget_usd": 1}), None),
+        (json!({"burst": 3}), None),
+    ] {
+        let res = t
+            .client
+            .post_json(
+                "/admin/v1/keys",
+                MASTER,
+                &json!({"name": "bad", "limits": limits}),
+            )
+            .await;
+        assert_eq!(res.status, 400, "{limits}: {}", res.text());
+        if let Some(param) = param {
+            assert_eq!(res.json()["error"]["param"], param, "{limits}");
+        }
+        let res = patch_key(&t, &id, &json!({ "limits": limits })).await;
+        assert_eq!(res.status, 400, "{limits}: {}", res.text());
+    }
+    assert_eq!(
+        t.client
+            .get(&format!("/admin/v1/keys/{id}"), MASTER)
+            .await
+            .json()["limits"]["budget_usd"],
+        10.0
+    );
+    let list = t.client.get("/admin/v1/keys", MASTER).await.json();
+    assert!(
+        !list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["name"] == "bad"),
+        "{list}"
+    );
+}
