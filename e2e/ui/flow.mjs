@@ -480,6 +480,28 @@ async function run() {
     return { limited: second.status, refusal: refusal.error.message };
   });
 
+  await step('give a team limits of its own in its dialog', async () => {
+    await page.goto(`${ORIGIN}/ui/teams`);
+    await page.getByRole('heading', { level: 1, name: 'Teams' }).waitFor();
+    await settled();
+    await page.getByRole('button', { name: 'Edit team research' }).click();
+    const dlg = page.getByRole('dialog', { name: 'Edit team research' });
+    await dlg.waitFor();
+    const limits = dlg.getByRole('group', { name: /Limits of this team/ });
+    await limits.getByLabel('Budget, USD').fill('250');
+    await limits.getByLabel('Tokens per minute').fill('100000');
+    await a11y('team-edit-dialog');
+    await dlg.getByRole('button', { name: 'Save changes' }).click();
+    await dlg.waitFor({ state: 'detached' });
+    const row = page.getByRole('row', { name: /Research/ });
+    const text = await pollUntil('the team row shows its limits', async () => {
+      await settled();
+      const t = await row.innerText();
+      return { ok: /\$250\.00 per month/.test(t) && /100,000 tokens\/min/.test(t) && /own: \$[0-9.,]+ of \$250\.00/.test(t), text: t };
+    }, () => page.reload());
+    return text;
+  });
+
   await step('every other page', async () => {
     const visited = [];
     const nav = page.getByRole('navigation', { name: 'Console' });

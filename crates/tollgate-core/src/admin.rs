@@ -15,11 +15,12 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::audit::AuditEvent;
+use crate::config::Scope;
 use crate::context::RequestContext;
 use crate::error::{ApiError, ErrorKind};
 use crate::http::{json_response, parse_json, read_body, PathParam};
 use crate::keys::NewKey;
-use crate::store::{KeyLimits, KeyRecord, KeyUpdate, Page};
+use crate::store::{KeyRecord, KeyUpdate, Limits, Page};
 use crate::Core;
 
 /// The admin routes, to be mounted on the main listener or on `admin.listen`.
@@ -45,12 +46,14 @@ pub fn router(core: Arc<Core>) -> Router {
     info(title = "tollgate admin API", description = "Manage tollgate's virtual keys. Every call needs the master key as a bearer token."),
     paths(list_keys, create_key, get_key, update_key, revoke_key, rotate_key, rotate_master_key,
           key_budget, reset_key_budget,
+          crate::directory::team_budget, crate::directory::reset_team_budget,
+          crate::directory::user_budget, crate::directory::reset_user_budget,
           crate::directory::list_teams, crate::directory::create_team, crate::directory::get_team,
           crate::directory::update_team, crate::directory::delete_team,
           crate::directory::list_users, crate::directory::create_user, crate::directory::get_user,
           crate::directory::update_user, crate::directory::delete_user,
           crate::spend::spend, crate::spend::budgets, crate::spend::reset_budget),
-    components(schemas(KeyView, KeyStatus, KeyLimits, crate::config::Period, CreateKeyRequest, UpdateKeyRequest, RotateKeyRequest, CreatedKey, KeyList, ErrorBody, ErrorDetail,
+    components(schemas(KeyView, KeyStatus, Limits, crate::config::Period, CreateKeyRequest, UpdateKeyRequest, RotateKeyRequest, CreatedKey, KeyList, ErrorBody, ErrorDetail,
           crate::directory::TeamView, crate::directory::UserView, crate::directory::CreateTeamRequest,
           crate::directory::UpdateTeamRequest, crate::directory::CreateUserRequest, crate::directory::UpdateUserRequest,
           crate::spend::SpendReport, crate::spend::SpendRowView, crate::spend::ResetRequest)),
@@ -119,7 +122,7 @@ pub struct KeyView {
     #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// The key's own budget and rate limits, on top of the configured ones.
-    pub limits: KeyLimits,
+    pub limits: Limits,
     /// The first characters of the current secret, to recognise it.
     pub secret_prefix: String,
     pub created_at: String,
@@ -176,7 +179,7 @@ pub struct CreateKeyRequest {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// The key's own budget and rate limits; omitted: none.
     #[serde(default)]
-    pub limits: KeyLimits,
+    pub limits: Limits,
 }
 
 /// A partial update. Absent fields stay; `null` clears `user`, `team` and `expires_at`.
@@ -199,7 +202,7 @@ pub struct UpdateKeyRequest {
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     /// Replaces the key's own limits as a whole (`{}`: none).
-    pub limits: Option<KeyLimits>,
+    pub limits: Option<Limits>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -552,6 +555,70 @@ async fn rotate_key(
     )
 }
 
+/// The own limits of a key, user or team.
+async fn limits_of(core: &Core, scope: Scope, id: &str) -> Result<Limits, ApiError> {
+    Ok(match scope {
+        Scope::User => crate::directory::find_user(core, id).await?.limits,
+        Scope::Team => crate::directory::find_team(core, id).await?.limits,
+        _ => core.keys.get(id).await?.limits,
+    })
+}
+
+/// `{"data": budget}` for the budget a key's, user's or team's own limits set, or
+/// `{"data": null}`.
+pub(crate) async fn own_budget(
+    core: &Core,
+    headers: &HeaderMap,
+    scope: Scope,
+    id: &str,
+) -> Response {
+    respond(
+        async {
+            core.require_master(headers).await?;
+            let limits = limits_of(core, scope, id).await?;
+            let report = core.budgets.own_report(scope, id, &limits).await?;
+            Ok(ok_json(
+                StatusCode::OK,
+                &serde_json::json!({ "data": report }),
+            ))
+        }
+        .await,
+    )
+}
+
+/// Restarts the spend of a key's, user's or team's own budget from zero, audited as
+/// `budget.reset` on `{scope}:{id}:{id}`.
+pub(crate) async fn reset_own_budget(
+    core: &Core,
+    rid: &Option<Extension<RequestContext>>,
+    headers: &HeaderMap,
+    scope: Scope,
+    id: &str,
+) -> Response {
+    respond(
+        async {
+            core.require_master(headers).await?;
+            let limits = limits_of(core, scope, id).await?;
+            let result = core.budgets.reset_own(scope, id, &limits).await;
+            let budget = format!("{}:{id}", scope.name());
+            audit(
+                core,
+                rid,
+                "budget.reset",
+                &format!("{budget}:{id}"),
+                &result,
+            )
+            .await;
+            result?;
+            Ok(ok_json(
+                StatusCode::OK,
+                &serde_json::json!({"budget": budget, "id": id, "reset": true}),
+            ))
+        }
+        .await,
+    )
+}
+
 /// The budget the key's own `limits` set, with its spend, reservations and what remains in
 /// the current period: `{"data": budget}`, or `{"data": null}` when the key sets none.
 #[utoipa::path(get, path = "/admin/v1/keys/{id}/budget", params(("id" = String, Path)),
@@ -562,18 +629,7 @@ async fn key_budget(
     headers: HeaderMap,
     PathParam(id): PathParam,
 ) -> Response {
-    respond(
-        async {
-            core.require_master(&headers).await?;
-            let key = core.keys.get(&id).await?;
-            let report = core.budgets.key_report(&key.id, &key.limits).await?;
-            Ok(ok_json(
-                StatusCode::OK,
-                &serde_json::json!({ "data": report }),
-            ))
-        }
-        .await,
-    )
+    own_budget(&core, &headers, Scope::Key, &id).await
 }
 
 /// Restart the spend the key's own budget counts from zero, now (persisted and audited).
@@ -586,27 +642,7 @@ async fn reset_key_budget(
     headers: HeaderMap,
     PathParam(id): PathParam,
 ) -> Response {
-    respond(
-        async {
-            core.require_master(&headers).await?;
-            let key = core.keys.get(&id).await?;
-            let result = core.budgets.reset_key(&key.id, &key.limits).await;
-            audit(
-                &core,
-                &rid,
-                "budget.reset",
-                &format!("key:{id}:{id}"),
-                &result,
-            )
-            .await;
-            result?;
-            Ok(ok_json(
-                StatusCode::OK,
-                &serde_json::json!({"budget": format!("key:{id}"), "id": id, "reset": true}),
-            ))
-        }
-        .await,
-    )
+    reset_own_budget(&core, &rid, &headers, Scope::Key, &id).await
 }
 
 async fn openapi(State(core): State<Arc<Core>>, headers: HeaderMap) -> Response {
@@ -633,7 +669,7 @@ mod tests {
             assert!(doc["paths"].get(p).is_some(), "missing {p}");
         }
         assert!(doc["components"]["schemas"]["CreateKeyRequest"].is_object());
-        assert!(doc["components"]["schemas"]["KeyLimits"].is_object());
+        assert!(doc["components"]["schemas"]["Limits"].is_object());
         assert!(doc["components"]["securitySchemes"]["master_key"].is_object());
     }
 }

@@ -24,7 +24,7 @@ use crate::config::{BudgetConfig, Period, Scope};
 use crate::error::{ApiError, ErrorKind};
 use crate::glob::Glob;
 use crate::ledger::{Dimension, SpendQuery};
-use crate::store::{KeyLimits, LedgerStore, MetaStore, StoreResult};
+use crate::store::{LedgerStore, Limits, MetaStore, StoreResult};
 
 /// Who and what a request is, as budgets and rate limits see it.
 #[derive(Debug, Clone, Copy, Default)]
@@ -36,22 +36,14 @@ pub struct Subject<'a> {
     pub model: &'a str,
     pub conversation: Option<&'a str>,
     pub agent: Option<&'a str>,
-    /// The calling key's own limits, if it has any.
-    pub key_limits: Option<&'a KeyLimits>,
+    /// The own limits of the caller's key, user and team records, with their scopes.
+    pub own_limits: &'a [(Scope, Arc<Limits>)],
 }
 
 /// The id every `global` counter has.
 pub const GLOBAL_ID: &str = "*";
 
 impl<'a> Subject<'a> {
-    /// A request by a key, as far as the key's own limits care.
-    pub fn of_key(key_id: &'a str) -> Subject<'a> {
-        Subject {
-            key: Some(key_id),
-            ..Subject::default()
-        }
-    }
-
     /// The request's id in a scope; `None` when it has none (a JWT principal has no key).
     pub fn id(&self, scope: Scope) -> Option<&'a str> {
         match scope {
@@ -381,13 +373,13 @@ fn counter_name(c: &BudgetConfig) -> String {
     format!("{}@{hex}", c.name)
 }
 
-/// The budget a key's own `limits.budget_usd` sets: a rule of scope `key` that matches only
-/// that key, named `key:{id}` (a name no configured budget can have).
-fn key_rule(key_id: &str, limits: &KeyLimits) -> Option<Arc<Rule>> {
+/// The budget a key's, user's or team's own `limits.budget_usd` sets: a rule of that scope
+/// matching only that id, named `{scope}:{id}` (a name no configured budget can have).
+fn own_rule(scope: Scope, id: &str, limits: &Limits) -> Option<Arc<Rule>> {
     let cfg = BudgetConfig {
-        name: format!("key:{key_id}"),
-        scope: Scope::Key,
-        matches: vec![key_id.to_owned()],
+        name: format!("{}:{id}", scope.name()),
+        scope,
+        matches: vec![id.to_owned()],
         models: Vec::new(),
         period: limits.period(),
         limit_usd: limits.budget_usd?,
@@ -598,12 +590,13 @@ impl Budgets {
         estimate_usd: f64,
     ) -> Result<Option<Reservation>, ApiError> {
         let mut rules = self.rules.load_full();
-        if let Some(own) = s
-            .key
-            .zip(s.key_limits)
-            .and_then(|(id, limits)| key_rule(id, limits))
-        {
-            rules = Arc::new(rules.iter().cloned().chain([own]).collect());
+        let own: Vec<Arc<Rule>> = s
+            .own_limits
+            .iter()
+            .filter_map(|(scope, limits)| own_rule(*scope, s.id(*scope)?, limits))
+            .collect();
+        if !own.is_empty() {
+            rules = Arc::new(rules.iter().cloned().chain(own).collect());
         }
         if rules.is_empty() {
             return Ok(None);
@@ -693,19 +686,28 @@ impl Budgets {
         })
     }
 
-    /// The budget a key's own limits set, with its counter in the current period (read from
-    /// the ledger if no request has used it yet). `None`: the key sets no budget.
-    pub async fn key_report(
+    /// The budget a key's, user's or team's own limits set, with its counter in the current
+    /// period (read from the ledger if no request has used it yet). `None`: it sets no budget.
+    pub async fn own_report(
         &self,
-        key_id: &str,
-        limits: &KeyLimits,
+        scope: Scope,
+        id: &str,
+        limits: &Limits,
     ) -> StoreResult<Option<BudgetReport>> {
-        let Some(rule) = key_rule(key_id, limits) else {
+        let Some(rule) = own_rule(scope, id, limits) else {
             return Ok(None);
         };
         let now_ms = crate::time::now_ms();
         let rules = [rule];
-        let applied = Self::applicable(&rules, &Subject::of_key(key_id), now_ms);
+        let applied = vec![Applied {
+            rule: 0,
+            key: CounterKey {
+                budget: rules[0].name.clone(),
+                id: id.to_owned(),
+                period_start_ms: period_bounds(rules[0].cfg.period, now_ms).0,
+            },
+            limit: rules[0].cfg.limit_usd,
+        }];
         self.ensure_seeded(&rules, &applied).await?;
         self.report_rule(&rules[0], now_ms).await.map(Some)
     }
@@ -722,15 +724,16 @@ impl Budgets {
         self.reset_rule(rule, id).await
     }
 
-    /// Resets the budget a key's own limits set, like [`Budgets::reset`].
-    pub async fn reset_key(&self, key_id: &str, limits: &KeyLimits) -> Result<(), ApiError> {
-        let Some(rule) = key_rule(key_id, limits) else {
-            return Err(
-                ApiError::not_found(format!("key {key_id:?} has no budget of its own"))
-                    .code("budget_not_found"),
-            );
+    /// Resets the budget a key's, user's or team's own limits set, like [`Budgets::reset`].
+    pub async fn reset_own(&self, scope: Scope, id: &str, limits: &Limits) -> Result<(), ApiError> {
+        let Some(rule) = own_rule(scope, id, limits) else {
+            return Err(ApiError::not_found(format!(
+                "{} {id:?} has no budget of its own",
+                scope.name()
+            ))
+            .code("budget_not_found"));
         };
-        self.reset_rule(&rule, key_id).await
+        self.reset_rule(&rule, id).await
     }
 
     async fn reset_rule(&self, rule: &Rule, id: &str) -> Result<(), ApiError> {

@@ -6,17 +6,20 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Router};
 use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::admin::{audit, body_json, nullable, ok_json, respond, ErrorBody};
+use crate::admin::{
+    audit, body_json, nullable, ok_json, own_budget, reset_own_budget, respond, ErrorBody,
+};
+use crate::config::Scope;
 use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::http::PathParam;
-use crate::store::{TeamRecord, UserRecord};
+use crate::store::{Limits, TeamRecord, UserRecord};
 use crate::Core;
 
 pub fn router(core: Arc<Core>) -> Router {
@@ -26,7 +29,11 @@ pub fn router(core: Arc<Core>) -> Router {
             "/admin/v1/teams/{id}",
             get(get_team).patch(update_team).delete(delete_team),
         )
+        .route("/admin/v1/teams/{id}/budget", get(team_budget))
+        .route("/admin/v1/teams/{id}/budget/reset", post(reset_team_budget))
         .route("/admin/v1/users", get(list_users).post(create_user))
+        .route("/admin/v1/users/{id}/budget", get(user_budget))
+        .route("/admin/v1/users/{id}/budget/reset", post(reset_user_budget))
         .route(
             "/admin/v1/users/{id}",
             get(get_user).patch(update_user).delete(delete_user),
@@ -42,6 +49,8 @@ pub struct TeamView {
     #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub roles: Vec<String>,
+    /// The team's own budget and rate limits, shared by all its keys.
+    pub limits: Limits,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -55,6 +64,8 @@ pub struct UserView {
     #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub roles: Vec<String>,
+    /// The user's own budget and rate limits, shared by all their keys.
+    pub limits: Limits,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -67,6 +78,7 @@ impl From<&TeamRecord> for TeamView {
             tenant: t.tenant.clone(),
             metadata: t.metadata.clone(),
             roles: t.roles.clone(),
+            limits: t.limits.clone(),
             created_at: crate::time::rfc3339(t.created_at),
             updated_at: crate::time::rfc3339(t.updated_at),
         }
@@ -82,6 +94,7 @@ impl From<&UserRecord> for UserView {
             team: u.team.clone(),
             metadata: u.metadata.clone(),
             roles: u.roles.clone(),
+            limits: u.limits.clone(),
             created_at: crate::time::rfc3339(u.created_at),
             updated_at: crate::time::rfc3339(u.updated_at),
         }
@@ -102,6 +115,9 @@ pub struct CreateTeamRequest {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     #[serde(default)]
     pub roles: Vec<String>,
+    /// Its own budget and rate limits; omitted: none.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// Absent fields stay; `roles` replaces the whole set.
@@ -116,6 +132,8 @@ pub struct UpdateTeamRequest {
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     pub roles: Option<Vec<String>>,
+    /// Replaces its own limits as a whole (`{}`: none).
+    pub limits: Option<Limits>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -132,6 +150,9 @@ pub struct CreateUserRequest {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     #[serde(default)]
     pub roles: Vec<String>,
+    /// Its own budget and rate limits; omitted: none.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// Absent fields stay; `null` clears `email` and `team`; `roles` replaces the whole set.
@@ -148,6 +169,8 @@ pub struct UpdateUserRequest {
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     pub roles: Option<Vec<String>>,
+    /// Replaces its own limits as a whole (`{}`: none).
+    pub limits: Option<Limits>,
 }
 
 fn check_id(id: &str, allow_at: bool) -> Result<(), ApiError> {
@@ -205,7 +228,7 @@ async fn refreshed(core: &Core) {
     core.keys.refresh_after_write().await;
 }
 
-async fn find_team(core: &Core, id: &str) -> Result<TeamRecord, ApiError> {
+pub(crate) async fn find_team(core: &Core, id: &str) -> Result<TeamRecord, ApiError> {
     core.stores
         .directory
         .list_teams()
@@ -215,7 +238,7 @@ async fn find_team(core: &Core, id: &str) -> Result<TeamRecord, ApiError> {
         .ok_or_else(|| not_found("team", id))
 }
 
-async fn find_user(core: &Core, id: &str) -> Result<UserRecord, ApiError> {
+pub(crate) async fn find_user(core: &Core, id: &str) -> Result<UserRecord, ApiError> {
     core.stores
         .directory
         .list_users()
@@ -255,6 +278,7 @@ async fn create_team(
             let req: CreateTeamRequest = body_json(&core, &headers, body).await?;
             check_id(&req.id, false)?;
             check_roles(&req.roles)?;
+            req.limits.check()?;
             let now = crate::time::now();
             let team = TeamRecord {
                 name: req.name.unwrap_or_else(|| req.id.clone()),
@@ -262,6 +286,7 @@ async fn create_team(
                 tenant: req.tenant,
                 metadata: req.metadata,
                 roles: req.roles,
+                limits: req.limits,
                 created_at: now,
                 updated_at: now,
             };
@@ -329,6 +354,10 @@ async fn update_team(
             if let Some(m) = req.metadata {
                 team.metadata = m;
             }
+            if let Some(l) = req.limits {
+                l.check()?;
+                team.limits = l;
+            }
             team.updated_at = crate::time::now();
             let result = core.stores.directory.replace_team(&team).await;
             finish_change(&core, &ctx, "team", "update", &id, result).await?;
@@ -392,6 +421,7 @@ async fn create_user(
             let req: CreateUserRequest = body_json(&core, &headers, body).await?;
             check_id(&req.id, true)?;
             check_roles(&req.roles)?;
+            req.limits.check()?;
             if let Some(t) = &req.team {
                 find_team(&core, t).await.map_err(|_| {
                     ApiError::invalid(format!("no team {t:?}: create it first")).param("team")
@@ -405,6 +435,7 @@ async fn create_user(
                 team: req.team,
                 metadata: req.metadata,
                 roles: req.roles,
+                limits: req.limits,
                 created_at: now,
                 updated_at: now,
             };
@@ -480,6 +511,10 @@ async fn update_user(
             if let Some(m) = req.metadata {
                 user.metadata = m;
             }
+            if let Some(l) = req.limits {
+                l.check()?;
+                user.limits = l;
+            }
             user.updated_at = crate::time::now();
             let result = core.stores.directory.replace_user(&user).await;
             finish_change(&core, &ctx, "user", "update", &id, result).await?;
@@ -510,4 +545,52 @@ async fn delete_user(
         }
         .await,
     )
+}
+
+/// The budget the team's own `limits` set (shared by all its keys) with its spend in the
+/// current period: `{"data": budget}`, or `{"data": null}`.
+#[utoipa::path(get, path = "/admin/v1/teams/{id}/budget", params(("id" = String, Path)),
+    responses((status = 200, description = "The team's own budget, or null"), (status = 404, body = ErrorBody)))]
+pub(crate) async fn team_budget(
+    State(core): State<Arc<Core>>,
+    headers: HeaderMap,
+    PathParam(id): PathParam,
+) -> Response {
+    own_budget(&core, &headers, Scope::Team, &id).await
+}
+
+/// Restart the spend the team's own budget counts from zero, now (audited).
+#[utoipa::path(post, path = "/admin/v1/teams/{id}/budget/reset", params(("id" = String, Path)),
+    responses((status = 200, description = "Reset"), (status = 404, body = ErrorBody)))]
+pub(crate) async fn reset_team_budget(
+    State(core): State<Arc<Core>>,
+    rid: Option<Extension<RequestContext>>,
+    headers: HeaderMap,
+    PathParam(id): PathParam,
+) -> Response {
+    reset_own_budget(&core, &rid, &headers, Scope::Team, &id).await
+}
+
+/// The budget the user's own `limits` set (shared by all their keys) with its spend in the
+/// current period: `{"data": budget}`, or `{"data": null}`.
+#[utoipa::path(get, path = "/admin/v1/users/{id}/budget", params(("id" = String, Path)),
+    responses((status = 200, description = "The user's own budget, or null"), (status = 404, body = ErrorBody)))]
+pub(crate) async fn user_budget(
+    State(core): State<Arc<Core>>,
+    headers: HeaderMap,
+    PathParam(id): PathParam,
+) -> Response {
+    own_budget(&core, &headers, Scope::User, &id).await
+}
+
+/// Restart the spend the user's own budget counts from zero, now (audited).
+#[utoipa::path(post, path = "/admin/v1/users/{id}/budget/reset", params(("id" = String, Path)),
+    responses((status = 200, description = "Reset"), (status = 404, body = ErrorBody)))]
+pub(crate) async fn reset_user_budget(
+    State(core): State<Arc<Core>>,
+    rid: Option<Extension<RequestContext>>,
+    headers: HeaderMap,
+    PathParam(id): PathParam,
+) -> Response {
+    reset_own_budget(&core, &rid, &headers, Scope::User, &id).await
 }

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
+use crate::config::Scope;
 use crate::glob::Glob;
-use crate::store::{KeyLimits, KeyRecord};
+use crate::store::{KeyRecord, Limits};
 
 #[derive(Debug, Clone)]
 pub struct Principal {
@@ -22,8 +23,9 @@ pub struct Principal {
     /// the current actor first. Empty when the principal acts for itself.
     pub delegation: Vec<String>,
     pub is_master: bool,
-    /// The key's own budget and rate limits (virtual keys only).
-    pub limits: Option<Arc<KeyLimits>>,
+    /// The own budget and rate limits of its key, user and team records (virtual keys only;
+    /// a JWT principal's user and team are not looked up), each with the scope it counts.
+    pub limits: Vec<(Scope, Arc<Limits>)>,
     /// Model patterns this principal may use; empty means every model.
     models: Vec<Glob>,
 }
@@ -47,7 +49,7 @@ impl Principal {
             agent: None,
             delegation: Vec::new(),
             is_master: true,
-            limits: None,
+            limits: Vec::new(),
             models: Vec::new(),
         }
     }
@@ -74,7 +76,7 @@ impl Principal {
             agent: None,
             delegation: Vec::new(),
             is_master: false,
-            limits: (!key.limits.is_empty()).then(|| Arc::new(key.limits.clone())),
+            limits: own_limits(Scope::Key, &key.limits).into_iter().collect(),
             models: crate::keys::compile_patterns(&key.models),
         }
     }
@@ -104,6 +106,10 @@ impl Principal {
         roles.sort();
         roles.dedup();
         p.roles = roles;
+        p.limits
+            .extend(user.and_then(|u| own_limits(Scope::User, &u.limits)));
+        p.limits
+            .extend(team.and_then(|t| own_limits(Scope::Team, &t.limits)));
         p
     }
 
@@ -127,7 +133,7 @@ impl Principal {
             agent,
             delegation: Vec::new(),
             is_master: false,
-            limits: None,
+            limits: Vec::new(),
             models: Vec::new(),
         }
     }
@@ -142,4 +148,8 @@ impl Principal {
             (None, None) => "master".to_owned(),
         }
     }
+}
+
+fn own_limits(scope: Scope, limits: &Limits) -> Option<(Scope, Arc<Limits>)> {
+    (!limits.is_empty()).then(|| (scope, Arc::new(limits.clone())))
 }

@@ -21,8 +21,8 @@ use crate::error::{ApiError, ErrorKind};
 use crate::glob::Glob;
 use crate::identity::Principal;
 use crate::store::{
-    DirectoryStore, KeyLimits, KeyRecord, KeySecret, KeyStore, KeyUpdate, MetaStore, Page,
-    SecretHash, StoreError, TeamRecord, UserRecord,
+    DirectoryStore, KeyRecord, KeySecret, KeyStore, KeyUpdate, Limits, MetaStore, Page, SecretHash,
+    StoreError, TeamRecord, UserRecord,
 };
 
 /// Every virtual key secret starts with this, so leaked keys are recognisable by scanners.
@@ -98,7 +98,7 @@ pub struct NewKey {
     pub expires_at: Option<i64>,
     pub enabled: bool,
     pub metadata: serde_json::Map<String, serde_json::Value>,
-    pub limits: KeyLimits,
+    pub limits: Limits,
 }
 
 pub struct KeyService {
@@ -509,10 +509,10 @@ fn key_not_found(id: &str) -> ApiError {
 fn validate_key_fields<'a>(
     name: Option<&String>,
     models: impl Iterator<Item = &'a String>,
-    limits: Option<&KeyLimits>,
+    limits: Option<&Limits>,
 ) -> Result<(), ApiError> {
-    if let Some((field, problem)) = limits.and_then(|l| l.problems().into_iter().next()) {
-        return Err(ApiError::invalid(format!("{field} {problem}")).param(field));
+    if let Some(l) = limits {
+        l.check()?;
     }
     if let Some(name) = name {
         if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {

@@ -387,12 +387,17 @@ impl RateLimits {
         tokens: u64,
     ) -> Result<Option<Permit>, ApiError> {
         let rules = self.rules.load();
-        // The key's own limit, like a rule of scope `key` that matches only this key.
-        let own = s
-            .key
-            .zip(s.key_limits)
-            .filter(|(_, l)| l.rpm.is_some() || l.tpm.is_some());
-        if rules.is_empty() && own.is_none() {
+        // Own limits of the key, user and team: like rules of their scope matching that id.
+        let own: Vec<(String, &str, &crate::store::Limits)> = s
+            .own_limits
+            .iter()
+            .filter(|(_, l)| l.rpm.is_some() || l.tpm.is_some())
+            .filter_map(|(scope, l)| {
+                let id = s.id(*scope)?;
+                Some((format!("{}:{id}", scope.name()), id, &**l))
+            })
+            .collect();
+        if rules.is_empty() && own.is_empty() {
             return Ok(None);
         }
         let mut names: Vec<std::borrow::Cow<'_, str>> = Vec::new();
@@ -407,9 +412,8 @@ impl RateLimits {
                 ));
             }
         }
-        if let Some((id, limits)) = own {
-            // `key:` cannot start a configured rule's name.
-            let name = format!("key:{id}");
+        // `key:`, `user:`, `team:` cannot start a configured rule's name.
+        for (name, id, limits) in own {
             checks.push(BucketCheck::minute(
                 format!("{name}\u{1f}{id}"),
                 limits.rpm,

@@ -39,7 +39,7 @@ fn subject<'a>(principal: &'a Principal, ctx: &'a RequestContext, model: &'a str
         model,
         conversation: ctx.conversation_id.as_deref(),
         agent: principal.agent.as_deref(),
-        key_limits: principal.limits.as_deref(),
+        own_limits: &principal.limits,
     }
 }
 
@@ -60,7 +60,7 @@ pub async fn admit(
     endpoint: Endpoint,
     headers: &mut HeaderMap,
 ) -> Result<Option<SharedHold>, ApiError> {
-    if core.budgets.is_empty() && core.rate_limits.is_empty() && principal.limits.is_none() {
+    if core.budgets.is_empty() && core.rate_limits.is_empty() && principal.limits.is_empty() {
         return Ok(None);
     }
     let s = subject(principal, ctx, &envelope.model);
@@ -76,10 +76,7 @@ pub async fn admit(
         reservation: None,
         permit,
     };
-    let own_budget = principal
-        .limits
-        .as_ref()
-        .is_some_and(|l| l.budget_usd.is_some());
+    let own_budget = principal.limits.iter().any(|(_, l)| l.budget_usd.is_some());
     if own_budget || !core.budgets.is_empty() {
         // An upper bound: a token is at least one byte, so the body's length bounds the
         // prompt, and the output is bounded by `max_tokens` (or the model's maximum).

@@ -384,7 +384,7 @@ async fn keys(arg: &ConfigArg, command: KeysCommand) -> anyhow::Result<ExitCode>
                         .into_iter()
                         .map(|(k, v)| (k, serde_json::Value::String(v)))
                         .collect(),
-                    limits: tollgate_core::store::KeyLimits {
+                    limits: tollgate_core::store::Limits {
                         budget_usd,
                         budget_period,
                         rpm,
@@ -523,6 +523,7 @@ async fn directory(
                     tenant,
                     metadata: Default::default(),
                     roles,
+                    limits: Default::default(),
                     created_at: now,
                     updated_at: now,
                 })
@@ -540,6 +541,7 @@ async fn directory(
                     team,
                     metadata: Default::default(),
                     roles,
+                    limits: Default::default(),
                     created_at: now,
                     updated_at: now,
                 })

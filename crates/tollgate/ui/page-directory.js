@@ -1,5 +1,6 @@
 // Teams and users (GET/POST/PATCH/DELETE /admin/v1/teams and /admin/v1/users), each with its
-// cost over the last 30 days and the budgets counting it.
+// cost over the last 30 days, its own limits (edited in the same dialog) and the budgets
+// counting it (its own and the configured ones).
 
 import { get, post, patch, del, enc } from './api.js';
 import {
@@ -7,6 +8,7 @@ import {
   formDialog, confirmDialog, errorBox, emptyState, loading, announce, showError, formValues,
   splitList, qs,
 } from './ui.js';
+import { limitFields, limitsFrom, limitsText, ownBudgets } from './limits.js';
 
 function rolesText(roles) {
   return roles && roles.length ? roles.join(', ') : null;
@@ -37,10 +39,19 @@ async function budgetCounters(scope) {
   }
 }
 
-function budgetCell(list) {
-  if (!list || !list.length) return null;
-  return h('ul', { class: 'plain' }, list.map(({ b, c }) => h('li', null,
-    `${b.name}: ${usd(c.spent_usd)} of ${usd(b.limit_usd)} (${b.period})`)));
+function budgetCell(list, own) {
+  const items = [];
+  if (own) {
+    const c = (own.counters || [])[0];
+    items.push(h('li', null, `own: ${usd(c ? c.spent_usd : 0)} of ${usd(own.limit_usd)} (${own.period})`));
+  }
+  for (const { b, c } of list || []) items.push(h('li', null, `${b.name}: ${usd(c.spent_usd)} of ${usd(b.limit_usd)} (${b.period})`));
+  return items.length ? h('ul', { class: 'plain' }, items) : null;
+}
+
+function limitsCell(l) {
+  const parts = limitsText(l);
+  return parts.length ? parts.join(' · ') : null;
 }
 
 function costCell(x) {
@@ -58,8 +69,10 @@ export async function renderTeams(root, ctx) {
   let teams;
   let spend;
   let budgets;
+  let own;
   try {
     [teams, spend, budgets] = await Promise.all([get('/admin/v1/teams'), spendBy('team'), budgetCounters('team')]);
+    own = await ownBudgets('teams', teams);
   } catch (e) {
     fill(box, errorBox(e));
     return;
@@ -75,7 +88,8 @@ export async function renderTeams(root, ctx) {
     { label: 'Tenant', value: (t) => t.tenant },
     { label: 'Roles', value: (t) => rolesText(t.roles) },
     { label: 'Cost, 30 days', num: true, value: (t) => costCell(spend[t.id]) },
-    { label: 'Budgets', value: (t) => budgetCell(budgets[t.id]) },
+    { label: 'Limits', value: (t) => limitsCell(t.limits) },
+    { label: 'Budgets', value: (t) => budgetCell(budgets[t.id], own[t.id]) },
     { label: 'Created', value: (t) => timeEl(t.created_at) },
     { label: 'Actions', hidden: true, value: (t) => h('div', { class: 'row-actions' },
       link(`/ui/spend${qs({ group_by: 'key', filter_by: 'team', filter: t.id })}`, 'Spend', { 'aria-label': `Spend of team ${t.id}` }),
@@ -90,10 +104,11 @@ function teamDialog(team, done) {
     field('Name', input({ name: 'name', value: team ? team.name : '', autocomplete: 'off' })),
     field('Tenant', input({ name: 'tenant', value: team ? team.tenant : '', autocomplete: 'off' })),
     field('Roles', input({ name: 'roles', value: team ? (team.roles || []).join(', ') : '', autocomplete: 'off' }), 'Separated by commas. Policies can test them.'),
+    limitFields(team ? team.limits : {}, 'this team (all its keys together)'),
   ];
   formDialog(team ? `Edit team ${team.id}` : 'Create a team', fields, team ? 'Save changes' : 'Create team', async (form, d) => {
     const v = formValues(form);
-    const body = { name: v.name || null, tenant: v.tenant || null, roles: splitList(v.roles) };
+    const body = { name: v.name || null, tenant: v.tenant || null, roles: splitList(v.roles), limits: limitsFrom(v) };
     if (team) {
       await patch(`/admin/v1/teams/${enc(team.id)}`, body);
     } else {
@@ -128,8 +143,10 @@ export async function renderUsers(root, ctx) {
   let users;
   let spend;
   let budgets;
+  let own;
   try {
     [users, spend, budgets] = await Promise.all([get('/admin/v1/users'), spendBy('user'), budgetCounters('user')]);
+    own = await ownBudgets('users', users);
   } catch (e) {
     fill(box, errorBox(e));
     return;
@@ -146,7 +163,8 @@ export async function renderUsers(root, ctx) {
     { label: 'Team', value: (u) => u.team },
     { label: 'Roles', value: (u) => rolesText(u.roles) },
     { label: 'Cost, 30 days', num: true, value: (u) => costCell(spend[u.id]) },
-    { label: 'Budgets', value: (u) => budgetCell(budgets[u.id]) },
+    { label: 'Limits', value: (u) => limitsCell(u.limits) },
+    { label: 'Budgets', value: (u) => budgetCell(budgets[u.id], own[u.id]) },
     { label: 'Created', value: (u) => timeEl(u.created_at) },
     { label: 'Actions', hidden: true, value: (u) => h('div', { class: 'row-actions' },
       link(`/ui/spend${qs({ group_by: 'key', filter_by: 'user', filter: u.id })}`, 'Spend', { 'aria-label': `Spend of user ${u.id}` }),
@@ -164,10 +182,11 @@ async function userDialog(user, done) {
     field('Email', input({ name: 'email', type: 'email', value: user ? user.email : '', autocomplete: 'off' })),
     field('Team', select([['', '(none)'], ...teams.map((t) => [t.id, t.name ? `${t.name} (${t.id})` : t.id])], user ? user.team : '', { name: 'team' })),
     field('Roles', input({ name: 'roles', value: user ? (user.roles || []).join(', ') : '', autocomplete: 'off' }), 'Separated by commas. A user with the admin role can sign in to this console with their key.'),
+    limitFields(user ? user.limits : {}, 'this user (all their keys together)'),
   ];
   formDialog(user ? `Edit user ${user.id}` : 'Create a user', fields, user ? 'Save changes' : 'Create user', async (form, d) => {
     const v = formValues(form);
-    const body = { name: v.name || null, email: v.email || null, team: v.team || null, roles: splitList(v.roles) };
+    const body = { name: v.name || null, email: v.email || null, team: v.team || null, roles: splitList(v.roles), limits: limitsFrom(v) };
     if (user) {
       await patch(`/admin/v1/users/${enc(user.id)}`, body);
     } else {

@@ -11,6 +11,7 @@ import {
   errorBox, emptyState, loading, announce, showError, formValues, splitList, qs, isoDate, rawJson,
 } from './ui.js';
 import { barChart } from './charts.js';
+import { limitFields, limitsFrom, limitsText } from './limits.js';
 
 const PAGE = 50;
 
@@ -79,53 +80,6 @@ function keyRow(k, cost) {
     h('td', { class: 'num' }, cost ? usd(cost.cost_usd) : usd(0), cost ? h('div', { class: 'muted small' }, `${int(cost.requests)} req`) : null),
     h('td', null, timeEl(k.created_at)),
     h('td', null, k.expires_at ? timeEl(k.expires_at) : h('span', { class: 'muted' }, 'never')));
-}
-
-const PERIODS = [['monthly', 'per month'], ['weekly', 'per week (from Monday)'], ['daily', 'per day'], ['total', 'in total (never resets)']];
-
-// The key's own limits as form fields; `limits` prefills them.
-function limitFields(limits = {}) {
-  const num = (name, value, attrs) => input({ name, type: 'number', inputmode: 'decimal', autocomplete: 'off', value: value ?? '', ...attrs });
-  return h('fieldset', { class: 'fieldset' },
-    h('legend', null, 'Limits of this key'),
-    h('p', { class: 'hint' }, 'On top of the gateway’s configured budgets and rate limits. Leave a field empty for no limit.'),
-    h('div', { class: 'field-row' },
-      field('Budget, USD', num('budget_usd', limits.budget_usd, { min: '0', step: 'any', placeholder: 'no limit' }),
-        'Spend allowed per period; over it requests get 429 budget_exceeded.'),
-      field('Budget period', select(PERIODS, limits.budget_period || 'monthly', { name: 'budget_period' }))),
-    h('div', { class: 'field-row' },
-      field('Requests per minute', num('rpm', limits.rpm, { min: '1', step: '1', placeholder: 'no limit' })),
-      field('Tokens per minute', num('tpm', limits.tpm, { min: '1', step: '1', placeholder: 'no limit' }))));
-}
-
-// The limits the form holds, as the admin API takes them; throws on a bad number.
-function limitsFrom(v) {
-  const out = {};
-  const positive = (name, label, integer) => {
-    if (v[name] === '' || v[name] === undefined) return;
-    const n = Number(v[name]);
-    if (!Number.isFinite(n) || n <= 0 || (integer && !Number.isInteger(n))) {
-      throw new Error(`${label} must be ${integer ? 'a whole number of at least 1' : 'a number above 0'}, or empty for no limit.`);
-    }
-    out[name] = n;
-  };
-  positive('budget_usd', 'Budget', false);
-  positive('rpm', 'Requests per minute', true);
-  positive('tpm', 'Tokens per minute', true);
-  if (out.budget_usd !== undefined) out.budget_period = v.budget_period || 'monthly';
-  return out;
-}
-
-export function limitsText(l) {
-  const parts = [];
-  if (!l) return parts;
-  if (l.budget_usd !== undefined) {
-    const per = (PERIODS.find(([p]) => p === (l.budget_period || 'monthly')) || [])[1] || '';
-    parts.push(`${usd(l.budget_usd)} ${per}`);
-  }
-  if (l.rpm !== undefined) parts.push(`${int(l.rpm)} ${l.rpm === 1 ? 'request' : 'requests'}/min`);
-  if (l.tpm !== undefined) parts.push(`${int(l.tpm)} ${l.tpm === 1 ? 'token' : 'tokens'}/min`);
-  return parts;
 }
 
 function teamSelect(teams, value, name = 'team') {

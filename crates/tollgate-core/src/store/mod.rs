@@ -66,17 +66,18 @@ pub struct KeyRecord {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// The key's own spend and rate limits, on top of the configured ones.
     #[serde(default)]
-    pub limits: KeyLimits,
+    pub limits: Limits,
     pub secret_prefix: String,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
-/// A key's own limits, enforced like a `budgets[]` / `rate_limits[]` rule of scope `key` that
-/// matches only this key, on top of every configured rule that covers it. Unset: no limit.
+/// The own limits of a key, user or team, enforced like a `budgets[]` / `rate_limits[]` rule of
+/// that scope matching only that id, on top of every configured rule that covers it. Unset: no
+/// limit.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct KeyLimits {
+pub struct Limits {
     /// Spend limit in USD per `budget_period`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_usd: Option<f64>,
@@ -91,7 +92,7 @@ pub struct KeyLimits {
     pub tpm: Option<u64>,
 }
 
-impl KeyLimits {
+impl Limits {
     pub fn is_empty(&self) -> bool {
         self.budget_usd.is_none() && self.rpm.is_none() && self.tpm.is_none()
     }
@@ -99,6 +100,16 @@ impl KeyLimits {
     /// The budget's period: `monthly` unless set.
     pub fn period(&self) -> crate::config::Period {
         self.budget_period.unwrap_or(crate::config::Period::Monthly)
+    }
+
+    /// A 400 naming the first problem with these limits.
+    pub fn check(&self) -> Result<(), crate::error::ApiError> {
+        match self.problems().into_iter().next() {
+            Some((field, problem)) => {
+                Err(crate::error::ApiError::invalid(format!("{field} {problem}")).param(field))
+            }
+            None => Ok(()),
+        }
     }
 
     /// Every problem with these limits, as `(field, message)`.
@@ -141,7 +152,7 @@ pub struct KeyUpdate {
     pub enabled: Option<bool>,
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     /// Replaces the key's own limits as a whole.
-    pub limits: Option<KeyLimits>,
+    pub limits: Option<Limits>,
 }
 
 impl KeyUpdate {
@@ -176,14 +187,14 @@ impl KeyUpdate {
 }
 
 /// A key's limits as the `keys.limits` column holds them: JSON, or NULL for none.
-fn key_limits_json(l: &KeyLimits) -> Option<String> {
+fn limits_json(l: &Limits) -> Option<String> {
     (!l.is_empty())
         .then(|| serde_json::to_string(l).ok())
         .flatten()
 }
 
-fn key_limits_from_json(v: Option<&str>) -> StoreResult<KeyLimits> {
-    v.map_or(Ok(KeyLimits::default()), |v| {
+fn limits_from_json(v: Option<&str>) -> StoreResult<Limits> {
+    v.map_or(Ok(Limits::default()), |v| {
         serde_json::from_str(v).map_err(|e| StoreError::Corrupt(format!("keys.limits: {e}")))
     })
 }
@@ -235,6 +246,9 @@ pub struct TeamRecord {
     pub tenant: Option<String>,
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub roles: Vec<String>,
+    /// Spend and rate limits of its own, shared by all its keys.
+    #[serde(default)]
+    pub limits: Limits,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -248,6 +262,9 @@ pub struct UserRecord {
     pub team: Option<String>,
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub roles: Vec<String>,
+    /// Spend and rate limits of its own, shared by all its keys.
+    #[serde(default)]
+    pub limits: Limits,
     pub created_at: i64,
     pub updated_at: i64,
 }

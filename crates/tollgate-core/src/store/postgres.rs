@@ -50,8 +50,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         9,
-        "key_limits",
-        include_str!("migrations/postgres/0009_key_limits.sql"),
+        "limits",
+        include_str!("migrations/postgres/0009_limits.sql"),
     ),
     (
         10,
@@ -179,7 +179,7 @@ fn key_from_row(row: &PgRow) -> StoreResult<KeyRecord> {
         revoked_at: row.try_get("revoked_at").map_err(get)?,
         metadata: serde_json::from_str(&metadata)
             .map_err(|e| StoreError::Corrupt(format!("keys.metadata: {e}")))?,
-        limits: super::key_limits_from_json(limits.as_deref())?,
+        limits: super::limits_from_json(limits.as_deref())?,
         secret_prefix: row.try_get("secret_prefix").map_err(get)?,
         created_at: row.try_get("created_at").map_err(get)?,
         updated_at: row.try_get("updated_at").map_err(get)?,
@@ -226,7 +226,7 @@ impl KeyStore for PostgresStore {
         .bind(&key.secret_prefix)
         .bind(key.created_at)
         .bind(key.updated_at)
-        .bind(super::key_limits_json(&key.limits))
+        .bind(super::limits_json(&key.limits))
         .execute(&mut *tx)
         .await
         .map_err(|e| match &e {
@@ -306,7 +306,7 @@ impl KeyStore for PostgresStore {
         .bind(key.enabled)
         .bind(json(&key.metadata))
         .bind(key.updated_at)
-        .bind(super::key_limits_json(&key.limits))
+        .bind(super::limits_json(&key.limits))
         .bind(id)
         .execute(&mut *tx)
         .await
@@ -695,13 +695,15 @@ impl DirectoryStore for PostgresStore {
     async fn insert_team(&self, t: &TeamRecord) -> StoreResult<()> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         sqlx::query(
-            "INSERT INTO teams (id, name, metadata, created_at, updated_at) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO teams (id, name, metadata, created_at, updated_at, tenant, limits) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&t.id)
         .bind(&t.name)
         .bind(json(&t.metadata))
         .bind(t.created_at)
         .bind(t.updated_at)
+        .bind(&t.tenant)
+        .bind(super::limits_json(&t.limits))
         .execute(&mut *tx)
         .await
         .map_err(conflict_or_unavailable(format!(
@@ -715,10 +717,12 @@ impl DirectoryStore for PostgresStore {
     async fn replace_team(&self, t: &TeamRecord) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let done =
-            sqlx::query("UPDATE teams SET name = $1, metadata = $2, updated_at = $3 WHERE id = $4")
+            sqlx::query("UPDATE teams SET name = $1, metadata = $2, updated_at = $3, tenant = $4, limits = $5 WHERE id = $6")
                 .bind(&t.name)
                 .bind(json(&t.metadata))
                 .bind(t.updated_at)
+                .bind(&t.tenant)
+                .bind(super::limits_json(&t.limits))
                 .bind(&t.id)
                 .execute(&mut *tx)
                 .await
@@ -733,27 +737,38 @@ impl DirectoryStore for PostgresStore {
 
     async fn list_teams(&self) -> StoreResult<Vec<TeamRecord>> {
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        type Row = (String, String, Option<String>, String, i64, i64);
+        type Row = (
+            String,
+            String,
+            Option<String>,
+            String,
+            i64,
+            i64,
+            Option<String>,
+        );
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, name, tenant, metadata, created_at, updated_at FROM teams ORDER BY id",
+            "SELECT id, name, tenant, metadata, created_at, updated_at, limits FROM teams ORDER BY id",
         )
         .fetch_all(&mut *conn)
         .await
         .map_err(unavailable)?;
         let mut roles = roles_of(&mut conn, "team").await?;
         rows.into_iter()
-            .map(|(id, name, tenant, metadata, created_at, updated_at)| {
-                Ok(TeamRecord {
-                    roles: roles.remove(&id).unwrap_or_default(),
-                    id,
-                    name,
-                    tenant,
-                    metadata: serde_json::from_str(&metadata)
-                        .map_err(|e| StoreError::Corrupt(format!("teams.metadata: {e}")))?,
-                    created_at,
-                    updated_at,
-                })
-            })
+            .map(
+                |(id, name, tenant, metadata, created_at, updated_at, limits)| {
+                    Ok(TeamRecord {
+                        roles: roles.remove(&id).unwrap_or_default(),
+                        id,
+                        name,
+                        tenant,
+                        metadata: serde_json::from_str(&metadata)
+                            .map_err(|e| StoreError::Corrupt(format!("teams.metadata: {e}")))?,
+                        limits: super::limits_from_json(limits.as_deref())?,
+                        created_at,
+                        updated_at,
+                    })
+                },
+            )
             .collect()
     }
 
@@ -788,7 +803,7 @@ impl DirectoryStore for PostgresStore {
 
     async fn insert_user(&self, u: &UserRecord) -> StoreResult<()> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        sqlx::query("INSERT INTO users (id, name, email, team_id, metadata, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        sqlx::query("INSERT INTO users (id, name, email, team_id, metadata, created_at, updated_at, limits) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(&u.id)
             .bind(&u.name)
             .bind(&u.email)
@@ -796,6 +811,7 @@ impl DirectoryStore for PostgresStore {
             .bind(json(&u.metadata))
             .bind(u.created_at)
             .bind(u.updated_at)
+            .bind(super::limits_json(&u.limits))
             .execute(&mut *tx)
             .await
             .map_err(conflict_or_unavailable(format!("user {} already exists", u.id)))?;
@@ -805,12 +821,13 @@ impl DirectoryStore for PostgresStore {
 
     async fn replace_user(&self, u: &UserRecord) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let done = sqlx::query("UPDATE users SET name = $1, email = $2, team_id = $3, metadata = $4, updated_at = $5 WHERE id = $6")
+        let done = sqlx::query("UPDATE users SET name = $1, email = $2, team_id = $3, metadata = $4, updated_at = $5, limits = $6 WHERE id = $7")
             .bind(&u.name)
             .bind(&u.email)
             .bind(&u.team)
             .bind(json(&u.metadata))
             .bind(u.updated_at)
+            .bind(super::limits_json(&u.limits))
             .bind(&u.id)
             .execute(&mut *tx)
             .await
@@ -833,9 +850,10 @@ impl DirectoryStore for PostgresStore {
             String,
             i64,
             i64,
+            Option<String>,
         );
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, name, email, team_id, metadata, created_at, updated_at FROM users ORDER BY id",
+            "SELECT id, name, email, team_id, metadata, created_at, updated_at, limits FROM users ORDER BY id",
         )
         .fetch_all(&mut *conn)
         .await
@@ -843,7 +861,7 @@ impl DirectoryStore for PostgresStore {
         let mut roles = roles_of(&mut conn, "user").await?;
         rows.into_iter()
             .map(
-                |(id, name, email, team, metadata, created_at, updated_at)| {
+                |(id, name, email, team, metadata, created_at, updated_at, limits)| {
                     Ok(UserRecord {
                         roles: roles.remove(&id).unwrap_or_default(),
                         id,
@@ -852,6 +870,7 @@ impl DirectoryStore for PostgresStore {
                         team,
                         metadata: serde_json::from_str(&metadata)
                             .map_err(|e| StoreError::Corrupt(format!("users.metadata: {e}")))?,
+                        limits: super::limits_from_json(limits.as_deref())?,
                         created_at,
                         updated_at,
                     })

@@ -68,8 +68,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         12,
-        "key_limits",
-        include_str!("migrations/sqlite/0012_key_limits.sql"),
+        "limits",
+        include_str!("migrations/sqlite/0012_limits.sql"),
     ),
     (
         13,
@@ -185,7 +185,7 @@ fn key_from_row(row: &SqliteRow) -> StoreResult<KeyRecord> {
         revoked_at: row.try_get("revoked_at").map_err(get)?,
         metadata: serde_json::from_str(&metadata)
             .map_err(|e| StoreError::Corrupt(format!("keys.metadata: {e}")))?,
-        limits: super::key_limits_from_json(limits.as_deref())?,
+        limits: super::limits_from_json(limits.as_deref())?,
         secret_prefix: row.try_get("secret_prefix").map_err(get)?,
         created_at: row.try_get("created_at").map_err(get)?,
         updated_at: row.try_get("updated_at").map_err(get)?,
@@ -236,7 +236,7 @@ impl KeyStore for SqliteStore {
         .bind(&key.secret_prefix)
         .bind(key.created_at)
         .bind(key.updated_at)
-        .bind(super::key_limits_json(&key.limits))
+        .bind(super::limits_json(&key.limits))
         .execute(&mut *tx)
         .await
         .map_err(|e| match &e {
@@ -318,7 +318,7 @@ impl KeyStore for SqliteStore {
         .bind(key.enabled)
         .bind(json(&key.metadata))
         .bind(key.updated_at)
-        .bind(super::key_limits_json(&key.limits))
+        .bind(super::limits_json(&key.limits))
         .bind(id)
         .execute(&mut *tx)
         .await
@@ -726,13 +726,15 @@ impl DirectoryStore for SqliteStore {
             .await
             .map_err(unavailable)?;
         sqlx::query(
-            "INSERT INTO teams (id, name, metadata, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO teams (id, name, metadata, created_at, updated_at, tenant, limits) VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&t.id)
         .bind(&t.name)
         .bind(json(&t.metadata))
         .bind(t.created_at)
         .bind(t.updated_at)
+        .bind(&t.tenant)
+        .bind(super::limits_json(&t.limits))
         .execute(&mut *tx)
         .await
         .map_err(conflict_or_unavailable(format!(
@@ -750,10 +752,12 @@ impl DirectoryStore for SqliteStore {
             .await
             .map_err(unavailable)?;
         let done =
-            sqlx::query("UPDATE teams SET name = ?, metadata = ?, updated_at = ? WHERE id = ?")
+            sqlx::query("UPDATE teams SET name = ?, metadata = ?, updated_at = ?, tenant = ?, limits = ? WHERE id = ?")
                 .bind(&t.name)
                 .bind(json(&t.metadata))
                 .bind(t.updated_at)
+                .bind(&t.tenant)
+                .bind(super::limits_json(&t.limits))
                 .bind(&t.id)
                 .execute(&mut *tx)
                 .await
@@ -768,27 +772,38 @@ impl DirectoryStore for SqliteStore {
 
     async fn list_teams(&self) -> StoreResult<Vec<TeamRecord>> {
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        type Row = (String, String, Option<String>, String, i64, i64);
+        type Row = (
+            String,
+            String,
+            Option<String>,
+            String,
+            i64,
+            i64,
+            Option<String>,
+        );
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, name, tenant, metadata, created_at, updated_at FROM teams ORDER BY id",
+            "SELECT id, name, tenant, metadata, created_at, updated_at, limits FROM teams ORDER BY id",
         )
         .fetch_all(&mut *conn)
         .await
         .map_err(unavailable)?;
         let mut roles = roles_of(&mut conn, "team").await?;
         rows.into_iter()
-            .map(|(id, name, tenant, metadata, created_at, updated_at)| {
-                Ok(TeamRecord {
-                    roles: roles.remove(&id).unwrap_or_default(),
-                    id,
-                    name,
-                    tenant,
-                    metadata: serde_json::from_str(&metadata)
-                        .map_err(|e| StoreError::Corrupt(format!("teams.metadata: {e}")))?,
-                    created_at,
-                    updated_at,
-                })
-            })
+            .map(
+                |(id, name, tenant, metadata, created_at, updated_at, limits)| {
+                    Ok(TeamRecord {
+                        roles: roles.remove(&id).unwrap_or_default(),
+                        id,
+                        name,
+                        tenant,
+                        metadata: serde_json::from_str(&metadata)
+                            .map_err(|e| StoreError::Corrupt(format!("teams.metadata: {e}")))?,
+                        limits: super::limits_from_json(limits.as_deref())?,
+                        created_at,
+                        updated_at,
+                    })
+                },
+            )
             .collect()
     }
 
@@ -831,7 +846,7 @@ impl DirectoryStore for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(unavailable)?;
-        sqlx::query("INSERT INTO users (id, name, email, team_id, metadata, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO users (id, name, email, team_id, metadata, created_at, updated_at, limits) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
             .bind(&u.id)
             .bind(&u.name)
             .bind(&u.email)
@@ -839,6 +854,7 @@ impl DirectoryStore for SqliteStore {
             .bind(json(&u.metadata))
             .bind(u.created_at)
             .bind(u.updated_at)
+            .bind(super::limits_json(&u.limits))
             .execute(&mut *tx)
             .await
             .map_err(conflict_or_unavailable(format!("user {} already exists", u.id)))?;
@@ -852,12 +868,13 @@ impl DirectoryStore for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(unavailable)?;
-        let done = sqlx::query("UPDATE users SET name = ?, email = ?, team_id = ?, metadata = ?, updated_at = ? WHERE id = ?")
+        let done = sqlx::query("UPDATE users SET name = ?, email = ?, team_id = ?, metadata = ?, updated_at = ?, limits = ? WHERE id = ?")
             .bind(&u.name)
             .bind(&u.email)
             .bind(&u.team)
             .bind(json(&u.metadata))
             .bind(u.updated_at)
+            .bind(super::limits_json(&u.limits))
             .bind(&u.id)
             .execute(&mut *tx)
             .await
@@ -880,9 +897,10 @@ impl DirectoryStore for SqliteStore {
             String,
             i64,
             i64,
+            Option<String>,
         );
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, name, email, team_id, metadata, created_at, updated_at FROM users ORDER BY id",
+            "SELECT id, name, email, team_id, metadata, created_at, updated_at, limits FROM users ORDER BY id",
         )
         .fetch_all(&mut *conn)
         .await
@@ -890,7 +908,7 @@ impl DirectoryStore for SqliteStore {
         let mut roles = roles_of(&mut conn, "user").await?;
         rows.into_iter()
             .map(
-                |(id, name, email, team, metadata, created_at, updated_at)| {
+                |(id, name, email, team, metadata, created_at, updated_at, limits)| {
                     Ok(UserRecord {
                         roles: roles.remove(&id).unwrap_or_default(),
                         id,
@@ -899,6 +917,7 @@ impl DirectoryStore for SqliteStore {
                         team,
                         metadata: serde_json::from_str(&metadata)
                             .map_err(|e| StoreError::Corrupt(format!("users.metadata: {e}")))?,
+                        limits: super::limits_from_json(limits.as_deref())?,
                         created_at,
                         updated_at,
                     })

@@ -175,7 +175,7 @@ async fn update_revoke_and_change_seq() {
                     name: Some("renamed".into()),
                     user: Some(None),
                     enabled: Some(false),
-                    limits: Some(KeyLimits {
+                    limits: Some(Limits {
                         budget_usd: Some(2.5),
                         budget_period: Some(crate::config::Period::Daily),
                         rpm: Some(60),
@@ -207,7 +207,7 @@ async fn update_revoke_and_change_seq() {
             .update_key(
                 "k",
                 &KeyUpdate {
-                    limits: Some(KeyLimits::default()),
+                    limits: Some(Limits::default()),
                     ..Default::default()
                 },
                 6,
@@ -218,7 +218,7 @@ async fn update_revoke_and_change_seq() {
         assert!(cleared.limits.is_empty(), "{engine}");
         assert_eq!(
             s.keys.get_key("k").await.unwrap().map(|k| k.limits),
-            Some(KeyLimits::default()),
+            Some(Limits::default()),
             "{engine}: no limits read back as none"
         );
         assert!(s.keys.change_seq().await.unwrap() > seq1);
@@ -678,6 +678,10 @@ fn team(id: &str, roles: &[&str]) -> TeamRecord {
         tenant: Some("acme".into()),
         metadata: Default::default(),
         roles: roles.iter().map(|r| r.to_string()).collect(),
+        limits: Limits {
+            budget_usd: Some(100.0),
+            ..Default::default()
+        },
         created_at: 1,
         updated_at: 1,
     }
@@ -706,6 +710,10 @@ async fn directory_teams_users_roles() {
             team: Some("ml".into()),
             metadata: Default::default(),
             roles: vec!["writer".into()],
+            limits: Limits {
+                rpm: Some(5),
+                ..Default::default()
+            },
             created_at: 1,
             updated_at: 1,
         };
@@ -725,17 +733,27 @@ async fn directory_teams_users_roles() {
         let teams = s.directory.list_teams().await.unwrap();
         assert_eq!(teams[0].roles, ["admin", "reader"], "{engine}");
         assert_eq!(
+            teams,
+            vec![team("ml", &["admin", "reader"])],
+            "{engine}: every field kept (tenant and limits too)"
+        );
+        assert_eq!(
             s.directory.list_users().await.unwrap(),
             vec![user.clone()],
             "{engine}"
         );
 
-        assert!(s
-            .directory
-            .replace_team(&team("ml", &["reader"]))
-            .await
-            .unwrap());
-        assert_eq!(s.directory.list_teams().await.unwrap()[0].roles, ["reader"]);
+        let changed = TeamRecord {
+            tenant: Some("globex".into()),
+            limits: Limits::default(),
+            ..team("ml", &["reader"])
+        };
+        assert!(s.directory.replace_team(&changed).await.unwrap());
+        assert_eq!(
+            s.directory.list_teams().await.unwrap(),
+            vec![changed],
+            "{engine}"
+        );
         assert!(!s.directory.replace_team(&team("nope", &[])).await.unwrap());
 
         assert!(

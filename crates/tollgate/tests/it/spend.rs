@@ -779,3 +779,115 @@ async fn a_key_s_own_limits_are_enforced_edited_and_reset_through_the_admin_api(
         "{list}"
     );
 }
+
+#[tokio::test]
+async fn team_and_user_limits_are_shared_by_their_keys() {
+    let t = start(PRICED_MOCK).await;
+    let body = ask_body(1);
+    let res = t
+        .client
+        .post_json(
+            "/admin/v1/teams",
+            MASTER,
+            &json!({"id": "ml", "limits": {"rpm": 3}}),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    assert_eq!(res.json()["limits"], json!({"rpm": 3}));
+    let (_, a) = t.key(json!({"name": "a", "team": "ml"})).await;
+    let (_, b) = t.key(json!({"name": "b", "team": "ml"})).await;
+    // Three requests a minute for the whole team, whichever key sends them.
+    for key in [&a, &b, &a] {
+        assert_eq!(chat(&t, key, &body).await.status, 200);
+    }
+    let res = chat(&t, &b, &body).await;
+    assert_eq!(res.status, 429, "{}", res.text());
+    let msg = res.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(msg.contains("team:ml"), "{msg}");
+
+    // A user's budget counts every key of theirs; lifting it lets them spend again.
+    let res = t
+        .client
+        .post_json(
+            "/admin/v1/users",
+            MASTER,
+            &json!({"id": "alice", "limits": {"budget_usd": 0.03, "budget_period": "weekly"}}),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let (_, c) = t.key(json!({"name": "c", "user": "alice"})).await;
+    let (_, d) = t.key(json!({"name": "d", "user": "alice"})).await;
+    let mut served = 0;
+    let refusal = loop {
+        let key = if served % 2 == 0 { &c } else { &d };
+        let res = chat(&t, key, &body).await;
+        if res.status != 200 {
+            break res;
+        }
+        served += 1;
+        assert!(served < 100);
+    };
+    assert!(served >= 2, "both keys spent before the refusal");
+    let err = &refusal.json()["error"];
+    assert_eq!(err["code"], "budget_exceeded", "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("user:alice"),
+        "{err}"
+    );
+    let budget = t
+        .client
+        .get("/admin/v1/users/alice/budget", MASTER)
+        .await
+        .json();
+    assert_eq!(budget["data"]["period"], "weekly");
+    assert!(budget["data"]["counters"][0]["spent_usd"].as_f64().unwrap() >= 0.03);
+    let res = t
+        .client
+        .post_json("/admin/v1/users/alice/budget/reset", MASTER, &json!({}))
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(chat(&t, &d, &body).await.status, 200);
+    let res = t
+        .client
+        .send(
+            Method::PATCH,
+            "/admin/v1/users/alice",
+            &[("authorization", &format!("Bearer {MASTER}"))],
+            json!({"limits": {}}).to_string(),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        t.client
+            .get("/admin/v1/users/alice/budget", MASTER)
+            .await
+            .json()["data"],
+        Value::Null
+    );
+    // The team sets no budget; a bad limit is refused with its field.
+    assert_eq!(
+        t.client
+            .get("/admin/v1/teams/ml/budget", MASTER)
+            .await
+            .json()["data"],
+        Value::Null
+    );
+    let res = t
+        .client
+        .send(
+            Method::PATCH,
+            "/admin/v1/teams/ml",
+            &[("authorization", &format!("Bearer {MASTER}"))],
+            json!({"limits": {"tpm": 0}}).to_string(),
+        )
+        .await;
+    assert_eq!(res.status, 400, "{}", res.text());
+    assert_eq!(res.json()["error"]["param"], "limits.tpm");
+    assert_eq!(
+        t.client
+            .get("/admin/v1/teams/nope/budget", MASTER)
+            .await
+            .status,
+        404
+    );
+}
