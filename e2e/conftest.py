@@ -40,6 +40,16 @@ storage:
   database_url: sqlite://{db}
 """
 
+# The built-in mock provider serving `mock-echo` (a `.format()` template, like CONFIG_HEAD).
+MOCK_ECHO = """\
+providers:
+  - name: demo
+    kind: mock
+models:
+  - name: mock-echo
+    targets: [{{provider: demo, model: echo}}]
+"""
+
 CONFIG_TEMPLATE = CONFIG_HEAD + """\
 logging:
   level: warn

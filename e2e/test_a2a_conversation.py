@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 from a2a_probe import make_client, resolve_card, send_for_task, send_request, user_message
-from conftest import CONFIG_HEAD, MASTER_KEY, launch_gateway, new_key
+from conftest import CONFIG_HEAD, MASTER_KEY, MOCK_ECHO, launch_gateway, new_key
 from mcp_client_util import start_upstream, text_of
 from mcp_client_util import connect as mcp_connect
 from test_a2a_gateway import start_agent
@@ -27,12 +27,7 @@ pytestmark = pytest.mark.anyio
 CONFIG = CONFIG_HEAD + """\
 logging:
   level: warn
-providers:
-  - name: demo
-    kind: mock
-models:
-  - name: mock-echo
-    targets: [{{provider: demo, model: echo}}]
+""" + MOCK_ECHO + """\
 mcp:
   servers:
     - name: tools

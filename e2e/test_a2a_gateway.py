@@ -76,6 +76,7 @@ from a2a.utils.errors import A2AError, InvalidParamsError, MethodNotFoundError, 
 from a2a.utils.signing import create_signature_verifier
 from a2a_probe import Webhook, make_client, send_for_task, send_request, task_text, user_message
 from conftest import CONFIG_HEAD, MASTER_KEY, Gateway, _binary, launch_gateway, new_key
+from mcp_client_util import free_port
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -217,13 +218,6 @@ class Agent:
         """What reached the agent besides card fetches."""
         return [s for s in self.seen() if "agent-card" not in s["path"] and "agent.json" not in s["path"]]
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -37,7 +37,7 @@ from typing import Callable, Iterator, Optional, Union
 
 import httpx
 import pytest
-from conftest import CONFIG_HEAD, MASTER_KEY, Gateway, launch_gateway
+from conftest import CONFIG_HEAD, MASTER_KEY, MOCK_ECHO, Gateway, launch_gateway
 from mcp_client_util import start_upstream
 from test_a2a_gateway import Agent, start_agent
 
@@ -52,12 +52,7 @@ limits:
   max_body_size: 256KiB
   body_read_timeout: 2s
   header_read_timeout: 2s
-providers:
-  - name: demo
-    kind: mock
-models:
-  - name: mock-echo
-    targets: [{{provider: demo, model: echo}}]
+""" + MOCK_ECHO + """\
 mcp:
   servers:
     - name: files

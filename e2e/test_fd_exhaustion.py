@@ -14,18 +14,12 @@ from pathlib import Path
 
 import httpx
 
-from conftest import CONFIG_HEAD, MASTER_KEY, launch_gateway, wait_for
+from conftest import CONFIG_HEAD, MASTER_KEY, MOCK_ECHO, launch_gateway, wait_for
 
 CONFIG = CONFIG_HEAD + """\
 logging:
   level: warn
-providers:
-  - name: demo
-    kind: mock
-models:
-  - name: mock-echo
-    targets: [{{provider: demo, model: echo}}]
-"""
+""" + MOCK_ECHO
 
 
 def open_fds(pid: int) -> int:

@@ -48,6 +48,7 @@ import httpx
 import pytest
 
 from conftest import MASTER_KEY, Gateway, launch_gateway, new_key
+from mcp_client_util import free_port
 from shared_stores import REDIS_HOST, REDIS_PORT, Stores, stores  # noqa: F401
 
 AGENT_SCRIPT = Path(__file__).resolve().parent / "a2a_agent.py"
@@ -134,12 +135,6 @@ a2a:
 
 
 # --- the upstream agents -------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

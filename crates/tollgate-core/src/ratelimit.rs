@@ -400,27 +400,22 @@ impl RateLimits {
         if rules.is_empty() && own.is_empty() {
             return Ok(None);
         }
-        let mut names: Vec<std::borrow::Cow<'_, str>> = Vec::new();
-        let mut checks: Vec<BucketCheck> = Vec::new();
-        for r in rules.iter() {
-            if let Some(id) = r.selector.select(s) {
-                names.push(r.cfg.name.as_str().into());
-                checks.push(BucketCheck::minute(
+        let mut checks: Vec<BucketCheck> = rules
+            .iter()
+            .filter_map(|r| {
+                let id = r.selector.select(s)?;
+                Some(BucketCheck::minute(
                     format!("{}\u{1f}{id}", r.cfg.name),
                     r.cfg.rpm,
                     r.cfg.tpm,
-                ));
-            }
-        }
+                ))
+            })
+            .collect();
+        let configured = checks.len();
         // `key:`, `user:`, `team:` cannot start a configured rule's name.
-        for (name, id, limits) in own {
-            checks.push(BucketCheck::minute(
-                format!("{name}\u{1f}{id}"),
-                limits.rpm,
-                limits.tpm,
-            ));
-            names.push(name.into());
-        }
+        checks.extend(own.iter().map(|(name, id, limits)| {
+            BucketCheck::minute(format!("{name}\u{1f}{id}"), limits.rpm, limits.tpm)
+        }));
         if checks.is_empty() {
             return Ok(None);
         }
@@ -449,7 +444,16 @@ impl RateLimits {
                 view,
                 retry_after,
             } => {
-                let name = names.get(index).map_or("?", |n| n.as_ref());
+                // Which rule refused, found only now: the admitted path never needs the name.
+                let name = if index < configured {
+                    rules
+                        .iter()
+                        .filter(|r| r.selector.select(s).is_some())
+                        .nth(index)
+                        .map_or("?", |r| r.cfg.name.as_str())
+                } else {
+                    own.get(index - configured).map_or("?", |o| o.0.as_str())
+                };
                 let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
                 let (what, limit, unit) = if on_tokens {
                     ("tokens per min (TPM)", view.tpm.unwrap_or(0), "tokens")
