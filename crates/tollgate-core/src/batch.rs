@@ -28,6 +28,10 @@ pub(crate) trait Sink<T>: Send + Sync + 'static {
 const REPLAY_EVERY: Duration = Duration::from_secs(1);
 /// Records per replayed chunk.
 const REPLAY_CHUNK: usize = 500;
+/// How long a batch smaller than the most a write takes may wait for more records: under
+/// load, one transaction per few milliseconds of traffic rather than one per handful of
+/// records (each of which also woke the writer). A pending flush skips the wait.
+const LINGER: Duration = Duration::from_millis(5);
 
 pub(crate) async fn run<T, S>(
     sink: S,
@@ -60,14 +64,13 @@ pub(crate) async fn run<T, S>(
             rx.recv().await
         };
         let Some(first) = first else { break };
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Item(r) => batch.push(*r),
-                Msg::Flush(ack) => acks.push(ack),
-            }
-            if batch.len() < max_batch {
-                next = rx.try_recv().ok();
+        take(first, &mut rx, &mut batch, &mut acks, max_batch);
+        // A small batch waits a moment for more, unless someone waits on a flush. Records
+        // arriving meanwhile do not wake the writer.
+        if acks.is_empty() && !batch.is_empty() && batch.len() < max_batch {
+            tokio::time::sleep(LINGER).await;
+            if let Ok(m) = rx.try_recv() {
+                take(m, &mut rx, &mut batch, &mut acks, max_batch);
             }
         }
         if !batch.is_empty() {
@@ -75,6 +78,26 @@ pub(crate) async fn run<T, S>(
         }
         for ack in acks.drain(..) {
             let _ = ack.send(());
+        }
+    }
+}
+
+/// Adds `first` and whatever else is queued to the batch, up to `max_batch` records.
+fn take<T>(
+    first: Msg<T>,
+    rx: &mut mpsc::Receiver<Msg<T>>,
+    batch: &mut Vec<T>,
+    acks: &mut Vec<oneshot::Sender<()>>,
+    max_batch: usize,
+) {
+    let mut next = Some(first);
+    while let Some(msg) = next.take() {
+        match msg {
+            Msg::Item(r) => batch.push(*r),
+            Msg::Flush(ack) => acks.push(ack),
+        }
+        if batch.len() < max_batch {
+            next = rx.try_recv().ok();
         }
     }
 }

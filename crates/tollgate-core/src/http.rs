@@ -407,6 +407,11 @@ pub fn check_json_depth(bytes: &[u8], max: usize) -> Result<(), ApiError> {
 
 /// The offset at which nesting first goes past `max`, if it does.
 pub fn json_depth_exceeds(bytes: &[u8], max: usize) -> Option<usize> {
+    // Depth never exceeds the count of opening brackets (strings included): most bodies have
+    // few, and counting them is one vectorised pass, cheaper than following strings.
+    if bytes.iter().filter(|&&b| b == b'{' || b == b'[').count() <= max {
+        return None;
+    }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for (i, &b) in bytes.iter().enumerate() {
         if in_string {

@@ -216,6 +216,68 @@ pub fn hourly_buckets(rows: Vec<HourlyStatsRow>) -> Vec<StatsBucket> {
     buckets.into_values().collect()
 }
 
+/// The ledger row's columns, in the order [`insert_rows`] binds them.
+pub const ROW_COLUMNS: [&str; 14] = [
+    "time_ms",
+    "key_id",
+    "user_id",
+    "team_id",
+    "model",
+    "provider",
+    "cost_usd",
+    "conversation_id",
+    "agent",
+    "prompt_tokens",
+    "completion_tokens",
+    "record",
+    "failed",
+    "latency_class",
+];
+
+/// Most rows one INSERT carries (14 values each, far below either engine's parameter limit).
+pub const MAX_ROWS_PER_INSERT: usize = 64;
+
+/// How a batch of `n` rows is split into INSERTs: powers of two, largest first, none above
+/// [`MAX_ROWS_PER_INSERT`]. A handful of distinct statements, each prepared once per
+/// connection, instead of one statement (and one round trip) per row.
+pub fn insert_chunks(mut n: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if n == 0 {
+            return None;
+        }
+        let size = if n >= MAX_ROWS_PER_INSERT {
+            MAX_ROWS_PER_INSERT
+        } else {
+            1 << (usize::BITS - 1 - n.leading_zeros())
+        };
+        n -= size;
+        Some(size)
+    })
+}
+
+/// One INSERT of `rows` ledger rows ([`ROW_COLUMNS`] each, in order).
+pub fn insert_rows(dialect: Dialect, rows: usize) -> String {
+    let width = ROW_COLUMNS.len();
+    let tuples: Vec<String> = (0..rows)
+        .map(|r| {
+            // SQLite gets bare `?`s: numbered ones cost a name lookup per bound value that
+            // grows with the statement (sqlx asks each parameter's name), quadratic here.
+            let params: Vec<String> = (1..=width)
+                .map(|c| match dialect {
+                    Dialect::Sqlite => "?".to_owned(),
+                    Dialect::Postgres => dialect.param(r * width + c),
+                })
+                .collect();
+            format!("({})", params.join(", "))
+        })
+        .collect();
+    format!(
+        "INSERT INTO ledger ({}) VALUES {}",
+        ROW_COLUMNS.join(", "),
+        tuples.join(", ")
+    )
+}
+
 /// The rollup's upsert: 27 values (hour, key, user, team, model, provider, requests, failed,
 /// prompt and completion tokens, cost, the 16 latency classes) added to the row's.
 pub fn hourly_upsert(dialect: Dialect) -> String {
@@ -310,4 +372,38 @@ pub fn conversation_rows(rows: Vec<ConversationRow>) -> Vec<crate::ledger::Conve
             },
         )
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_split_into_few_distinct_inserts() {
+        let chunks = |n| insert_chunks(n).collect::<Vec<_>>();
+        assert_eq!(chunks(0), Vec::<usize>::new());
+        assert_eq!(chunks(1), vec![1]);
+        assert_eq!(chunks(7), vec![4, 2, 1]);
+        assert_eq!(chunks(64), vec![64]);
+        assert_eq!(chunks(200), vec![64, 64, 64, 8]);
+        for n in 0..600 {
+            let c = chunks(n);
+            assert_eq!(c.iter().sum::<usize>(), n);
+            assert!(c
+                .iter()
+                .all(|s| s.is_power_of_two() && *s <= MAX_ROWS_PER_INSERT));
+        }
+    }
+
+    #[test]
+    fn a_multi_row_insert_numbers_its_values_in_order() {
+        let pg = insert_rows(Dialect::Postgres, 2);
+        assert!(
+            pg.ends_with("($15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)")
+        );
+        assert!(pg.contains("VALUES ($1, $2,"));
+        let lite = insert_rows(Dialect::Sqlite, 3);
+        assert_eq!(lite.matches('?').count(), 3 * ROW_COLUMNS.len());
+        assert!(lite.starts_with("INSERT INTO ledger (time_ms, key_id,"));
+    }
 }

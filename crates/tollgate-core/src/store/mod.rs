@@ -4,6 +4,45 @@
 //! Every operation is atomic on its own. Nothing here runs on the request hot path: the key
 //! cache reads the store on change, never per request.
 
+/// Appends ledger rows inside the open transaction `$tx`: up to
+/// [`ledger_sql::MAX_ROWS_PER_INSERT`] rows per INSERT ([`ledger_sql::insert_chunks`]), one
+/// round trip per chunk rather than per row. `$flag` is the integer type the engine stores the
+/// `failed` and `latency_class` columns as. Written once for both SQL engines (a macro: their
+/// sqlx query types differ).
+macro_rules! append_ledger_rows {
+    ($tx:expr, $records:expr, $dialect:expr, $flag:ty) => {{
+        let mut rest: &[crate::ledger::LedgerRecord] = $records;
+        for size in crate::store::ledger_sql::insert_chunks(rest.len()) {
+            let Some((chunk, tail)) = rest.split_at_checked(size) else {
+                break;
+            };
+            rest = tail;
+            let sql = crate::store::ledger_sql::insert_rows($dialect, size);
+            let mut q = sqlx::query(&sql);
+            for r in chunk {
+                let json =
+                    serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                q = q
+                    .bind(r.time_ms)
+                    .bind(&r.key_id)
+                    .bind(&r.user)
+                    .bind(&r.team)
+                    .bind(&r.model)
+                    .bind(&r.provider)
+                    .bind(r.cost_usd)
+                    .bind(&r.conversation_id)
+                    .bind(&r.agent)
+                    .bind(i64::try_from(r.prompt_tokens).unwrap_or(i64::MAX))
+                    .bind(i64::try_from(r.completion_tokens).unwrap_or(i64::MAX))
+                    .bind(json)
+                    .bind(<$flag>::from(crate::ledger::failed(r)))
+                    .bind(crate::ledger::latency_class(r.latency_ms) as $flag);
+            }
+            q.execute(&mut *$tx).await.map_err(unavailable)?;
+        }
+    }};
+}
+
 mod ledger_sql;
 mod memory;
 mod postgres;

@@ -966,32 +966,7 @@ impl LedgerStore for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(unavailable)?;
-        for r in records {
-            let json = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            sqlx::query(
-                "INSERT INTO ledger (time_ms, key_id, user_id, team_id, model, provider, cost_usd,
-                     conversation_id, agent, prompt_tokens, completion_tokens, record, failed,
-                     latency_class)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(r.time_ms)
-            .bind(&r.key_id)
-            .bind(&r.user)
-            .bind(&r.team)
-            .bind(&r.model)
-            .bind(&r.provider)
-            .bind(r.cost_usd)
-            .bind(&r.conversation_id)
-            .bind(&r.agent)
-            .bind(i64::try_from(r.prompt_tokens).unwrap_or(i64::MAX))
-            .bind(i64::try_from(r.completion_tokens).unwrap_or(i64::MAX))
-            .bind(json)
-            .bind(i64::from(crate::ledger::failed(r)))
-            .bind(crate::ledger::latency_class(r.latency_ms) as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        }
+        append_ledger_rows!(tx, records, DIALECT, i64);
         // The hourly rollup, in the same transaction: reports never see one without the other.
         let upsert = super::ledger_sql::hourly_upsert(DIALECT);
         for ((hour, key, user, team, model, provider), d) in crate::ledger::hourly_deltas(records) {

@@ -834,6 +834,58 @@ async fn ledger_appends_and_reads_by_time_and_page() {
 }
 
 #[tokio::test]
+async fn a_large_batch_is_stored_whole_and_in_order() {
+    // 203 rows: several multi-row INSERTs of different sizes in one transaction.
+    for (name, s, _dir) in engines().await {
+        let records: Vec<_> = (0..203i64)
+            .map(|i| crate::ledger::LedgerRecord {
+                time_ms: 1_000 + i,
+                request_id: format!("req-{i}"),
+                model: format!("m{}", i % 3),
+                provider: Some("p".into()),
+                key_id: Some(format!("k{}", i % 5)),
+                conversation_id: (i % 2 == 0).then(|| format!("c{}", i % 7)),
+                prompt_tokens: i as u64,
+                completion_tokens: 2 * i as u64,
+                cost_usd: 0.5 * i as f64,
+                status: if i % 10 == 0 { 500 } else { 200 },
+                latency_ms: i as u64,
+                ..Default::default()
+            })
+            .collect();
+        s.ledger.append_ledger(&records).await.unwrap();
+        let back = s
+            .ledger
+            .read_ledger(&crate::ledger::LedgerQuery {
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(back.len(), records.len(), "{name}");
+        for (want, got) in records.iter().zip(&back) {
+            let mut got = got.clone();
+            got.id = 0;
+            assert_eq!(&got, want, "{name}");
+        }
+        assert!(back.windows(2).all(|w| w[0].id < w[1].id), "{name}");
+        // The indexed columns were written from the same rows.
+        let talk = s
+            .ledger
+            .read_ledger(&crate::ledger::LedgerQuery {
+                conversation: Some("c3".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(talk.len(), 14, "{name}");
+        assert!(talk
+            .iter()
+            .all(|r| r.conversation_id.as_deref() == Some("c3")));
+    }
+}
+
+#[tokio::test]
 async fn spend_reports_group_filter_and_agree_with_the_records() {
     use crate::ledger::{aggregate, Dimension, LedgerRecord, SpendQuery};
     const DAY: i64 = 86_400_000;
