@@ -32,6 +32,11 @@ trap cleanup EXIT
 
 "$BIN/tollgate-bench-upstream" --listen "127.0.0.1:$UP_PORT" --threads 1 > "$WORK/upstream.log" &
 pids+=($!)
+# The floor: a bare proxy of the same parts (hyper server and pooled client, a runtime per
+# thread) that does nothing else. tollgate's own cost is what it adds above this.
+PROXY_PORT=$(free_port)
+"$BIN/tollgate-bench-proxy" --listen "127.0.0.1:$PROXY_PORT" --upstream "http://127.0.0.1:$UP_PORT" --threads "$(nproc)" > "$WORK/proxy.log" &
+pids+=($!)
 
 MASTER=bench-master-key-0123456789
 cat > "$WORK/tollgate.yaml" <<YAML
@@ -126,6 +131,7 @@ BODY_FILE="$WORK/body-1k-gov.json" API_KEY="$KEY" wrk -t1 -c8 -d2s -s bench/post
 for size in 1k 100k; do
   for c in 1 32; do
     run "direct-$size-c$c" "http://127.0.0.1:$UP_PORT/v1/chat/completions" "" "$WORK/body-$size.json" "$c"
+    run "proxy-$size-c$c" "http://127.0.0.1:$PROXY_PORT/v1/chat/completions" "" "$WORK/body-$size.json" "$c"
     run "tollgate-$size-c$c" "http://127.0.0.1:$GW_PORT/v1/chat/completions" "$KEY" "$WORK/body-$size.json" "$c"
   done
 done
@@ -168,9 +174,10 @@ for size in ("1k", "100k"):
     for c in (1, 32):
         d = parse(f"direct-{size}-c{c}")
         t = parse(f"tollgate-{size}-c{c}")
-        for sys_name, r in (("direct to mock", d), ("tollgate", t)):
+        p = parse(f"proxy-{size}-c{c}")
+        for sys_name, r in (("direct to mock", d), ("bare hyper proxy (floor)", p), ("tollgate", t)):
             lines.append(f"| {size} body, c={c} | {sys_name} | {r[0]:.0f} | {r[1]:.0f} | {r[2]:.0f} | {r[3]:.0f} | {r[4]} |")
-        ratios.append((size, c, t[1] - d[1], t[0] / d[0] if d[0] else 0))
+        ratios.append((size, c, t[1] - d[1], t[0] / d[0] if d[0] else 0, p[1] - d[1], p[0] / d[0] if d[0] else 0))
 gov = []
 for c in (1, 32):
     t = parse(f"tollgate-1k-c{c}")
@@ -178,10 +185,10 @@ for c in (1, 32):
     lines.append(f"| 1k body, c={c} | tollgate, governance on | {g[0]:.0f} | {g[1]:.0f} | {g[2]:.0f} | {g[3]:.0f} | {g[4]} |")
     gov.append((c, g[1] - t[1], g[0] / t[0] if t[0] else 0))
 lines += ["", f"tollgate peak RSS: {rss_kb / 1024:.1f} MiB; 4xx/5xx answers counted by tollgate: {gw_errors}", ""]
-lines.append("| scenario | added p50 (target ≤ 100 µs at c=1) | throughput vs direct (target ≥ 40% at c=32) |")
-lines.append("|---|---|---|")
-for size, c, added, ratio in ratios:
-    lines.append(f"| {size} body, c={c} | {added:+.0f} µs | {ratio:.0%} |")
+lines.append("| scenario | added p50 (target ≤ 100 µs at c=1) | throughput vs direct (target ≥ 40% at c=32) | bare proxy: added p50 | bare proxy: throughput vs direct |")
+lines.append("|---|---|---|---|---|")
+for size, c, added, ratio, p_added, p_ratio in ratios:
+    lines.append(f"| {size} body, c={c} | {added:+.0f} µs | {ratio:.0%} | {p_added:+.0f} µs | {p_ratio:.0%} |")
 lines += ["", "| governance on vs off | added p50 | throughput (target ≥ 80%) |", "|---|---|---|"]
 for c, added, ratio in gov:
     lines.append(f"| 1k body, c={c} | {added:+.0f} µs | {ratio:.0%} |")
