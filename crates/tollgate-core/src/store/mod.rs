@@ -1,15 +1,16 @@
 //! Durable state behind one trait per concern, with an engine per backend (SQLite for the
-//! embedded default, memory for tests and demos; PostgreSQL arrives with the scale-out work).
+//! embedded default, PostgreSQL for several replicas, memory for tests and demos).
 //!
 //! Every operation is atomic on its own. Nothing here runs on the request hot path: the key
 //! cache reads the store on change, never per request.
 
-/// Appends ledger rows inside the open transaction `$tx`: up to
+/// Appends ledger records inside the open transaction `$tx`, with the hourly and conversation
+/// rollups in the same transaction (reports never see one without the other): up to
 /// [`ledger_sql::MAX_ROWS_PER_INSERT`] rows per INSERT ([`ledger_sql::insert_chunks`]), one
 /// round trip per chunk rather than per row. `$flag` is the integer type the engine stores the
 /// `failed` and `latency_class` columns as. Written once for both SQL engines (a macro: their
 /// sqlx query types differ).
-macro_rules! append_ledger_rows {
+macro_rules! append_ledger {
     ($tx:expr, $records:expr, $dialect:expr, $flag:ty) => {{
         let mut rest: &[crate::ledger::LedgerRecord] = $records;
         for size in crate::store::ledger_sql::insert_chunks(rest.len()) {
@@ -39,6 +40,41 @@ macro_rules! append_ledger_rows {
                     .bind(crate::ledger::latency_class(r.latency_ms) as $flag);
             }
             q.execute(&mut *$tx).await.map_err(unavailable)?;
+        }
+        let upsert = crate::store::ledger_sql::hourly_upsert($dialect);
+        for ((hour, key, user, team, model, provider), d) in crate::ledger::hourly_deltas($records)
+        {
+            let mut q = sqlx::query(&upsert)
+                .bind(hour)
+                .bind(key)
+                .bind(user)
+                .bind(team)
+                .bind(model)
+                .bind(provider)
+                .bind(d.requests)
+                .bind(d.failed)
+                .bind(d.prompt_tokens)
+                .bind(d.completion_tokens)
+                .bind(d.cost_usd);
+            for n in d.latency {
+                q = q.bind(n);
+            }
+            q.execute(&mut *$tx).await.map_err(unavailable)?;
+        }
+        let upsert = crate::store::ledger_sql::conversation_upsert($dialect);
+        for c in crate::ledger::conversation_totals($records) {
+            sqlx::query(&upsert)
+                .bind(c.conversation_id)
+                .bind(c.first_ms)
+                .bind(c.last_ms)
+                .bind(c.requests)
+                .bind(c.failed)
+                .bind(c.prompt_tokens)
+                .bind(c.completion_tokens)
+                .bind(c.cost_usd)
+                .execute(&mut *$tx)
+                .await
+                .map_err(unavailable)?;
         }
     }};
 }

@@ -911,42 +911,7 @@ impl LedgerStore for PostgresStore {
             return Ok(());
         }
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        append_ledger_rows!(tx, records, DIALECT, i16);
-        // The hourly rollup, in the same transaction: reports never see one without the other.
-        let upsert = super::ledger_sql::hourly_upsert(DIALECT);
-        for ((hour, key, user, team, model, provider), d) in crate::ledger::hourly_deltas(records) {
-            let mut q = sqlx::query(&upsert)
-                .bind(hour)
-                .bind(key)
-                .bind(user)
-                .bind(team)
-                .bind(model)
-                .bind(provider)
-                .bind(d.requests)
-                .bind(d.failed)
-                .bind(d.prompt_tokens)
-                .bind(d.completion_tokens)
-                .bind(d.cost_usd);
-            for n in d.latency {
-                q = q.bind(n);
-            }
-            q.execute(&mut *tx).await.map_err(unavailable)?;
-        }
-        let upsert = super::ledger_sql::conversation_upsert(DIALECT);
-        for c in crate::ledger::conversation_totals(records) {
-            sqlx::query(&upsert)
-                .bind(c.conversation_id)
-                .bind(c.first_ms)
-                .bind(c.last_ms)
-                .bind(c.requests)
-                .bind(c.failed)
-                .bind(c.prompt_tokens)
-                .bind(c.completion_tokens)
-                .bind(c.cost_usd)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        }
+        append_ledger!(tx, records, DIALECT, i16);
         tx.commit().await.map_err(unavailable)
     }
 

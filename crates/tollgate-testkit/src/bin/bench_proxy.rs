@@ -54,7 +54,7 @@ fn main() {
 }
 
 async fn serve(listener: std::net::TcpListener, upstream: String) {
-    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).expect("a listening socket");
     let client: Client<_, Incoming> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(1024)
         .build_http();
@@ -69,11 +69,18 @@ async fn serve(listener: std::net::TcpListener, upstream: String) {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let (client, upstream) = (client.clone(), upstream.clone());
                 async move {
+                    // Errors end the connection (hyper's answer to a failed service): the
+                    // request path never panics.
                     let (mut parts, body) = req.into_parts();
                     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-                    parts.uri = format!("{upstream}{path}").parse::<Uri>().unwrap();
+                    parts.uri = format!("{upstream}{path}")
+                        .parse::<Uri>()
+                        .map_err(|e| e.to_string())?;
                     parts.headers.remove(http::header::HOST);
-                    client.request(Request::from_parts(parts, body)).await
+                    client
+                        .request(Request::from_parts(parts, body))
+                        .await
+                        .map_err(|e| e.to_string())
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()
