@@ -23,6 +23,7 @@ from mcp_client_util import (
     UPSTREAM_SCRIPT,
     connect,
     elicitation_reply,
+    free_port,
     sampling_reply,
     start_upstream,
     text_of,
@@ -469,3 +470,33 @@ def test_a_dropped_stream_resumes_with_last_event_id(mcp_gateway: Gateway) -> No
     assert res.status_code == 404
     res = httpx.get(f"{gw.origin}/mcp/public", headers={**headers, "Last-Event-ID": "nonsense"}, timeout=10)
     assert res.status_code == 400
+
+
+async def test_an_upstream_that_forgot_the_session_gets_a_new_one(tmp_path: Path) -> None:
+    """An upstream that restarts forgets its sessions and answers the old session id with 404.
+    The spec has the client start a new session then: the gateway initializes a new upstream
+    session and sends the call there, and the client's own session carries on unaware."""
+    port = free_port()
+    config = CONFIG_HEAD.format(master=MASTER_KEY, db=tmp_path / "tollgate.db") + (
+        f"logging:\n  level: warn\nmcp:\n  servers:\n    - name: files\n      url: http://127.0.0.1:{port}/mcp\n"
+    )
+    with start_upstream("streamable-http", name="files", port=port) as first, launch_gateway(tmp_path, config) as gw:
+        key = new_key(gw)["secret"]
+        async with connect(f"{gw.origin}/mcp", auth(key)) as client:
+            assert text_of(await client.call_tool("echo", {"text": "before"})) == "before"
+            first.proc.terminate()
+            first.proc.wait(timeout=10)
+            with start_upstream("streamable-http", name="files", port=port), anyio.fail_after(30):
+                # Concurrent calls meet the ended session together and share one new one.
+                async with anyio.create_task_group() as tg:
+                    answers: list[str] = []
+
+                    async def call(n: int) -> None:
+                        answers.append(text_of(await client.call_tool("echo", {"text": f"after {n}"})))
+
+                    for n in range(4):
+                        tg.start_soon(call, n)
+                assert sorted(answers) == [f"after {n}" for n in range(4)]
+                assert text_of(await client.call_tool("add", {"a": 2, "b": 3})) == "5"
+        logs = gw.logs()
+        assert logs.count("the MCP upstream ended its session; opening a new one") == 1, logs

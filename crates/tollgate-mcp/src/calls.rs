@@ -23,7 +23,7 @@ use crate::federation::{self, Kind, Merged};
 use crate::front::Out;
 use crate::jsonrpc::{self, RpcError};
 use crate::session::Session;
-use crate::upstream::{Related, UpstreamError};
+use crate::upstream::{Conn, Related, UpstreamError};
 use crate::McpLayer;
 
 /// Items per page of a merged list.
@@ -147,7 +147,7 @@ async fn merged(
             };
             let req = jsonrpc::request(session.upstream_id(), kind.method(), params);
             let (related, _) = mpsc::channel(16);
-            match call_upstream(layer, session, i, req, &related).await {
+            match call_upstream(layer, session, i, &req, &related).await {
                 Ok(res) => {
                     let result = res.get("result").cloned().unwrap_or(Value::Null);
                     if let Some(list) = result.get(kind.field()).and_then(Value::as_array) {
@@ -310,19 +310,23 @@ async fn set_level(
         }
         let req = jsonrpc::request(session.upstream_id(), "logging/setLevel", params.clone());
         let (related, _) = mpsc::channel(16);
-        if let Err(e) = call_upstream(layer, session, i, req, &related).await {
+        if let Err(e) = call_upstream(layer, session, i, &req, &related).await {
             tracing::warn!(server = %u.name, error = %e, "logging/setLevel failed upstream");
         }
     }
     Ok(json!({}))
 }
 
-/// Sends a request to upstream `i`, restarting a dead stdio process first (with backoff).
+/// Sends a request to upstream `i`, restarting a dead stdio process first (with backoff). An
+/// upstream that has ended its session (HTTP 404 to the session id: it restarted, or expired
+/// the session) gets a new one, initialized as the first was, and the request is sent once
+/// more there: the spec has the client start a new session, and the upstream never ran the
+/// request. What the old session held upstream (subscriptions, log level) is gone with it.
 async fn call_upstream(
     layer: &Arc<McpLayer>,
     session: &Arc<Session>,
     i: usize,
-    msg: Value,
+    msg: &Value,
     related: &Related,
 ) -> Result<Value, UpstreamError> {
     let up = &session.upstreams[i];
@@ -331,7 +335,13 @@ async fn call_upstream(
         restart(layer, session, i).await?;
         conn = up.conn.load_full();
     }
-    conn.request(msg, related).await
+    match conn.request(msg, related).await {
+        Err(UpstreamError::SessionExpired) => {
+            let conn = reopen(layer, session, i, &conn).await?;
+            conn.request(msg, related).await
+        }
+        answer => answer,
+    }
 }
 
 async fn restart(
@@ -354,12 +364,43 @@ async fn restart(
         r.0 = now + r.1;
         r.1 = (r.1 * 2).min(std::time::Duration::from_secs(30));
     }
+    tracing::warn!(server = %up.name, session = %session.id, "restarting MCP upstream");
+    open_again(layer, session, i).await.map(drop)
+}
+
+/// Replaces the connection to upstream `i` whose session the upstream ended, unless another
+/// call already has; returns the connection to use.
+async fn reopen(
+    layer: &Arc<McpLayer>,
+    session: &Arc<Session>,
+    i: usize,
+    ended: &Arc<Conn>,
+) -> Result<Arc<Conn>, UpstreamError> {
+    let up = &session.upstreams[i];
+    let _one = up.reopening.lock().await;
+    let current = up.conn.load_full();
+    if !Arc::ptr_eq(&current, ended) {
+        return Ok(current);
+    }
+    tracing::warn!(server = %up.name, session = %session.id, "the MCP upstream ended its session; opening a new one");
+    let conn = open_again(layer, session, i).await?;
+    // Stops the old connection's listening stream (its DELETE is answered 404, harmlessly).
+    ended.close().await;
+    Ok(conn)
+}
+
+/// Opens upstream `i` afresh with the session's handshake and makes it the session's.
+async fn open_again(
+    layer: &Arc<McpLayer>,
+    session: &Arc<Session>,
+    i: usize,
+) -> Result<Arc<Conn>, UpstreamError> {
+    let up = &session.upstreams[i];
     let Some(cfg) = layer.state.load().config.server(&up.name).cloned() else {
         return Err(UpstreamError::Closed(
             "the server was removed from the config".into(),
         ));
     };
-    tracing::warn!(server = %up.name, session = %session.id, "restarting MCP upstream");
     let inbound = crate::upstream::Inbound {
         index: i,
         tx: session.inbound.clone(),
@@ -373,8 +414,9 @@ async fn restart(
             &session.owner,
         )
         .await?;
-    up.conn.store(Arc::new(conn));
-    Ok(())
+    let conn = Arc::new(conn);
+    up.conn.store(conn.clone());
+    Ok(conn)
 }
 
 /// A call to audit when it ends.
@@ -925,7 +967,7 @@ async fn forward(
     let (related_tx, mut related_rx) = mpsc::channel(64);
     let n = session.begin(client_id.clone(), i, upstream_id, token, related_tx.clone());
     let result = {
-        let call = call_upstream(layer, session, i, msg, &related_tx);
+        let call = call_upstream(layer, session, i, &msg, &related_tx);
         tokio::pin!(call);
         loop {
             tokio::select! {

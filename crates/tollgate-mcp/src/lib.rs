@@ -243,7 +243,7 @@ impl McpLayer {
         );
         // Nothing may arrive before the handshake completes; anything that does is dropped.
         let (related, _ignored) = mpsc::channel(16);
-        let res = conn.request(init, &related).await;
+        let res = conn.request(&init, &related).await;
         let res = match res {
             Ok(r) => r,
             Err(e) => {
@@ -316,6 +316,7 @@ impl McpLayer {
                             std::time::Instant::now(),
                             Duration::from_millis(500),
                         )),
+                        reopening: tokio::sync::Mutex::new(()),
                     });
                 }
                 Err(e) => {

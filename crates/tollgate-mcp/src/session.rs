@@ -36,6 +36,9 @@ pub struct Upstream {
     pub init: Value,
     /// When this upstream may next be restarted after its process died.
     pub restart: Mutex<(std::time::Instant, Duration)>,
+    /// Held while a new upstream session replaces one the upstream ended, so concurrent calls
+    /// that all met the end open one new session between them, not one each.
+    pub reopening: tokio::sync::Mutex<()>,
 }
 
 impl Upstream {

@@ -139,7 +139,7 @@ impl HttpConn {
             .unwrap_or(false)
     }
 
-    pub async fn request(&self, msg: Value, related: &Related) -> Result<Value, UpstreamError> {
+    pub async fn request(&self, msg: &Value, related: &Related) -> Result<Value, UpstreamError> {
         let id = msg.get("id").map(id_key).unwrap_or_default();
         let exchange = async {
             let res = self.post(Bytes::from(msg.to_string())).await?;

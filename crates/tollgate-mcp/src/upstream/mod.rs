@@ -171,7 +171,7 @@ impl Conn {
 
     /// Sends a request (its id already the upstream's) and waits for its response; messages
     /// that belong to it on the way go to `related`.
-    pub async fn request(&self, msg: Value, related: &Related) -> Result<Value, UpstreamError> {
+    pub async fn request(&self, msg: &Value, related: &Related) -> Result<Value, UpstreamError> {
         match self {
             Conn::Http(c) => c.request(msg, related).await,
             Conn::Mux(c) => c.request(msg).await,

@@ -262,7 +262,7 @@ impl MuxConn {
         }
     }
 
-    pub async fn request(&self, msg: Value) -> Result<Value, UpstreamError> {
+    pub async fn request(&self, msg: &Value) -> Result<Value, UpstreamError> {
         let key = msg.get("id").map(id_key).unwrap_or_default();
         let (tx, rx) = oneshot::channel();
         if let Ok(mut w) = self.waiters.lock() {
@@ -278,7 +278,7 @@ impl MuxConn {
             }
         }
         let _unfile = Unfile(&self.waiters, key);
-        self.write(&msg).await?;
+        self.write(msg).await?;
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(_)) => Err(UpstreamError::Closed("the upstream has exited".into())),
