@@ -182,7 +182,8 @@ impl HttpConn {
             let mut body = res.into_body();
             let mut resumed = 0;
             loop {
-                if let Some(answer) = read_answer(body, &mut parser, &id, related).await? {
+                if let Some(answer) = read_answer(&mut body, &mut parser, &id, related).await? {
+                    release(body);
                     return Ok(answer);
                 }
                 // The server ended the stream early (SSE polling, MCP 2025-11-25): resume it
@@ -309,7 +310,7 @@ const MAX_RETRY_MS: u64 = 5_000;
 /// Reads one SSE stream until the response with `id` (returned) or the stream's end (`None`);
 /// everything else on it goes to `related`.
 async fn read_answer(
-    mut body: hyper::body::Incoming,
+    body: &mut hyper::body::Incoming,
     parser: &mut sse::Parser,
     id: &str,
     related: &Related,
@@ -340,6 +341,45 @@ async fn read_answer(
         }
     }
     Ok(None)
+}
+
+/// How long the rest of a response stream is read after its answer, so that its connection
+/// can serve another request.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Gives a response's connection back to the pool: hyper reuses a connection only once its
+/// response has been read to the end, and an upstream closes a request's stream just after the
+/// answer (usually in the same read). What is already there is read at once; a stream still
+/// open is read to its end in the background (for at most `DRAIN` and one message's bytes), so
+/// the answer never waits for it. Without this, most calls would open a new connection.
+fn release(mut body: hyper::body::Incoming) {
+    use futures_util::FutureExt;
+    let mut left = super::max_message();
+    loop {
+        match body.frame().now_or_never() {
+            None => break,
+            Some(Some(Ok(frame))) => {
+                let n = frame.data_ref().map_or(0, Bytes::len);
+                let Some(rest) = left.checked_sub(n) else {
+                    return;
+                };
+                left = rest;
+            }
+            Some(None | Some(Err(_))) => return,
+        }
+    }
+    tokio::spawn(async move {
+        let rest = async {
+            while let Some(Ok(frame)) = body.frame().await {
+                let n = frame.data_ref().map_or(0, Bytes::len);
+                let Some(r) = left.checked_sub(n) else {
+                    return;
+                };
+                left = r;
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN, rest).await;
+    });
 }
 
 async fn read_text(res: http::Response<hyper::body::Incoming>) -> String {
@@ -487,5 +527,87 @@ mod tests {
         for secret in ["mcp-upstream-secret-1", "mcp-api-key-22"] {
             assert!(!shown.contains(secret), "{shown}");
         }
+    }
+
+    /// An upstream answering every POST on a kept-alive connection with an SSE stream whose
+    /// end comes a while after the answer, as a server that flushes each event does. Counts
+    /// the connections it accepts.
+    async fn late_ending_upstream() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        // One request: its head, then Content-Length bytes of body.
+                        let (head_end, length) = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+                                let length = head
+                                    .lines()
+                                    .find_map(|l| l.strip_prefix("content-length:"))
+                                    .and_then(|v| v.trim().parse::<usize>().ok())
+                                    .unwrap_or(0);
+                                break (i + 4, length);
+                            }
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        while buf.len() < head_end + length {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let body: Value =
+                            serde_json::from_slice(&buf[head_end..head_end + length]).unwrap();
+                        buf.drain(..head_end + length);
+                        let event = format!(
+                            "data: {}\n\n",
+                            serde_json::json!({"jsonrpc": "2.0", "id": body["id"], "result": {}})
+                        );
+                        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                        let first = format!("{head}{:x}\r\n{event}\r\n", event.len());
+                        if s.write_all(first.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        if s.write_all(b"0\r\n\r\n").await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}/mcp"), accepted)
+    }
+
+    #[tokio::test]
+    async fn a_stream_ending_after_its_answer_leaves_the_connection_reusable() {
+        let (url, accepted) = late_ending_upstream().await;
+        let conn = HttpConn::new(
+            super::super::http_client(),
+            &url,
+            &BTreeMap::new(),
+            None,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let (related, _) = tokio::sync::mpsc::channel(4);
+        for id in 1..=5 {
+            let msg = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "ping"});
+            let answer = conn.request(&msg, &related).await.unwrap();
+            assert_eq!(answer["id"], id);
+            // The next call is made after this stream has ended upstream.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
