@@ -1,19 +1,22 @@
 //! Counting tokens the upstream did not report: a stream the client cut short, or an upstream
-//! that sent no usage. Counted with OpenAI's `o200k_base` encoding (tiktoken), loaded on first
-//! use; for other vendors' models it is a close estimate, and records priced from it are
-//! marked `estimated`.
+//! that sent no usage. Counted with OpenAI's `o200k_base` encoding (a compact counter of our
+//! own, `bpe.rs`, exact against tiktoken), loaded on first use; for other vendors' models it is
+//! a close estimate, and records priced from it are marked `estimated`.
+
+mod bpe;
 
 use std::sync::OnceLock;
 
 use serde_json::Value;
-use tiktoken_rs::CoreBPE;
 
-fn encoder() -> Option<&'static CoreBPE> {
-    static BPE: OnceLock<Option<CoreBPE>> = OnceLock::new();
-    BPE.get_or_init(|| match tiktoken_rs::o200k_base() {
+use self::bpe::Bpe;
+
+fn encoder() -> Option<&'static Bpe> {
+    static BPE: OnceLock<Option<Bpe>> = OnceLock::new();
+    BPE.get_or_init(|| match Bpe::o200k_base() {
         Ok(b) => Some(b),
         Err(e) => {
-            tracing::error!(error = %e, "the o200k_base tokenizer did not load; counting bytes / 4");
+            tracing::error!(error = %e, "the o200k_base vocabulary did not load; counting bytes / 4");
             None
         }
     })
@@ -26,7 +29,7 @@ pub fn count(text: &str) -> u64 {
         return 0;
     }
     match encoder() {
-        Some(bpe) => bpe.encode_ordinary(text).len() as u64,
+        Some(bpe) => bpe.count(text) as u64,
         None => (text.len() as u64).div_ceil(4),
     }
 }
