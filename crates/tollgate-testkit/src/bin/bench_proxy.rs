@@ -6,8 +6,6 @@
 //!
 //! Usage: tollgate-bench-proxy --listen 127.0.0.1:9200 --upstream http://127.0.0.1:9100 [--threads 2]
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::net::SocketAddr;
 
 use http::{Request, Uri};
@@ -15,46 +13,52 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-fn main() {
-    let mut listen: SocketAddr = "127.0.0.1:9200".parse().unwrap();
+type Error = Box<dyn std::error::Error>;
+
+fn main() -> Result<(), Error> {
+    let mut listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9200));
     let mut upstream = String::from("http://127.0.0.1:9100");
     let mut threads: usize = 2;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let v = args.next().unwrap_or_default();
         match a.as_str() {
-            "--listen" => listen = v.parse().expect("--listen IP:PORT"),
+            "--listen" => listen = v.parse().map_err(|e| format!("--listen IP:PORT: {e}"))?,
             "--upstream" => upstream = v.trim_end_matches('/').to_owned(),
-            "--threads" => threads = v.parse().expect("--threads N"),
-            other => panic!("unknown argument {other}"),
+            "--threads" => threads = v.parse().map_err(|e| format!("--threads N: {e}"))?,
+            other => return Err(format!("unknown argument {other}").into()),
         }
     }
-    let listener = std::net::TcpListener::bind(listen).unwrap();
-    listener.set_nonblocking(true).unwrap();
+    let listener = std::net::TcpListener::bind(listen)?;
+    listener.set_nonblocking(true)?;
     println!(
         "bench proxy listening on http://{} -> {upstream}",
-        listener.local_addr().unwrap()
+        listener.local_addr()?
     );
-    let handles: Vec<_> = (0..threads.max(1))
-        .map(|_| {
-            let listener = listener.try_clone().unwrap();
-            let upstream = upstream.clone();
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(serve(listener, upstream));
+    let mut handles = Vec::new();
+    for _ in 0..threads.max(1) {
+        let listener = listener.try_clone()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let upstream = upstream.clone();
+        handles.push(std::thread::spawn(move || {
+            // The std listener becomes a tokio one inside the runtime that polls it.
+            rt.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => serve(l, upstream).await,
+                    Err(e) => eprintln!("listener: {e}"),
+                }
             })
-        })
-        .collect();
+        }));
+    }
     for h in handles {
         let _ = h.join();
     }
+    Ok(())
 }
 
-async fn serve(listener: std::net::TcpListener, upstream: String) {
-    let listener = tokio::net::TcpListener::from_std(listener).expect("a listening socket");
+async fn serve(listener: tokio::net::TcpListener, upstream: String) {
     let client: Client<_, Incoming> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(1024)
         .build_http();
